@@ -1,0 +1,3 @@
+from modelget.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""The one error root of modelget, with a stable code, a hint and an exit code.
+
+Nothing here imports from the rest of modelget: every stage may raise these.
+
+    ModelgetError                      exit 1
+    ├── UsageError                     exit 2   bad command-line input
+    ├── ConfigError                    exit 2   bad settings or mirrors.yaml (names file, line, field)
+    ├── ResolveError                   exit 1
+    │   ├── ModelNotFoundError         exit 1
+    │   ├── RevisionNotFoundError      exit 1
+    │   ├── AuthRequiredError          exit 1
+    │   ├── RateLimitedError           exit 1
+    │   └── NoMirrorError              exit 1
+    ├── TransferError                  exit 1
+    │   └── MirrorUnavailableError     exit 1
+    ├── VerificationError              exit 4
+    ├── LayoutError                    exit 1
+    │   └── InsufficientDiskSpaceError exit 1
+    ├── EngineUnavailableError         exit 1
+    ├── FixtureError                   exit 1   (test/demo fixtures could not be prepared)
+    └── Interrupted                    exit 130
+
+Library errors (httpx, aria2p, yaml, huggingface_hub, modelscope_hub) are mapped to these at
+the boundary where they happen, with ``raise ... from exc``; callers of the API never see them.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_VERIFY = 4
+EXIT_INTERRUPTED = 130
+
+
+class ModelgetError(Exception):
+    """Root of every error modelget raises on purpose.
+
+    ``code`` is kebab-case and stable: scripts match on it. ``hint`` tells the user what to do.
+    ``retryable``: the same mirror may succeed if asked again. ``failover``: another mirror may.
+    """
+
+    code: str = "error"
+    exit_code: int = EXIT_ERROR
+    retryable: bool = False
+    failover: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+            "exit_code": self.exit_code,
+        }
+
+
+class UsageError(ModelgetError):
+    code = "usage"
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(ModelgetError):
+    """A settings value or a catalogue file is invalid.
+
+    ``path``, ``line`` and ``field`` locate the problem so the message can point at it.
+    """
+
+    code = "config-invalid"
+    exit_code = EXIT_USAGE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = ""
+        if path is not None:
+            where = path + (f":{line}" if line is not None else "") + ": "
+        what = f"{field}: " if field else ""
+        super().__init__(f"{where}{what}{message}", hint=hint)
+        self.path = path
+        self.line = line
+        self.field = field
+
+
+class ResolveError(ModelgetError):
+    code = "resolve-failed"
+    failover = True
+
+
+class ModelNotFoundError(ResolveError):
+    code = "model-not-found"
+
+
+class RevisionNotFoundError(ResolveError):
+    code = "revision-not-found"
+
+
+class AuthRequiredError(ResolveError):
+    code = "auth-required"
+
+
+class RateLimitedError(ResolveError):
+    code = "rate-limited"
+    retryable = True
+
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after_s = retry_after_s
+
+
+class NoMirrorError(ResolveError):
+    code = "no-mirror"
+    failover = False
+
+
+class TransferError(ModelgetError):
+    code = "transfer-failed"
+    failover = True
+
+
+class MirrorUnavailableError(TransferError):
+    code = "mirror-unavailable"
+    retryable = True
+
+
+class VerificationError(ModelgetError):
+    code = "verification-failed"
+    exit_code = EXIT_VERIFY
+    failover = True
+
+
+class LayoutError(ModelgetError):
+    code = "layout-failed"
+
+
+class InsufficientDiskSpaceError(LayoutError):
+    code = "disk-full"
+
+
+class EngineUnavailableError(ModelgetError):
+    code = "engine-unavailable"
+
+
+class FixtureError(ModelgetError):
+    code = "fixture-unavailable"
+
+
+class Interrupted(ModelgetError):
+    code = "interrupted"
+    exit_code = EXIT_INTERRUPTED

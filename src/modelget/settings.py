@@ -1,0 +1,84 @@
+"""Every environment variable modelget reads, declared once, read at call time.
+
+This is the only module that reads ``os.environ`` (tokens included: see ``read_token``).
+``docs/environment.md`` documents the same set; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    doc: str
+
+
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("MODELGET_MIRRORS", "Path of a mirrors.yaml to use instead of the user or bundled one."),
+    EnvVar(
+        "MODELGET_CONFIG_DIR",
+        "Directory of the user configuration (default: $XDG_CONFIG_HOME/modelget).",
+    ),
+    EnvVar(
+        "MODELGET_FIXTURES_DIR",
+        "Cache of the test/demo model fixtures (default: $XDG_CACHE_HOME/modelget/fixtures).",
+    ),
+    EnvVar(
+        "MODELGET_REQUIRE_FIXTURES",
+        "If 1, tests fail (instead of skipping) when the fixture wheels are missing.",
+    ),
+    EnvVar("XDG_CONFIG_HOME", "Base of the user configuration directory (default: ~/.config)."),
+    EnvVar("XDG_CACHE_HOME", "Base of the user cache directory (default: ~/.cache)."),
+    EnvVar(
+        "HF_TOKEN",
+        "Token for the mirrors whose catalogue entry says token_env: HF_TOKEN (bundled: huggingface.co).",
+    ),
+    EnvVar("HF_HOME", "Hugging Face home; the hub cache defaults to $HF_HOME/hub."),
+    EnvVar("HF_HUB_CACHE", "Hugging Face hub cache directory (where pulled models land by default)."),
+    EnvVar(
+        "MODELSCOPE_API_TOKEN",
+        "Token for the mirrors whose entry says token_env: MODELSCOPE_API_TOKEN (bundled: ModelScope).",
+    ),
+)
+
+ENV_NAMES = frozenset(v.name for v in ENV_VARS)
+
+
+def env(name: str) -> str | None:
+    """Value of a declared variable, or None when unset or empty."""
+    if name not in ENV_NAMES:
+        raise KeyError(f"{name} is not declared in modelget.settings.ENV_VARS")
+    value = os.environ.get(name)
+    return value or None
+
+
+def read_token(env_name: str) -> str | None:
+    """The token held by ``env_name`` (any name a catalogue's ``token_env`` gives).
+
+    Tokens are never logged, written to disk or put on a command line by modelget.
+    """
+    value = os.environ.get(env_name)
+    return value.strip() if value and value.strip() else None
+
+
+def _xdg(var: str, default: str) -> Path:
+    base = env(var)
+    return Path(base) if base else Path.home() / default
+
+
+def config_dir() -> Path:
+    explicit = env("MODELGET_CONFIG_DIR")
+    return Path(explicit) if explicit else _xdg("XDG_CONFIG_HOME", ".config") / "modelget"
+
+
+def fixtures_dir() -> Path:
+    explicit = env("MODELGET_FIXTURES_DIR")
+    return Path(explicit) if explicit else _xdg("XDG_CACHE_HOME", ".cache") / "modelget" / "fixtures"
+
+
+def require_fixtures() -> bool:
+    return env("MODELGET_REQUIRE_FIXTURES") == "1"
