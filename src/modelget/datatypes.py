@@ -33,7 +33,7 @@ class Mirror:
     enabled: bool = True
     weight: float = 1.0
     max_connections: int = 8
-    id_map: Mapping[str, str] = field(default=_EMPTY)
+    id_map: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
     source: str = "<builtin>"
     line: int | None = None
 
@@ -75,3 +75,130 @@ class Catalogue:
             if m.name == name:
                 return m
         raise KeyError(name)
+
+
+# --- Resolve and plan (catalogue → probe/rank → sources → plan) -----------------------------
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a repo at one commit, as a mirror describes it.
+
+    ``sha256`` is the content digest (LFS files on HF, every file on ModelScope and cdn);
+    ``git_sha1`` is the git blob id (``sha1(b"blob <size>\\0" + data)``), the only digest HF
+    gives for small non-LFS files. At least one of the two is set for a verifiable file.
+    """
+
+    path: str
+    size: int
+    sha256: str | None = None
+    git_sha1: str | None = None
+    lfs: bool = False
+
+    @property
+    def digest(self) -> tuple[str, str]:
+        """The strongest digest known: ("sha256", hex) or ("git-sha1", hex)."""
+        if self.sha256:
+            return ("sha256", self.sha256)
+        if self.git_sha1:
+            return ("git-sha1", self.git_sha1)
+        return ("none", "")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What one mirror says a repo holds at a revision: the commit and every file."""
+
+    repo_id: str
+    revision: str
+    commit: str
+    files: tuple[FileEntry, ...]
+    mirror: str
+    mirror_repo_id: str = ""
+    gated: bool = False
+
+    def by_path(self) -> dict[str, FileEntry]:
+        return {f.path: f for f in self.files}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One mirror's measured health. Durations in seconds, throughput in bytes/second.
+
+    ``status`` is one of: ``ok``, ``no-repo`` (alive, repo missing), ``auth`` (repo needs a
+    token we do not have), ``rate-limited``, ``error`` (HTTP/protocol failure), ``down``
+    (no connection or timeout), ``disabled``.
+    """
+
+    mirror: str
+    kind: MirrorKind
+    endpoint: str
+    status: str
+    connect_s: float | None = None
+    ttfb_s: float | None = None
+    throughput_bps: float | None = None
+    has_repo: bool | None = None
+    error: str | None = None
+    probed_at: float = 0.0
+    elapsed_s: float = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.status not in ("down", "disabled", "error")
+
+
+@dataclass(frozen=True)
+class RankedMirror:
+    """A mirror with its place in the ranking (1 = best) and the numbers behind it."""
+
+    mirror: Mirror
+    rank: int
+    probe: ProbeResult | None
+    score: float | None
+    usable: bool
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """Where one file can be fetched: the mirror and its URL for that file."""
+
+    mirror: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A mirror whose copy of a file differs from the manifest: never used for that file."""
+
+    mirror: str
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    entry: FileEntry
+    sources: tuple[FileSource, ...]
+    present: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a pull will do: files in order, each with its ordered sources; totals; space."""
+
+    repo_id: str
+    revision: str
+    commit: str
+    manifest_mirror: str
+    items: tuple[PlanItem, ...]
+    total_bytes: int
+    fetch_bytes: int
+    required_bytes: int
+    free_bytes: int | None
+    eta_s: float | None
+    disagreements: tuple[Disagreement, ...] = ()
+    excluded: tuple[str, ...] = ()
+
+    @property
+    def to_fetch(self) -> tuple[PlanItem, ...]:
+        return tuple(i for i in self.items if not i.present)
