@@ -81,8 +81,8 @@ def _guarded_connect_ex(self: socket.socket, address: Any) -> int:
 @pytest.fixture(autouse=True, scope="session")
 def loopback_only() -> Iterator[None]:
     """No test touches the internet: any non-loopback connect fails loudly."""
-    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign,assignment]
+    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign,assignment]
     yield
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
     socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
