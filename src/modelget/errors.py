@@ -10,6 +10,7 @@ Nothing here imports from the rest of modelget: every stage may raise these.
     │   ├── RevisionNotFoundError      exit 1
     │   ├── AuthRequiredError          exit 1
     │   ├── RateLimitedError           exit 1
+    │   ├── UnsafeManifestError        exit 1
     │   └── NoMirrorError              exit 1
     ├── TransferError                  exit 1
     │   └── MirrorUnavailableError     exit 1
@@ -119,6 +120,12 @@ class RateLimitedError(ResolveError):
     ) -> None:
         super().__init__(message, hint=hint)
         self.retry_after_s = retry_after_s
+
+
+class UnsafeManifestError(ResolveError):
+    """A mirror listed a path that could escape the destination (``..``, absolute, NUL...)."""
+
+    code = "unsafe-manifest"
 
 
 class NoMirrorError(ResolveError):

@@ -31,6 +31,15 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "MODELGET_REQUIRE_FIXTURES",
         "If 1, tests fail (instead of skipping) when the fixture wheels are missing.",
     ),
+    EnvVar(
+        "MODELGET_PROBE_TTL",
+        "Seconds a probe result stays valid for pulls and plans (default 300; 0 disables).",
+    ),
+    EnvVar("MODELGET_PROBE_TIMEOUT", "Per-mirror probe timeout in seconds (default 5)."),
+    EnvVar(
+        "MODELGET_CACHE_DIR",
+        "modelget's own cache (probe results; default $XDG_CACHE_HOME/modelget).",
+    ),
     EnvVar("XDG_CONFIG_HOME", "Base of the user configuration directory (default: ~/.config)."),
     EnvVar("XDG_CACHE_HOME", "Base of the user cache directory (default: ~/.cache)."),
     EnvVar(
@@ -38,7 +47,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "Token for the mirrors whose catalogue entry says token_env: HF_TOKEN (bundled: huggingface.co).",
     ),
     EnvVar("HF_HOME", "Hugging Face home; the hub cache defaults to $HF_HOME/hub."),
-    EnvVar("HF_HUB_CACHE", "Hugging Face hub cache directory (where pulled models land by default)."),
+    EnvVar(
+        "HF_HUB_CACHE", "Hugging Face hub cache directory (where pulled models land by default)."
+    ),
     EnvVar(
         "MODELSCOPE_API_TOKEN",
         "Token for the mirrors whose entry says token_env: MODELSCOPE_API_TOKEN (bundled: ModelScope).",
@@ -77,7 +88,46 @@ def config_dir() -> Path:
 
 def fixtures_dir() -> Path:
     explicit = env("MODELGET_FIXTURES_DIR")
-    return Path(explicit) if explicit else _xdg("XDG_CACHE_HOME", ".cache") / "modelget" / "fixtures"
+    return (
+        Path(explicit) if explicit else _xdg("XDG_CACHE_HOME", ".cache") / "modelget" / "fixtures"
+    )
+
+
+def cache_dir() -> Path:
+    explicit = env("MODELGET_CACHE_DIR")
+    return Path(explicit) if explicit else _xdg("XDG_CACHE_HOME", ".cache") / "modelget"
+
+
+def hf_hub_cache() -> Path:
+    """Where the Hugging Face cache lives: $HF_HUB_CACHE, else $HF_HOME/hub, else the default."""
+    explicit = env("HF_HUB_CACHE")
+    if explicit:
+        return Path(explicit)
+    home = env("HF_HOME")
+    return Path(home) / "hub" if home else _xdg("XDG_CACHE_HOME", ".cache") / "huggingface" / "hub"
+
+
+def _float(name: str, default: float) -> float:
+    from modelget.errors import ConfigError
+
+    raw = env(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number", field=name) from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must not be negative", field=name)
+    return value
+
+
+def probe_ttl_s() -> float:
+    return _float("MODELGET_PROBE_TTL", 300.0)
+
+
+def probe_timeout_s() -> float:
+    return _float("MODELGET_PROBE_TIMEOUT", 5.0) or 5.0
 
 
 def require_fixtures() -> bool:

@@ -1,0 +1,339 @@
+"""The command line: parse, call the library, render. The only module that prints.
+
+Data goes to stdout (tables or ``--json``); errors, hints and progress go to stderr.
+Exit codes are those of ``modelget.errors`` (0 ok, 1 error, 2 usage/config, 3 partial,
+4 verification failed, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from modelget import __version__
+from modelget.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ModelgetError
+
+JSON_SCHEMA_VERSION = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors with exit code 2 in our own format."""
+
+    def error(self, message: str) -> Any:  # argparse's signature returns NoReturn
+        self.print_usage(sys.stderr)
+        print(f"error: usage\n{self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="modelget",
+        description="Get a model's files onto this machine fast, intact and ready to load.",
+    )
+    parser.add_argument("--version", action="version", version=f"modelget {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    mirrors = sub.add_parser(
+        "mirrors",
+        help="show (and validate) the mirror catalogue in use",
+        description="Load and validate the mirror catalogue, then list its mirrors. "
+        "Exit code 2 when the catalogue is invalid.",
+    )
+    mirrors.add_argument("--mirrors", metavar="FILE", help="catalogue file (default: see docs)")
+    mirrors.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    mirrors.set_defaults(func=_cmd_mirrors)
+
+    probe = sub.add_parser(
+        "probe",
+        help="probe the enabled mirrors and show their ranking",
+        description="Probe every enabled mirror concurrently (connect, time to first byte and, "
+        "with a repo id, presence of the repo and throughput on a small range of its largest "
+        "file), then rank them. Refreshes the probe cache used by pull.",
+    )
+    probe.add_argument(
+        "repo_id", nargs="?", metavar="REPO_ID", help="e.g. Qwen/Qwen2.5-0.5B-Instruct"
+    )
+    probe.add_argument("--revision", help="branch, tag or commit (default: the mirror's default)")
+    probe.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    probe.add_argument("--timeout", type=float, metavar="S", help="per-mirror timeout (default 5)")
+    probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    probe.set_defaults(func=_cmd_probe)
+
+    pull = sub.add_parser(
+        "pull",
+        help="download a model (today: --dry-run prints the plan)",
+        description="Resolve REPO_ID on the ranked mirrors into one agreed manifest and plan "
+        "the download. With --dry-run, print the plan: every file, its size, its sources in "
+        "order and whether it is already present. The transfer itself is not built yet.",
+    )
+    pull.add_argument("repo_id", metavar="REPO_ID")
+    pull.add_argument("filenames", nargs="*", metavar="FILE", help="only these files")
+    pull.add_argument("--revision", help="branch, tag or commit (default: main / master)")
+    pull.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only files matching GLOB (repeatable; same meaning as hf download)",
+    )
+    pull.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip files matching GLOB (repeatable)",
+    )
+    pull.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    pull.add_argument(
+        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
+    )
+    pull.add_argument("--local-dir", metavar="DIR", help="plain directory instead of the cache")
+    pull.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    pull.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pull.set_defaults(func=_cmd_pull)
+    return parser
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def _mbps(rate: float | None) -> str:
+    return "-" if not rate else f"{rate / 1e6:.1f}"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from modelget.api import probe
+
+    summary = probe(
+        args.repo_id, revision=args.revision, mirrors=args.mirrors, timeout=args.timeout
+    )
+    if args.json:
+        payload = {
+            "schema": JSON_SCHEMA_VERSION,
+            "repo_id": summary.repo_id,
+            "elapsed_s": summary.report.elapsed_s,
+            "mirrors": [
+                {
+                    "rank": r.rank,
+                    "usable": r.usable,
+                    "score": r.score,
+                    **(asdict(r.probe) if r.probe else {"mirror": r.mirror.name}),
+                }
+                for r in summary.ranked
+            ],
+        }
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    rows = []
+    for r in summary.ranked:
+        p = r.probe
+        has = "-" if not p or p.has_repo is None else ("yes" if p.has_repo else "no")
+        rows.append(
+            [
+                str(r.rank) if r.usable else "-",
+                r.mirror.name,
+                r.mirror.kind,
+                p.status if p else "-",
+                _ms(p.connect_s) if p else "-",
+                _ms(p.ttfb_s) if p else "-",
+                _mbps(p.throughput_bps) if p else "-",
+                has,
+            ]
+        )
+    print(
+        _table(
+            rows,
+            ["RANK", "MIRROR", "KIND", "STATUS", "CONNECT_MS", "LATENCY_MS", "MB/S", "HAS_REPO"],
+        )
+    )
+    for r in summary.ranked:
+        if r.probe and r.probe.error:
+            print(f"{r.mirror.name}: {r.probe.error}", file=sys.stderr)
+    print(
+        f"probed {len(summary.ranked)} mirrors in {summary.report.elapsed_s:.2f} s", file=sys.stderr
+    )
+    return EXIT_OK
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from modelget.api import plan
+    from modelget.errors import UsageError
+
+    if not args.dry_run:
+        raise UsageError(
+            "the transfer part of `modelget pull` is not built yet; only --dry-run works",
+            hint="run `modelget pull REPO_ID --dry-run` to see the plan",
+        )
+    if args.cache_dir and args.local_dir:
+        raise UsageError("--cache-dir and --local-dir are exclusive")
+    result = plan(
+        args.repo_id,
+        args.filenames,
+        revision=args.revision,
+        include=args.include,
+        exclude=args.exclude,
+        mirrors=args.mirrors,
+        cache_dir=args.cache_dir,
+        local_dir=args.local_dir,
+    )
+    if args.json:
+        print(json.dumps({"schema": JSON_SCHEMA_VERSION, "plan": _plan_dict(result)}, indent=2))
+        return EXIT_OK
+    rows = [
+        [
+            i.entry.path,
+            _size(i.entry.size),
+            "present" if i.present else "fetch",
+            ("sha256:" + i.entry.sha256[:12])
+            if i.entry.sha256
+            else ("git-sha1:" + (i.entry.git_sha1 or "")[:12]),
+            ", ".join(s.mirror for s in i.sources) or "-",
+        ]
+        for i in result.items
+    ]
+    print(
+        f"{result.repo_id} @ {result.revision} -> commit {result.commit} (manifest from {result.manifest_mirror})"
+    )
+    print(_table(rows, ["FILE", "SIZE", "STATE", "DIGEST", "SOURCES (in order)"]))
+    eta = "unknown" if result.eta_s is None else f"{result.eta_s:.1f} s"
+    print(
+        f"total {_size(result.total_bytes)} in {len(result.items)} files; to fetch "
+        f"{_size(result.fetch_bytes)} in {len(result.to_fetch)} files; needs "
+        f"{_size(result.required_bytes)} free, has "
+        f"{'?' if result.free_bytes is None else _size(result.free_bytes)}; ETA {eta}"
+    )
+    for d in result.disagreements:
+        print(f"disagreement: {d.mirror} is not used for {d.path}: {d.reason}", file=sys.stderr)
+    if result.excluded:
+        print(f"left out by filters: {len(result.excluded)} files", file=sys.stderr)
+    return EXIT_OK
+
+
+def _plan_dict(plan: Any) -> dict[str, Any]:
+    return {
+        "repo_id": plan.repo_id,
+        "revision": plan.revision,
+        "commit": plan.commit,
+        "manifest_mirror": plan.manifest_mirror,
+        "total_bytes": plan.total_bytes,
+        "fetch_bytes": plan.fetch_bytes,
+        "required_bytes": plan.required_bytes,
+        "free_bytes": plan.free_bytes,
+        "eta_s": plan.eta_s,
+        "files": [
+            {
+                "path": i.entry.path,
+                "size": i.entry.size,
+                "sha256": i.entry.sha256,
+                "git_sha1": i.entry.git_sha1,
+                "lfs": i.entry.lfs,
+                "present": i.present,
+                "sources": [{"mirror": s.mirror, "url": s.url} for s in i.sources],
+            }
+            for i in plan.items
+        ],
+        "disagreements": [
+            {"mirror": d.mirror, "path": d.path, "reason": d.reason} for d in plan.disagreements
+        ],
+        "excluded": list(plan.excluded),
+    }
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def _cmd_mirrors(args: argparse.Namespace) -> int:
+    from modelget.catalogue import catalogue_path_and_origin, load_catalogue
+    from modelget.settings import read_token
+
+    location = catalogue_path_and_origin(args.mirrors)
+    catalogue = load_catalogue(args.mirrors)
+    if args.json:
+        payload = {
+            "schema": JSON_SCHEMA_VERSION,
+            "version": catalogue.version,
+            "sources": list(catalogue.sources),
+            "origin": location.origin,
+            "mirrors": [
+                {
+                    "name": m.name,
+                    "kind": m.kind,
+                    "endpoint": m.endpoint,
+                    "enabled": m.enabled,
+                    "weight": m.weight,
+                    "max_connections": m.max_connections,
+                    "token_env": m.token_env,
+                    # Only whether a token is set, never the token itself.
+                    "token_set": bool(m.token_env and read_token(m.token_env)),
+                    "id_map": dict(m.id_map),
+                    "source": m.source,
+                    "line": m.line,
+                }
+                for m in catalogue.mirrors
+            ],
+        }
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    rows = [
+        [
+            m.name,
+            m.kind,
+            m.endpoint,
+            "yes" if m.enabled else "no",
+            f"{m.weight:g}",
+            str(m.max_connections),
+            (m.token_env + (" (set)" if read_token(m.token_env) else " (unset)"))
+            if m.token_env
+            else "-",
+        ]
+        for m in catalogue.mirrors
+    ]
+    print(_table(rows, ["MIRROR", "KIND", "ENDPOINT", "ENABLED", "WEIGHT", "CONNS", "TOKEN"]))
+    print(f"catalogue: {' + '.join(catalogue.sources)} (from {location.origin})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _report_error(exc: ModelgetError, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"schema": JSON_SCHEMA_VERSION, "error": exc.to_dict()}, indent=2))
+    print(f"error: {exc.code}\n{exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"\nhint: {exc.hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = args.func(args)
+    except ModelgetError as exc:
+        _report_error(exc, bool(getattr(args, "json", False)))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
