@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,13 @@ import pytest
 
 from modelget import settings
 from modelget.errors import FixtureError
+
+# huggingface_hub reads its environment once, at import time: give it a safe one before any
+# test imports it (the per-test values are patched into its constants by hermetic_env).
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="modelget-tests-hf-")
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HF_HUB_CACHE", None)
 
 # Variables that would let a test reach a real hub, use a real token or a real cache.
 _SCRUB = (
@@ -49,6 +58,24 @@ def hermetic_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELSCOPE_DOWNLOAD_INTRA_CLOUD", "false")
     monkeypatch.setenv("MODELGET_CONFIG_DIR", str(home / "config"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+    from huggingface_hub import constants as hf_constants
+
+    hf_home = home / "hf"
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(hf_home / "token"))
+    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(hf_home / "stored_tokens"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    if hasattr(hf_constants, "AGENT_HARNESSES_PATH"):
+        monkeypatch.setattr(
+            hf_constants, "AGENT_HARNESSES_PATH", str(hf_home / ".agent_harnesses.json")
+        )
+    if "modelscope_hub" in sys.modules:
+        # modelscope_hub caches endpoint, cache dir and token per process on first use.
+        from modelscope_hub import set_default_config
+
+        set_default_config(None)
 
 
 _real_connect = socket.socket.connect
