@@ -1,0 +1,222 @@
+"""The pipeline facade: ``probe()`` and ``plan()`` call the stages in order and return records.
+
+catalogue → probe/rank → sources → one agreed manifest → plan. Nothing here prints; the CLI
+renders what these return.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelget import settings
+from modelget.catalogue import load_catalogue
+from modelget.datatypes import FileSource, Mirror, Plan, RankedMirror
+from modelget.errors import (
+    AuthRequiredError,
+    ModelgetError,
+    ModelNotFoundError,
+    NoMirrorError,
+    RateLimitedError,
+    RevisionNotFoundError,
+    UsageError,
+)
+from modelget.layout import free_bytes, scan
+from modelget.manifest import agree, merge_digests, select_files
+from modelget.plan import make_plan
+from modelget.probe import ProbeReport, load_cached, probe_mirror, store_cached
+from modelget.probe import probe as run_probe
+from modelget.rank import rank
+from modelget.sources import get_source
+
+StrPath = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class ProbeSummary:
+    """The ranking (best first) and the raw report behind it."""
+
+    repo_id: str | None
+    ranked: tuple[RankedMirror, ...]
+    report: ProbeReport
+
+
+def _enabled_mirrors(mirrors: StrPath | None) -> list[Mirror]:
+    catalogue = load_catalogue(mirrors)
+    enabled = list(catalogue.enabled)
+    if not enabled:
+        raise NoMirrorError(
+            f"no mirror is enabled in {' + '.join(catalogue.sources)}",
+            hint="enable at least one mirror (enabled: true), see docs/mirrors.md",
+        )
+    return enabled
+
+
+def _check_repo_id(repo_id: str) -> None:
+    parts = repo_id.split("/")
+    if (
+        not repo_id
+        or len(parts) > 2
+        or any(not p or p in (".", "..") or p.startswith(("-", ".")) for p in parts)
+        or any(not all(c.isalnum() or c in "-_." for c in p) for p in parts)
+        or len(repo_id) > 96
+    ):
+        raise UsageError(
+            f"not a valid repo id: {repo_id!r}",
+            hint="a repo id looks like ORG/NAME, e.g. Qwen/Qwen2.5-0.5B-Instruct",
+        )
+
+
+def probe(
+    repo_id: str | None = None,
+    *,
+    revision: str | None = None,
+    mirrors: StrPath | None = None,
+    timeout: float | None = None,
+) -> ProbeSummary:
+    """Probe every enabled mirror now (ignoring the cache, refreshing it) and rank them."""
+    if repo_id is not None:
+        _check_repo_id(repo_id)
+    enabled = _enabled_mirrors(mirrors)
+    report = run_probe(enabled, repo_id, revision, timeout=timeout or settings.probe_timeout_s())
+    store_cached(settings.cache_dir() / "probes.json", enabled, repo_id, report.results)
+    return ProbeSummary(repo_id, tuple(rank(enabled, report.results)), report)
+
+
+def _probe_for_plan(enabled: list[Mirror], repo_id: str, revision: str | None) -> ProbeReport:
+    """Fresh probes, or cached ones plus the manifests (which are never cached)."""
+    timeout = settings.probe_timeout_s()
+    cache_file = settings.cache_dir() / "probes.json"
+    cached = load_cached(cache_file, enabled, repo_id, settings.probe_ttl_s())
+    if cached is None:
+        report = run_probe(enabled, repo_id, revision, timeout=timeout)
+        store_cached(cache_file, enabled, repo_id, report.results)
+        return report
+    report = ProbeReport(results=dict(cached), cached=True)
+    for mirror in enabled:
+        if cached[mirror.name].status != "ok":
+            continue
+        try:
+            report.manifests[mirror.name] = get_source(mirror.kind).resolve(
+                mirror, repo_id, revision, timeout=timeout
+            )
+        except ModelgetError as exc:
+            # The mirror changed since it was probed: probe it again, now.
+            result, manifest, error = probe_mirror(mirror, repo_id, revision, timeout)
+            report.results[mirror.name] = result
+            if manifest is not None:
+                report.manifests[mirror.name] = manifest
+            report.errors[mirror.name] = error or exc
+    return report
+
+
+def _no_manifest_error(repo_id: str, revision: str | None, report: ProbeReport) -> ModelgetError:
+    """The clearest single error when no mirror could describe the repo."""
+    lines = [
+        f"  {name}: {report.errors[name].message if name in report.errors else r.error or r.status}"
+        for name, r in report.results.items()
+    ]
+    detail = "\n".join(lines)
+    errors = list(report.errors.values())
+    shown = repo_id + (f"@{revision}" if revision else "")
+    auth = [e for e in errors if isinstance(e, AuthRequiredError)]
+    if auth:
+        return AuthRequiredError(f"{shown} needs a token:\n{detail}", hint=auth[0].hint)
+    limited = [e for e in errors if isinstance(e, RateLimitedError)]
+    if limited:
+        return RateLimitedError(
+            f"every mirror with {shown} is rate limiting:\n{detail}",
+            retry_after_s=max((e.retry_after_s or 0.0) for e in limited) or None,
+            hint=limited[0].hint,
+        )
+    if (
+        errors
+        and any(isinstance(e, RevisionNotFoundError) for e in errors)
+        and all(isinstance(e, (ModelNotFoundError, RevisionNotFoundError)) for e in errors)
+    ):
+        return RevisionNotFoundError(
+            f"revision {revision or '(default)'} of {repo_id} is on no mirror:\n{detail}",
+            hint="check the branch, tag or commit name",
+        )
+    if (
+        errors
+        and all(isinstance(e, ModelNotFoundError) for e in errors)
+        and len(errors) == len(report.results)
+    ):
+        return ModelNotFoundError(
+            f"{repo_id} is on no mirror of the catalogue:\n{detail}",
+            hint="check the repo id, or add a mirror that has it (docs/mirrors.md)",
+        )
+    return NoMirrorError(
+        f"no mirror could serve {shown}:\n{detail}",
+        hint="run `modelget probe` to see each mirror's state",
+    )
+
+
+def plan(
+    repo_id: str,
+    filenames: Sequence[str] = (),
+    *,
+    revision: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    mirrors: StrPath | None = None,
+    cache_dir: StrPath | None = None,
+    local_dir: StrPath | None = None,
+) -> Plan:
+    """What ``pull`` would do: the agreed manifest, each file's sources in rank order,
+    what is already present, the totals, and a refusal if the disk is too small."""
+    _check_repo_id(repo_id)
+    enabled = _enabled_mirrors(mirrors)
+    report = _probe_for_plan(enabled, repo_id, revision)
+    ranked = rank(enabled, report.results)
+    order = [r.mirror for r in ranked if r.usable and r.mirror.name in report.manifests]
+    if not order:
+        raise _no_manifest_error(repo_id, revision, report)
+
+    reference = report.manifests[order[0].name]
+    others = [report.manifests[m.name] for m in order[1:]]
+    candidates, disagreements = agree(reference, others)
+    wanted, excluded = select_files(
+        reference.files, filenames=filenames, include=include, exclude=exclude
+    )
+    by_name = {m.name: m for m in order}
+    files_of = {m.name: report.manifests[m.name].by_path() for m in order}
+    entries = []
+    sources: dict[str, list[FileSource]] = {}
+    for entry in wanted:
+        agreeing = candidates.get(entry.path, [])
+        entries.append(merge_digests(entry, (files_of[n][entry.path] for n in agreeing[1:])))
+        # Each mirror's URL is built from its own entry (a cdn addresses bytes by sha256).
+        sources[entry.path] = [
+            FileSource(
+                name,
+                get_source(by_name[name].kind).file_url(
+                    by_name[name], report.manifests[name], files_of[name][entry.path]
+                ),
+            )
+            for name in agreeing
+        ]
+
+    hub_cache = Path(cache_dir) if cache_dir is not None else settings.hf_hub_cache()
+    dest = Path(local_dir) if local_dir is not None else hub_cache
+    present = scan(
+        entries,
+        repo_id=repo_id,
+        commit=reference.commit,
+        cache_dir=hub_cache,
+        local_dir=Path(local_dir) if local_dir is not None else None,
+    )
+    throughput = {name: r.throughput_bps for name, r in report.results.items() if r.throughput_bps}
+    return make_plan(
+        reference,
+        entries,
+        sources,
+        present=present,
+        free_bytes=free_bytes(dest),
+        throughput_bps=throughput,
+        disagreements=disagreements,
+        excluded=excluded,
+    )

@@ -1,0 +1,177 @@
+"""Hugging Face Hub and every HF-compatible mirror (hf-mirror, olah, Artifactory, nginx caches).
+
+Metadata comes from huggingface_hub's ``HfApi`` pointed at the mirror's endpoint: the revision
+is pinned to its commit (``model_info``), then the recursive tree at that commit gives sizes,
+``lfs.sha256`` for LFS files and the git blob sha1 for the rest.
+
+Tokens: ``HfApi(token=None)`` would attach the user's implicit token (``HF_TOKEN`` or the
+login file) to whatever endpoint it is given, a third-party mirror included. So this adapter
+always passes the token explicitly: the mirror entry's own token, or ``False`` (send none).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from modelget import __version__
+from modelget.auth import mirror_token
+from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind
+from modelget.errors import (
+    AuthRequiredError,
+    MirrorUnavailableError,
+    ModelgetError,
+    ModelNotFoundError,
+    RateLimitedError,
+    ResolveError,
+    RevisionNotFoundError,
+)
+from modelget.manifest import check_path
+
+DEFAULT_REVISION = "main"
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Connection, timeout and protocol failures of the HTTP stacks our clients use.
+
+    huggingface_hub 2.x runs on httpx2, 1.x on httpx, 0.x on requests; matching on the
+    package keeps the mapping right whichever one is installed.
+    """
+    root = type(exc).__module__.split(".")[0]
+    return root in {
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "httpcore2",
+        "requests",
+        "urllib3",
+    } or isinstance(exc, (OSError, TimeoutError))
+
+
+def _retry_after(exc: Any) -> float | None:
+    response = getattr(exc, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def map_hf_error(exc: Exception, mirror: Mirror, repo_id: str, revision: str) -> ModelgetError:
+    """Turn a huggingface_hub / HTTP-stack exception into a modelget error."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+    )
+    from huggingface_hub.errors import RevisionNotFoundError as HfRevisionNotFound
+
+    where = f"{mirror.name} ({mirror.endpoint})"
+    if isinstance(exc, GatedRepoError):
+        return AuthRequiredError(
+            f"{repo_id} is gated on {where}: it needs a token with access",
+            hint=f"accept the model's terms on the hub, then set {mirror.token_env or 'a token_env'} "
+            f"for mirror {mirror.name}",
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 401 and mirror_token(mirror) is None:
+            return AuthRequiredError(
+                f"{repo_id} on {where} is private or does not exist (401 without a token)",
+                hint=f"set {mirror.token_env or 'a token_env'} for mirror {mirror.name} if it is private",
+            )
+        return ModelNotFoundError(f"{repo_id} not found on {where}")
+    if isinstance(exc, HfRevisionNotFound):
+        return RevisionNotFoundError(f"revision {revision!r} of {repo_id} not found on {where}")
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 429:
+            retry = _retry_after(exc)
+            return RateLimitedError(
+                f"{where} is rate limiting requests (429)"
+                + (f"; it asks to retry after {retry:g} s" if retry is not None else ""),
+                retry_after_s=retry,
+                hint="wait and retry, or add a token for this mirror (authenticated limits are higher)",
+            )
+        if status in (401, 403):
+            return AuthRequiredError(f"{where} refused access to {repo_id} ({status})")
+        return MirrorUnavailableError(f"{where} answered HTTP {status} for {repo_id}")
+    if is_transport_error(exc):
+        return MirrorUnavailableError(f"{where} is unreachable: {exc}")
+    return ResolveError(f"{where}: unexpected answer for {repo_id}: {exc!r}")
+
+
+class HfSource:
+    kind: MirrorKind = "hf"
+
+    def _api(self, mirror: Mirror) -> Any:
+        from huggingface_hub import HfApi
+
+        token = mirror_token(mirror)
+        return HfApi(
+            endpoint=mirror.endpoint,
+            token=token if token else False,
+            library_name="modelget",
+            library_version=__version__,
+        )
+
+    def resolve(
+        self, mirror: Mirror, repo_id: str, revision: str | None, *, timeout: float
+    ) -> Manifest:
+        from huggingface_hub.hf_api import RepoFile
+
+        mirror_repo = mirror.map_repo_id(repo_id)
+        rev = revision or DEFAULT_REVISION
+        api = self._api(mirror)
+        try:
+            info = api.model_info(mirror_repo, revision=rev, timeout=timeout)
+            commit = info.sha
+            if not commit:
+                raise ResolveError(f"{mirror.name} gave no commit for {repo_id}@{rev}")
+            entries = [
+                e
+                for e in api.list_repo_tree(mirror_repo, revision=commit, recursive=True)
+                if isinstance(e, RepoFile)
+            ]
+        except ModelgetError:
+            raise
+        except Exception as exc:
+            raise map_hf_error(exc, mirror, repo_id, rev) from exc
+        files = tuple(
+            sorted(
+                (
+                    FileEntry(
+                        path=check_path(e.path),
+                        size=int(e.size),
+                        sha256=(e.lfs.sha256.lower() if e.lfs is not None else None),
+                        git_sha1=None if e.lfs is not None else (e.blob_id or None),
+                        lfs=e.lfs is not None,
+                    )
+                    for e in entries
+                ),
+                key=lambda f: f.path,
+            )
+        )
+        gated = bool(getattr(info, "gated", False))
+        if gated and mirror_token(mirror) is None:
+            raise AuthRequiredError(
+                f"{repo_id} is gated on {mirror.name} ({mirror.endpoint}): downloading needs a token",
+                hint=f"accept the model's terms on the hub, then set "
+                f"{mirror.token_env or 'a token_env'} for mirror {mirror.name}",
+            )
+        return Manifest(
+            repo_id=repo_id,
+            revision=rev,
+            commit=commit,
+            files=files,
+            mirror=mirror.name,
+            mirror_repo_id=mirror_repo,
+            gated=gated,
+        )
+
+    def file_url(self, mirror: Mirror, manifest: Manifest, entry: FileEntry) -> str:
+        repo = manifest.mirror_repo_id or manifest.repo_id
+        return f"{mirror.endpoint}/{repo}/resolve/{manifest.commit}/{quote(entry.path)}"
+
+    def ping_url(self, mirror: Mirror) -> str:
+        return f"{mirror.endpoint}/api/models?limit=1"

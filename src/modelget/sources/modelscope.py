@@ -1,0 +1,144 @@
+"""ModelScope, through the official ``modelscope-hub`` client (``modelscope_hub.HubApi``).
+
+ModelScope ids can differ from Hugging Face ids (``meta-llama/...`` is ``LLM-Research/...``):
+the mirror entry's ``id_map`` translates them. With no revision given, ModelScope's default
+branch ``master`` is used, as its own client does.
+
+Tokens: ``HubApi()`` picks up ``MODELSCOPE_API_TOKEN`` or the stored login by itself; passing
+``token=""`` is the client's documented way to run without local credentials, so a mirror whose
+entry names no ``token_env`` never receives one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from modelget.auth import mirror_token
+from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind
+from modelget.errors import (
+    AuthRequiredError,
+    MirrorUnavailableError,
+    ModelgetError,
+    ModelNotFoundError,
+    RateLimitedError,
+    ResolveError,
+    RevisionNotFoundError,
+)
+from modelget.manifest import check_path
+from modelget.sources.hf import is_transport_error
+
+DEFAULT_REVISION = "master"
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+class ModelScopeSource:
+    kind: MirrorKind = "modelscope"
+
+    def _api(self, mirror: Mirror, timeout: float) -> Any:
+        from modelscope_hub import HubApi
+
+        return HubApi(endpoint=mirror.endpoint, token=mirror_token(mirror) or "")
+
+    def _map_error(
+        self, exc: Exception, api: Any, mirror: Mirror, repo_id: str, ms_id: str, rev: str
+    ) -> ModelgetError:
+        import modelscope_hub as ms
+
+        where = f"{mirror.name} ({mirror.endpoint})"
+        shown = repo_id if ms_id == repo_id else f"{repo_id} (as {ms_id})"
+        if isinstance(exc, (ms.AuthenticationError, ms.PermissionDeniedError)):
+            return AuthRequiredError(
+                f"{where} refused access to {shown}",
+                hint=f"set {mirror.token_env or 'a token_env'} for mirror {mirror.name}",
+            )
+        if isinstance(exc, ms.RateLimitError):
+            retry = getattr(exc, "retry_after", None)
+            return RateLimitedError(
+                f"{where} is rate limiting requests (429)",
+                retry_after_s=float(retry) if isinstance(retry, (int, float)) else None,
+                hint="wait and retry, or add a token for this mirror",
+            )
+        if isinstance(exc, (ms.NotExistError, ms.NotFoundError)):
+            try:
+                exists = bool(api.repo_exists(ms_id, "model"))
+            except Exception:
+                exists = False
+            if exists:
+                return RevisionNotFoundError(f"revision {rev!r} of {shown} not found on {where}")
+            return ModelNotFoundError(f"{shown} not found on {where}")
+        if isinstance(exc, (ms.NetworkError, ms.RequestTimeoutError)) or is_transport_error(exc):
+            return MirrorUnavailableError(f"{where} is unreachable: {exc}")
+        if isinstance(exc, ms.ServerError):
+            return MirrorUnavailableError(f"{where} failed: {exc}")
+        return ResolveError(f"{where}: unexpected answer for {shown}: {exc!r}")
+
+    def resolve(
+        self, mirror: Mirror, repo_id: str, revision: str | None, *, timeout: float
+    ) -> Manifest:
+        ms_id = mirror.map_repo_id(repo_id)
+        rev = revision or DEFAULT_REVISION
+        api = self._api(mirror, timeout)
+        try:
+            listed = api.list_repo_files(ms_id, "model", revision=rev, recursive=True)
+            commit = rev if _COMMIT.match(rev) else self._commit_of(api, ms_id, rev)
+        except ModelgetError:
+            raise
+        except Exception as exc:
+            raise self._map_error(exc, api, mirror, repo_id, ms_id, rev) from exc
+        files = tuple(
+            sorted(
+                (
+                    FileEntry(
+                        path=check_path(f.path),
+                        size=int(f.size),
+                        sha256=(f.sha256.lower() if f.sha256 else None),
+                        lfs=bool(f.is_lfs),
+                    )
+                    for f in listed
+                    if not f.is_dir
+                ),
+                key=lambda f: f.path,
+            )
+        )
+        return Manifest(
+            repo_id=repo_id,
+            revision=rev,
+            commit=commit,
+            files=files,
+            mirror=mirror.name,
+            mirror_repo_id=ms_id,
+        )
+
+    @staticmethod
+    def _commit_of(api: Any, ms_id: str, rev: str) -> str:
+        """The commit id a branch or tag points at, when the service says; else ``rev``."""
+        try:
+            revisions = api.list_repo_revisions(ms_id, "model")
+        except Exception:
+            return rev
+        entries: list[Any] = []
+        if isinstance(revisions, dict):
+            rmap = revisions.get("RevisionMap", revisions)
+            entries = list(rmap.get("Branches") or []) + list(rmap.get("Tags") or [])
+        elif isinstance(revisions, list):
+            entries = revisions
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("Revision") == rev:
+                commit = entry.get("CommitId") or entry.get("Commit")
+                if isinstance(commit, str) and _COMMIT.match(commit):
+                    return commit
+        return rev
+
+    def file_url(self, mirror: Mirror, manifest: Manifest, entry: FileEntry) -> str:
+        # The revision *name* goes in the URL, as ModelScope's own client does; the bytes are
+        # verified against the manifest's sha256 whatever the branch does meanwhile.
+        repo = manifest.mirror_repo_id or manifest.repo_id
+        return (
+            f"{mirror.endpoint}/api/v1/models/{repo}/repo"
+            f"?Revision={quote(manifest.revision, safe='')}&FilePath={quote(entry.path, safe='')}"
+        )
+
+    def ping_url(self, mirror: Mirror) -> str:
+        return f"{mirror.endpoint}/api/v1/models/"

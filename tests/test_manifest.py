@@ -1,0 +1,122 @@
+"""Pure manifest logic: agreement between mirrors, file selection, unsafe paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelget.datatypes import FileEntry, Manifest
+from modelget.errors import UnsafeManifestError, UsageError
+from modelget.manifest import agree, check_path, merge_digests, select_files
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def _manifest(mirror: str, *files: FileEntry) -> Manifest:
+    return Manifest("org/model", "main", "c" * 40, tuple(files), mirror)
+
+
+def test_agreeing_mirrors_are_candidates_in_order() -> None:
+    ref = _manifest(
+        "hub",
+        FileEntry("m.safetensors", 10, SHA_A, lfs=True),
+        FileEntry("c.json", 3, git_sha1="1" * 40),
+    )
+    m2 = _manifest(
+        "mirror2", FileEntry("m.safetensors", 10, SHA_A), FileEntry("c.json", 3, git_sha1="1" * 40)
+    )
+    ms = _manifest(
+        "modelscope", FileEntry("m.safetensors", 10, SHA_A), FileEntry("c.json", 3, "d" * 64)
+    )
+    candidates, disagreements = agree(ref, [m2, ms])
+    assert candidates == {
+        "m.safetensors": ["hub", "mirror2", "modelscope"],
+        "c.json": ["hub", "mirror2", "modelscope"],
+    }
+    assert disagreements == []
+
+
+def test_different_digest_or_size_excludes_that_mirror_for_that_file_only() -> None:
+    ref = _manifest("hub", FileEntry("a.bin", 10, SHA_A), FileEntry("b.bin", 5, SHA_A))
+    bad = _manifest("evil", FileEntry("a.bin", 10, SHA_B), FileEntry("b.bin", 5, SHA_A))
+    short = _manifest("short", FileEntry("a.bin", 9, SHA_A))
+    candidates, disagreements = agree(ref, [bad, short])
+    assert candidates == {"a.bin": ["hub"], "b.bin": ["hub", "evil"]}
+    reasons = {(d.mirror, d.path): d.reason for d in disagreements}
+    assert "sha256" in reasons[("evil", "a.bin")]
+    assert "size" in reasons[("short", "a.bin")]
+    assert reasons[("short", "b.bin")] == "file missing"
+
+
+def test_git_sha1_mismatch_disagrees() -> None:
+    ref = _manifest("hub", FileEntry("c.json", 3, git_sha1="1" * 40))
+    other = _manifest("m", FileEntry("c.json", 3, git_sha1="2" * 40))
+    candidates, disagreements = agree(ref, [other])
+    assert candidates["c.json"] == ["hub"]
+    assert "git sha1" in disagreements[0].reason
+
+
+def test_merge_borrows_a_sha256_from_an_agreeing_mirror() -> None:
+    ref = FileEntry("c.json", 3, git_sha1="1" * 40)
+    merged = merge_digests(ref, [FileEntry("c.json", 3, SHA_B)])
+    assert merged.sha256 == SHA_B and merged.git_sha1 == "1" * 40
+    assert merge_digests(FileEntry("x", 1, SHA_A), [FileEntry("x", 1, SHA_B)]).sha256 == SHA_A
+
+
+FILES = [
+    FileEntry(p, 1, SHA_A)
+    for p in (
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "onnx/model.onnx",
+        "1_Pooling/config.json",
+        "README.md",
+    )
+]
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude", "expected"),
+    [
+        ([], [], [f.path for f in FILES]),
+        (
+            ["*.safetensors"],
+            [],
+            ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
+        ),
+        (["*.json"], [], ["config.json", "1_Pooling/config.json"]),
+        ([], ["onnx/*"], [p.path for p in FILES if not p.path.startswith("onnx/")]),
+        ([], ["onnx/"], [p.path for p in FILES if not p.path.startswith("onnx/")]),
+        (["*.json", "*.md"], ["1_Pooling/*"], ["config.json", "README.md"]),
+    ],
+)
+def test_select_files_like_hf_download(
+    include: list[str], exclude: list[str], expected: list[str]
+) -> None:
+    kept, left_out = select_files(FILES, include=include, exclude=exclude)
+    assert [f.path for f in kept] == expected
+    assert sorted(left_out) == sorted(f.path for f in FILES if f.path not in expected)
+
+
+def test_explicit_filenames_must_exist() -> None:
+    kept, _ = select_files(FILES, filenames=["config.json"])
+    assert [f.path for f in kept] == ["config.json"]
+    with pytest.raises(UsageError, match=r"nope\.bin"):
+        select_files(FILES, filenames=["config.json", "nope.bin"])
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../etc/passwd", "/etc/passwd", "a/../../b", "a\\b", "a\x00b", "", "./a", "a//b", "a/", "."],
+)
+def test_unsafe_paths_are_refused(path: str) -> None:
+    with pytest.raises(UnsafeManifestError):
+        check_path(path)
+
+
+@pytest.mark.parametrize(
+    "path", ["config.json", "1_Pooling/config.json", ".gitattributes", "a b/c#d.txt"]
+)
+def test_safe_paths_pass(path: str) -> None:
+    assert check_path(path) == path
