@@ -141,6 +141,8 @@ class HubSimulator:
         self._faults = FaultRegistry()
         self._log: list[RequestRecord] = []
         self._log_lock = threading.Lock()
+        self._live: set[Any] = set()
+        """Handlers with a request in progress (for ``file_bytes_sent``)."""
         self._key = secrets.token_bytes(32)
         self._stop = threading.Event()
         self._servers: dict[str, _Server] = {}
@@ -378,6 +380,36 @@ class HubSimulator:
         with self._log_lock:
             self._log.clear()
 
+    def file_bytes_sent(self, path_contains: str = "") -> int:
+        """File body bytes sent so far (routes hf-resolve, cdn, ms-file) on paths containing
+        ``path_contains``. Responses still being sent count what has left so far (a throttled
+        response is logged up front with the count it is about to send)."""
+        routes = ("hf-resolve", "cdn", "ms-file")
+        with self._log_lock:
+            live = {id(getattr(h, "_logged", None)): h for h in self._live}
+            total = 0
+            for r in self._log:
+                if r.route not in routes or path_contains not in r.path:
+                    continue
+                handler = live.pop(id(r), None)
+                total += handler._progress.sent if handler is not None else r.bytes_sent
+            for handler in live.values():
+                if getattr(handler, "_route", "") in routes and path_contains in getattr(
+                    handler, "_raw_path", ""
+                ):
+                    total += handler._progress.sent
+        return total
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no request is in progress (e.g. after killing a client); True if so."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._log_lock:
+                if not self._live:
+                    return True
+            time.sleep(0.02)
+        return False
+
     def requests(
         self,
         *,
@@ -562,6 +594,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._control()
             return
         self._route = "other"
+        with sim._log_lock:
+            sim._live.add(self)
         try:
             self._route, file_path, action = self._plan()
             self._ctx = MatchContext(
@@ -599,6 +633,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send_json(500, {"error": "hubsim internal error"})
         finally:
             self._finish_log()
+            with sim._log_lock:
+                sim._live.discard(self)
 
     def _finish_log(self) -> None:
         logged = self._logged

@@ -1,0 +1,134 @@
+"""Engines: carry out transfers. One protocol, two adapters (aria2c over JSON-RPC, httpx).
+
+An engine receives ``FetchJob``s (one per file: its size, the ``.incomplete`` path to write,
+and its sources in rank order) and fills each ``dest`` with the file's bytes, taking
+segments of one file from several mirrors at once, dropping mirrors that fail or stall and
+keeping every byte already written (resumable after a crash). It does not verify digests
+and does not move files into place: ``api`` does that, so both engines get identical
+guarantees. Engines never import ``api``, ``cli`` or the sources.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from modelget.errors import EngineUnavailableError
+from modelget.events import Reporter
+
+EngineName = Literal["auto", "aria2", "httpx"]
+
+
+@dataclass(frozen=True)
+class SourceURL:
+    """One mirror's URL for one file. ``headers`` (e.g. Authorization) may be sent only to
+    the scheme+host+port of ``url`` itself, never across a redirect to another host."""
+
+    mirror: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    max_connections: int = 8
+
+
+@dataclass(frozen=True)
+class FetchJob:
+    """One file to fetch into ``dest`` (its ``.incomplete`` path; the parent exists)."""
+
+    key: str
+    path: str
+    size: int
+    dest: Path
+    sources: tuple[SourceURL, ...]
+    sha256: str | None = None
+
+
+@dataclass
+class FetchResult:
+    """What happened to one job. ``ok``: ``dest`` holds ``size`` bytes (not yet verified)."""
+
+    key: str
+    path: str
+    ok: bool
+    bytes_by_mirror: dict[str, int] = field(default_factory=dict)
+    resumed_bytes: int = 0
+    error: str | None = None
+    attempts: list[str] = field(default_factory=list)
+    """One line per mirror problem, e.g. ``"mirror-b: reset after 1048576 bytes"``."""
+    cancelled: bool = False
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Transfer settings, with defaults chosen for multi-GB shards on fast links."""
+
+    max_connections: int = 16
+    """Connections in flight over all files and mirrors."""
+    max_concurrent_files: int = 4
+    min_split_bytes: int = 8 * 1024 * 1024
+    """Segments are never smaller than this (except a file's last one)."""
+    lowest_speed_bps: int = 64 * 1024
+    """A connection slower than this for ``stall_timeout_s`` is dropped and its segment
+    goes back to the pool (from another mirror when there is one)."""
+    stall_timeout_s: float = 20.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    max_tries: int = 5
+    """Failed attempts per mirror and file before that mirror is dropped for the file."""
+    retry_wait_s: float = 1.0
+    """Base of the exponential backoff (with jitter) between attempts on one mirror."""
+    max_rate_bps: int | None = None
+    """Overall download cap (``--max-rate``); None: unlimited."""
+    verify_tls: bool = True
+
+
+OnComplete = Callable[[FetchJob, FetchResult], None]
+
+
+class Engine(Protocol):
+    name: str
+
+    def run(
+        self,
+        jobs: Sequence[FetchJob],
+        *,
+        reporter: Reporter,
+        cancel: threading.Event,
+        on_complete: OnComplete | None = None,
+    ) -> list[FetchResult]:
+        """Fetch every job; call ``on_complete`` (from any thread) as each file's bytes are
+        all in, so verification overlaps other transfers; return one result per job.
+        When ``cancel`` is set: stop soon, keep resumable state, mark results cancelled."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (aria2c process, connection pools)."""
+        ...
+
+
+def aria2c_path() -> str | None:
+    return shutil.which("aria2c")
+
+
+def select_engine(name: EngineName, options: EngineOptions, reporter: Reporter) -> Engine:
+    """``aria2`` (fails without aria2c), ``httpx``, or ``auto`` (aria2 when installed,
+    else httpx, saying so once)."""
+    if name == "aria2" or (name == "auto" and aria2c_path()):
+        if not aria2c_path():
+            raise EngineUnavailableError(
+                "the aria2 engine needs aria2c, which is not installed",
+                hint="install it (Debian/Ubuntu: apt-get install aria2; macOS: brew install aria2) "
+                "or use --engine httpx",
+            )
+        from modelget.engines.aria2 import Aria2Engine
+
+        return Aria2Engine(options)
+    if name == "auto":
+        reporter.on_message("info", "aria2c not found: using the built-in httpx engine")
+    from modelget.engines.httpx_engine import HttpxEngine
+
+    return HttpxEngine(options)

@@ -1,0 +1,155 @@
+"""Resolve a source URL to the URL that serves the bytes, without leaking its headers.
+
+A mirror's headers (``SourceURL.headers``, e.g. ``Authorization``) may be sent only to the
+scheme, host and port of the mirror's own URL. Hubs answer a download URL with a redirect to
+a signed CDN/object-store URL; that URL carries its own credentials (the signature) and must
+not see the token. :func:`resolve_final_url` follows redirects by hand (at most
+``max_hops``), sends the headers only on hops that stay on the source's origin, and returns
+the final URL, so an engine that cannot be trusted to drop headers across redirects (aria2c
+sends a custom ``header`` to every host it is redirected to) gets a URL that needs none.
+
+The probe is a ``GET`` with ``Range: bytes=0-0`` rather than a ``HEAD``: presigned S3-style
+URLs are signed for one method, and a ``HEAD`` on a ``GET``-signed URL is refused. At most
+one body byte is read; a server that ignores the Range is not drained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from modelget.errors import MirrorUnavailableError
+
+DEFAULT_MAX_HOPS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)`` of ``url``, lower-cased, with the scheme's default port filled in."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Whether two URLs share scheme, host and port (so the same credentials may go to both)."""
+    return origin(a) == origin(b)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its query and credentials (signed URLs carry secrets in the query)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}" + ("?..." if parts.query else "")
+
+
+@dataclass(frozen=True)
+class ResolvedURL:
+    """Where a source URL leads."""
+
+    source_url: str
+    url: str
+    """The final URL: it answered the probe with 200/206 (or 416 for an empty file)."""
+    status: int
+    size: int | None
+    """The resource's total size, from ``Content-Range`` (or ``Content-Length`` on a 200)."""
+    hops: int
+    """Redirects followed (0: ``url`` is ``source_url``)."""
+
+    @property
+    def redirected(self) -> bool:
+        return self.hops > 0
+
+    @property
+    def same_origin(self) -> bool:
+        """The final URL is on the source's own origin: its headers may be sent there."""
+        return same_origin(self.url, self.source_url)
+
+
+class ResolveURLError(MirrorUnavailableError):
+    """A source URL could not be resolved to a URL that serves bytes.
+
+    ``status`` is the HTTP status that ended the walk (None for a network error or a redirect
+    problem); the message never contains header values or a URL's query.
+    """
+
+    code = "url-unresolvable"
+
+    def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+
+
+def _total_size(response: httpx.Response) -> int | None:
+    content_range = response.headers.get("Content-Range", "")
+    if "/" in content_range:
+        total = content_range.rsplit("/", 1)[1].strip()
+        if total.isdigit():
+            return int(total)
+    if response.status_code == 200:
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit():
+            return int(length)
+    return None
+
+
+def resolve_final_url(
+    client: httpx.Client,
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    max_hops: int = DEFAULT_MAX_HOPS,
+) -> ResolvedURL:
+    """Follow ``url``'s redirects by hand and return the URL that serves the bytes.
+
+    ``headers`` go only to hops on ``url``'s own origin (scheme, host, port). ``client`` must
+    not follow redirects itself (``follow_redirects=False``, httpx's default). Raises
+    :class:`ResolveURLError` for an error status, a network error, a redirect without
+    ``Location``, a non-http(s) target or more than ``max_hops`` redirects.
+    """
+    headers = dict(headers or {})
+    current = url
+    for hop in range(max_hops + 1):
+        scheme = urlsplit(current).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ResolveURLError(
+                f"redirected to a non-HTTP URL ({scheme or 'no scheme'})", url=current
+            )
+        send = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
+        if headers and same_origin(current, url):
+            send = {**headers, **send}
+        try:
+            with client.stream("GET", current, headers=send, follow_redirects=False) as response:
+                status = response.status_code
+                location = response.headers.get("Location")
+                size = _total_size(response)
+                # Leaving the block closes the response unread: a 200 (Range ignored) is not
+                # drained, httpx drops that connection instead.
+        except httpx.HTTPError as exc:
+            raise ResolveURLError(
+                f"{redact_url(current)}: {type(exc).__name__}: {exc}", url=current
+            ) from None
+        if status in _REDIRECTS:
+            if not location:
+                raise ResolveURLError(
+                    f"{redact_url(current)}: HTTP {status} without a Location", status=status
+                )
+            current = str(httpx.URL(current).join(location))
+            continue
+        if status in (200, 206):
+            return ResolvedURL(url, current, status, size, hop)
+        if status == 416 and size == 0:
+            return ResolvedURL(url, current, status, 0, hop)
+        raise ResolveURLError(f"{redact_url(current)}: HTTP {status}", status=status, url=current)
+    raise ResolveURLError(f"{redact_url(url)}: more than {max_hops} redirects", url=url)

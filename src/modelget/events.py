@@ -1,0 +1,68 @@
+"""Progress and outcome events. The core reports; it never draws.
+
+Engines and ``api.pull`` call a ``Reporter`` from worker threads; implementations must be
+thread-safe. ``cli.py`` draws them with tqdm or prints them as JSON lines; the Python API
+takes any object with these methods (``NullReporter`` ignores everything).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Reporter(Protocol):
+    def on_plan(
+        self, repo_id: str, commit: str, files: int, fetch_bytes: int, total_bytes: int
+    ) -> None:
+        """The plan is ready: ``files`` to fetch, ``fetch_bytes`` of ``total_bytes``."""
+
+    def on_file_start(self, path: str, size: int, mirrors: tuple[str, ...]) -> None:
+        """A file's transfer starts (or resumes) from these mirrors, best first."""
+
+    def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+        """``nbytes`` more bytes of ``path`` arrived (from ``mirror`` when known)."""
+
+    def on_file_resumed(self, path: str, have_bytes: int) -> None:
+        """``have_bytes`` of ``path`` were already on disk from an earlier run."""
+
+    def on_mirror_failed(self, path: str, mirror: str, reason: str) -> None:
+        """A mirror failed or was dropped for ``path`` (its share goes to the others)."""
+
+    def on_verify_failed(self, path: str, mirrors: tuple[str, ...], reason: str) -> None:
+        """``path`` failed its digest; the bytes were quarantined and will be fetched again."""
+
+    def on_file_done(self, path: str, size: int, seconds: float, reused: bool) -> None:
+        """``path`` is verified and in place (``reused``: nothing was transferred)."""
+
+    def on_message(self, level: str, text: str) -> None:
+        """A one-off note for the user (``info`` or ``warning``)."""
+
+
+class NullReporter:
+    """A reporter that ignores every event."""
+
+    def on_plan(
+        self, repo_id: str, commit: str, files: int, fetch_bytes: int, total_bytes: int
+    ) -> None:
+        pass
+
+    def on_file_start(self, path: str, size: int, mirrors: tuple[str, ...]) -> None:
+        pass
+
+    def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+        pass
+
+    def on_file_resumed(self, path: str, have_bytes: int) -> None:
+        pass
+
+    def on_mirror_failed(self, path: str, mirror: str, reason: str) -> None:
+        pass
+
+    def on_verify_failed(self, path: str, mirrors: tuple[str, ...], reason: str) -> None:
+        pass
+
+    def on_file_done(self, path: str, size: int, seconds: float, reused: bool) -> None:
+        pass
+
+    def on_message(self, level: str, text: str) -> None:
+        pass

@@ -1,0 +1,329 @@
+"""The httpx engine against the hub simulator on 127.0.0.1: ranges, faults, resume, tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelget.engines import EngineOptions, FetchJob, FetchResult, SourceURL
+from modelget.engines.httpx_engine import HttpxEngine, RateLimiter
+from modelget.engines.ranges import RangeSet, Sidecar, load_sidecar, save_sidecar, sidecar_path
+from modelget.events import NullReporter
+from modelget.testing.hubsim import Fault, HubSimulator
+
+REPO = "acme/blob"
+SIZE = 6 * 1024 * 1024 + 12345
+FAST = EngineOptions(
+    stall_timeout_s=2.0, retry_wait_s=0.05, max_tries=3, min_split_bytes=1024 * 1024
+)
+
+
+class Recorder(NullReporter):
+    def __init__(self) -> None:
+        self.failed: list[tuple[str, str]] = []
+        self.resumed: list[int] = []
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def on_mirror_failed(self, path: str, mirror: str, reason: str) -> None:
+        with self.lock:
+            self.failed.append((mirror, reason))
+
+    def on_file_resumed(self, path: str, have_bytes: int) -> None:
+        self.resumed.append(have_bytes)
+
+    def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+        with self.lock:
+            self.bytes += nbytes
+
+
+@pytest.fixture(scope="module")
+def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("repo")
+    (d / "weights.bin").write_bytes(os.urandom(SIZE))
+    (d / "empty.txt").write_bytes(b"")
+    return d
+
+
+@pytest.fixture
+def sims() -> Iterator[list[HubSimulator]]:
+    started: list[HubSimulator] = []
+    yield started
+    for sim in started:
+        sim.stop()
+
+
+def start(sims: list[HubSimulator], repo_dir: Path, **kw: object) -> HubSimulator:
+    sim = HubSimulator(**kw).start()  # type: ignore[arg-type]
+    sim.add_repo(REPO, repo_dir)
+    sims.append(sim)
+    return sim
+
+
+def job_for(
+    dest_dir: Path, repo_dir: Path, *sources: SourceURL, path: str = "weights.bin"
+) -> FetchJob:
+    data = (repo_dir / path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    return FetchJob(
+        key=digest,
+        path=path,
+        size=len(data),
+        dest=dest_dir / f"{digest}.incomplete",
+        sources=tuple(sources),
+        sha256=digest,
+    )
+
+
+def run(job: FetchJob, reporter: Recorder | None = None, **opts: object) -> FetchResult:
+    options = EngineOptions(**{**FAST.__dict__, **opts})  # type: ignore[arg-type]
+    engine = HttpxEngine(options)
+    done: list[FetchResult] = []
+    try:
+        (result,) = engine.run(
+            [job],
+            reporter=reporter or Recorder(),
+            cancel=threading.Event(),
+            on_complete=lambda j, r: done.append(r),
+        )
+    finally:
+        engine.close()
+    assert (result in done) == result.ok
+    return result
+
+
+def body_bytes(sim: HubSimulator) -> int:
+    return sim.file_bytes_sent("weights.bin")
+
+
+def digest_ok(job: FetchJob) -> bool:
+    return hashlib.sha256(job.dest.read_bytes()).hexdigest() == job.sha256
+
+
+def test_segments_come_from_both_mirrors_and_the_bytes_are_right(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    a = start(sims, repo_dir, name="a")
+    b = start(sims, repo_dir, name="b", host_name="localhost")
+    job = job_for(
+        tmp_path,
+        repo_dir,
+        SourceURL("a", a.resolve_url(REPO, "weights.bin"), max_connections=2),
+        SourceURL("b", b.resolve_url(REPO, "weights.bin"), max_connections=2),
+    )
+    result = run(job)
+    assert result.ok, result
+    assert digest_ok(job)
+    assert set(result.bytes_by_mirror) == {"a", "b"}
+    assert sum(result.bytes_by_mirror.values()) == SIZE
+    for sim in (a, b):
+        ranges = [r.range for r in sim.requests(route="hf-resolve")]
+        assert ranges and all(r and r.startswith("bytes=") for r in ranges)
+    assert not sidecar_path(job.dest).exists()
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (Fault(route="hf-resolve", ignore_range=True), "ignores Range"),
+        (Fault(route="hf-resolve", wrong_content_range=4096), "wrong Content-Range"),
+        (Fault(route="hf-resolve", html_error_200=True), "HTML page"),
+        (Fault(route="hf-resolve", status=404), "HTTP 404"),
+        (Fault(route="hf-resolve", reset_after_bytes=300_000), None),
+        (Fault(route="hf-resolve", stall_after_bytes=300_000, stall_s=30), "stalled"),
+    ],
+    ids=["ignore-range", "wrong-content-range", "html-200", "404", "resets", "stalls"],
+)
+def test_a_bad_mirror_is_dropped_and_the_good_one_finishes_the_file(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], fault: Fault, reason: str | None
+) -> None:
+    good = start(sims, repo_dir, name="good")
+    bad = start(sims, repo_dir, name="bad", host_name="localhost")
+    bad.add_fault(fault)
+    job = job_for(
+        tmp_path,
+        repo_dir,
+        SourceURL("bad", bad.resolve_url(REPO, "weights.bin"), max_connections=2),
+        SourceURL("good", good.resolve_url(REPO, "weights.bin"), max_connections=2),
+    )
+    reporter = Recorder()
+    result = run(job, reporter)
+    assert result.ok, result
+    assert digest_ok(job)
+    assert any(a.startswith("bad: ") for a in result.attempts)
+    assert all(a.startswith("bad: ") for a in result.attempts)
+    if reason is None:
+        # A mirror that resets now and then keeps its share until it fails max_tries times in
+        # a row; the bytes it sent before each reset are kept.
+        assert reporter.failed in ([], [("bad", reporter.failed[0][1] if reporter.failed else "")])
+        assert result.bytes_by_mirror.get("bad", 0) > 0
+    else:
+        assert [m for m, _ in reporter.failed] == ["bad"]
+        assert reason in reporter.failed[0][1], reporter.failed
+
+
+def test_retry_after_on_429_is_honoured_and_the_only_mirror_recovers(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    sim = start(sims, repo_dir, name="hub")
+    sim.add_fault(Fault(route="hf-resolve", status=429, retry_after=1, times=1))
+    job = job_for(tmp_path, repo_dir, SourceURL("hub", sim.resolve_url(REPO, "weights.bin")))
+    result = run(job)
+    assert result.ok, result
+    assert digest_ok(job)
+    assert any("HTTP 429" in a for a in result.attempts)
+
+
+def test_an_expired_signed_url_is_resolved_again_not_given_up(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    sim.add_fault(Fault(route="cdn", expire_signed_urls=True, times=1))
+    job = job_for(tmp_path, repo_dir, SourceURL("hub", sim.resolve_url(REPO, "weights.bin")))
+    result = run(job, max_connections=1)
+    assert result.ok, result
+    assert digest_ok(job)
+    assert any("resolving again" in a for a in result.attempts)
+    assert len(sim.requests(route="hf-resolve")) >= 2
+
+
+def test_the_token_goes_to_the_mirror_never_to_its_cdn_redirect(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    other = start(sims, repo_dir, name="other", host_name="localhost")
+    job = job_for(
+        tmp_path,
+        repo_dir,
+        SourceURL(
+            "hub", sim.resolve_url(REPO, "weights.bin"), {"Authorization": "Bearer hf_secret"}
+        ),
+        SourceURL("other", other.resolve_url(REPO, "weights.bin")),
+    )
+    assert run(job).ok
+    hub_requests = sim.requests(route="hf-resolve")
+    cdn_requests = sim.requests(route="cdn")
+    assert hub_requests and cdn_requests
+    assert all(r.authorization == "Bearer hf_secret" for r in hub_requests)
+    assert all(r.authorization is None for r in cdn_requests)
+    assert all(r.authorization is None for r in other.log)
+
+
+def test_resume_fetches_only_the_missing_ranges(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    sim = start(sims, repo_dir, name="hub")
+    job = job_for(tmp_path, repo_dir, SourceURL("hub", sim.resolve_url(REPO, "weights.bin")))
+    data = (repo_dir / "weights.bin").read_bytes()
+    half = SIZE // 2
+    with open(job.dest, "wb") as f:
+        f.truncate(SIZE)
+        f.write(data[:half])
+    save_sidecar(job.dest, Sidecar(job.key, SIZE, RangeSet([(0, half)])))
+    reporter = Recorder()
+    result = run(job, reporter)
+    assert result.ok and digest_ok(job)
+    assert result.resumed_bytes == half and reporter.resumed == [half]
+    assert body_bytes(sim) == SIZE - half
+    assert all(
+        r.range and not r.range.startswith("bytes=0-") for r in sim.requests(route="hf-resolve")
+    )
+
+
+def test_a_partial_file_without_a_valid_sidecar_is_started_over(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    sim = start(sims, repo_dir, name="hub")
+    job = job_for(tmp_path, repo_dir, SourceURL("hub", sim.resolve_url(REPO, "weights.bin")))
+    job.dest.write_bytes(b"\xff" * SIZE)  # garbage that no sidecar vouches for
+    sidecar_path(job.dest).write_text("{not json")
+    result = run(job)
+    assert result.ok and digest_ok(job) and result.resumed_bytes == 0
+    assert body_bytes(sim) == SIZE
+
+
+def test_a_file_that_changed_upstream_is_restarted_not_mixed(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    sim = start(sims, repo_dir, name="hub")
+    job = job_for(tmp_path, repo_dir, SourceURL("hub", sim.resolve_url(REPO, "weights.bin")))
+    with open(job.dest, "wb") as f:
+        f.truncate(SIZE)
+    save_sidecar(
+        job.dest, Sidecar(job.key, SIZE, RangeSet([(0, 4096)]), {"hub": '"an-older-version"'})
+    )
+    result = run(job)
+    assert not result.ok and "changed" in (result.error or "")
+    assert not job.dest.exists() and not sidecar_path(job.dest).exists()
+    again = run(job)
+    assert again.ok and digest_ok(job) and again.resumed_bytes == 0
+
+
+def test_cancel_keeps_a_resumable_partial_file(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    sim = start(sims, repo_dir, name="hub")
+    sim.add_fault(Fault(route="hf-resolve", rate_bps=2e6))
+    job = job_for(tmp_path, repo_dir, SourceURL("hub", sim.resolve_url(REPO, "weights.bin")))
+    cancel = threading.Event()
+
+    class CancelAfterAMegabyte(Recorder):
+        def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+            super().on_bytes(path, nbytes, mirror)
+            if self.bytes >= 1024 * 1024:
+                cancel.set()
+
+    engine = HttpxEngine(FAST)
+    try:
+        (result,) = engine.run([job], reporter=CancelAfterAMegabyte(), cancel=cancel)
+    finally:
+        engine.close()
+    assert result.cancelled and not result.ok
+    sidecar = load_sidecar(job.dest, job.key, SIZE)
+    assert sidecar is not None and 1024 * 1024 <= sidecar.done.total() < SIZE
+    sim.clear_faults()
+    again = run(job)
+    assert again.ok and digest_ok(job) and again.resumed_bytes == sidecar.done.total()
+
+
+def test_an_empty_file_needs_no_request(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    sim = start(sims, repo_dir, name="hub")
+    job = job_for(
+        tmp_path, repo_dir, SourceURL("hub", sim.resolve_url(REPO, "empty.txt")), path="empty.txt"
+    )
+    result = run(job)
+    assert result.ok and job.dest.read_bytes() == b""
+
+
+def test_no_mirror_left_lists_what_each_did(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    a = start(sims, repo_dir, name="a")
+    b = start(sims, repo_dir, name="b", host_name="localhost")
+    a.add_fault(Fault(route="hf-resolve", status=404))
+    b.add_fault(Fault(route="hf-resolve", status=503))
+    job = job_for(
+        tmp_path,
+        repo_dir,
+        SourceURL("a", a.resolve_url(REPO, "weights.bin"), max_connections=1),
+        SourceURL("b", b.resolve_url(REPO, "weights.bin"), max_connections=1),
+    )
+    result = run(job)
+    assert not result.ok and not result.cancelled
+    assert "a: HTTP 404" in (result.error or "") and "b: HTTP 503" in (result.error or "")
+    assert len(b.requests(route="hf-resolve")) == FAST.max_tries
+
+
+def test_rate_limiter_spaces_grants_by_size_over_rate() -> None:
+    limiter = RateLimiter(1_000_000, burst_s=0.0)
+    never = threading.Event()
+    limiter.take(200_000, never)
+    # The next grant has to wait for the first one's 0.2 s of budget.
+    assert 0.1 < limiter.take(1, never) <= 0.2
