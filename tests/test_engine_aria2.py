@@ -1,0 +1,430 @@
+"""The aria2 engine on its own: a real aria2c against hub simulators on 127.0.0.1.
+
+Each test checks what the servers saw (their request logs) as well as what landed on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelget.engines import EngineOptions, FetchJob, FetchResult, SourceURL, aria2c_path
+from modelget.events import NullReporter
+from modelget.testing.hubsim import Fault, HubSimulator, RequestRecord
+
+pytestmark = pytest.mark.aria2
+
+REPO = "acme/weights"
+NAME = "model.safetensors"  # LFS by the default patterns: redirected to the CDN when cdn=True
+SIZE = 8 * 1024 * 1024 + 4321
+FAST = EngineOptions(
+    stall_timeout_s=2.0, retry_wait_s=0.1, max_tries=3, min_split_bytes=1024 * 1024
+)
+
+
+@pytest.fixture(autouse=True)
+def need_aria2c() -> None:
+    if aria2c_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
+        pytest.skip("aria2c not installed")
+
+
+@pytest.fixture(scope="module")
+def data() -> bytes:
+    return random.Random(11).randbytes(SIZE)
+
+
+@pytest.fixture
+def repo_dir(tmp_path: Path, data: bytes) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / NAME).write_bytes(data)
+    (root / "config.json").write_text('{"hidden_size": 8}\n')  # small, not LFS
+    (root / "empty.txt").write_bytes(b"")
+    return root
+
+
+@pytest.fixture
+def sims() -> Iterator[list[HubSimulator]]:
+    started: list[HubSimulator] = []
+    yield started
+    for sim in started:
+        sim.stop()
+
+
+def start(sims: list[HubSimulator], repo_dir: Path, **kw: object) -> HubSimulator:
+    token = kw.pop("token", None)
+    sim = HubSimulator(**kw).start()  # type: ignore[arg-type]
+    sims.append(sim)
+    if token is not None:
+        sim.add_repo(REPO, repo_dir, gated=True, token=str(token))
+    else:
+        sim.add_repo(REPO, repo_dir)
+    return sim
+
+
+@pytest.fixture
+def engine() -> Iterator[object]:
+    from modelget.engines.aria2 import Aria2Engine
+
+    eng = Aria2Engine(FAST)
+    yield eng
+    eng.close()
+
+
+def aria2(options: EngineOptions = FAST) -> object:
+    from modelget.engines.aria2 import Aria2Engine
+
+    return Aria2Engine(options)
+
+
+def job(dest_dir: Path, *sources: SourceURL, name: str = NAME, size: int = SIZE) -> FetchJob:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    return FetchJob(
+        key=name, path=name, size=size, dest=dest_dir / f"{name}.incomplete", sources=sources
+    )
+
+
+def src(sim: HubSimulator, mirror: str, name: str = NAME, token: str | None = None) -> SourceURL:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return SourceURL(mirror, sim.resolve_url(REPO, name), headers)
+
+
+def run(
+    eng: object, jobs: list[FetchJob], cancel: threading.Event | None = None
+) -> list[FetchResult]:
+    from modelget.engines.aria2 import Aria2Engine
+
+    assert isinstance(eng, Aria2Engine)
+    done: list[FetchResult] = []
+    results = eng.run(
+        jobs,
+        reporter=NullReporter(),
+        cancel=cancel or threading.Event(),
+        on_complete=lambda _job, result: done.append(result),
+    )
+    # Every finished file was handed over, as it finished.
+    assert sorted(r.path for r in results if r.ok) == sorted(r.path for r in done)
+    return results
+
+
+def transfers(sim: HubSimulator, name: str = NAME) -> list[RequestRecord]:
+    """GETs that carried file bytes (not the one-byte resolve probes)."""
+    return [
+        r
+        for r in sim.log
+        if r.route in ("hf-resolve", "cdn")
+        and r.method == "GET"
+        and r.status in (200, 206)
+        and r.bytes_sent > 1
+        and (name in r.path or (r.route == "cdn" and name == NAME))  # the CDN serves NAME only
+    ]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# --- process and RPC -------------------------------------------------------------------------
+
+
+def test_aria2_version_reads_the_installed_binary() -> None:
+    from modelget.engines.aria2 import aria2_version
+
+    version = aria2_version()
+    assert version is not None and version[0].isdigit() and "." in version
+
+
+def test_engine_owns_aria2c_and_close_kills_it(tmp_path: Path) -> None:
+    from modelget.engines.aria2 import Aria2Engine
+
+    eng = aria2()
+    assert isinstance(eng, Aria2Engine) and eng.name == "aria2"
+    pid = eng.pid
+    assert pid is not None and alive(pid)
+    assert os.getpgid(pid) == pid  # its own process group
+    private = eng._tmpdir
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert stat.S_IMODE((private / "aria2.conf").stat().st_mode) == 0o600
+    eng.close()
+    assert not alive(pid)
+    assert not private.exists()
+    eng.close()  # idempotent
+
+
+def test_rpc_listens_on_loopback_only_and_no_secret_is_on_a_command_line(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    from modelget.engines.aria2 import Aria2Engine
+
+    assert isinstance(engine, Aria2Engine)
+    sim = start(sims, repo_dir, name="hub", token="hf_secret_token")
+    [result] = run(
+        engine,
+        [
+            job(
+                tmp_path / "d",
+                src(sim, "hub", "config.json", "hf_secret_token"),
+                name="config.json",
+                size=(repo_dir / "config.json").stat().st_size,
+            )
+        ],
+    )
+    assert result.ok, result
+    cmdline = Path(f"/proc/{engine.pid}/cmdline").read_bytes().decode()
+    assert engine._secret not in cmdline
+    assert "hf_secret_token" not in cmdline
+    assert "--conf-path=" in cmdline and "--rpc-listen-all=false" in cmdline
+    port = f"{engine.rpc_port:04X}"
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, _remote, state = line.split()[1:4]
+            address, lport = local.rsplit(":", 1)
+            if lport == port and state == "0A":  # LISTEN
+                listening.append(address)
+    assert listening
+    loopback = {"0100007F", "00000000000000000000000001000000"}
+    assert set(listening) <= loopback, listening
+    # The log aria2c writes (warn level) holds neither the secret nor the token.
+    log = engine._log_path.read_text(errors="replace") if engine._log_path.exists() else ""
+    assert engine._secret not in log and "hf_secret_token" not in log
+
+
+def test_aria2c_dying_mid_run_fails_the_jobs_without_raising(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    from modelget.engines.aria2 import Aria2Engine
+
+    sim = start(sims, repo_dir, name="hub")
+    sim.add_fault(Fault(route="hf-resolve", rate_bps=100e3))
+    eng = aria2()
+    assert isinstance(eng, Aria2Engine) and eng.pid is not None
+    pid = eng.pid
+
+    class KillOnBytes(NullReporter):
+        def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    try:
+        [result] = eng.run(
+            [job(tmp_path / "d", src(sim, "hub"))], reporter=KillOnBytes(), cancel=threading.Event()
+        )
+    finally:
+        eng.close()
+    assert not result.ok
+    assert result.error is not None and "aria2c exited unexpectedly" in result.error
+
+
+# --- transfers -------------------------------------------------------------------------------
+
+
+def test_one_file_from_two_mirrors_gets_ranges_from_both(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    a = start(sims, repo_dir, name="a", cdn=True)
+    b = start(sims, repo_dir, name="b", host_name="localhost")  # aria2 limits per host name
+    for sim in (a, b):
+        sim.add_fault(Fault(route="*", rate_bps=2e6))  # per connection
+    j = job(tmp_path / "d", src(a, "a"), src(b, "b"))
+    [result] = run(engine, [j])
+    assert result.ok, result
+    assert sha(j.dest.read_bytes()) == sha(data)
+    for sim in (a, b):
+        ranged = [r for r in transfers(sim) if r.range and r.range.startswith("bytes=")]
+        assert ranged, f"{sim.name} served no range of the file"
+    assert a.requests(listener="cdn") and all(r.route == "cdn" for r in transfers(a))
+    assert sum(result.bytes_by_mirror.values()) == SIZE
+    assert set(result.bytes_by_mirror) <= {"a", "b"}
+
+
+def test_empty_file_and_several_files_in_one_run(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    small = (repo_dir / "config.json").read_bytes()
+    jobs = [
+        job(tmp_path / "d", src(sim, "hub")),
+        job(tmp_path / "d", src(sim, "hub", "config.json"), name="config.json", size=len(small)),
+        job(tmp_path / "d", src(sim, "hub", "empty.txt"), name="empty.txt", size=0),
+    ]
+    results = run(engine, jobs)
+    assert [r.ok for r in results] == [True, True, True], results
+    assert [r.path for r in results] == [NAME, "config.json", "empty.txt"]
+    assert jobs[0].dest.read_bytes() == data
+    assert jobs[1].dest.read_bytes() == small
+    assert jobs[2].dest.read_bytes() == b""
+
+
+@pytest.mark.parametrize("fault", ["404", "reset", "unresolvable"])
+def test_a_failing_source_does_not_stop_the_job(
+    fault: str,
+    engine: object,
+    tmp_path: Path,
+    repo_dir: Path,
+    sims: list[HubSimulator],
+    data: bytes,
+) -> None:
+    bad = start(sims, repo_dir, name="bad")
+    good = start(sims, repo_dir, name="good", host_name="localhost")
+    good.add_fault(Fault(route="hf-resolve", rate_bps=2e6))
+    if fault == "404":  # the probe passes, every transfer after it is refused
+        bad.add_fault(Fault(route="hf-resolve", status=404, skip=1))
+    elif fault == "reset":
+        bad.add_fault(Fault(route="hf-resolve", reset_after_bytes=128 * 1024, rate_bps=2e6))
+    else:
+        bad.add_fault(Fault(route="hf-resolve", status=500))
+    j = job(tmp_path / "d", src(bad, "bad"), src(good, "good"))
+    [result] = run(engine, [j])
+    assert result.ok, result
+    assert sha(j.dest.read_bytes()) == sha(data)
+    if fault == "unresolvable":
+        assert any(a.startswith("bad: ") and "HTTP 500" in a for a in result.attempts)
+        assert not transfers(bad)
+    assert sum(result.bytes_by_mirror.values()) == SIZE
+
+
+def test_cancel_keeps_resumable_state_and_the_next_run_fetches_only_the_rest(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    from modelget.engines.aria2 import Aria2Engine
+
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    sim.add_fault(Fault(route="cdn", rate_bps=300e3))
+    cancel = threading.Event()
+    seen = 0
+    lock = threading.Lock()
+
+    class CancelHalfway(NullReporter):
+        def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+            nonlocal seen
+            with lock:
+                seen += nbytes
+                if seen >= SIZE // 3:
+                    cancel.set()
+
+    j = job(tmp_path / "d", src(sim, "hub"))
+    eng = Aria2Engine(EngineOptions(max_connections=4, min_split_bytes=1024 * 1024))
+    try:
+        [first] = eng.run([j], reporter=CancelHalfway(), cancel=cancel)
+        assert first.cancelled and not first.ok
+        assert j.dest.exists() and Path(f"{j.dest}.aria2").exists()
+        sim.clear_faults()
+        sim.clear_log()
+        # Throttled still, so that what the server counts as sent is what aria2c read.
+        sim.add_fault(Fault(route="cdn", rate_bps=2e6))
+        [second] = run(eng, [j])
+    finally:
+        eng.close()
+    assert second.ok, second
+    assert j.dest.read_bytes() == data
+    assert 0 < second.resumed_bytes < SIZE
+    assert second.resumed_bytes + sum(second.bytes_by_mirror.values()) == SIZE
+    fetched_again = sum(r.bytes_sent for r in transfers(sim))
+    assert fetched_again < SIZE - second.resumed_bytes + 1024 * 1024, (
+        fetched_again,
+        second.resumed_bytes,
+    )
+
+
+def test_a_partial_file_without_control_file_is_fetched_anew(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    sim = start(sims, repo_dir, name="hub")
+    j = job(tmp_path / "d", src(sim, "hub"))
+    j.dest.write_bytes(b"\0" * 1000)  # garbage from somewhere else, no .aria2 next to it
+    [result] = run(engine, [j])
+    assert result.ok and result.resumed_bytes == 0
+    assert j.dest.read_bytes() == data
+
+
+def test_an_expired_signed_url_is_resolved_again(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    from modelget.engines.aria2 import Aria2Engine
+
+    # Signed URLs live 2 s. At 1 MB/s per connection, a connection that is cut after 3 MB
+    # comes back after its URL has expired.
+    sim = start(sims, repo_dir, name="hub", cdn=True, signed_url_ttl_s=2)
+    sim.add_fault(Fault(route="cdn", rate_bps=1e6, reset_after_bytes=3_000_000))
+    eng = Aria2Engine(
+        EngineOptions(max_connections=2, retry_wait_s=0.1, max_tries=2, min_split_bytes=1 << 20)
+    )
+    j = job(tmp_path / "d", src(sim, "hub"))
+    try:
+        [result] = run(eng, [j])
+    finally:
+        eng.close()
+    assert result.ok, result
+    assert j.dest.read_bytes() == data
+    assert sim.requests(listener="cdn", status=403), "the signed URL never expired mid-file"
+    assert len(sim.requests(route="hf-resolve")) >= 2  # resolved again for a fresh URL
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+
+def test_a_token_reaches_only_its_own_host(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    official = start(
+        sims, repo_dir, name="official", cdn=True, host_name="localhost", token="hf_tok"
+    )
+    other = start(sims, repo_dir, name="other")
+    small = (repo_dir / "config.json").read_bytes()
+    jobs = [
+        # LFS: the hub redirects to its CDN, which must not see the token.
+        job(tmp_path / "d", src(official, "official", token="hf_tok"), src(other, "other")),
+        # Served by the hub itself: the token cannot go with the other mirror's URI in one
+        # aria2 download, so that mirror serves it alone.
+        job(
+            tmp_path / "d",
+            src(official, "official", "config.json", token="hf_tok"),
+            src(other, "other", "config.json"),
+            name="config.json",
+            size=len(small),
+        ),
+    ]
+    results = run(engine, jobs)
+    assert all(r.ok for r in results), results
+    assert jobs[0].dest.read_bytes() == data and jobs[1].dest.read_bytes() == small
+    hub_side = official.requests(listener="hub")
+    assert hub_side and all(r.authorization == "Bearer hf_tok" for r in hub_side)
+    cdn_side = official.requests(listener="cdn")
+    assert cdn_side and all(r.authorization is None for r in cdn_side)
+    assert other.log and all(r.authorization is None for r in other.log)
+    assert any("official: skipped" in a for a in results[1].attempts)
+    assert not transfers(official, "config.json")
+
+    # The token's own mirror alone: aria2c gets the header, and it still goes nowhere else.
+    alone = job(
+        tmp_path / "e",
+        src(official, "official", "config.json", token="hf_tok"),
+        name="config.json",
+        size=len(small),
+    )
+    official.clear_log()
+    [result] = run(engine, [alone])
+    assert result.ok and alone.dest.read_bytes() == small
+    got = transfers(official, "config.json")
+    assert got and all(r.authorization == "Bearer hf_tok" for r in got)
