@@ -1,22 +1,74 @@
 """modelget: get a model's files onto this machine fast, intact and ready to load.
 
-The public API is re-exported here; heavy imports happen only where they are used, so
-``import modelget`` stays fast.
+    import modelget
+    result = modelget.pull("Qwen/Qwen2.5-0.5B-Instruct")   # -> PullResult
+    plan = modelget.plan("Qwen/Qwen2.5-0.5B-Instruct")     # -> Plan (what pull would do)
+    summary = modelget.probe("Qwen/Qwen2.5-0.5B-Instruct") # -> ProbeSummary (ranked mirrors)
+
+The pipeline functions are loaded on first use, so ``import modelget`` stays fast.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from modelget.catalogue import load_catalogue
-from modelget.datatypes import Catalogue, Mirror
+from modelget.datatypes import (
+    Catalogue,
+    FileEntry,
+    FileOutcome,
+    Manifest,
+    Mirror,
+    Plan,
+    PlanItem,
+    ProbeResult,
+    PullResult,
+    RankedMirror,
+)
 from modelget.errors import ConfigError, ModelgetError
+
+if TYPE_CHECKING:
+    from modelget.api import ProbeSummary, plan, probe, pull
+    from modelget.engines import EngineOptions
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Catalogue",
     "ConfigError",
+    "EngineOptions",
+    "FileEntry",
+    "FileOutcome",
+    "Manifest",
     "Mirror",
     "ModelgetError",
+    "Plan",
+    "PlanItem",
+    "ProbeResult",
+    "ProbeSummary",
+    "PullResult",
+    "RankedMirror",
     "__version__",
     "load_catalogue",
+    "plan",
+    "probe",
+    "pull",
 ]
+
+_LAZY = {
+    "pull": "modelget.api",
+    "plan": "modelget.api",
+    "probe": "modelget.api",
+    "ProbeSummary": "modelget.api",
+    "EngineOptions": "modelget.engines",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'modelget' has no attribute {name!r}")

@@ -7,15 +7,20 @@ renders what these return.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelget import settings
+from modelget import layout, settings
 from modelget.catalogue import load_catalogue
-from modelget.datatypes import FileSource, Mirror, Plan, RankedMirror
+from modelget.datatypes import FileOutcome, FileSource, Mirror, Plan, PullResult, RankedMirror
+from modelget.engines import EngineName, EngineOptions
 from modelget.errors import (
     AuthRequiredError,
+    InsufficientDiskSpaceError,
+    Interrupted,
     ModelgetError,
     ModelNotFoundError,
     NoMirrorError,
@@ -23,6 +28,7 @@ from modelget.errors import (
     RevisionNotFoundError,
     UsageError,
 )
+from modelget.events import NullReporter, Reporter
 from modelget.layout import free_bytes, scan
 from modelget.manifest import agree, merge_digests, select_files
 from modelget.plan import make_plan
@@ -168,6 +174,29 @@ def plan(
 ) -> Plan:
     """What ``pull`` would do: the agreed manifest, each file's sources in rank order,
     what is already present, the totals, and a refusal if the disk is too small."""
+    return _plan(
+        repo_id,
+        filenames,
+        revision=revision,
+        include=include,
+        exclude=exclude,
+        mirrors=mirrors,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
+    )[0]
+
+
+def _plan(
+    repo_id: str,
+    filenames: Sequence[str] = (),
+    *,
+    revision: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    mirrors: StrPath | None = None,
+    cache_dir: StrPath | None = None,
+    local_dir: StrPath | None = None,
+) -> tuple[Plan, dict[str, Mirror]]:
     _check_repo_id(repo_id)
     enabled = _enabled_mirrors(mirrors)
     report = _probe_for_plan(enabled, repo_id, revision)
@@ -210,7 +239,7 @@ def plan(
         local_dir=Path(local_dir) if local_dir is not None else None,
     )
     throughput = {name: r.throughput_bps for name, r in report.results.items() if r.throughput_bps}
-    return make_plan(
+    result = make_plan(
         reference,
         entries,
         sources,
@@ -219,4 +248,119 @@ def plan(
         throughput_bps=throughput,
         disagreements=disagreements,
         excluded=excluded,
+    )
+    return result, by_name
+
+
+def pull(
+    repo_id: str,
+    filenames: Sequence[str] = (),
+    *,
+    revision: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    mirrors: StrPath | None = None,
+    cache_dir: StrPath | None = None,
+    local_dir: StrPath | None = None,
+    engine: EngineName = "auto",
+    options: EngineOptions | None = None,
+    reporter: Reporter | None = None,
+    cancel: threading.Event | None = None,
+) -> PullResult:
+    """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache
+    (or ``local_dir``), and return what happened.
+
+    Raises ``Interrupted`` (exit 130) when ``cancel`` is set or on Ctrl-C, with resumable
+    state kept; ``InsufficientDiskSpaceError`` when the disk fills. Partial failures are in
+    the result (``status == "partial"``), not raised.
+    """
+    from modelget.engines import select_engine
+    from modelget.execute import Executor, Target
+
+    started = time.perf_counter()
+    reporter = reporter or NullReporter()
+    cancel = cancel or threading.Event()
+    the_plan, by_name = _plan(
+        repo_id,
+        filenames,
+        revision=revision,
+        include=include,
+        exclude=exclude,
+        mirrors=mirrors,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
+    )
+    plan_s = time.perf_counter() - started
+    hub_cache = Path(cache_dir) if cache_dir is not None else settings.hf_hub_cache()
+    target = Target(hub_cache, repo_id, the_plan.commit, Path(local_dir) if local_dir else None)
+    reporter.on_plan(
+        repo_id, the_plan.commit, len(the_plan.to_fetch), the_plan.fetch_bytes, the_plan.total_bytes
+    )
+    chosen = select_engine(engine, options or EngineOptions(), reporter)
+    outcomes: list[FileOutcome] = []
+    transfer_started = time.perf_counter()
+    try:
+        executor = Executor(the_plan, by_name, target, chosen, reporter, cancel)
+        box: list[list[FileOutcome]] = []
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                box.append(executor.run())
+            except BaseException as exc:  # handed to the caller's thread below
+                errors.append(exc)
+
+        worker = threading.Thread(target=work, name="modelget-pull", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.2)
+        except KeyboardInterrupt:
+            cancel.set()
+            worker.join()
+        if errors:
+            raise errors[0]
+        outcomes = box[0] if box else []
+    finally:
+        chosen.close()
+    transfer_s = time.perf_counter() - transfer_started
+
+    if cancel.is_set():
+        raise Interrupted(
+            f"pull of {repo_id} interrupted; what was downloaded is kept",
+            hint="run the same command again to resume",
+        )
+    if executor.disk_full:
+        raise InsufficientDiskSpaceError(
+            f"the disk filled up while pulling {repo_id}; nothing incomplete was put in place",
+            hint="free some space and run the same command again: it resumes where it stopped",
+        )
+    if any(o.status != "failed" for o in outcomes) or not outcomes:
+        layout.write_ref(hub_cache, repo_id, the_plan.revision, the_plan.commit)
+        if revision is None and the_plan.revision != "main":
+            # huggingface_hub and transformers look up refs/main when given no revision.
+            layout.write_ref(hub_cache, repo_id, "main", the_plan.commit)
+    per_mirror: dict[str, int] = {}
+    for o in outcomes:
+        for m, n in o.bytes_by_mirror.items():
+            per_mirror[m] = per_mirror.get(m, 0) + n
+    failed = [o for o in outcomes if o.status == "failed"]
+    status = "ok" if not failed else ("error" if len(failed) == len(outcomes) else "partial")
+    where = (
+        Path(local_dir) if local_dir else layout.snapshot_dir(hub_cache, repo_id, the_plan.commit)
+    )
+    order = {i.entry.path: n for n, i in enumerate(the_plan.items)}
+    return PullResult(
+        repo_id=repo_id,
+        revision=the_plan.revision,
+        commit=the_plan.commit,
+        path=str(where),
+        status=status,
+        engine=chosen.name,
+        files=tuple(sorted(outcomes, key=lambda o: order.get(o.path, 0))),
+        bytes_fetched=sum(per_mirror.values()),
+        bytes_by_mirror=per_mirror,
+        elapsed_s=time.perf_counter() - started,
+        plan_s=plan_s,
+        transfer_s=transfer_s,
     )

@@ -11,10 +11,19 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from modelget import __version__
-from modelget.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ModelgetError
+from modelget.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    EXIT_VERIFY,
+    ModelgetError,
+)
 
 JSON_SCHEMA_VERSION = 1
 
@@ -64,10 +73,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     pull = sub.add_parser(
         "pull",
-        help="download a model (today: --dry-run prints the plan)",
-        description="Resolve REPO_ID on the ranked mirrors into one agreed manifest and plan "
-        "the download. With --dry-run, print the plan: every file, its size, its sources in "
-        "order and whether it is already present. The transfer itself is not built yet.",
+        help="download a model, verified, into the Hugging Face cache (or --local-dir)",
+        description="Resolve REPO_ID on the ranked mirrors into one agreed manifest, fetch the "
+        "files in parallel from every mirror that agrees, verify each digest before it lands, "
+        "and lay them out in the Hugging Face cache so transformers, vLLM and huggingface_hub "
+        "find the model offline. Prints the model's path on stdout. Exit codes: 0 ok, "
+        "1 error, 2 usage/config, 3 some files failed, 4 verification failed, 130 interrupted.",
     )
     pull.add_argument("repo_id", metavar="REPO_ID")
     pull.add_argument("filenames", nargs="*", metavar="FILE", help="only these files")
@@ -80,19 +91,30 @@ def _build_parser() -> argparse.ArgumentParser:
         help="only files matching GLOB (repeatable; same meaning as hf download)",
     )
     pull.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="skip files matching GLOB (repeatable)",
+        "--exclude", action="append", default=[], metavar="GLOB", help="skip files matching GLOB"
     )
     pull.add_argument("--mirrors", metavar="FILE", help="catalogue file")
     pull.add_argument(
         "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
     )
-    pull.add_argument("--local-dir", metavar="DIR", help="plain directory instead of the cache")
+    pull.add_argument("--local-dir", metavar="DIR", help="also put real files in DIR")
+    pull.add_argument(
+        "--engine",
+        choices=["auto", "aria2", "httpx"],
+        default="auto",
+        help="transfer engine (default auto: aria2 when aria2c is installed, else httpx)",
+    )
+    pull.add_argument(
+        "--connections", type=int, metavar="N", help="connections in flight (default 16)"
+    )
+    pull.add_argument(
+        "--max-rate", metavar="RATE", help="overall bandwidth cap, e.g. 50M or 800K (bytes/s)"
+    )
     pull.add_argument("--dry-run", action="store_true", help="print the plan and stop")
-    pull.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pull.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    pull.add_argument(
+        "--json", action="store_true", help="JSON: the plan (--dry-run), or events as JSON lines"
+    )
     pull.set_defaults(func=_cmd_pull)
     return parser
 
@@ -170,17 +192,103 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_pull(args: argparse.Namespace) -> int:
-    from modelget.api import plan
+def _rate(text: str) -> int:
     from modelget.errors import UsageError
 
-    if not args.dry_run:
+    units = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}
+    raw = text.strip().upper().removesuffix("/S").removesuffix("B")
+    unit = raw[-1:] if raw[-1:] in units and raw[-1:] else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)]) * units[unit]
+    except ValueError:
         raise UsageError(
-            "the transfer part of `modelget pull` is not built yet; only --dry-run works",
-            hint="run `modelget pull REPO_ID --dry-run` to see the plan",
+            f"not a rate: {text!r}", hint="use bytes per second, e.g. 50M or 800K"
+        ) from None
+    if value <= 0:
+        raise UsageError(f"--max-rate must be positive, not {text!r}")
+    return int(value)
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from modelget.errors import UsageError
+
+    if args.dry_run:
+        return _cmd_dry_run(args)
+    from dataclasses import asdict
+
+    from modelget.api import pull
+    from modelget.engines import EngineOptions
+    from modelget.events import NullReporter, Reporter
+    from modelget.progress import JsonLinesReporter, TextReporter, TqdmReporter
+
+    opts = EngineOptions()
+    if args.connections is not None:
+        if not 1 <= args.connections <= 256:
+            raise UsageError("--connections must be between 1 and 256")
+        opts = replace(opts, max_connections=args.connections)
+    if args.max_rate:
+        opts = replace(opts, max_rate_bps=_rate(args.max_rate))
+    reporter: Reporter
+    if args.json:
+        reporter = JsonLinesReporter(sys.stdout)
+    elif args.quiet:
+        reporter = NullReporter()
+    elif sys.stderr.isatty():
+        reporter = TqdmReporter(sys.stderr)
+    else:
+        reporter = TextReporter(sys.stderr)
+    try:
+        result = pull(
+            args.repo_id,
+            args.filenames,
+            revision=args.revision,
+            include=args.include,
+            exclude=args.exclude,
+            mirrors=args.mirrors,
+            cache_dir=args.cache_dir,
+            local_dir=args.local_dir,
+            engine=args.engine,
+            options=opts,
+            reporter=reporter,
         )
-    if args.cache_dir and args.local_dir:
-        raise UsageError("--cache-dir and --local-dir are exclusive")
+    finally:
+        if isinstance(reporter, TqdmReporter):
+            reporter.close()
+    failed = result.failed
+    if result.status == "ok":
+        code = EXIT_OK
+    elif result.status == "partial":
+        code = EXIT_PARTIAL
+    else:
+        code = EXIT_VERIFY if all(f.bad_mirrors for f in failed) else EXIT_ERROR
+    if args.json:
+        payload = asdict(result)
+        payload["exit_code"] = code
+        print(json.dumps({"event": "result", "schema": JSON_SCHEMA_VERSION, **payload}))
+        return code
+    fetched = sum(1 for f in result.files if f.status == "fetched")
+    reused = sum(1 for f in result.files if f.status == "reused")
+    rate = result.bytes_fetched / result.transfer_s if result.transfer_s > 0 else 0.0
+    mirrors = ", ".join(
+        f"{m} {_size(n)}" for m, n in sorted(result.bytes_by_mirror.items(), key=lambda x: -x[1])
+    )
+    if not args.quiet:
+        print(
+            f"{result.repo_id} @ {result.commit[:12]}: {fetched} fetched, {reused} already here, "
+            f"{len(failed)} failed; {_size(result.bytes_fetched)} in {result.elapsed_s:.1f} s "
+            f"({rate / 1e6:.1f} MB/s, engine {result.engine})"
+            + (f"; from {mirrors}" if mirrors else ""),
+            file=sys.stderr,
+        )
+    for f in failed:
+        print(f"error: {f.path}: {f.error}", file=sys.stderr)
+    print(result.path)
+    return code
+
+
+def _cmd_dry_run(args: argparse.Namespace) -> int:
+    from modelget.api import plan
+
     result = plan(
         args.repo_id,
         args.filenames,

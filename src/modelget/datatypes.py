@@ -202,3 +202,45 @@ class Plan:
     @property
     def to_fetch(self) -> tuple[PlanItem, ...]:
         return tuple(i for i in self.items if not i.present)
+
+
+# --- Pull outcome ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What happened to one file. ``status``: ``fetched``, ``reused`` (already complete
+    here, or fetched meanwhile by another process) or ``failed``."""
+
+    path: str
+    size: int
+    status: str
+    bytes_by_mirror: Mapping[str, int] = field(default_factory=dict, hash=False)
+    seconds: float = 0.0
+    error: str | None = None
+    bad_mirrors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """The result of a pull: where the model is, what moved, from where, how fast.
+
+    ``status``: ``ok`` (every file in place and verified), ``partial`` (some failed) or
+    ``error`` (none could be placed)."""
+
+    repo_id: str
+    revision: str
+    commit: str
+    path: str
+    status: str
+    engine: str
+    files: tuple[FileOutcome, ...]
+    bytes_fetched: int
+    bytes_by_mirror: Mapping[str, int] = field(default_factory=dict, hash=False)
+    elapsed_s: float = 0.0
+    plan_s: float = 0.0
+    transfer_s: float = 0.0
+
+    @property
+    def failed(self) -> tuple[FileOutcome, ...]:
+        return tuple(f for f in self.files if f.status == "failed")

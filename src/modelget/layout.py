@@ -85,3 +85,114 @@ def free_bytes(path: Path) -> int:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     return shutil.disk_usage(probe).free
+
+
+# --- writing: blobs, snapshot links, refs, local dirs -------------------------------------
+
+
+def repo_dir(cache_dir: Path, repo_id: str) -> Path:
+    return cache_dir / repo_folder_name(repo_id)
+
+
+def blob_path(cache_dir: Path, repo_id: str, entry: FileEntry) -> Path:
+    return repo_dir(cache_dir, repo_id) / "blobs" / etag_of(entry)
+
+
+def incomplete_path(cache_dir: Path, repo_id: str, entry: FileEntry) -> Path:
+    """Where an engine writes ``entry`` while it downloads (resumable across processes)."""
+    return repo_dir(cache_dir, repo_id) / "blobs" / f"{etag_of(entry)}.incomplete"
+
+
+def lock_path(cache_dir: Path, repo_id: str, entry: FileEntry) -> Path:
+    """huggingface_hub's own lock path, so modelget and hf never fetch a blob at once."""
+    return cache_dir / ".locks" / repo_folder_name(repo_id) / f"{etag_of(entry)}.lock"
+
+
+def commit_blob(tmp: Path, blob: Path) -> None:
+    """Move a verified ``.incomplete`` file into place atomically."""
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, blob)
+
+
+def _atomic_symlink(target: str, link: Path) -> None:
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def link_snapshot(cache_dir: Path, repo_id: str, commit: str, entry: FileEntry) -> Path:
+    """``snapshots/{commit}/{path}`` → ``../../blobs/{etag}`` (relative, as huggingface_hub
+    makes it); a real copy where the filesystem has no symlinks."""
+    link = snapshot_dir(cache_dir, repo_id, commit) / entry.path
+    link.parent.mkdir(parents=True, exist_ok=True)
+    blob = blob_path(cache_dir, repo_id, entry)
+    target = os.path.relpath(blob, link.parent)
+    try:
+        if link.is_symlink() and os.readlink(link) == target:
+            return link
+        _atomic_symlink(target, link)
+    except OSError:
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+        shutil.copyfile(blob, tmp)
+        os.replace(tmp, link)
+    return link
+
+
+def write_ref(cache_dir: Path, repo_id: str, revision: str, commit: str) -> None:
+    """``refs/{revision}`` holding the commit, no trailing newline (huggingface_hub's format)."""
+    if revision == commit:
+        return
+    ref = repo_dir(cache_dir, repo_id) / "refs" / revision
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if ref.read_text() == commit:
+            return
+    except OSError:
+        pass
+    tmp = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
+    tmp.write_text(commit)
+    os.replace(tmp, ref)
+
+
+def place_in_local_dir(blob: Path, local_dir: Path, entry: FileEntry, commit: str) -> Path:
+    """A real file at ``local_dir/path`` (hardlinked from the cache blob where possible) and
+    huggingface_hub's ``.cache/huggingface/download/{path}.metadata`` beside it."""
+    import time
+
+    target = local_dir / entry.path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(blob, tmp)
+    except OSError:
+        shutil.copyfile(blob, tmp)
+    os.replace(tmp, target)
+    meta_root = local_dir / ".cache" / "huggingface"
+    meta = meta_root / "download" / f"{entry.path}.metadata"
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    gitignore = meta_root / ".gitignore"
+    if not gitignore.exists():
+        gitignore.write_text("*")
+    meta_tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
+    meta_tmp.write_text(f"{commit}\n{etag_of(entry)}\n{time.time()}\n")
+    os.replace(meta_tmp, meta)
+    return target
+
+
+def quarantine(
+    tmp: Path, cache_dir: Path, repo_id: str, entry: FileEntry, mirrors: Iterable[str]
+) -> Path:
+    """Move bytes that failed verification aside (never into place), named for inspection."""
+    import time
+
+    qdir = repo_dir(cache_dir, repo_id) / ".quarantine"
+    qdir.mkdir(parents=True, exist_ok=True)
+    name = f"{etag_of(entry)}.{int(time.time())}.{'+'.join(mirrors) or 'unknown'}"
+    dest = qdir / name
+    os.replace(tmp, dest)
+    for sidecar in (tmp.with_name(tmp.name + ".ranges"), tmp.with_name(tmp.name + ".aria2")):
+        sidecar.unlink(missing_ok=True)
+    return dest

@@ -473,11 +473,13 @@ class _Transfer:
         window_start = time.monotonic()
         window_bytes = 0
         limited_s = 0.0
+        got_any = False
         for chunk in response.iter_raw(CHUNK):
             if self.cancel.is_set():
                 raise _Cancelled()
             if self.fatal is not None:
                 raise _Cancelled()
+            got_any = got_any or bool(chunk)
             offset = 0
             while offset < len(chunk):
                 with self.lock:
@@ -514,8 +516,10 @@ class _Transfer:
         with self.lock:
             short = seg.pos < seg.end
             pos = seg.pos
-        if short:
+        if short and got_any:
             raise AttemptError(f"connection closed early, at byte {pos} of {self.job.size}")
+        if short:
+            raise AttemptError(f"empty answer (HTTP {response.status_code} with no body bytes)")
 
     # --- the file ---------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ It starts three local mirrors of ``sentence-transformers/all-MiniLM-L6-v2`` (the
 files from a pinned PyPI wheel): an HF-style hub that redirects LFS files to a signed "CDN",
 a slower HF-style mirror (150 ms added latency) and a ModelScope-style mirror. Then it runs the
 ``modelget`` command against them, exactly as a user would, with a catalogue that names
-them, and shows what each step printed. Nothing leaves 127.0.0.1.
+them: ``mirrors``, ``probe``, ``pull --dry-run``, ``pull`` (twice: the second transfers
+nothing), then loads the result offline with huggingface_hub and transformers. Nothing leaves
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -92,10 +94,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         failures += _run(["mirrors", "--mirrors", str(catalogue)], env) != 0
         failures += _run(["probe", REPO_ID, "--mirrors", str(catalogue)], env) != 0
         failures += _run(["pull", REPO_ID, "--dry-run", "--mirrors", str(catalogue)], env) != 0
+        failures += _run(["pull", REPO_ID, "--mirrors", str(catalogue)], env) != 0
+        _say("\n(again: everything is in place and verified, nothing is transferred)")
+        failures += _run(["pull", REPO_ID, "--mirrors", str(catalogue)], env) != 0
+        _say("\n$ HF_HUB_OFFLINE=1 python -c 'snapshot_download(...); AutoTokenizer...'")
+        check = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from huggingface_hub import snapshot_download\n"
+                f"p = snapshot_download({REPO_ID!r}, local_files_only=True)\n"
+                "print('huggingface_hub finds it offline at', p)\n"
+                "try:\n"
+                "    from transformers import AutoTokenizer\n"
+                "except ImportError:\n"
+                "    raise SystemExit(0)\n"
+                f"tok = AutoTokenizer.from_pretrained({REPO_ID!r})\n"
+                "print('transformers tokenizes offline:', tok('hello modelget')['input_ids'])\n",
+            ],
+            env={**env, "HF_HUB_OFFLINE": "1"},
+            check=False,
+        )
+        failures += check.returncode != 0
         _say(
-            "\nThat is as far as modelget goes today: the plan above (one manifest the mirrors "
-            "agree on, each file's sources in rank order) is what `modelget pull` will carry out "
-            "once the transfer engines land (issue #4); the load test follows (issue #5)."
+            "\nThe load test (every tensor onto the GPU, or the CPU) follows in issue #5."
+            if not failures
+            else "\nSome steps failed: see above."
         )
         return 1 if failures else 0
     finally:

@@ -1,0 +1,331 @@
+"""Carry out a plan: lock, fetch (engine), verify, place. Nothing wrong ever lands.
+
+For each file to fetch: take huggingface_hub's own per-blob lock (so two processes, modelget
+or hf, never fetch one blob twice: one fetches, the other waits and reuses), hand the engine
+a job writing ``blobs/<etag>.incomplete``, verify the bytes as soon as the engine says a file
+is complete (in a small thread pool, overlapped with the other transfers), then rename into
+``blobs/<etag>`` and link it from the snapshot (and the ``--local-dir``). A file that fails its
+digest is quarantined, its mirror is named, and it is fetched again from the others.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from modelget import layout
+from modelget.auth import mirror_token
+from modelget.datatypes import FileEntry, FileOutcome, Mirror, Plan, PlanItem
+from modelget.engines import Engine, FetchJob, FetchResult, SourceURL
+from modelget.errors import VerificationError
+from modelget.events import Reporter
+from modelget.verify import check
+
+VERIFY_WORKERS = 2
+
+
+@dataclass
+class _State:
+    """Bookkeeping for one file across rounds."""
+
+    item: PlanItem
+    sources: list[SourceURL]
+    bytes_by_mirror: dict[str, int] = field(default_factory=dict)
+    bad_mirrors: list[str] = field(default_factory=list)
+    attempts: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    outcome: FileOutcome | None = None
+    lock: FileLock | None = None
+    retry_single: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the files land."""
+
+    cache_dir: Path
+    repo_id: str
+    commit: str
+    local_dir: Path | None
+
+
+def source_urls(item: PlanItem, mirrors: Mapping[str, Mirror]) -> list[SourceURL]:
+    """The plan's sources as engine sources, each with its own mirror's token (if any)."""
+    out = []
+    for src in item.sources:
+        mirror = mirrors[src.mirror]
+        token = mirror_token(mirror)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        out.append(SourceURL(src.mirror, src.url, headers, mirror.max_connections))
+    return out
+
+
+def place(target: Target, entry: FileEntry) -> None:
+    """Link a blob that is in ``blobs/`` into the snapshot (and the local dir)."""
+    layout.link_snapshot(target.cache_dir, target.repo_id, target.commit, entry)
+    if target.local_dir is not None:
+        blob = layout.blob_path(target.cache_dir, target.repo_id, entry)
+        layout.place_in_local_dir(blob, target.local_dir, entry, target.commit)
+
+
+def _is_disk_full(text: str | None) -> bool:
+    return bool(text) and (
+        "No space left" in (text or "")
+        or f"[Errno {errno.ENOSPC}]" in (text or "")
+        or "not enough disk space" in (text or "").lower()
+    )
+
+
+class Executor:
+    """Runs one plan with one engine. Use ``run()`` once."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        mirrors: Mapping[str, Mirror],
+        target: Target,
+        engine: Engine,
+        reporter: Reporter,
+        cancel: threading.Event,
+    ) -> None:
+        self.plan = plan
+        self.mirrors = mirrors
+        self.target = target
+        self.engine = engine
+        self.reporter = reporter
+        self.cancel = cancel
+        self.states: dict[str, _State] = {
+            i.entry.path: _State(i, source_urls(i, mirrors)) for i in plan.items
+        }
+        self._pool = ThreadPoolExecutor(VERIFY_WORKERS, thread_name_prefix="modelget-verify")
+        self._pending: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self.disk_full = False
+
+    # --- per-file steps ---------------------------------------------------------------------
+
+    def _blob_ok(self, entry: FileEntry) -> bool:
+        """A blob already in ``blobs/`` (another revision's, or another process's): verify it."""
+        blob = layout.blob_path(self.target.cache_dir, self.target.repo_id, entry)
+        try:
+            if blob.stat().st_size != entry.size:
+                return False
+            check(blob, entry)
+        except (OSError, VerificationError):
+            return False
+        return True
+
+    def _reuse(self, state: _State, started: float) -> None:
+        entry = state.item.entry
+        place(self.target, entry)
+        state.outcome = FileOutcome(
+            entry.path, entry.size, "reused", seconds=time.perf_counter() - started
+        )
+        self.reporter.on_file_done(entry.path, entry.size, 0.0, True)
+
+    def _job(self, state: _State) -> FetchJob:
+        entry = state.item.entry
+        dest = layout.incomplete_path(self.target.cache_dir, self.target.repo_id, entry)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        sources = state.sources[:1] if state.retry_single else state.sources
+        return FetchJob(
+            key=layout.etag_of(entry),
+            path=entry.path,
+            size=entry.size,
+            dest=dest,
+            sources=tuple(sources),
+            sha256=entry.sha256,
+        )
+
+    def _verify_and_place(self, job: FetchJob, result: FetchResult) -> None:
+        state = self.states[job.path]
+        entry = state.item.entry
+        for mirror, n in result.bytes_by_mirror.items():
+            state.bytes_by_mirror[mirror] = state.bytes_by_mirror.get(mirror, 0) + n
+        state.seconds += result.seconds
+        try:
+            check(job.dest, entry)
+        except VerificationError as exc:
+            contributors = tuple(m for m, n in result.bytes_by_mirror.items() if n > 0) or tuple(
+                s.mirror for s in job.sources
+            )
+            layout.quarantine(
+                job.dest, self.target.cache_dir, self.target.repo_id, entry, contributors
+            )
+            self.reporter.on_verify_failed(entry.path, contributors, exc.message)
+            with self._lock:
+                state.attempts.append(f"{'+'.join(contributors)}: {exc.message}")
+                if len(contributors) == 1:
+                    bad = contributors[0]
+                    state.bad_mirrors.append(bad)
+                    state.sources = [s for s in state.sources if s.mirror != bad]
+                    state.retry_single = False
+                elif state.retry_single:
+                    # A single-mirror retry that still failed: that mirror is the bad one.
+                    bad = job.sources[0].mirror
+                    state.bad_mirrors.append(bad)
+                    state.sources = [s for s in state.sources if s.mirror != bad]
+                else:
+                    # Several mirrors contributed: find the bad one by fetching from one at a time.
+                    state.retry_single = True
+            return
+        layout.commit_blob(
+            job.dest, layout.blob_path(self.target.cache_dir, self.target.repo_id, entry)
+        )
+        place(self.target, entry)
+        state.outcome = FileOutcome(
+            entry.path,
+            entry.size,
+            "fetched",
+            bytes_by_mirror=dict(state.bytes_by_mirror),
+            seconds=state.seconds,
+            bad_mirrors=tuple(state.bad_mirrors),
+        )
+        self.reporter.on_file_done(entry.path, entry.size, state.seconds, False)
+
+    def _on_complete(self, job: FetchJob, result: FetchResult) -> None:
+        with self._lock:
+            self._pending.append(self._pool.submit(self._verify_and_place, job, result))
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            if not pending:
+                return
+            for fut in pending:
+                fut.result()
+
+    # --- rounds -----------------------------------------------------------------------------
+
+    def _round(self, states: Sequence[_State]) -> None:
+        jobs = [self._job(s) for s in states]
+        by_path = {j.path: j for j in jobs}
+        for s, job in zip(states, jobs, strict=True):
+            self.reporter.on_file_start(
+                s.item.entry.path, s.item.entry.size, tuple(x.mirror for x in job.sources)
+            )
+        results = self.engine.run(
+            jobs, reporter=self.reporter, cancel=self.cancel, on_complete=self._on_complete
+        )
+        seen = set()
+        for result in results:
+            seen.add(result.path)
+            state = self.states[result.path]
+            if result.ok:
+                # Engines call on_complete; make sure every finished file was handed over.
+                continue
+            for mirror, n in result.bytes_by_mirror.items():
+                state.bytes_by_mirror[mirror] = state.bytes_by_mirror.get(mirror, 0) + n
+            state.attempts.extend(result.attempts)
+            if result.cancelled:
+                continue
+            if _is_disk_full(result.error) or any(_is_disk_full(a) for a in result.attempts):
+                self.disk_full = True
+            state.outcome = FileOutcome(
+                result.path,
+                state.item.entry.size,
+                "failed",
+                bytes_by_mirror=dict(state.bytes_by_mirror),
+                seconds=state.seconds + result.seconds,
+                error=result.error or "; ".join(result.attempts) or "transfer failed",
+                bad_mirrors=tuple(state.bad_mirrors),
+            )
+        self._drain()
+        for path in by_path:
+            if path not in seen and self.states[path].outcome is None and not self.cancel.is_set():
+                self.states[path].outcome = FileOutcome(
+                    path,
+                    self.states[path].item.entry.size,
+                    "failed",
+                    error="the engine returned no result",
+                )
+
+    def run(self) -> list[FileOutcome]:
+        started = time.perf_counter()
+        try:
+            todo: list[_State] = []
+            waiting: list[_State] = []
+            for state in self.states.values():
+                entry = state.item.entry
+                if state.item.present:
+                    if self.target.local_dir is None:
+                        state.outcome = FileOutcome(entry.path, entry.size, "reused")
+                        self.reporter.on_file_done(entry.path, entry.size, 0.0, True)
+                    else:
+                        self._reuse(state, started)
+                    continue
+                lock_file = layout.lock_path(self.target.cache_dir, self.target.repo_id, entry)
+                lock_file.parent.mkdir(parents=True, exist_ok=True)
+                state.lock = FileLock(lock_file)
+                try:
+                    state.lock.acquire(timeout=0)
+                except Timeout:
+                    waiting.append(state)
+                    continue
+                if self._blob_ok(entry):
+                    self._reuse(state, started)
+                else:
+                    todo.append(state)
+
+            rounds = 0
+            while todo and not self.cancel.is_set():
+                rounds += 1
+                self._round(todo)
+                todo = [
+                    s
+                    for s in todo
+                    if s.outcome is None and s.sources and rounds <= len(self.mirrors) + 1
+                ]
+                if self.cancel.is_set():
+                    break
+
+            for state in waiting:
+                if self.cancel.is_set():
+                    break
+                entry = state.item.entry
+                self.reporter.on_message(
+                    "info",
+                    f"{entry.path}: another process is fetching it; waiting for it to finish",
+                )
+                assert state.lock is not None
+                while True:
+                    try:
+                        state.lock.acquire(timeout=0.5)
+                        break
+                    except Timeout:
+                        if self.cancel.is_set():
+                            break
+                if self.cancel.is_set():
+                    break
+                if self._blob_ok(entry):
+                    self._reuse(state, started)
+                else:
+                    self._round([state])
+
+            for state in self.states.values():
+                if state.outcome is None and not self.cancel.is_set():
+                    entry = state.item.entry
+                    why = "; ".join(state.attempts) or "no mirror left that serves correct bytes"
+                    state.outcome = FileOutcome(
+                        entry.path,
+                        entry.size,
+                        "failed",
+                        bytes_by_mirror=dict(state.bytes_by_mirror),
+                        seconds=state.seconds,
+                        error=why,
+                        bad_mirrors=tuple(state.bad_mirrors),
+                    )
+        finally:
+            self._pool.shutdown(wait=True)
+            for state in self.states.values():
+                if state.lock is not None and state.lock.is_locked:
+                    state.lock.release(force=True)
+        return [s.outcome for s in self.states.values() if s.outcome is not None]

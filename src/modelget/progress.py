@@ -1,0 +1,230 @@
+"""Reporters that the CLI uses: tqdm bars on stderr, or JSON lines on stdout.
+
+They are thread-safe (engines report from worker threads). Only ``cli.py`` creates them;
+the library never draws anything itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import IO, Any
+
+
+class JsonLinesReporter:
+    """One JSON object per event, one per line (``pull --json``), for scripts and wrappers.
+
+    Byte progress is coalesced to at most ``interval_s`` per file so the stream stays small.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, interval_s: float = 0.5) -> None:
+        self.stream = stream or sys.stdout
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._done: dict[str, int] = {}
+        self._size: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+
+    def emit(self, event: str, **fields: Any) -> None:
+        with self._lock:
+            self.stream.write(
+                json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n"
+            )
+            self.stream.flush()
+
+    def on_plan(
+        self, repo_id: str, commit: str, files: int, fetch_bytes: int, total_bytes: int
+    ) -> None:
+        self.emit(
+            "plan",
+            repo_id=repo_id,
+            commit=commit,
+            files=files,
+            fetch_bytes=fetch_bytes,
+            total_bytes=total_bytes,
+        )
+
+    def on_file_start(self, path: str, size: int, mirrors: tuple[str, ...]) -> None:
+        with self._lock:
+            self._size[path] = size
+            self._done.setdefault(path, 0)
+        self.emit("file_start", path=path, size=size, mirrors=list(mirrors))
+
+    def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._done[path] = self._done.get(path, 0) + nbytes
+            last = self._last.get(path)
+            if last is not None and now - last < self.interval_s:
+                return
+            self._last[path] = now
+            done, size = self._done[path], self._size.get(path, 0)
+        self.emit("progress", path=path, bytes=done, size=size)
+
+    def on_file_resumed(self, path: str, have_bytes: int) -> None:
+        with self._lock:
+            self._done[path] = self._done.get(path, 0) + have_bytes
+        self.emit("file_resumed", path=path, bytes=have_bytes)
+
+    def on_mirror_failed(self, path: str, mirror: str, reason: str) -> None:
+        self.emit("mirror_failed", path=path, mirror=mirror, reason=reason)
+
+    def on_verify_failed(self, path: str, mirrors: tuple[str, ...], reason: str) -> None:
+        self.emit("verify_failed", path=path, mirrors=list(mirrors), reason=reason)
+
+    def on_file_done(self, path: str, size: int, seconds: float, reused: bool) -> None:
+        self.emit("file_done", path=path, size=size, seconds=round(seconds, 3), reused=reused)
+
+    def on_message(self, level: str, text: str) -> None:
+        self.emit("message", level=level, text=text)
+
+
+class TqdmReporter:
+    """An overall bar (bytes and rate) and one bar per active file, on stderr.
+
+    Notes (mirror failures, verification failures, messages) are printed above the bars.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, max_file_bars: int = 6) -> None:
+        self.stream = stream or sys.stderr
+        self.max_file_bars = max_file_bars
+        self._lock = threading.RLock()
+        self._total: Any = None
+        self._bars: dict[str, Any] = {}
+        self._free_positions = list(range(1, max_file_bars + 1))
+
+    def _write(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=self.stream)
+
+    def on_plan(
+        self, repo_id: str, commit: str, files: int, fetch_bytes: int, total_bytes: int
+    ) -> None:
+        from tqdm import tqdm
+
+        with self._lock:
+            self._total = tqdm(
+                total=fetch_bytes,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1000,
+                position=0,
+                desc=f"{repo_id} ({files} files)",
+                file=self.stream,
+                dynamic_ncols=True,
+                leave=True,
+                smoothing=0.1,
+            )
+
+    def on_file_start(self, path: str, size: int, mirrors: tuple[str, ...]) -> None:
+        from tqdm import tqdm
+
+        with self._lock:
+            if path in self._bars or not self._free_positions:
+                return
+            pos = self._free_positions.pop(0)
+            name = path if len(path) <= 32 else "…" + path[-31:]
+            self._bars[path] = tqdm(
+                total=size,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1000,
+                position=pos,
+                desc=name,
+                file=self.stream,
+                dynamic_ncols=True,
+                leave=False,
+            )
+
+    def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+        with self._lock:
+            if self._total is not None:
+                self._total.update(nbytes)
+            bar = self._bars.get(path)
+            if bar is not None:
+                bar.update(nbytes)
+
+    def on_file_resumed(self, path: str, have_bytes: int) -> None:
+        with self._lock:
+            if self._total is not None:
+                self._total.update(have_bytes)
+            bar = self._bars.get(path)
+            if bar is not None:
+                bar.update(have_bytes)
+        self._write(f"{path}: resuming, {have_bytes:,} bytes already here")
+
+    def on_mirror_failed(self, path: str, mirror: str, reason: str) -> None:
+        self._write(f"{path}: mirror {mirror}: {reason}")
+
+    def on_verify_failed(self, path: str, mirrors: tuple[str, ...], reason: str) -> None:
+        self._write(
+            f"{path}: failed verification (from {', '.join(mirrors)}): {reason}; fetching it again"
+        )
+
+    def on_file_done(self, path: str, size: int, seconds: float, reused: bool) -> None:
+        with self._lock:
+            bar = self._bars.pop(path, None)
+            if bar is not None:
+                self._free_positions.append(bar.pos if bar.pos > 0 else abs(bar.pos))
+                self._free_positions.sort()
+                bar.close()
+
+    def on_message(self, level: str, text: str) -> None:
+        self._write(f"{level}: {text}" if level != "info" else text)
+
+    def close(self) -> None:
+        with self._lock:
+            for bar in self._bars.values():
+                bar.close()
+            self._bars.clear()
+            if self._total is not None:
+                self._total.close()
+                self._total = None
+
+
+class TextReporter:
+    """No bars (stderr is not a terminal): one line per notable event, on stderr."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self._lock = threading.Lock()
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def on_plan(
+        self, repo_id: str, commit: str, files: int, fetch_bytes: int, total_bytes: int
+    ) -> None:
+        self._line(
+            f"pulling {repo_id} @ {commit[:12]}: {files} files, {fetch_bytes:,} bytes to fetch"
+        )
+
+    def on_file_start(self, path: str, size: int, mirrors: tuple[str, ...]) -> None:
+        pass
+
+    def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+        pass
+
+    def on_file_resumed(self, path: str, have_bytes: int) -> None:
+        self._line(f"{path}: resuming, {have_bytes:,} bytes already here")
+
+    def on_mirror_failed(self, path: str, mirror: str, reason: str) -> None:
+        self._line(f"{path}: mirror {mirror}: {reason}")
+
+    def on_verify_failed(self, path: str, mirrors: tuple[str, ...], reason: str) -> None:
+        self._line(
+            f"{path}: failed verification (from {', '.join(mirrors)}): {reason}; fetching it again"
+        )
+
+    def on_file_done(self, path: str, size: int, seconds: float, reused: bool) -> None:
+        self._line(
+            f"{path}: {'already here' if reused else f'done ({size:,} bytes, {seconds:.1f} s)'}"
+        )
+
+    def on_message(self, level: str, text: str) -> None:
+        self._line(f"{level}: {text}" if level != "info" else text)

@@ -1,0 +1,76 @@
+"""Every byte verified: size and digest of a file before it lands.
+
+The digest is the strongest one the manifest has: sha256 (LFS files on HF, every file on
+ModelScope and cdn mirrors), else the git blob sha1 that HF gives for small files, computed
+the git way (``sha1(b"blob <size>\\0" + content)``). One read pass computes both when both
+are known, with a large buffer (hashlib releases the GIL, so other transfers go on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelget.datatypes import FileEntry
+from modelget.errors import VerificationError
+
+_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Digests:
+    size: int
+    sha256: str | None
+    git_sha1: str | None
+
+
+def hash_file(path: Path, *, sha256: bool = True, git_sha1: bool = False) -> Digests:
+    """Size and the requested digests of ``path``, in one streaming pass."""
+    size = path.stat().st_size
+    h256 = hashlib.sha256() if sha256 else None
+    h1 = hashlib.sha1(f"blob {size}\0".encode()) if git_sha1 else None
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as f:
+        while True:
+            n = f.readinto(view)
+            if not n:
+                break
+            chunk = view[:n]
+            if h256 is not None:
+                h256.update(chunk)
+            if h1 is not None:
+                h1.update(chunk)
+    return Digests(size, h256.hexdigest() if h256 else None, h1.hexdigest() if h1 else None)
+
+
+def check(path: Path, entry: FileEntry) -> None:
+    """Raise ``VerificationError`` unless ``path`` has ``entry``'s size and digest.
+
+    A zero-byte file where bytes were expected is reported as an empty answer, not as
+    corruption: that is a mirror or network fault, and the fix is the same (fetch again).
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise VerificationError(f"{entry.path}: cannot read the downloaded file: {exc}") from exc
+    if size == 0 and entry.size > 0:
+        raise VerificationError(
+            f"{entry.path}: the mirror sent an empty answer (0 of {entry.size} bytes)"
+        )
+    if size != entry.size:
+        raise VerificationError(f"{entry.path}: size {size} bytes, expected {entry.size}")
+    if not entry.sha256 and not entry.git_sha1:
+        raise VerificationError(f"{entry.path}: no digest known to verify it against")
+    got = hash_file(
+        path, sha256=bool(entry.sha256), git_sha1=not entry.sha256 and bool(entry.git_sha1)
+    )
+    if entry.sha256 and got.sha256 != entry.sha256.lower():
+        raise VerificationError(
+            f"{entry.path}: sha256 {got.sha256} does not match the manifest's {entry.sha256}"
+        )
+    if not entry.sha256 and entry.git_sha1 and got.git_sha1 != entry.git_sha1.lower():
+        raise VerificationError(
+            f"{entry.path}: git blob sha1 {got.git_sha1} does not match the manifest's {entry.git_sha1}"
+        )
