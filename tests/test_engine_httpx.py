@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -81,7 +82,7 @@ def job_for(
 
 
 def run(job: FetchJob, reporter: Recorder | None = None, **opts: object) -> FetchResult:
-    options = EngineOptions(**{**FAST.__dict__, **opts})  # type: ignore[arg-type]
+    options = dataclasses.replace(FAST, **opts)  # type: ignore[arg-type]
     engine = HttpxEngine(options)
     done: list[FetchResult] = []
     try:

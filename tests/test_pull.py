@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from modelget import api
-from modelget.engines import EngineOptions, aria2c_path
+from modelget.engines import EngineName, EngineOptions, aria2c_path
 from modelget.testing import fixtures
 from modelget.testing.hubsim import Fault, HubSimulator, RequestRecord
 
@@ -32,8 +32,8 @@ FAST = EngineOptions(
 
 
 @pytest.fixture(params=ENGINES)
-def engine(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
+def engine(request: pytest.FixtureRequest) -> EngineName:
+    name: EngineName = request.param
     if name == "aria2" and aria2c_path() is None:
         if os.environ.get("CI"):
             pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
@@ -93,7 +93,7 @@ def assert_snapshot_matches(snapshot: Path, source_dir: Path) -> None:
 
 
 def test_pull_minilm_from_two_mirrors_lands_in_the_hf_cache_and_loads_offline(
-    engine: str, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
+    engine: EngineName, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
 ) -> None:
     hub = start(sims, name="hub", cdn=True)
     mirror = start(sims, name="mirror", host_name="localhost")
@@ -102,7 +102,7 @@ def test_pull_minilm_from_two_mirrors_lands_in_the_hf_cache_and_loads_offline(
     cat = catalogue(tmp_path / "m.yaml", ("hub", hub.url, ""), ("mirror", mirror.url, ""))
     cache = tmp_path / "cache"
 
-    result = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)  # type: ignore[arg-type]
+    result = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)
 
     assert result.status == "ok", result.failed
     assert result.engine == engine
@@ -154,14 +154,14 @@ def test_pull_minilm_from_two_mirrors_lands_in_the_hf_cache_and_loads_offline(
     # Pulling again transfers nothing.
     for sim in (hub, mirror):
         sim.clear_log()
-    again = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)  # type: ignore[arg-type]
+    again = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)
     assert again.status == "ok" and again.bytes_fetched == 0
     assert all(f.status == "reused" for f in again.files)
     assert file_bytes_served(hub) == file_bytes_served(mirror) == 0
 
 
 def test_segments_of_one_shard_come_from_both_mirrors(
-    engine: str, tmp_path: Path, minilm_sharded_dir: Path, sims: list[HubSimulator]
+    engine: EngineName, tmp_path: Path, minilm_sharded_dir: Path, sims: list[HubSimulator]
 ) -> None:
     a = start(sims, name="a")
     b = start(sims, name="b", host_name="localhost")  # another host name: aria2 limits per host
@@ -175,7 +175,7 @@ def test_segments_of_one_shard_come_from_both_mirrors(
         mirrors=cat,
         cache_dir=tmp_path / "c",
         engine=engine,
-        options=FAST,  # type: ignore[arg-type]
+        options=FAST,
     )
     assert result.status == "ok"
     shard = "model-00002-of-00004.safetensors"
@@ -192,7 +192,11 @@ def test_segments_of_one_shard_come_from_both_mirrors(
 
 @pytest.mark.parametrize("fault", ["dies", "stalls", "corrupt"])
 def test_a_bad_mirror_does_not_stop_the_pull_or_land_a_bad_file(
-    engine: str, fault: str, tmp_path: Path, minilm_sharded_dir: Path, sims: list[HubSimulator]
+    engine: EngineName,
+    fault: str,
+    tmp_path: Path,
+    minilm_sharded_dir: Path,
+    sims: list[HubSimulator],
 ) -> None:
     good = start(sims, name="good")
     bad = start(sims, name="bad", host_name="localhost")
@@ -215,7 +219,7 @@ def test_a_bad_mirror_does_not_stop_the_pull_or_land_a_bad_file(
 
     result = api.pull(
         REPO, [shard, "config.json"], mirrors=cat, cache_dir=cache, engine=engine, options=FAST
-    )  # type: ignore[arg-type]
+    )
 
     assert result.status == "ok", result.failed
     got = Path(result.path) / shard
@@ -246,7 +250,7 @@ def _pull_cmd(cat: Path, cache: Path, engine: str, *extra: str) -> list[str]:
 
 
 def test_kill_9_halfway_then_rerun_fetches_only_what_is_missing(
-    engine: str, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
+    engine: EngineName, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
 ) -> None:
     sim = start(sims, name="hub")
     sim.add_repo(REPO, minilm_dir)
@@ -300,7 +304,7 @@ def test_kill_9_halfway_then_rerun_fetches_only_what_is_missing(
 
 
 def test_two_concurrent_pulls_transfer_each_file_once(
-    engine: str, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
+    engine: EngineName, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
 ) -> None:
     sim = start(sims, name="hub")
     sim.add_repo(REPO, minilm_dir)
@@ -323,7 +327,7 @@ def test_two_concurrent_pulls_transfer_each_file_once(
 
 
 def test_a_token_reaches_only_the_mirror_that_names_it_never_the_cdn_or_other_mirrors(
-    engine: str,
+    engine: EngineName,
     tmp_path: Path,
     minilm_dir: Path,
     sims: list[HubSimulator],
@@ -340,7 +344,7 @@ def test_a_token_reaches_only_the_mirror_that_names_it_never_the_cdn_or_other_mi
         ("official", official.url, "token_env: OFFICIAL_TOKEN\n"),
         ("other", other.url, ""),
     )
-    result = api.pull(REPO, mirrors=cat, cache_dir=tmp_path / "c", engine=engine, options=FAST)  # type: ignore[arg-type]
+    result = api.pull(REPO, mirrors=cat, cache_dir=tmp_path / "c", engine=engine, options=FAST)
     assert result.status == "ok"
     hub_side = official.requests(listener="hub")
     assert hub_side and all(r.authorization == "Bearer hf_official_secret" for r in hub_side)
@@ -351,7 +355,7 @@ def test_a_token_reaches_only_the_mirror_that_names_it_never_the_cdn_or_other_mi
 
 
 def test_local_dir_gets_real_files_that_huggingface_hub_recognises(
-    engine: str, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
+    engine: EngineName, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
 ) -> None:
     sim = start(sims, name="hub")
     sim.add_repo(REPO, minilm_dir, commit=fixtures.MINILM_REVISION)
@@ -359,7 +363,7 @@ def test_local_dir_gets_real_files_that_huggingface_hub_recognises(
     local = tmp_path / "model"
     result = api.pull(
         REPO, mirrors=cat, cache_dir=tmp_path / "c", local_dir=local, engine=engine, options=FAST
-    )  # type: ignore[arg-type]
+    )
     assert result.status == "ok" and Path(result.path) == local
     weights = local / "model.safetensors"
     assert weights.is_file() and not weights.is_symlink()
@@ -382,12 +386,12 @@ def test_local_dir_gets_real_files_that_huggingface_hub_recognises(
     sim.clear_log()
     again = api.pull(
         REPO, mirrors=cat, cache_dir=tmp_path / "c", local_dir=local, engine=engine, options=FAST
-    )  # type: ignore[arg-type]
+    )
     assert again.bytes_fetched == 0 and file_bytes_served(sim) == 0
 
 
 def test_ctrl_c_exits_130_and_the_next_run_resumes(
-    engine: str, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
+    engine: EngineName, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
 ) -> None:
     sim = start(sims, name="hub")
     sim.add_repo(REPO, minilm_dir)
@@ -417,7 +421,7 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes(
 
 
 def test_no_good_mirror_left_gives_a_clear_error_and_exit_code(
-    engine: str, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
+    engine: EngineName, tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
 ) -> None:
     sim = start(sims, name="hub")
     sim.add_repo(REPO, minilm_dir)
