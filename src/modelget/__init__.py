@@ -59,6 +59,9 @@ _LAZY = {
     "pull": "modelget.api",
     "plan": "modelget.api",
     "probe": "modelget.api",
+    # modelget.api.verify is not re-exported: modelget.verify is the digest module.
+    "list_models": "modelget.api",
+    "remove": "modelget.api",
     "ProbeSummary": "modelget.api",
     "EngineOptions": "modelget.engines",
 }

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from modelget import layout, settings
 from modelget.catalogue import load_catalogue
@@ -29,6 +30,7 @@ from modelget.errors import (
     UsageError,
 )
 from modelget.events import NullReporter, Reporter
+from modelget.export import ExportResult
 from modelget.layout import free_bytes, scan
 from modelget.manifest import agree, merge_digests, select_files
 from modelget.plan import make_plan
@@ -36,6 +38,10 @@ from modelget.probe import ProbeReport, load_cached, probe_mirror, store_cached
 from modelget.probe import probe as run_probe
 from modelget.rank import rank
 from modelget.sources import get_source
+
+if TYPE_CHECKING:
+    from modelget.cache import CachedModel, RemoveResult, VerifyResult
+    from modelget.loadtest import LoadReport
 
 StrPath = str | os.PathLike[str]
 
@@ -364,3 +370,125 @@ def pull(
         plan_s=plan_s,
         transfer_s=transfer_s,
     )
+
+
+def _hub_cache(cache_dir: StrPath | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else settings.hf_hub_cache()
+
+
+def verify(
+    target: StrPath,
+    *,
+    revision: str | None = None,
+    cache_dir: StrPath | None = None,
+) -> VerifyResult:
+    """Re-hash what is on disk against the recorded digests: ``target`` is a repo id in the
+    Hugging Face cache (every cached snapshot, or ``revision``'s), a ``snapshots/COMMIT`` or
+    ``models--org--name`` directory, or a ``--local-dir`` download. Never raises for bad
+    files: they are in the result (``result.ok``, ``result.problems``)."""
+    from modelget import cache
+
+    text = os.fspath(target)
+    path = Path(text).expanduser()
+    hub_cache = _hub_cache(cache_dir)
+    if (
+        not isinstance(target, str)
+        or text.startswith(("/", "./", "../", "~"))
+        or text in (".", "..")
+    ):
+        return cache.verify_dir(path, revision)
+    try:
+        _check_repo_id(text)
+        in_cache = layout.repo_dir(hub_cache, text).is_dir()
+    except UsageError:
+        in_cache = False
+    if not in_cache and path.is_dir():
+        return cache.verify_dir(path, revision)
+    _check_repo_id(text)
+    return cache.verify_repo(hub_cache, text, revision)
+
+
+def list_models(*, cache_dir: StrPath | None = None) -> tuple[CachedModel, ...]:
+    """The models in the Hugging Face cache: revisions, refs, size on disk, last used."""
+    from modelget import cache
+
+    return cache.list_models(_hub_cache(cache_dir))
+
+
+def remove(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    cache_dir: StrPath | None = None,
+    dry_run: bool = False,
+) -> RemoveResult:
+    """Remove ``repo_id``'s snapshot of ``revision`` (default: every snapshot), the blobs no
+    remaining snapshot uses, partial downloads and refs to removed commits. Never follows a
+    symbolic link, never deletes outside ``models--org--name``. ``dry_run``: only report."""
+    from modelget import cache
+
+    _check_repo_id(repo_id)
+    return cache.remove(_hub_cache(cache_dir), repo_id, revision, dry_run=dry_run)
+
+
+def export(
+    repo_id: str,
+    to: StrPath,
+    *,
+    revision: str | None = None,
+    cache_dir: StrPath | None = None,
+) -> ExportResult:
+    """Publish ``repo_id`` from the Hugging Face cache as a static ``cdn`` tree in ``to``
+    (``modelget.cdn/1``, see docs/mirrors.md): every blob verified, hardlinked or copied,
+    then the manifest and ``refs.json``. Serve ``to`` with nginx or sync it to a bucket."""
+    from modelget.export import export_model
+
+    _check_repo_id(repo_id)
+    hub_cache = Path(cache_dir) if cache_dir is not None else settings.hf_hub_cache()
+    return export_model(repo_id, Path(to), cache_dir=hub_cache, revision=revision)
+
+
+def model_root(
+    target: StrPath, *, revision: str | None = None, cache_dir: StrPath | None = None
+) -> Path:
+    """A model directory: ``target`` itself when it is a directory, else the snapshot of the
+    repo id ``target`` at ``revision`` (default ``main``) in the Hugging Face cache."""
+    path = Path(target)
+    if path.is_dir():
+        return path
+    repo_id = str(target)
+    _check_repo_id(repo_id)
+    hub_cache = Path(cache_dir) if cache_dir is not None else settings.hf_hub_cache()
+    root = layout.repo_dir(hub_cache, repo_id)
+    rev = revision or "main"
+    commit = rev
+    ref = root / "refs" / rev
+    if ref.is_file():
+        commit = ref.read_text().strip()
+    snapshot = root / "snapshots" / commit
+    if not snapshot.is_dir():
+        from modelget.errors import NotInCacheError
+
+        raise NotInCacheError(
+            f"{repo_id} @ {rev} is not in the cache at {hub_cache}",
+            hint=f"pull it first (modelget pull {repo_id}), or pass the model's directory",
+        )
+    return snapshot
+
+
+def load_test(
+    target: StrPath,
+    *,
+    revision: str | None = None,
+    cache_dir: StrPath | None = None,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    warm: bool = False,
+) -> LoadReport:
+    """Check every file a loader reads and load every tensor onto ``device`` (see
+    ``modelget.loadtest``). ``warm``: read the files into the page cache first."""
+    from modelget import loadtest
+
+    root = model_root(target, revision=revision, cache_dir=cache_dir)
+    if warm:
+        loadtest.warm(root)
+    return loadtest.load_model(root, device)

@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from modelget import __version__
@@ -115,7 +116,100 @@ def _build_parser() -> argparse.ArgumentParser:
     pull.add_argument(
         "--json", action="store_true", help="JSON: the plan (--dry-run), or events as JSON lines"
     )
+    pull.add_argument(
+        "--load-test",
+        action="store_true",
+        help="after the pull, check every file and load every tensor (see load-test)",
+    )
+    pull.add_argument(
+        "--warm",
+        action="store_true",
+        help="after the pull, read the files into the page cache so the first load is fast",
+    )
     pull.set_defaults(func=_cmd_pull)
+
+    verify = sub.add_parser(
+        "verify",
+        help="re-hash a cached model (or a --local-dir download) against its digests",
+        description="Re-hash every file on disk against the digest recorded for it (the blob "
+        "name in the cache, the etag in a local dir's .cache/huggingface metadata) and name "
+        "every missing, extra or corrupted file, including shards an index.json names that "
+        "are absent. Exit codes: 0 all good, 4 something missing or corrupted, 1 not cached.",
+    )
+    verify.add_argument(
+        "target", metavar="REPO_ID|PATH", help="a repo id, a snapshot dir or a --local-dir"
+    )
+    verify.add_argument("--revision", help="only this branch, tag or commit (default: all)")
+    verify.add_argument(
+        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
+    )
+    verify.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    verify.set_defaults(func=_cmd_verify)
+
+    ls = sub.add_parser(
+        "ls",
+        help="list the models in the Hugging Face cache",
+        description="List the models in the cache: id, revisions (refs and commits), size on "
+        "disk and when each was last used.",
+    )
+    ls.add_argument(
+        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
+    )
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.set_defaults(func=_cmd_ls)
+
+    rm = sub.add_parser(
+        "rm",
+        help="remove a model (or one revision) from the Hugging Face cache",
+        description="Remove a model's snapshot (one revision, or all), the blobs no remaining "
+        "snapshot uses, partial downloads and refs to removed commits, then print what was "
+        "freed. Never follows a symbolic link, never deletes outside models--ORG--NAME. "
+        "Without --yes: show what would go and ask (refused when stdin is not a terminal).",
+    )
+    rm.add_argument("repo_id", metavar="REPO_ID")
+    rm.add_argument("--revision", help="only this branch, tag or commit (default: all)")
+    rm.add_argument(
+        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
+    )
+    rm.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    rm.add_argument("--json", action="store_true", help="print JSON")
+    rm.set_defaults(func=_cmd_rm)
+
+    lt = sub.add_parser(
+        "load-test",
+        help="check a model's files and load every tensor onto the GPU (or CPU); report GB/s",
+        description="Check every safetensors header, the shard index and config.json, then "
+        "load every tensor onto the device (CUDA when torch sees a GPU, else the CPU; numpy "
+        "without torch) and report bytes, seconds, GB/s, time to the first tensor and where "
+        "the bytes came from. Exit codes: 0 loads, 4 the model would not load, 1 error.",
+    )
+    lt.add_argument("target", metavar="REPO_ID|PATH", help="a repo id in the cache, or a dir")
+    lt.add_argument("--revision", help="with a repo id: branch, tag or commit (default main)")
+    lt.add_argument(
+        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
+    )
+    lt.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    lt.add_argument("--warm", action="store_true", help="read the files into the page cache first")
+    lt.add_argument("--json", action="store_true", help="the report as JSON")
+    lt.set_defaults(func=_cmd_load_test)
+
+    export = sub.add_parser(
+        "export",
+        help="publish a cached model as a static cdn tree (for nginx or a bucket)",
+        description="Write REPO_ID, already pulled into the Hugging Face cache, into DIR as a "
+        "modelget.cdn/1 tree (refs.json, manifests/, content-addressed blobs/): every blob is "
+        "verified first, then hardlinked (same filesystem) or copied. Serve DIR with any static "
+        "server or sync it to a bucket, and add it to the catalogue as a `cdn` mirror whose "
+        "endpoint is DIR's URL. Running it again adds revisions and skips what is there.",
+    )
+    export.add_argument("repo_id", metavar="REPO_ID")
+    export.add_argument("--to", required=True, metavar="DIR", help="root of the cdn tree")
+    export.add_argument("--revision", help="branch, tag or commit in the cache (default: main)")
+    export.add_argument(
+        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
+    )
+    export.add_argument("--json", action="store_true", help="print JSON instead of text")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 
@@ -261,9 +355,22 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         code = EXIT_PARTIAL
     else:
         code = EXIT_VERIFY if all(f.bad_mirrors for f in failed) else EXIT_ERROR
+    load_report = None
+    if code == EXIT_OK and (args.load_test or args.warm):
+        from modelget.api import load_test
+        from modelget.loadtest import warm
+
+        if args.warm and not args.load_test:
+            warm(Path(result.path))
+        if args.load_test:
+            load_report = load_test(result.path, warm=args.warm)
+            if not load_report.ok:
+                code = EXIT_VERIFY
     if args.json:
         payload = asdict(result)
         payload["exit_code"] = code
+        if load_report is not None:
+            payload["load_test"] = _load_report_dict(load_report)
         print(json.dumps({"event": "result", "schema": JSON_SCHEMA_VERSION, **payload}))
         return code
     fetched = sum(1 for f in result.files if f.status == "fetched")
@@ -282,7 +389,98 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         )
     for f in failed:
         print(f"error: {f.path}: {f.error}", file=sys.stderr)
+    if load_report is not None:
+        _print_load_report(load_report)
     print(result.path)
+    return code
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from modelget.api import export
+
+    result = export(args.repo_id, args.to, revision=args.revision, cache_dir=args.cache_dir)
+    if args.json:
+        print(json.dumps({"schema": JSON_SCHEMA_VERSION, **asdict(result)}, indent=2))
+        return EXIT_OK
+    refs = ", ".join(result.refs) or "none (commit only)"
+    print(
+        f"{result.repo_id} @ {result.commit[:12]}: {result.files} files, {_size(result.bytes)}; "
+        f"blobs: {result.linked} linked, {result.copied} copied, {result.reused} already there; "
+        f"refs: {refs}",
+        file=sys.stderr,
+    )
+    print(result.dir)
+    return EXIT_OK
+
+
+def _load_report_dict(report: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    out = asdict(report)
+    out["gbps"] = report.gbps
+    out["problems"] = report.problems
+    return out
+
+
+def _print_load_report(report: Any) -> None:
+    safetensors = [c for c in report.checks if c.kind == "safetensors"]
+    verdict = "ok: the model loads" if report.ok else "FAILED: the model would not load"
+    print(f"load test of {report.path}: {verdict}", file=sys.stderr)
+    print(
+        f"  checked {len(report.checks)} files: {len(safetensors)} safetensors "
+        f"({sum(c.tensors for c in safetensors)} tensors)",
+        file=sys.stderr,
+    )
+    if report.backend is not None:
+        first = (
+            ""
+            if report.first_tensor_s is None
+            else f", first tensor after {_ms(report.first_tensor_s)} ms"
+        )
+        gbps = report.gbps
+        print(
+            f"  loaded {_size(report.bytes)} in {report.tensors} tensors onto {report.device} "
+            f"({report.backend}) in {report.seconds:.2f} s"
+            + (f": {gbps:.2f} GB/s" if gbps is not None else "")
+            + first,
+            file=sys.stderr,
+        )
+    st = report.storage
+    where = f"  storage: {st.device or '?'} ({st.fstype or '?'}) mounted at {st.mount_point or '?'}"
+    if report.disk_read_bytes is not None:
+        where += f"; read {_size(report.disk_read_bytes)} from disk"
+        if report.disk_busy_pct is not None:
+            where += f" ({report.disk_busy_pct:.0f}% busy)"
+    if report.cached_fraction is not None:
+        where += f"; {report.cached_fraction * 100:.0f}% was already in the page cache"
+    print(where, file=sys.stderr)
+    for note in report.notes:
+        print(f"  note: {note}", file=sys.stderr)
+    for problem in report.problems:
+        print(f"  problem: {problem}", file=sys.stderr)
+
+
+def _cmd_load_test(args: argparse.Namespace) -> int:
+    from modelget.api import load_test
+
+    report = load_test(
+        args.target,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        warm=args.warm,
+    )
+    code = EXIT_OK if report.ok else EXIT_VERIFY
+    if args.json:
+        print(
+            json.dumps(
+                {"schema": JSON_SCHEMA_VERSION, **_load_report_dict(report), "exit_code": code}
+            )
+        )
+    else:
+        _print_load_report(report)
     return code
 
 
@@ -360,6 +558,129 @@ def _plan_dict(plan: Any) -> dict[str, Any]:
         ],
         "excluded": list(plan.excluded),
     }
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from modelget.api import verify
+
+    result = verify(args.target, revision=args.revision, cache_dir=args.cache_dir)
+    code = EXIT_OK if result.ok else EXIT_VERIFY
+    counts = {s: result.count(s) for s in ("ok", "missing", "corrupted", "extra")}
+    if args.json:
+        payload = {
+            "schema": JSON_SCHEMA_VERSION,
+            "target": result.target,
+            "kind": result.kind,
+            "path": result.path,
+            "repo_id": result.repo_id,
+            "commits": list(result.commits),
+            "ok": result.ok,
+            "counts": counts,
+            "files": [asdict(f) for f in result.files],
+            "exit_code": code,
+        }
+        print(json.dumps(payload, indent=2))
+        return code
+    several = len(result.commits) > 1
+    rows = [
+        [
+            *([(f.commit or "-")[:12]] if several else []),
+            f.path,
+            f.status,
+            (f.expected or "-")[:16],
+            (f.got or "-")[:16],
+        ]
+        for f in result.files
+    ]
+    header = [*(["COMMIT"] if several else []), "FILE", "STATUS", "EXPECTED", "GOT"]
+    print(_table(rows, header))
+    for f in result.files:
+        if f.status != "ok":
+            print(f"{f.status}: {f.path}: {f.detail}", file=sys.stderr)
+    print(
+        f"{result.path}: {counts['ok']} ok, {counts['missing']} missing, "
+        f"{counts['corrupted']} corrupted, {counts['extra']} extra",
+        file=sys.stderr,
+    )
+    return code
+
+
+def _when(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from modelget.api import list_models
+
+    models = list_models(cache_dir=args.cache_dir)
+    if args.json:
+        print(
+            json.dumps(
+                {"schema": JSON_SCHEMA_VERSION, "models": [asdict(m) for m in models]}, indent=2
+            )
+        )
+        return EXIT_OK
+    rows = [
+        [
+            m.repo_id,
+            ", ".join(
+                (f"{r.commit[:12]} ({', '.join(r.refs)})" if r.refs else r.commit[:12])
+                for r in m.revisions
+            )
+            or "-",
+            _size(m.size_on_disk),
+            _when(m.last_used),
+        ]
+        for m in models
+    ]
+    print(_table(rows, ["MODEL", "REVISIONS", "SIZE", "LAST_USED"]))
+    total = sum(m.size_on_disk for m in models)
+    print(f"{len(models)} models, {_size(total)} on disk", file=sys.stderr)
+    return EXIT_OK
+
+
+def _rm_summary(result: Any) -> str:
+    verb = "would free" if result.dry_run else "freed"
+    what = "every revision" if result.repo_removed else ", ".join(c[:12] for c in result.commits)
+    text = (
+        f"{result.repo_id}: {what}; {len(result.blobs)} blobs, {len(result.partials)} partial "
+        f"files, refs: {', '.join(result.refs) or 'none'}; {verb} {_size(result.freed_bytes)}"
+    )
+    if result.kept_commits:
+        text += f"; kept {', '.join(c[:12] for c in result.kept_commits)}"
+    if result.skipped:
+        text += f"; {len(result.skipped)} files skipped (a pull holds their lock)"
+    return text
+
+
+def _cmd_rm(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from modelget.api import remove
+    from modelget.errors import UsageError
+
+    if not args.yes:
+        preview = remove(
+            args.repo_id, revision=args.revision, cache_dir=args.cache_dir, dry_run=True
+        )
+        print(_rm_summary(preview), file=sys.stderr)
+        if not sys.stdin.isatty():
+            raise UsageError("rm needs confirmation", hint="pass --yes to remove without asking")
+        if input("remove? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing removed", file=sys.stderr)
+            return EXIT_OK
+    result = remove(args.repo_id, revision=args.revision, cache_dir=args.cache_dir)
+    if args.json:
+        print(json.dumps({"schema": JSON_SCHEMA_VERSION, **asdict(result)}, indent=2))
+        return EXIT_OK
+    print(_rm_summary(result))
+    return EXIT_OK
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:

@@ -17,6 +17,7 @@ Nothing here imports from the rest of modelget: every stage may raise these.
     ├── VerificationError              exit 4
     ├── LayoutError                    exit 1
     │   └── InsufficientDiskSpaceError exit 1
+    ├── NotInCacheError                exit 1   (verify/rm: model or revision not in the cache)
     ├── EngineUnavailableError         exit 1
     ├── FixtureError                   exit 1   (test/demo fixtures could not be prepared)
     └── Interrupted                    exit 130
@@ -155,6 +156,12 @@ class LayoutError(ModelgetError):
 
 class InsufficientDiskSpaceError(LayoutError):
     code = "disk-full"
+
+
+class NotInCacheError(ModelgetError):
+    """``verify``/``rm`` named a model or revision that the cache does not hold."""
+
+    code = "not-in-cache"
 
 
 class EngineUnavailableError(ModelgetError):

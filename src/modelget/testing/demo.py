@@ -5,7 +5,8 @@ files from a pinned PyPI wheel): an HF-style hub that redirects LFS files to a s
 a slower HF-style mirror (150 ms added latency) and a ModelScope-style mirror. Then it runs the
 ``modelget`` command against them, exactly as a user would, with a catalogue that names
 them: ``mirrors``, ``probe``, ``pull --dry-run``, ``pull`` (twice: the second transfers
-nothing), then loads the result offline with huggingface_hub and transformers. Nothing leaves
+nothing), loads the result offline with huggingface_hub and transformers, and runs the load
+test. Nothing leaves
 127.0.0.1.
 """
 
@@ -116,8 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             check=False,
         )
         failures += check.returncode != 0
+        failures += _run(["load-test", REPO_ID], env) != 0
         _say(
-            "\nThe load test (every tensor onto the GPU, or the CPU) follows in issue #5."
+            "\nThe model is in the Hugging Face cache above; load it offline with\n"
+            f"  HF_HOME={env['HF_HOME']} HF_HUB_OFFLINE=1 python -c "
+            f"\"from transformers import AutoModel; AutoModel.from_pretrained('{REPO_ID}')\""
+            + ("" if args.keep else "\n(this demo's directory is removed now: --keep keeps it)")
             if not failures
             else "\nSome steps failed: see above."
         )

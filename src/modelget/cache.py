@@ -1,0 +1,591 @@
+"""Keep, check and clean: what the Hugging Face cache holds, whether it is intact, removal.
+
+A blob's name is its digest (sha256 for LFS files, the git blob sha1 otherwise), so checking
+a snapshot needs no manifest: each ``snapshots/{commit}/{path}`` link names the digest its
+bytes must have. A ``--local-dir`` download is checked against the etag in huggingface_hub's
+``.cache/huggingface/download/{path}.metadata``.
+
+Removal never follows a symbolic link and never deletes outside ``models--{org}--{name}``.
+Nothing here prints; the CLI renders what these functions return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import re
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from modelget import layout
+from modelget.errors import LayoutError, NotInCacheError, UsageError
+from modelget.verify import hash_file
+
+FileStatus = Literal["ok", "missing", "corrupted", "extra"]
+
+PARTIAL_SUFFIXES = (".incomplete", ".incomplete.ranges", ".incomplete.aria2")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+_META_PARTS = (".cache", "huggingface", "download")
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One file's verdict. ``expected``/``got``: digests (hex); ``detail``: why, in words."""
+
+    path: str
+    status: FileStatus
+    expected: str | None = None
+    got: str | None = None
+    commit: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    target: str
+    kind: Literal["cache", "local-dir"]
+    path: str
+    repo_id: str | None
+    commits: tuple[str, ...]
+    files: tuple[FileCheck, ...]
+
+    @property
+    def problems(self) -> tuple[FileCheck, ...]:
+        """Missing or corrupted files (an ``extra`` file is reported, not a failure)."""
+        return tuple(f for f in self.files if f.status in ("missing", "corrupted"))
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def count(self, status: FileStatus) -> int:
+        return sum(1 for f in self.files if f.status == status)
+
+
+@dataclass(frozen=True)
+class CachedRevision:
+    commit: str
+    refs: tuple[str, ...]
+    files: int
+    size_bytes: int
+    last_used: float
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    repo_id: str
+    path: str
+    revisions: tuple[CachedRevision, ...]
+    size_on_disk: int
+    partial_bytes: int
+    last_used: float
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    repo_id: str
+    path: str
+    commits: tuple[str, ...]
+    refs: tuple[str, ...]
+    blobs: tuple[str, ...]
+    partials: tuple[str, ...]
+    kept_commits: tuple[str, ...]
+    skipped: tuple[str, ...]
+    freed_bytes: int
+    repo_removed: bool
+    dry_run: bool
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def repo_id_of(folder_name: str) -> str:
+    """``models--org--name`` → ``org/name`` (huggingface_hub's rule)."""
+    return "/".join(folder_name.split("--")[1:])
+
+
+def _walk(root: Path, skip: tuple[str, ...] = ()) -> Iterator[tuple[str, Path]]:
+    """Every non-directory under ``root`` (links included, never followed), sorted, as
+    (relative posix path, path). Linked directories count as entries, not as trees."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(root).as_posix()
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        dirnames.sort()
+        for name in list(dirnames):
+            if (rel_dir + name) in skip:
+                dirnames.remove(name)
+            elif (here / name).is_symlink():
+                dirnames.remove(name)
+                filenames.append(name)
+        for name in sorted(filenames):
+            yield rel_dir + name, here / name
+
+
+def _link_target(link: Path) -> Path:
+    """Where a symlink points, normalised lexically (nothing followed)."""
+    return Path(os.path.normpath(os.path.join(link.parent, os.readlink(link))))
+
+
+def _digest_kind(etag: str) -> Literal["sha256", "git-sha1"] | None:
+    if _SHA256.fullmatch(etag):
+        return "sha256"
+    if _SHA1.fullmatch(etag):
+        return "git-sha1"
+    return None
+
+
+def _check(
+    file: Path, rel: str, etag: str, commit: str | None, memo: dict[tuple[str, str], str]
+) -> FileCheck:
+    etag = etag.strip().strip('"').lower()
+    kind = _digest_kind(etag)
+    if kind is None:
+        return FileCheck(rel, "extra", etag or None, None, commit, "no digest recorded for it")
+    key = (os.path.realpath(file), kind)
+    got = memo.get(key)
+    if got is None:
+        try:
+            digests = hash_file(file, sha256=kind == "sha256", git_sha1=kind == "git-sha1")
+        except OSError as exc:
+            return FileCheck(rel, "missing", etag, None, commit, f"cannot read it: {exc}")
+        got = (digests.sha256 if kind == "sha256" else digests.git_sha1) or ""
+        memo[key] = got
+    if got == etag:
+        return FileCheck(rel, "ok", etag, got, commit)
+    return FileCheck(
+        rel, "corrupted", etag, got, commit, f"{kind} {got} does not match the recorded {etag}"
+    )
+
+
+def _index_gaps(root: Path, present: set[str], commit: str | None) -> list[FileCheck]:
+    """Shards a ``*.index.json`` names (weight_map values) that are not in ``present``."""
+    gaps: list[FileCheck] = []
+    seen: set[str] = set()
+    for rel in sorted(present):
+        if not rel.endswith(".index.json"):
+            continue
+        try:
+            data = json.loads((root / rel).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # the index itself is reported missing or corrupted
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict):
+            continue
+        base = posixpath.dirname(rel)
+        for shard in sorted({str(v) for v in weight_map.values()}):
+            path = posixpath.normpath(posixpath.join(base, shard)) if base else shard
+            if path not in present and path not in seen:
+                seen.add(path)
+                gaps.append(
+                    FileCheck(
+                        path,
+                        "missing",
+                        None,
+                        None,
+                        commit,
+                        f"named in {rel} (weight_map) but not in the snapshot",
+                    )
+                )
+    return gaps
+
+
+def _safe_revision(revision: str) -> bool:
+    parts = revision.split("/")
+    return (
+        bool(revision)
+        and not revision.startswith("/")
+        and all(p not in ("", ".", "..") for p in parts)
+    )
+
+
+def _snapshot_names(repo: Path) -> list[str]:
+    snaps = repo / "snapshots"
+    try:
+        return sorted(e.name for e in os.scandir(snaps) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def _refs(repo: Path) -> dict[str, str]:
+    """``{revision: commit}`` from ``refs/`` (``refs/pr/1`` style names included)."""
+    found: dict[str, str] = {}
+    root = repo / "refs"
+    if not root.is_dir() or root.is_symlink():
+        return found
+    for rel, path in _walk(root):
+        if path.is_symlink() or not path.is_file() or rel.endswith(".tmp"):
+            continue
+        try:
+            found[rel] = path.read_text().strip()
+        except OSError:
+            continue
+    return found
+
+
+def resolve_revision(repo: Path, repo_id: str, revision: str) -> str:
+    """The cached commit that ``revision`` (a ref name or a commit) names."""
+    snapshots = _snapshot_names(repo)
+    refs = _refs(repo)
+    if _safe_revision(revision):
+        commit = refs.get(revision)
+        if commit is not None:
+            if commit in snapshots:
+                return commit
+            raise NotInCacheError(
+                f"refs/{revision} of {repo_id} points at {commit}, which is not in the cache",
+                hint=f"run `modelget pull {repo_id} --revision {revision}`",
+            )
+        if revision in snapshots:
+            return revision
+    cached = ", ".join(sorted(set(refs) | set(snapshots))) or "none"
+    raise NotInCacheError(
+        f"revision {revision!r} of {repo_id} is not in the cache (cached: {cached})",
+        hint="`modelget ls` lists the cached models and their revisions",
+    )
+
+
+def _repo_or_error(cache_dir: Path, repo_id: str) -> Path:
+    repo = layout.repo_dir(cache_dir, repo_id)
+    if not repo.is_dir():
+        raise NotInCacheError(
+            f"{repo_id} is not in the cache at {cache_dir}",
+            hint="`modelget ls --cache-dir DIR` lists the cached models; "
+            f"`modelget pull {repo_id}` fetches it",
+        )
+    return repo
+
+
+# --- verify --------------------------------------------------------------------------------
+
+
+def _verify_snapshot(repo: Path, commit: str, memo: dict[tuple[str, str], str]) -> list[FileCheck]:
+    snap = repo / "snapshots" / commit
+    blobs = Path(os.path.normpath(repo / "blobs"))
+    checks: list[FileCheck] = []
+    present: set[str] = set()
+    for rel, path in _walk(snap):
+        present.add(rel)
+        if not path.is_symlink():
+            checks.append(
+                FileCheck(rel, "extra", None, None, commit, "a copy, not a link into blobs/")
+            )
+            continue
+        target = _link_target(path)
+        etag = target.name
+        if target.parent != blobs:
+            checks.append(
+                FileCheck(rel, "extra", None, None, commit, f"links outside blobs/: {target}")
+            )
+        elif not os.path.lexists(target):
+            checks.append(
+                FileCheck(
+                    rel, "missing", etag, None, commit, f"blob {etag} is gone (dangling link)"
+                )
+            )
+        else:
+            checks.append(_check(target, rel, etag, commit, memo))
+    checks += _index_gaps(snap, present, commit)
+    checks.sort(key=lambda f: f.path)
+    return checks
+
+
+def verify_repo(cache_dir: Path, repo_id: str, revision: str | None = None) -> VerifyResult:
+    """Re-hash every file of ``repo_id``'s cached snapshots (or just ``revision``'s)."""
+    repo = _repo_or_error(cache_dir, repo_id)
+    commits = [resolve_revision(repo, repo_id, revision)] if revision else _snapshot_names(repo)
+    if not commits:
+        raise NotInCacheError(
+            f"{repo_id} has no snapshot in the cache at {cache_dir}",
+            hint=f"run `modelget pull {repo_id}`",
+        )
+    return _verify_repo_dir(repo_id, repo, commits)
+
+
+def _verify_repo_dir(target: str, repo: Path, commits: list[str]) -> VerifyResult:
+    memo: dict[tuple[str, str], str] = {}
+    files: list[FileCheck] = []
+    for commit in commits:
+        files += _verify_snapshot(repo, commit, memo)
+    return VerifyResult(
+        target, "cache", str(repo), repo_id_of(repo.name), tuple(commits), tuple(files)
+    )
+
+
+def verify_dir(path: Path, revision: str | None = None) -> VerifyResult:
+    """Verify a directory: a cache snapshot, a ``models--org--name`` folder, or a local dir."""
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a directory")
+    real = path.resolve()
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        if revision is not None:
+            raise UsageError("--revision does not apply to a snapshot directory")
+        return _verify_repo_dir(str(path), real.parent.parent, [real.name])
+    if real.name.startswith("models--") and (real / "snapshots").is_dir():
+        repo_id = repo_id_of(real.name)
+        commits = [resolve_revision(real, repo_id, revision)] if revision else _snapshot_names(real)
+        return _verify_repo_dir(str(path), real, commits)
+    if revision is not None:
+        raise UsageError("--revision does not apply to a local directory")
+    return _verify_local_dir(path)
+
+
+def _verify_local_dir(root: Path) -> VerifyResult:
+    meta_root = root.joinpath(*_META_PARTS)
+    if not meta_root.is_dir():
+        raise UsageError(
+            f"{root} is neither a snapshot in a Hugging Face cache nor a --local-dir download "
+            f"(no {'/'.join(_META_PARTS)} metadata)",
+            hint="pass a repo id, a snapshots/COMMIT directory, or a directory filled by "
+            "`modelget pull --local-dir` or `hf download --local-dir`",
+        )
+    memo: dict[tuple[str, str], str] = {}
+    files: list[FileCheck] = []
+    present: set[str] = set()
+    commits: set[str] = set()
+    for rel, path in _walk(root, skip=("/".join(_META_PARTS[:2]),)):
+        present.add(rel)
+        try:
+            lines = (meta_root / f"{rel}.metadata").read_text().splitlines()
+        except OSError:
+            lines = []
+        if len(lines) < 2:
+            files.append(FileCheck(rel, "extra", None, None, None, "no metadata: unverifiable"))
+            continue
+        commit = lines[0].strip() or None
+        if commit:
+            commits.add(commit)
+        files.append(_check(path, rel, lines[1], commit, memo))
+    for rel, _ in _walk(meta_root):
+        name = rel.removesuffix(".metadata")
+        if rel.endswith(".metadata") and name not in present:
+            try:
+                lines = (meta_root / rel).read_text().splitlines()
+            except OSError:
+                lines = []
+            etag = lines[1].strip() if len(lines) > 1 else None
+            commit = lines[0].strip() if lines else None
+            files.append(
+                FileCheck(name, "missing", etag, None, commit, "metadata names it, file is gone")
+            )
+            present.add(name)
+    files += _index_gaps(root, present, None)
+    files.sort(key=lambda f: f.path)
+    return VerifyResult(
+        str(root), "local-dir", str(root), None, tuple(sorted(commits)), tuple(files)
+    )
+
+
+# --- ls ------------------------------------------------------------------------------------
+
+
+def _used(path: Path) -> float:
+    try:
+        st = path.lstat()
+    except OSError:
+        return 0.0
+    return max(st.st_atime, st.st_mtime)
+
+
+def _blob_sizes(repo: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """``({blob: size}, {partial file: size})`` of the regular files in ``blobs/``."""
+    blobs: dict[str, int] = {}
+    partials: dict[str, int] = {}
+    root = repo / "blobs"
+    if root.is_symlink():
+        return blobs, partials
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return blobs, partials
+    for e in entries:
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+        (partials if e.name.endswith(PARTIAL_SUFFIXES) else blobs)[e.name] = size
+    return blobs, partials
+
+
+def _linked_blobs(repo: Path, commit: str) -> tuple[set[str], int]:
+    """Blob names the snapshot's links point at, and the bytes of the copies in it."""
+    blobs = Path(os.path.normpath(repo / "blobs"))
+    names: set[str] = set()
+    copies = 0
+    for _, path in _walk(repo / "snapshots" / commit):
+        if path.is_symlink():
+            target = _link_target(path)
+            if target.parent == blobs:
+                names.add(target.name)
+        else:
+            with contextlib.suppress(OSError):
+                copies += path.lstat().st_size
+    return names, copies
+
+
+def _describe(repo: Path) -> CachedModel:
+    snapshots = _snapshot_names(repo)
+    used_by_snap = {c: _used(repo / "snapshots" / c) for c in snapshots}
+    refs = _refs(repo)
+    ref_used = [_used(repo / "refs" / r) for r in refs]
+    blob_sizes, partial_sizes = _blob_sizes(repo)
+    revisions = []
+    for commit in snapshots:
+        names, copies = _linked_blobs(repo, commit)
+        count = sum(1 for _ in _walk(repo / "snapshots" / commit))
+        rev_refs = tuple(sorted(r for r, c in refs.items() if c == commit))
+        used = max([used_by_snap[commit], *(_used(repo / "refs" / r) for r in rev_refs)])
+        revisions.append(
+            CachedRevision(
+                commit,
+                rev_refs,
+                count,
+                sum(blob_sizes.get(n, 0) for n in names) + copies,
+                used,
+            )
+        )
+    size = sum(blob_sizes.values()) + sum(partial_sizes.values())
+    size += sum(_linked_blobs(repo, c)[1] for c in snapshots)
+    return CachedModel(
+        repo_id_of(repo.name),
+        str(repo),
+        tuple(revisions),
+        size,
+        sum(partial_sizes.values()),
+        max([0.0, *used_by_snap.values(), *ref_used]),
+    )
+
+
+def list_models(cache_dir: Path) -> tuple[CachedModel, ...]:
+    """Every model in the cache (``models--*`` folders), sorted by repo id."""
+    try:
+        entries = sorted(os.scandir(cache_dir), key=lambda e: e.name)
+    except OSError:
+        return ()
+    return tuple(
+        _describe(Path(e.path))
+        for e in entries
+        if e.name.startswith("models--") and e.is_dir(follow_symlinks=False)
+    )
+
+
+# --- rm ------------------------------------------------------------------------------------
+
+
+def _locked(cache_dir: Path, repo_id: str, name: str) -> bool:
+    """Whether a pull (modelget's or huggingface_hub's) holds the lock of blob ``name``."""
+    etag = name.split(".", 1)[0]
+    lock_file = cache_dir / ".locks" / layout.repo_folder_name(repo_id) / f"{etag}.lock"
+    if not lock_file.exists():
+        return False
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(lock_file)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for _, path in _walk(root):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    return total
+
+
+def _unlink(path: Path, repo: Path) -> None:
+    # By construction every path is repo/<sub>/<name>; check it anyway, lexically.
+    if os.path.commonpath([os.path.normpath(path), os.path.normpath(repo)]) != os.path.normpath(
+        repo
+    ):
+        raise LayoutError(f"refusing to delete {path}: outside {repo}")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove(
+    cache_dir: Path, repo_id: str, revision: str | None = None, *, dry_run: bool = False
+) -> RemoveResult:
+    """Remove ``repo_id``'s snapshot of ``revision`` (or every snapshot), the blobs no
+    remaining snapshot links to, partial downloads, and refs to removed commits."""
+    repo = layout.repo_dir(cache_dir, repo_id)
+    for part in (repo, repo / "blobs", repo / "snapshots", repo / "refs"):
+        if part.is_symlink():
+            raise LayoutError(
+                f"{part} is a symbolic link; modelget deletes nothing through links",
+                hint="remove the link (or what it points at) yourself",
+            )
+    repo = _repo_or_error(cache_dir, repo_id)
+    snapshots = _snapshot_names(repo)
+    gone = [resolve_revision(repo, repo_id, revision)] if revision is not None else snapshots
+    kept = [c for c in snapshots if c not in gone]
+    refs = _refs(repo)
+    gone_refs = sorted(r for r, c in refs.items() if c not in kept)
+    blob_sizes, partial_sizes = _blob_sizes(repo)
+    referenced: set[str] = set()
+    for commit in kept:
+        referenced |= _linked_blobs(repo, commit)[0]
+    skipped = sorted(
+        n
+        for n in [*blob_sizes, *partial_sizes]
+        if n not in referenced and _locked(cache_dir, repo_id, n)
+    )
+    if not kept and skipped:
+        raise LayoutError(
+            f"a pull of {repo_id} is running ({len(skipped)} files locked); nothing was removed",
+            hint="try again when it has finished",
+        )
+    blobs = sorted(n for n in blob_sizes if n not in referenced and n not in skipped)
+    partials = sorted(n for n in partial_sizes if n not in skipped)
+    if kept:
+        freed = sum(blob_sizes[n] for n in blobs) + sum(partial_sizes[n] for n in partials)
+        freed += sum(_linked_blobs(repo, c)[1] for c in gone)
+    else:
+        freed = _tree_bytes(repo)
+    if not dry_run:
+        if kept:
+            for commit in gone:
+                _unlink(repo / "snapshots" / commit, repo)
+            for ref in gone_refs:
+                _unlink(repo / "refs" / ref, repo)
+                parent = (repo / "refs" / ref).parent
+                while parent != repo / "refs" and not any(parent.iterdir()):
+                    parent.rmdir()
+                    parent = parent.parent
+            for name in [*blobs, *partials]:
+                _unlink(repo / "blobs" / name, repo)
+        else:
+            shutil.rmtree(repo)
+    return RemoveResult(
+        repo_id=repo_id,
+        path=str(repo),
+        commits=tuple(gone),
+        refs=tuple(gone_refs),
+        blobs=tuple(blobs),
+        partials=tuple(partials),
+        kept_commits=tuple(kept),
+        skipped=tuple(skipped),
+        freed_bytes=freed,
+        repo_removed=not kept,
+        dry_run=dry_run,
+    )
