@@ -235,7 +235,7 @@ def _plan(
             for name in agreeing
         ]
 
-    hub_cache = Path(cache_dir) if cache_dir is not None else settings.hf_hub_cache()
+    hub_cache = _hub_cache(cache_dir)
     dest = Path(local_dir) if local_dir is not None else hub_cache
     present = scan(
         entries,
@@ -297,7 +297,7 @@ def pull(
         local_dir=local_dir,
     )
     plan_s = time.perf_counter() - started
-    hub_cache = Path(cache_dir) if cache_dir is not None else settings.hf_hub_cache()
+    hub_cache = _hub_cache(cache_dir)
     target = Target(hub_cache, repo_id, the_plan.commit, Path(local_dir) if local_dir else None)
     reporter.on_plan(
         repo_id, the_plan.commit, len(the_plan.to_fetch), the_plan.fetch_bytes, the_plan.total_bytes
@@ -444,7 +444,7 @@ def export(
     from modelget.export import export_model
 
     _check_repo_id(repo_id)
-    hub_cache = Path(cache_dir) if cache_dir is not None else settings.hf_hub_cache()
+    hub_cache = _hub_cache(cache_dir)
     return export_model(repo_id, Path(to), cache_dir=hub_cache, revision=revision)
 
 
@@ -453,27 +453,15 @@ def model_root(
 ) -> Path:
     """A model directory: ``target`` itself when it is a directory, else the snapshot of the
     repo id ``target`` at ``revision`` (default ``main``) in the Hugging Face cache."""
+    from modelget.cache import repo_or_error, resolve_revision
+
     path = Path(target)
     if path.is_dir():
         return path
     repo_id = str(target)
     _check_repo_id(repo_id)
-    hub_cache = Path(cache_dir) if cache_dir is not None else settings.hf_hub_cache()
-    root = layout.repo_dir(hub_cache, repo_id)
-    rev = revision or "main"
-    commit = rev
-    ref = root / "refs" / rev
-    if ref.is_file():
-        commit = ref.read_text().strip()
-    snapshot = root / "snapshots" / commit
-    if not snapshot.is_dir():
-        from modelget.errors import NotInCacheError
-
-        raise NotInCacheError(
-            f"{repo_id} @ {rev} is not in the cache at {hub_cache}",
-            hint=f"pull it first (modelget pull {repo_id}), or pass the model's directory",
-        )
-    return snapshot
+    repo = repo_or_error(_hub_cache(cache_dir), repo_id)
+    return repo / "snapshots" / resolve_revision(repo, repo_id, revision or "main")
 
 
 def load_test(

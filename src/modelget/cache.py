@@ -252,7 +252,7 @@ def resolve_revision(repo: Path, repo_id: str, revision: str) -> str:
     )
 
 
-def _repo_or_error(cache_dir: Path, repo_id: str) -> Path:
+def repo_or_error(cache_dir: Path, repo_id: str) -> Path:
     repo = layout.repo_dir(cache_dir, repo_id)
     if not repo.is_dir():
         raise NotInCacheError(
@@ -299,7 +299,7 @@ def _verify_snapshot(repo: Path, commit: str, memo: dict[tuple[str, str], str]) 
 
 def verify_repo(cache_dir: Path, repo_id: str, revision: str | None = None) -> VerifyResult:
     """Re-hash every file of ``repo_id``'s cached snapshots (or just ``revision``'s)."""
-    repo = _repo_or_error(cache_dir, repo_id)
+    repo = repo_or_error(cache_dir, repo_id)
     commits = [resolve_revision(repo, repo_id, revision)] if revision else _snapshot_names(repo)
     if not commits:
         raise NotInCacheError(
@@ -535,7 +535,7 @@ def remove(
                 f"{part} is a symbolic link; modelget deletes nothing through links",
                 hint="remove the link (or what it points at) yourself",
             )
-    repo = _repo_or_error(cache_dir, repo_id)
+    repo = repo_or_error(cache_dir, repo_id)
     snapshots = _snapshot_names(repo)
     gone = [resolve_revision(repo, repo_id, revision)] if revision is not None else snapshots
     kept = [c for c in snapshots if c not in gone]
