@@ -458,3 +458,51 @@ def test_engine_aria2_without_aria2c_is_a_clear_error(
     assert res.returncode == 0, res.stderr
     assert res.stderr.count("aria2c not found: using the built-in httpx engine") == 1
     shutil.rmtree(tmp_path / "c")
+
+
+def test_a_pull_waiting_for_another_process_s_file_has_released_its_own_locks(
+    tmp_path: Path, minilm_dir: Path, sims: list[HubSimulator]
+) -> None:
+    """Two pulls that each locked part of the model must not wait for each other forever."""
+    import threading
+
+    from filelock import FileLock, Timeout
+
+    from modelget import layout
+    from modelget.datatypes import FileEntry
+
+    sim = start(sims, name="hub")
+    sim.add_repo(REPO, minilm_dir)
+    cat = catalogue(tmp_path / "m.yaml", ("hub", sim.url, ""))
+    cache = tmp_path / "c"
+
+    def entry(path: str) -> FileEntry:
+        d = fixtures.MINILM_FILES[path]
+        return FileEntry(path, d.size, d.sha256, d.git_sha1, lfs=d.git_sha1 is None)
+
+    other = layout.lock_path(cache, REPO, entry("config.json"))
+    other.parent.mkdir(parents=True, exist_ok=True)
+    held = FileLock(other)
+    held.acquire()  # "another process" is fetching config.json
+    result: list[object] = []
+    pull = threading.Thread(
+        target=lambda: result.append(api.pull(REPO, mirrors=cat, cache_dir=cache, engine="httpx"))
+    )
+    pull.start()
+    mine = FileLock(layout.lock_path(cache, REPO, entry("vocab.txt")))
+    deadline = time.monotonic() + 60
+    while not (layout.blob_path(cache, REPO, entry("vocab.txt"))).exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # While the pull waits for config.json, the lock of a file it fetched itself is free.
+    while True:
+        try:
+            mine.acquire(timeout=0.2)
+            break
+        except Timeout:
+            assert time.monotonic() < deadline, "the waiting pull still holds its own locks"
+    mine.release()
+    held.release()
+    pull.join(60)
+    assert not pull.is_alive() and result
+    assert result[0].status == "ok"  # type: ignore[attr-defined]

@@ -287,6 +287,14 @@ class Executor:
                 if self.cancel.is_set():
                     break
 
+            # Our own files are done (or failed): release their locks before waiting for the
+            # other process's. Holding them while waiting deadlocks two pulls that each locked
+            # part of the model.
+            waiting_ids = {id(s) for s in waiting}
+            for state in self.states.values():
+                if id(state) not in waiting_ids and state.lock is not None and state.lock.is_locked:
+                    state.lock.release(force=True)
+
             for state in waiting:
                 if self.cancel.is_set():
                     break
