@@ -4,6 +4,9 @@
     result = modelget.pull("Qwen/Qwen2.5-0.5B-Instruct")   # -> PullResult
     plan = modelget.plan("Qwen/Qwen2.5-0.5B-Instruct")     # -> Plan (what pull would do)
     summary = modelget.probe("Qwen/Qwen2.5-0.5B-Instruct") # -> ProbeSummary (ranked mirrors)
+    lock = modelget.lock(["Qwen/Qwen2.5-0.5B-Instruct"])   # -> Lockfile (commit + digests)
+    for model in lock.models:                              # ... later, on another machine:
+        modelget.pull(model.repo_id, locked=model)         # exactly the locked bytes
 
 The pipeline functions are loaded on first use, so ``import modelget`` stays fast.
 """
@@ -28,8 +31,9 @@ from modelget.datatypes import (
 from modelget.errors import ConfigError, ModelgetError
 
 if TYPE_CHECKING:
-    from modelget.api import ProbeSummary, plan, probe, pull
+    from modelget.api import ProbeSummary, export, lock, plan, probe, pull
     from modelget.engines import EngineOptions
+    from modelget.lockfile import LockedModel, Lockfile
 
 __version__ = "0.1.0.dev0"
 
@@ -39,6 +43,8 @@ __all__ = [
     "EngineOptions",
     "FileEntry",
     "FileOutcome",
+    "LockedModel",
+    "Lockfile",
     "Manifest",
     "Mirror",
     "ModelgetError",
@@ -49,7 +55,9 @@ __all__ = [
     "PullResult",
     "RankedMirror",
     "__version__",
+    "export",
     "load_catalogue",
+    "lock",
     "plan",
     "probe",
     "pull",
@@ -62,6 +70,10 @@ _LAZY = {
     # modelget.api.verify is not re-exported: modelget.verify is the digest module.
     "list_models": "modelget.api",
     "remove": "modelget.api",
+    "lock": "modelget.api",
+    "export": "modelget.api",
+    "Lockfile": "modelget.lockfile",
+    "LockedModel": "modelget.lockfile",
     "ProbeSummary": "modelget.api",
     "EngineOptions": "modelget.engines",
 }

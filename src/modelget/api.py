@@ -16,12 +16,23 @@ from typing import TYPE_CHECKING, Literal
 
 from modelget import layout, settings
 from modelget.catalogue import load_catalogue
-from modelget.datatypes import FileOutcome, FileSource, Mirror, Plan, PullResult, RankedMirror
+from modelget.datatypes import (
+    FileEntry,
+    FileOutcome,
+    FileSource,
+    Manifest,
+    Mirror,
+    Plan,
+    PullResult,
+    RankedMirror,
+)
 from modelget.engines import EngineName, EngineOptions
 from modelget.errors import (
     AuthRequiredError,
     InsufficientDiskSpaceError,
     Interrupted,
+    LockedCommitMissingError,
+    LockMismatchError,
     ModelgetError,
     ModelNotFoundError,
     NoMirrorError,
@@ -32,6 +43,7 @@ from modelget.errors import (
 from modelget.events import NullReporter, Reporter
 from modelget.export import ExportResult
 from modelget.layout import free_bytes, scan
+from modelget.lockfile import LockedModel, Lockfile, check_entries
 from modelget.manifest import agree, merge_digests, select_files
 from modelget.plan import make_plan
 from modelget.probe import ProbeReport, load_cached, probe_mirror, store_cached
@@ -177,6 +189,7 @@ def plan(
     mirrors: StrPath | None = None,
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
+    locked: LockedModel | None = None,
 ) -> Plan:
     """What ``pull`` would do: the agreed manifest, each file's sources in rank order,
     what is already present, the totals, and a refusal if the disk is too small."""
@@ -189,6 +202,7 @@ def plan(
         mirrors=mirrors,
         cache_dir=cache_dir,
         local_dir=local_dir,
+        locked=locked,
     )[0]
 
 
@@ -202,21 +216,44 @@ def _plan(
     mirrors: StrPath | None = None,
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
+    locked: LockedModel | None = None,
+    check_space: bool = True,
 ) -> tuple[Plan, dict[str, Mirror]]:
     _check_repo_id(repo_id)
+    if locked is not None:
+        revision = locked.commit
     enabled = _enabled_mirrors(mirrors)
     report = _probe_for_plan(enabled, repo_id, revision)
     ranked = rank(enabled, report.results)
     order = [r.mirror for r in ranked if r.usable and r.mirror.name in report.manifests]
+    if locked is not None:
+        order = [m for m in order if report.manifests[m.name].commit == locked.commit]
     if not order:
-        raise _no_manifest_error(repo_id, revision, report)
+        error = _no_manifest_error(repo_id, revision, report)
+        if locked is not None and isinstance(
+            error, (ModelNotFoundError, RevisionNotFoundError, NoMirrorError)
+        ):
+            raise LockedCommitMissingError(
+                f"commit {locked.commit} of {repo_id}, pinned by the lockfile, is on no mirror "
+                f"now ({error.code}):\n" + error.message.split("\n", 1)[-1],
+                hint="the commit may have been force-pushed away or the repo deleted: add a "
+                "mirror that still has it (a team cdn export, say), or lock a new commit",
+            ) from error
+        raise error
 
+    lock_entries: dict[str, FileEntry] = {}
+    if locked is not None:
+        order, lock_entries = _reference_for_lock(locked, order, report.manifests)
     reference = report.manifests[order[0].name]
     others = [report.manifests[m.name] for m in order[1:]]
     candidates, disagreements = agree(reference, others)
-    wanted, excluded = select_files(
-        reference.files, filenames=filenames, include=include, exclude=exclude
-    )
+    if locked is not None:
+        wanted = [lock_entries[p] for p in locked.paths]
+        excluded = sorted({f.path for f in reference.files} - set(locked.paths))
+    else:
+        wanted, excluded = select_files(
+            reference.files, filenames=filenames, include=include, exclude=exclude
+        )
     by_name = {m.name: m for m in order}
     files_of = {m.name: report.manifests[m.name].by_path() for m in order}
     entries = []
@@ -250,12 +287,70 @@ def _plan(
         entries,
         sources,
         present=present,
-        free_bytes=free_bytes(dest),
+        free_bytes=free_bytes(dest) if check_space else None,
         throughput_bps=throughput,
         disagreements=disagreements,
         excluded=excluded,
     )
     return result, by_name
+
+
+def _reference_for_lock(
+    locked: LockedModel, order: list[Mirror], manifests: dict[str, Manifest]
+) -> tuple[list[Mirror], dict[str, FileEntry]]:
+    """The mirrors in rank order, led by the best one whose manifest matches the lock, and the
+    entries to pull; ``LockMismatchError`` when no mirror lists the locked bytes."""
+    problems: dict[str, list[str]] = {}
+    for mirror in order:
+        entries, found = check_entries(locked, manifests[mirror.name].files)
+        if not found:
+            return [mirror, *(m for m in order if m is not mirror)], entries
+        problems[mirror.name] = found
+    detail = "\n".join(
+        f"  {name}: "
+        + "; ".join(found[:3])
+        + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
+        for name, found in problems.items()
+    )
+    raise LockMismatchError(
+        f"no mirror lists the bytes the lockfile pins for {locked.repo_id} @ "
+        f"{locked.commit[:12]}:\n{detail}",
+        hint="a mirror is serving other files under the same commit: remove it from the "
+        "catalogue, or lock again if the change is expected",
+    )
+
+
+def lock(
+    targets: Sequence[str],
+    *,
+    revision: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    mirrors: StrPath | None = None,
+) -> Lockfile:
+    """Pin each ``REPO_ID`` (or ``REPO_ID@REVISION``) to its commit, with every file's size and
+    digests as the mirrors agree on them: what ``pull(..., locked=...)`` reproduces."""
+    models = []
+    for target in targets:
+        repo_id, at, rev = target.partition("@")
+        if at and not rev:
+            raise UsageError(f"empty revision in {target!r}", hint="write REPO_ID@REVISION")
+        the_plan, _ = _plan(
+            repo_id,
+            revision=rev or revision,
+            include=include,
+            exclude=exclude,
+            mirrors=mirrors,
+            check_space=False,
+        )
+        files = tuple(item.entry for item in the_plan.items)
+        if not files:
+            raise UsageError(
+                f"nothing to lock for {target}: no file matches the filters",
+                hint="check --include / --exclude",
+            )
+        models.append(LockedModel(repo_id, the_plan.revision, the_plan.commit, files))
+    return Lockfile(tuple(models))
 
 
 def pull(
@@ -272,6 +367,7 @@ def pull(
     options: EngineOptions | None = None,
     reporter: Reporter | None = None,
     cancel: threading.Event | None = None,
+    locked: LockedModel | None = None,
 ) -> PullResult:
     """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache
     (or ``local_dir``), and return what happened.
@@ -279,6 +375,12 @@ def pull(
     Raises ``Interrupted`` (exit 130) when ``cancel`` is set or on Ctrl-C, with resumable
     state kept; ``InsufficientDiskSpaceError`` when the disk fills. Partial failures are in
     the result (``status == "partial"``), not raised.
+
+    With ``locked`` (a model from a lockfile, see :func:`lock`) the pull fetches exactly the
+    locked commit's locked files, checked against the lock's sizes and digests before any byte
+    moves: ``LockedCommitMissingError`` when no mirror has the commit any more,
+    ``LockMismatchError`` when the mirrors list other bytes. ``repo_id`` must be the locked one;
+    ``revision``, ``filenames`` and the globs must be left out.
     """
     from modelget.engines import select_engine
     from modelget.execute import Executor, Target
@@ -286,6 +388,13 @@ def pull(
     started = time.perf_counter()
     reporter = reporter or NullReporter()
     cancel = cancel or threading.Event()
+    if locked is not None and (
+        repo_id != locked.repo_id or revision or filenames or include or exclude
+    ):
+        raise UsageError(
+            "a locked pull takes its repo, commit and files from the lockfile",
+            hint="leave out --revision, file names, --include and --exclude with --lock",
+        )
     the_plan, by_name = _plan(
         repo_id,
         filenames,
@@ -295,6 +404,7 @@ def pull(
         mirrors=mirrors,
         cache_dir=cache_dir,
         local_dir=local_dir,
+        locked=locked,
     )
     plan_s = time.perf_counter() - started
     hub_cache = _hub_cache(cache_dir)
@@ -342,8 +452,11 @@ def pull(
             hint="free some space and run the same command again: it resumes where it stopped",
         )
     if any(o.status != "failed" for o in outcomes) or not outcomes:
-        layout.write_ref(hub_cache, repo_id, the_plan.revision, the_plan.commit)
-        if revision is None and the_plan.revision != "main":
+        # A locked pull points the locked ref (say main) at the locked commit: on this
+        # machine the model then loads by that name, offline, at exactly the locked bytes.
+        ref = locked.revision if locked is not None else the_plan.revision
+        layout.write_ref(hub_cache, repo_id, ref, the_plan.commit)
+        if revision is None and ref != "main" and locked is None:
             # huggingface_hub and transformers look up refs/main when given no revision.
             layout.write_ref(hub_cache, repo_id, "main", the_plan.commit)
     per_mirror: dict[str, int] = {}

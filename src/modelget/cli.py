@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelget import __version__
 from modelget.errors import (
@@ -25,6 +25,9 @@ from modelget.errors import (
     EXIT_VERIFY,
     ModelgetError,
 )
+
+if TYPE_CHECKING:
+    from modelget.lockfile import LockedModel
 
 JSON_SCHEMA_VERSION = 1
 
@@ -81,8 +84,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "find the model offline. Prints the model's path on stdout. Exit codes: 0 ok, "
         "1 error, 2 usage/config, 3 some files failed, 4 verification failed, 130 interrupted.",
     )
-    pull.add_argument("repo_id", metavar="REPO_ID")
+    pull.add_argument(
+        "repo_id", nargs="?", metavar="REPO_ID", help="the model (with --lock: one of the lock's)"
+    )
     pull.add_argument("filenames", nargs="*", metavar="FILE", help="only these files")
+    pull.add_argument(
+        "--lock",
+        metavar="FILE",
+        help="pull exactly the commits and files a lockfile pins (all its models, or REPO_ID)",
+    )
     pull.add_argument("--revision", help="branch, tag or commit (default: main / master)")
     pull.add_argument(
         "--include",
@@ -127,6 +137,28 @@ def _build_parser() -> argparse.ArgumentParser:
         help="after the pull, read the files into the page cache so the first load is fast",
     )
     pull.set_defaults(func=_cmd_pull)
+
+    lock = sub.add_parser(
+        "lock",
+        help="pin models to commits with every file's digest (a lockfile, on stdout)",
+        description="Resolve each REPO_ID (or REPO_ID@REVISION) on the ranked mirrors and write "
+        "a lockfile: repo id -> commit -> files -> sizes and digests, as JSON on stdout. "
+        "`modelget pull --lock FILE` then reproduces exactly those bytes on any machine, and "
+        "fails clearly when no mirror has the commit any more. Nothing is downloaded.",
+    )
+    lock.add_argument("targets", nargs="+", metavar="REPO_ID[@REVISION]")
+    lock.add_argument("--revision", help="branch, tag or commit for targets without @REVISION")
+    lock.add_argument(
+        "--include", action="append", default=[], metavar="GLOB", help="only files matching GLOB"
+    )
+    lock.add_argument(
+        "--exclude", action="append", default=[], metavar="GLOB", help="skip files matching GLOB"
+    )
+    lock.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    lock.add_argument(
+        "--output", "-o", metavar="FILE", help="write the lockfile to FILE instead of stdout"
+    )
+    lock.set_defaults(func=_cmd_lock)
 
     verify = sub.add_parser(
         "verify",
@@ -303,15 +335,78 @@ def _rate(text: str) -> int:
     return int(value)
 
 
-def _cmd_pull(args: argparse.Namespace) -> int:
+def _cmd_lock(args: argparse.Namespace) -> int:
+    from modelget.api import lock
+    from modelget.lockfile import dumps
+
+    result = lock(
+        args.targets,
+        revision=args.revision,
+        include=args.include,
+        exclude=args.exclude,
+        mirrors=args.mirrors,
+    )
+    text = dumps(result)
+    if args.output:
+        import os
+
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    else:
+        sys.stdout.write(text)
+    for m in result.models:
+        print(
+            f"locked {m.repo_id} @ {m.revision} -> {m.commit}: {len(m.files)} files, "
+            f"{_size(m.total_bytes)}",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _pull_jobs(args: argparse.Namespace) -> list[tuple[str, LockedModel | None]]:
+    """(repo id, locked model or None) for each model this pull command asks for."""
     from modelget.errors import UsageError
 
-    if args.dry_run:
-        return _cmd_dry_run(args)
+    if not args.lock:
+        if not args.repo_id:
+            raise UsageError("pull needs a REPO_ID", hint="or --lock FILE to pull a lockfile")
+        return [(args.repo_id, None)]
+    from modelget.lockfile import load
+
+    if args.filenames or args.revision or args.include or args.exclude:
+        raise UsageError(
+            "--lock takes the commit and the files from the lockfile",
+            hint="leave out --revision, file names, --include and --exclude",
+        )
+    models = load(args.lock).select([args.repo_id] if args.repo_id else [])
+    if args.local_dir and len(models) > 1:
+        raise UsageError(
+            f"--local-dir takes one model; the lockfile has {len(models)}",
+            hint="name the model: modelget pull REPO_ID --lock FILE --local-dir DIR",
+        )
+    return [(m.repo_id, m) for m in models]
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    jobs = _pull_jobs(args)
+    worst = EXIT_OK
+    for repo_id, locked in jobs:
+        if args.dry_run:
+            code = _cmd_dry_run(args, repo_id, locked)
+        else:
+            code = _pull_one(args, repo_id, locked)
+        worst = max(worst, code)
+    return worst
+
+
+def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None) -> int:
     from dataclasses import asdict
 
     from modelget.api import pull
     from modelget.engines import EngineOptions
+    from modelget.errors import UsageError
     from modelget.events import NullReporter, Reporter
     from modelget.progress import JsonLinesReporter, TextReporter, TqdmReporter
 
@@ -333,7 +428,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         reporter = TextReporter(sys.stderr)
     try:
         result = pull(
-            args.repo_id,
+            repo_id,
             args.filenames,
             revision=args.revision,
             include=args.include,
@@ -344,6 +439,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
             engine=args.engine,
             options=opts,
             reporter=reporter,
+            locked=locked,
         )
     finally:
         if isinstance(reporter, TqdmReporter):
@@ -484,11 +580,11 @@ def _cmd_load_test(args: argparse.Namespace) -> int:
     return code
 
 
-def _cmd_dry_run(args: argparse.Namespace) -> int:
+def _cmd_dry_run(args: argparse.Namespace, repo_id: str, locked: LockedModel | None = None) -> int:
     from modelget.api import plan
 
     result = plan(
-        args.repo_id,
+        repo_id,
         args.filenames,
         revision=args.revision,
         include=args.include,
@@ -496,6 +592,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
         mirrors=args.mirrors,
         cache_dir=args.cache_dir,
         local_dir=args.local_dir,
+        locked=locked,
     )
     if args.json:
         print(json.dumps({"schema": JSON_SCHEMA_VERSION, "plan": _plan_dict(result)}, indent=2))

@@ -11,10 +11,13 @@ Nothing here imports from the rest of modelget: every stage may raise these.
     │   ├── AuthRequiredError          exit 1
     │   ├── RateLimitedError           exit 1
     │   ├── UnsafeManifestError        exit 1
-    │   └── NoMirrorError              exit 1
+    │   ├── NoMirrorError              exit 1
+    │   └── LockedCommitMissingError   exit 1   (pull --lock: no mirror has the locked commit)
     ├── TransferError                  exit 1
     │   └── MirrorUnavailableError     exit 1
     ├── VerificationError              exit 4
+    │   └── LockMismatchError          exit 4   (pull --lock: mirrors list other bytes)
+    ├── LockfileError                  exit 2   (the lockfile is unreadable or malformed)
     ├── LayoutError                    exit 1
     │   └── InsufficientDiskSpaceError exit 1
     ├── NotInCacheError                exit 1   (verify/rm: model or revision not in the cache)
@@ -134,6 +137,13 @@ class NoMirrorError(ResolveError):
     failover = False
 
 
+class LockedCommitMissingError(ResolveError):
+    """``pull --lock``: no mirror has the commit the lockfile pins (force-pushed, deleted)."""
+
+    code = "locked-commit-missing"
+    failover = False
+
+
 class TransferError(ModelgetError):
     code = "transfer-failed"
     failover = True
@@ -148,6 +158,19 @@ class VerificationError(ModelgetError):
     code = "verification-failed"
     exit_code = EXIT_VERIFY
     failover = True
+
+
+class LockMismatchError(VerificationError):
+    """``pull --lock``: the mirrors list the locked commit with other files, sizes or digests."""
+
+    code = "lock-mismatch"
+
+
+class LockfileError(ModelgetError):
+    """The lockfile cannot be read or is not a modelget lockfile."""
+
+    code = "lockfile-invalid"
+    exit_code = EXIT_USAGE
 
 
 class LayoutError(ModelgetError):
