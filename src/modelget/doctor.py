@@ -760,7 +760,9 @@ def _sample_file(client: Any, mirror: Mirror, url: str, entry: Any, slot: _Slot)
         slot.skip_rest("no file bytes")
         return
     if sample is None:
-        slot.put(Check("ttfb", "fail", detail=f"GET {entry.path}: still redirected after 5 requests"))
+        slot.put(
+            Check("ttfb", "fail", detail=f"GET {entry.path}: still redirected after 5 requests")
+        )
         slot.skip_rest("no file bytes")
         return
     hops = ""
