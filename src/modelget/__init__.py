@@ -31,7 +31,7 @@ from modelget.datatypes import (
 from modelget.errors import ConfigError, ModelgetError
 
 if TYPE_CHECKING:
-    from modelget.api import ProbeSummary, export, lock, plan, probe, pull
+    from modelget.api import ProbeSummary, doctor, export, lock, plan, probe, pull
     from modelget.engines import EngineOptions
     from modelget.lockfile import LockedModel, Lockfile
 
@@ -55,6 +55,7 @@ __all__ = [
     "PullResult",
     "RankedMirror",
     "__version__",
+    "doctor",
     "export",
     "load_catalogue",
     "lock",
@@ -71,6 +72,7 @@ _LAZY = {
     "list_models": "modelget.api",
     "remove": "modelget.api",
     "lock": "modelget.api",
+    "doctor": "modelget.api",
     "export": "modelget.api",
     "Lockfile": "modelget.lockfile",
     "LockedModel": "modelget.lockfile",

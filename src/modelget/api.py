@@ -53,6 +53,7 @@ from modelget.sources import get_source
 
 if TYPE_CHECKING:
     from modelget.cache import CachedModel, RemoveResult, VerifyResult
+    from modelget.doctor import DoctorReport
     from modelget.loadtest import LoadReport
 
 StrPath = str | os.PathLike[str]
@@ -593,3 +594,29 @@ def load_test(
     if warm:
         loadtest.warm(root)
     return loadtest.load_model(root, device)
+
+
+def doctor(
+    repo_id: str | None = None,
+    *,
+    revision: str | None = None,
+    mirrors: StrPath | None = None,
+    cache_dir: StrPath | None = None,
+    timeout: float | None = None,
+) -> DoctorReport:
+    """Why would a pull be slow or stuck? Check every enabled mirror (DNS, TCP, TLS, the
+    repo, time to first byte, Range, throughput) and this machine (free space, filesystem,
+    memory, CPUs, cache disk speed, aria2c, GPU) at once, and judge (``report.verdict``).
+    Never raises for what it diagnoses: failed checks are in the report."""
+    from modelget.doctor import run
+
+    if repo_id is not None:
+        _check_repo_id(repo_id)
+    enabled = list(load_catalogue(mirrors).enabled)
+    return run(
+        enabled,
+        repo_id,
+        revision,
+        cache_dir=_hub_cache(cache_dir),
+        timeout=timeout or settings.probe_timeout_s(),
+    )

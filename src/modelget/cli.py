@@ -75,6 +75,31 @@ def _build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
     probe.set_defaults(func=_cmd_probe)
 
+    doctor = sub.add_parser(
+        "doctor",
+        help="diagnose slow or stuck pulls: mirrors, network, disk, aria2c, GPU",
+        description="Check every enabled mirror (DNS, TCP connect, TLS, time to first byte, "
+        "Range support and, with a repo id, whether it has the repo and a short throughput "
+        "sample on one of its files) and this machine (free space and filesystem at the "
+        "cache, memory, CPUs, a write/read test of the cache disk, aria2c, GPU), all at once "
+        "under a time budget, then say in plain words what is wrong and which link is the "
+        "slowest. Exit codes: 0 no check failed, 1 a check failed or nothing can serve the "
+        "pull (see docs/doctor.md), 2 usage/config.",
+    )
+    doctor.add_argument(
+        "repo_id", nargs="?", metavar="REPO_ID", help="also check this repo on every mirror"
+    )
+    doctor.add_argument("--revision", help="branch, tag or commit (default: the mirror's default)")
+    doctor.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    doctor.add_argument(
+        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
+    )
+    doctor.add_argument(
+        "--timeout", type=float, metavar="S", help="per-step network timeout (default 5)"
+    )
+    doctor.add_argument("--json", action="store_true", help="print one JSON document")
+    doctor.set_defaults(func=_cmd_doctor)
+
     pull = sub.add_parser(
         "pull",
         help="download a model, verified, into the Hugging Face cache (or --local-dir)",
@@ -316,6 +341,55 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         f"probed {len(summary.ranked)} mirrors in {summary.report.elapsed_s:.2f} s", file=sys.stderr
     )
     return EXIT_OK
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from modelget.api import doctor
+    from modelget.doctor import fmt_bytes, fmt_value
+
+    report = doctor(
+        args.repo_id,
+        revision=args.revision,
+        mirrors=args.mirrors,
+        cache_dir=args.cache_dir,
+        timeout=args.timeout,
+    )
+    code = EXIT_OK if report.ok else EXIT_ERROR
+    if args.json:
+        print(
+            json.dumps(
+                {"schema": JSON_SCHEMA_VERSION, **report.to_dict(), "exit_code": code}, indent=2
+            )
+        )
+        return code
+
+    def status(s: str) -> str:
+        return s.upper() if s in ("fail", "warn") else s
+
+    rows = [
+        [m.name, c.name, status(c.status), fmt_value(c), c.detail]
+        for m in report.mirrors
+        for c in m.checks
+    ]
+    if rows:
+        print(_table(rows, ["MIRROR", "CHECK", "STATUS", "VALUE", "DETAIL"]))
+        print()
+    local = [[c.name, status(c.status), fmt_value(c), c.detail] for c in report.local]
+    print(_table(local, ["LOCAL", "STATUS", "VALUE", "DETAIL"]))
+    print()
+    what = f"{report.repo_id} " if report.repo_id else ""
+    if report.repo_bytes is not None:
+        what += f"({report.repo_files} files, {fmt_bytes(report.repo_bytes)}) "
+    print(f"Verdict{' for ' + what.strip() if what else ''}: {'ok' if report.ok else 'FAILED'}")
+    if report.verdict is not None:
+        for finding in report.verdict.findings:
+            mark = {"fail": "FAIL", "warn": "WARN"}.get(finding.level, "-")
+            print(f"  {mark} {finding.message}")
+    print(
+        f"checked {len(report.mirrors)} mirrors and this machine in {report.elapsed_s:.1f} s",
+        file=sys.stderr,
+    )
+    return code
 
 
 def _rate(text: str) -> int:

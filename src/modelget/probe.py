@@ -69,7 +69,7 @@ def _connect_time(url: str, timeout: float) -> float:
     return time.perf_counter() - start
 
 
-def _status_of(error: ModelgetError) -> str:
+def status_of(error: ModelgetError) -> str:
     if isinstance(error, (ModelNotFoundError, RevisionNotFoundError)):
         return "no-repo"
     if isinstance(error, AuthRequiredError):
@@ -92,42 +92,81 @@ def _headers_for(
     return headers
 
 
-def _ttfb(client: Any, url: str, mirror: Mirror) -> float:
+def first_byte(client: Any, url: str, mirror: Mirror) -> tuple[float, int]:
+    """(seconds from sending a GET to its first body byte, HTTP status); no redirect followed."""
     start = time.perf_counter()
     with client.stream("GET", url, headers=_headers_for(url, mirror)) as response:
         for _ in response.iter_raw(1):
             break
-    return time.perf_counter() - start
+        return time.perf_counter() - start, int(response.status_code)
 
 
-def _throughput(client: Any, url: str, mirror: Mirror, size: int) -> float | None:
-    """Bytes/second over a short Range sample (timed from the first byte; see SAMPLE_S)."""
+def _ttfb(client: Any, url: str, mirror: Mirror) -> float:
+    return first_byte(client, url, mirror)[0]
+
+
+@dataclass(frozen=True)
+class RangeSample:
+    """One timed ``GET`` with a ``Range: bytes=0-N``, redirects followed by hand.
+
+    ``ttfb_s``: from sending the first request to the first body byte of the final response
+    (redirects included). ``seconds``: from that first chunk to the last one read;
+    ``first_chunk`` is the size of that first chunk (its own transfer time is not measured).
+    """
+
+    status: int
+    url: str
+    redirects: int
+    ttfb_s: float | None = None
+    bytes: int = 0
+    first_chunk: int = 0
+    seconds: float = 0.0
+
+
+def range_sample(
+    client: Any, url: str, mirror: Mirror, want: int, *, sample_s: float
+) -> RangeSample | None:
+    """Read at most ``want`` bytes of ``url`` (stopping after ``sample_s`` seconds of body).
+
+    The token goes only to the mirror's own host: redirects are followed by hand, and each
+    hop's headers are built for that hop's URL. None when the 5th answer is still a redirect.
+    """
     import httpx
 
-    want = min(size, SAMPLE_MAX_BYTES)
-    if want <= 0:
-        return None
-    # Follow redirects by hand so the token never crosses to another host.
-    for _ in range(5):
+    start = time.perf_counter()
+    for hops in range(5):
         headers = _headers_for(url, mirror, {"Range": f"bytes=0-{want - 1}"})
         with client.stream("GET", url, headers=headers) as response:
             if response.is_redirect:
                 url = str(httpx.URL(url).join(response.headers["Location"]))
                 continue
             if response.status_code not in (200, 206):
-                return None
-            got = 0
+                return RangeSample(response.status_code, url, hops)
+            got = first_chunk = 0
             first: float | None = None
+            ttfb: float | None = None
             for chunk in response.iter_raw(64 * 1024):
                 if first is None:
                     first = time.perf_counter()
+                    ttfb = first - start
+                    first_chunk = len(chunk)
                 got += len(chunk)
-                if got >= want or time.perf_counter() - first >= SAMPLE_S:
+                if got >= want or time.perf_counter() - first >= sample_s:
                     break
-            if first is None or got == 0:
-                return None
-            return got / max(time.perf_counter() - first, SAMPLE_S)
+            seconds = time.perf_counter() - first if first is not None else 0.0
+            return RangeSample(response.status_code, url, hops, ttfb, got, first_chunk, seconds)
     return None
+
+
+def _throughput(client: Any, url: str, mirror: Mirror, size: int) -> float | None:
+    """Bytes/second over a short Range sample (timed from the first byte; see SAMPLE_S)."""
+    want = min(size, SAMPLE_MAX_BYTES)
+    if want <= 0:
+        return None
+    sample = range_sample(client, url, mirror, want, sample_s=SAMPLE_S)
+    if sample is None or sample.status not in (200, 206) or sample.bytes == 0:
+        return None
+    return sample.bytes / max(sample.seconds, SAMPLE_S)
 
 
 def probe_mirror(
@@ -163,7 +202,7 @@ def probe_mirror(
             try:
                 manifest = source.resolve(mirror, repo_id, revision, timeout=timeout)
             except ModelgetError as exc:
-                status = _status_of(exc)
+                status = status_of(exc)
                 return (
                     result(
                         status,
