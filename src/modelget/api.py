@@ -27,12 +27,13 @@ from modelget.errors import (
     NoMirrorError,
     RateLimitedError,
     RevisionNotFoundError,
+    UnsafeManifestError,
     UsageError,
 )
 from modelget.events import NullReporter, Reporter
 from modelget.export import ExportResult
 from modelget.layout import free_bytes, scan
-from modelget.manifest import agree, merge_digests, select_files
+from modelget.manifest import agree, check_collisions, merge_digests, select_files
 from modelget.plan import make_plan
 from modelget.probe import ProbeReport, load_cached, probe_mirror, store_cached
 from modelget.probe import probe as run_probe
@@ -133,6 +134,13 @@ def _no_manifest_error(repo_id: str, revision: str | None, report: ProbeReport) 
     detail = "\n".join(lines)
     errors = list(report.errors.values())
     shown = repo_id + (f"@{revision}" if revision else "")
+    unsafe = [e for e in errors if isinstance(e, UnsafeManifestError)]
+    if unsafe:
+        return UnsafeManifestError(
+            f"refusing what the mirrors list for {shown} (nothing was written):\n{detail}",
+            hint="a mirror that lists such paths, digests or sizes is broken or hostile: "
+            "disable it in mirrors.yaml (enabled: false) and tell its operator",
+        )
     auth = [e for e in errors if isinstance(e, AuthRequiredError)]
     if auth:
         return AuthRequiredError(f"{shown} needs a token:\n{detail}", hint=auth[0].hint)
@@ -217,6 +225,7 @@ def _plan(
     wanted, excluded = select_files(
         reference.files, filenames=filenames, include=include, exclude=exclude
     )
+    check_collisions(wanted)
     by_name = {m.name: m for m in order}
     files_of = {m.name: report.manifests[m.name].by_path() for m in order}
     entries = []

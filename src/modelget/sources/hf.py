@@ -11,6 +11,7 @@ always passes the token explicitly: the mirror entry's own token, or ``False`` (
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -25,10 +26,12 @@ from modelget.errors import (
     RateLimitedError,
     ResolveError,
     RevisionNotFoundError,
+    UnsafeManifestError,
 )
-from modelget.manifest import check_path
+from modelget.manifest import check_manifest, check_path, check_size
 
 DEFAULT_REVISION = "main"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def is_transport_error(exc: BaseException) -> bool:
@@ -128,6 +131,11 @@ class HfSource:
             commit = info.sha
             if not commit:
                 raise ResolveError(f"{mirror.name} gave no commit for {repo_id}@{rev}")
+            if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+                raise UnsafeManifestError(
+                    f"{mirror.name} ({repo_id}): refusing the commit id {commit!r:.80}: "
+                    "it is not 40 hex digits"
+                )
             entries = [
                 e
                 for e in api.list_repo_tree(mirror_repo, revision=commit, recursive=True)
@@ -137,21 +145,26 @@ class HfSource:
             raise
         except Exception as exc:
             raise map_hf_error(exc, mirror, repo_id, rev) from exc
-        files = tuple(
-            sorted(
-                (
-                    FileEntry(
-                        path=check_path(e.path),
-                        size=int(e.size),
-                        sha256=(e.lfs.sha256.lower() if e.lfs is not None else None),
-                        git_sha1=None if e.lfs is not None else (e.blob_id or None),
-                        lfs=e.lfs is not None,
-                    )
-                    for e in entries
-                ),
-                key=lambda f: f.path,
+        try:
+            files = tuple(
+                sorted(
+                    (
+                        FileEntry(
+                            path=check_path(e.path),
+                            size=check_size(e.size, e.path),
+                            sha256=(e.lfs.sha256.lower() if e.lfs is not None else None),
+                            git_sha1=None if e.lfs is not None else (e.blob_id or None),
+                            lfs=e.lfs is not None,
+                        )
+                        for e in entries
+                    ),
+                    key=lambda f: f.path,
+                )
             )
-        )
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type
+            raise UnsafeManifestError(
+                f"{mirror.name} ({repo_id}): malformed file listing: {type(exc).__name__}: {exc}"
+            ) from None
         gated = bool(getattr(info, "gated", False))
         if gated and mirror_token(mirror) is None:
             raise AuthRequiredError(
@@ -159,14 +172,16 @@ class HfSource:
                 hint=f"accept the model's terms on the hub, then set "
                 f"{mirror.token_env or 'a token_env'} for mirror {mirror.name}",
             )
-        return Manifest(
-            repo_id=repo_id,
-            revision=rev,
-            commit=commit,
-            files=files,
-            mirror=mirror.name,
-            mirror_repo_id=mirror_repo,
-            gated=gated,
+        return check_manifest(
+            Manifest(
+                repo_id=repo_id,
+                revision=rev,
+                commit=commit,
+                files=files,
+                mirror=mirror.name,
+                mirror_repo_id=mirror_repo,
+                gated=gated,
+            )
         )
 
     def file_url(self, mirror: Mirror, manifest: Manifest, entry: FileEntry) -> str:

@@ -25,8 +25,9 @@ from modelget.errors import (
     RateLimitedError,
     ResolveError,
     RevisionNotFoundError,
+    UnsafeManifestError,
 )
-from modelget.manifest import check_path
+from modelget.manifest import check_manifest, check_path, check_size
 from modelget.sources.hf import is_transport_error
 
 DEFAULT_REVISION = "master"
@@ -87,28 +88,35 @@ class ModelScopeSource:
             raise
         except Exception as exc:
             raise self._map_error(exc, api, mirror, repo_id, ms_id, rev) from exc
-        files = tuple(
-            sorted(
-                (
-                    FileEntry(
-                        path=check_path(f.path),
-                        size=int(f.size),
-                        sha256=(f.sha256.lower() if f.sha256 else None),
-                        lfs=bool(f.is_lfs),
-                    )
-                    for f in listed
-                    if not f.is_dir
-                ),
-                key=lambda f: f.path,
+        try:
+            files = tuple(
+                sorted(
+                    (
+                        FileEntry(
+                            path=check_path(f.path),
+                            size=check_size(f.size, f.path),
+                            sha256=(f.sha256.lower() if f.sha256 else None),
+                            lfs=bool(f.is_lfs),
+                        )
+                        for f in listed
+                        if not f.is_dir
+                    ),
+                    key=lambda f: f.path,
+                )
             )
-        )
-        return Manifest(
-            repo_id=repo_id,
-            revision=rev,
-            commit=commit,
-            files=files,
-            mirror=mirror.name,
-            mirror_repo_id=ms_id,
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type
+            raise UnsafeManifestError(
+                f"{mirror.name} ({repo_id}): malformed file listing: {type(exc).__name__}: {exc}"
+            ) from None
+        return check_manifest(
+            Manifest(
+                repo_id=repo_id,
+                revision=rev,
+                commit=commit,
+                files=files,
+                mirror=mirror.name,
+                mirror_repo_id=ms_id,
+            )
         )
 
     @staticmethod
