@@ -656,3 +656,61 @@ def test_bad_repo_ids_are_usage_errors(
     assert "Traceback" not in err
     with pytest.raises(UsageError):
         api.probe(repo_id)
+
+
+@pytest.mark.parametrize(
+    "revision",
+    [
+        "../../../../escaped",
+        "refs/../../x",
+        "/abs",
+        "main/",
+        "a//b",
+        "..",
+        "with\\backslash",
+        "nul\x00",
+        "new\nline",
+        "-x",
+        "a b",
+        "x.lock",
+        "a@{1}",
+        ".hidden",
+        "r" * 256,
+    ],
+)
+def test_bad_revisions_are_usage_errors(
+    revision: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = cli.main(
+        ["pull", REPO, f"--revision={revision}", "--dry-run", "--cache-dir", str(tmp_path / "c")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: usage\nnot a valid revision")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "refs/pr/1", "a" * 40, "release_2024-01"])
+def test_good_revisions_pass_the_check(revision: str) -> None:
+    api._check_revision(revision)
+
+
+def test_a_revision_that_a_mirror_knows_cannot_write_a_ref_outside_the_cache(
+    tmp_path: Path, tiny_repo: Path, sims: list[HubSimulator]
+) -> None:
+    # The mirror has a branch named like a path; the ref file (refs/<revision>) would have
+    # been written at <tmp>/escaped.
+    evil = "../../../escaped"
+    sim = start(sims, name="hub")
+    sim.add_repo(REPO, tiny_repo, branch=evil)
+    cat = catalogue(tmp_path / "m.yaml", ("m", "hf", sim.url))
+    dest = deep(tmp_path)
+    watch = Watch(tmp_path, dest)
+    error = attempt(
+        lambda: api.pull(
+            REPO, revision=evil, mirrors=cat, cache_dir=dest, engine="httpx", options=FAST
+        )
+    )
+    assert watch.outside() == []
+    assert isinstance(error, UsageError) and "not a valid revision" in error.message, error
+    assert not sim.log

@@ -82,6 +82,27 @@ def _check_repo_id(repo_id: str) -> None:
         )
 
 
+def _check_revision(revision: str | None) -> None:
+    """A branch, tag or commit name: it becomes a file name (``refs/{revision}``) in the cache,
+    so only names git itself allows, and never one that climbs out of its directory."""
+    if revision is None:
+        return
+    parts = revision.split("/")
+    if (
+        not revision
+        or len(revision) > 255
+        or revision.startswith("-")
+        or any(ord(c) < 32 or ord(c) == 127 or c in "\\ ~^:?*[" for c in revision)
+        or any(p in ("", ".", "..") or p.startswith(".") or p.endswith(".lock") for p in parts)
+        or ".." in revision
+        or "@{" in revision
+    ):
+        raise UsageError(
+            f"not a valid revision: {revision!r:.100}",
+            hint="a revision is a branch or tag name (main, v1.0, refs/pr/1) or a commit id",
+        )
+
+
 def probe(
     repo_id: str | None = None,
     *,
@@ -92,6 +113,7 @@ def probe(
     """Probe every enabled mirror now (ignoring the cache, refreshing it) and rank them."""
     if repo_id is not None:
         _check_repo_id(repo_id)
+    _check_revision(revision)
     enabled = _enabled_mirrors(mirrors)
     report = run_probe(enabled, repo_id, revision, timeout=timeout or settings.probe_timeout_s())
     store_cached(settings.cache_dir() / "probes.json", enabled, repo_id, report.results)
@@ -212,6 +234,7 @@ def _plan(
     local_dir: StrPath | None = None,
 ) -> tuple[Plan, dict[str, Mirror]]:
     _check_repo_id(repo_id)
+    _check_revision(revision)
     enabled = _enabled_mirrors(mirrors)
     report = _probe_for_plan(enabled, repo_id, revision)
     ranked = rank(enabled, report.results)
