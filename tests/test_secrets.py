@@ -1,0 +1,149 @@
+"""Tokens, the aria2c RPC and TLS, against real servers on 127.0.0.1, for both engines.
+
+A token may reach only the host (scheme, host and port) of the mirror entry that names it:
+never another mirror, never a host a redirect points at (at resolve time or later, while the
+bytes move), never aria2c (its command line, environment, files, RPC options), never a log,
+an error message, a repr or the JSON output.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelget.engines import EngineName, EngineOptions, FetchJob, FetchResult, aria2c_path
+from modelget.events import NullReporter
+from modelget.testing.hubsim import Fault, HubSimulator
+
+REPO = "acme/tiny"
+TOKEN = "hf_SECRETofficialTOKEN0123456789"
+IMPLICIT = "hf_IMPLICITneverSENTanywhere987"
+MS_IMPLICIT = "ms-IMPLICITneverSENTanywhere654"
+FAST = EngineOptions(stall_timeout_s=2.0, retry_wait_s=0.1, max_tries=3, min_split_bytes=1 << 20)
+SECRETS = (TOKEN, IMPLICIT, MS_IMPLICIT)
+
+
+@pytest.fixture(autouse=True)
+def private_probe_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELGET_CACHE_DIR", str(tmp_path / "_mg"))
+
+
+@pytest.fixture(params=["httpx", "aria2"])
+def engine(request: pytest.FixtureRequest) -> EngineName:
+    name: EngineName = request.param
+    if name == "aria2" and aria2c_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
+        pytest.skip("aria2c not installed")
+    return name
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    d = tmp_path / "src" / "tiny"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text('{"hidden": 8}\n')  # small: served by the hub itself
+    (d / "model.safetensors").write_bytes(os.urandom(3 << 20))  # LFS: via the CDN redirect
+    return d
+
+
+@pytest.fixture
+def sims() -> Iterator[list[HubSimulator]]:
+    started: list[HubSimulator] = []
+    yield started
+    for sim in started:
+        sim.stop()
+
+
+def start(sims: list[HubSimulator], **kw: Any) -> HubSimulator:
+    sim = HubSimulator(**kw).start()
+    sims.append(sim)
+    return sim
+
+
+def no_secret(text: str | bytes, where: str) -> None:
+    data = text.encode() if isinstance(text, str) else text
+    for secret in SECRETS:
+        assert secret.encode() not in data, f"{secret[:6]}... found in {where}"
+
+
+def make_engine(name: EngineName) -> Any:
+    if name == "aria2":
+        from modelget.engines.aria2 import Aria2Engine
+
+        return Aria2Engine(FAST)
+    from modelget.engines.httpx_engine import HttpxEngine
+
+    return HttpxEngine(FAST)
+
+
+def run_engine(name: EngineName, jobs: list[FetchJob]) -> list[FetchResult]:
+    eng = make_engine(name)
+    try:
+        results: list[FetchResult] = eng.run(
+            jobs, reporter=NullReporter(), cancel=threading.Event()
+        )
+    finally:
+        eng.close()
+    return results
+
+
+# --- redirects -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "skip",
+    [
+        pytest.param(0, id="redirects-at-once"),
+        pytest.param(1, id="redirects-after-the-check"),
+    ],
+)
+def test_a_token_never_follows_a_redirect_to_another_host(
+    engine: EngineName, skip: int, tmp_path: Path, repo: Path, sims: list[HubSimulator]
+) -> None:
+    # The token's own mirror starts sending clients to another host: at once, or only after
+    # it answered the engine's first request (aria2c would send a download's headers on to
+    # any host it is redirected to, aria2 issue #1176). The file is big enough that both
+    # engines ask for it in several ranges.
+    name = "model.safetensors"
+    official = start(sims, name="official", host_name="localhost")
+    official.add_repo(REPO, repo, gated=True, token=TOKEN)
+    other = start(sims, name="other")
+    other.add_repo(REPO, repo)
+    handle = official.add_fault(
+        Fault(
+            route="hf-resolve",
+            path_glob=name,
+            skip=skip,
+            redirect_to=other.resolve_url(REPO, name),
+        )
+    )
+    dest = tmp_path / "d"
+    dest.mkdir()
+    want = (repo / name).read_bytes()
+    from modelget.engines import SourceURL
+
+    job = FetchJob(
+        key=name,
+        path=name,
+        size=len(want),
+        dest=dest / f"{name}.incomplete",
+        sources=(
+            SourceURL(
+                "official", official.resolve_url(REPO, name), {"Authorization": f"Bearer {TOKEN}"}
+            ),
+        ),
+    )
+    [result] = run_engine(engine, [job])
+    assert result.ok, result
+    assert job.dest.read_bytes() == want
+    assert official.fault_hits(handle) > 0, "the mirror did redirect"
+    assert other.log, "the redirect was followed"
+    assert all(r.authorization is None for r in other.log), [r.user_agent for r in other.log]
+    on_official = [r for r in official.log if r.route == "hf-resolve"]
+    assert on_official and all(r.authorization == f"Bearer {TOKEN}" for r in on_official)
