@@ -8,6 +8,8 @@ an error message, a repr or the JSON output.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from modelget import cli
 from modelget.engines import EngineName, EngineOptions, FetchJob, FetchResult, aria2c_path
 from modelget.events import NullReporter
 from modelget.testing.hubsim import Fault, HubSimulator
@@ -147,3 +150,124 @@ def test_a_token_never_follows_a_redirect_to_another_host(
     assert all(r.authorization is None for r in other.log), [r.user_agent for r in other.log]
     on_official = [r for r in official.log if r.route == "hf-resolve"]
     assert on_official and all(r.authorization == f"Bearer {TOKEN}" for r in on_official)
+
+
+# --- a whole pull: servers, aria2c, disk, logs, output ----------------------------------------
+
+
+class Aria2Spy:
+    """Looks at every aria2c this process starts while a pull runs: its command line, its
+    environment and every file in its private directory (conf, log, control files)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, list[tuple[str, bytes]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Aria2Spy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _children(self) -> list[int]:
+        me = os.getpid()
+        out = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path("/proc", entry, "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[-1].split()
+            if int(fields[1]) == me and "aria2c" in stat.split(")")[0]:
+                out.append(int(entry))
+        return out
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            for pid in self._children():
+                items = self.seen.setdefault(pid, [])
+                proc = Path("/proc", str(pid))
+                try:
+                    items.append(("cmdline", (proc / "cmdline").read_bytes()))
+                    items.append(("environ", (proc / "environ").read_bytes()))
+                    cwd = Path(os.readlink(proc / "cwd"))
+                    for f in cwd.rglob("*"):
+                        if f.is_file():
+                            items.append((str(f), f.read_bytes()))
+                except OSError:
+                    continue
+
+
+def test_a_pull_sends_the_token_to_its_host_only_and_writes_it_nowhere(
+    engine: EngineName,
+    tmp_path: Path,
+    repo: Path,
+    sims: list[HubSimulator],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The official hub (its token in OFFICIAL_TOKEN) redirects LFS files to its CDN, another
+    # origin; a second mirror has no token. HF_TOKEN and MODELSCOPE_API_TOKEN are set too:
+    # no entry names them, so they must go nowhere.
+    official = start(sims, name="official", cdn=True, host_name="localhost")
+    official.add_repo(REPO, repo, gated=True, token=TOKEN)
+    other = start(sims, name="other")
+    other.add_repo(REPO, repo)
+    # Slow enough that the spy sees aria2c at work.
+    for sim in (official, other):
+        sim.add_fault(Fault(route="*", path_glob="model.safetensors", rate_bps=3e6))
+    monkeypatch.setenv("OFFICIAL_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_TOKEN", IMPLICIT)
+    monkeypatch.setenv("MODELSCOPE_API_TOKEN", MS_IMPLICIT)
+    cat = tmp_path / "m.yaml"
+    cat.write_text(
+        "version: 1\nmirrors:\n"
+        f"  - name: official\n    kind: hf\n    endpoint: {official.url}\n"
+        "    token_env: OFFICIAL_TOKEN\n"
+        f"  - name: other\n    kind: hf\n    endpoint: {other.url}\n"
+        f"  - name: ms\n    kind: modelscope\n    endpoint: {other.url}\n    enabled: false\n"
+    )
+    dest = tmp_path / "cache"
+    caplog.set_level(logging.DEBUG)
+    with Aria2Spy() as spy:
+        argv = ["pull", REPO, "--mirrors", str(cat), "--cache-dir", str(dest), "--json"]
+        code = cli.main([*argv, "--engine", engine])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[-1]["event"] == "result" and events[-1]["status"] == "ok"
+
+    # The servers: the token on the official hub only, nothing anywhere else.
+    hub = official.requests(listener="hub")
+    assert hub and all(r.authorization == f"Bearer {TOKEN}" for r in hub)
+    cdn = official.requests(listener="cdn")
+    assert cdn and all(r.authorization is None for r in cdn)
+    assert other.log and all(r.authorization is None for r in other.log)
+    for r in official.log + other.log:
+        no_secret(r.path + json.dumps(r.query) + (r.cookie or ""), f"a request to {r.host}")
+
+    # What modelget printed and logged.
+    no_secret(out, "stdout (--json)")
+    no_secret(err, "stderr")
+    no_secret(caplog.text, "the log (DEBUG)")
+    for record in caplog.records:
+        no_secret(repr(record.args), "log record arguments")
+
+    # aria2c: command line, environment, conf, log and control files while it ran.
+    if engine == "aria2":
+        assert spy.seen, "aria2c was seen at work"
+        for pid, items in spy.seen.items():
+            assert any(name == "cmdline" for name, _ in items)
+            for name, data in items:
+                no_secret(data, f"aria2c {pid} {name}")
+    # Disk: nothing under the test directory holds a token, and no aria2 directory is left.
+    for f in tmp_path.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            no_secret(f.read_bytes(), str(f))
+    assert not [p for pid, items in spy.seen.items() for p, _ in items if os.path.exists(p)]

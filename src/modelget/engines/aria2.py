@@ -60,6 +60,7 @@ from modelget.engines.redirects import (
 )
 from modelget.errors import EngineUnavailableError
 from modelget.events import Reporter
+from modelget.settings import child_env
 
 READY_TIMEOUT_S = 10.0
 SHUTDOWN_WAIT_S = 2.0
@@ -339,6 +340,7 @@ class Aria2Engine:
                 start_new_session=True,
                 close_fds=True,
                 cwd=self._tmpdir,
+                env=child_env(),  # no token variable reaches aria2c, not even its environment
             )
             client = _Client(port, self._secret)
             self._proc, self._client = proc, client
