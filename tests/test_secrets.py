@@ -16,10 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from modelget import cli
+from modelget import api, cli
+from modelget.datatypes import FileEntry, FileSource, Mirror, PlanItem
 from modelget.engines import EngineName, EngineOptions, FetchJob, FetchResult, aria2c_path
+from modelget.errors import ModelgetError
 from modelget.events import NullReporter
 from modelget.testing.hubsim import Fault, HubSimulator
 
@@ -271,3 +274,102 @@ def test_a_pull_sends_the_token_to_its_host_only_and_writes_it_nowhere(
         if f.is_file() and not f.is_symlink():
             no_secret(f.read_bytes(), str(f))
     assert not [p for pid, items in spy.seen.items() for p, _ in items if os.path.exists(p)]
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["private", "gated"])
+def test_a_refused_token_is_not_repeated_in_errors_or_json(
+    gated: bool,
+    engine: EngineName,
+    tmp_path: Path,
+    repo: Path,
+    sims: list[HubSimulator],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The mirror refuses the token: a private repo answers 404 (as the Hub does), a gated one
+    # lists its files and refuses the downloads (401). Neither the error, nor the pull's
+    # result, nor anything the CLI prints repeats the token.
+    hub = start(sims, name="hub")
+    hub.add_repo(REPO, repo, gated=gated, token="hf_theRIGHTtoken")
+    monkeypatch.setenv("OFFICIAL_TOKEN", TOKEN)
+    cat = tmp_path / "m.yaml"
+    cat.write_text(
+        "version: 1\nmirrors:\n"
+        f"  - name: hub\n    kind: hf\n    endpoint: {hub.url}\n    token_env: OFFICIAL_TOKEN\n"
+    )
+    shown: list[str] = []
+    try:
+        result = api.pull(REPO, mirrors=cat, cache_dir=tmp_path / "c", engine=engine, options=FAST)
+        assert gated and result.status == "error"
+        assert all(f.error for f in result.files)
+        shown.append(repr(result))
+    except ModelgetError as error:
+        assert not gated and error.code == "model-not-found", error
+        shown += [repr(error), str(error.to_dict()), repr(error.__cause__)]
+    assert hub.log and all(r.authorization == f"Bearer {TOKEN}" for r in hub.log)
+    no_secret("\n".join(shown), "the error or result")
+    argv = ["pull", REPO, "--mirrors", str(cat), "--cache-dir", str(tmp_path / "c")]
+    for extra in ([], ["--json"]):
+        code = cli.main([*argv, "--engine", engine, *extra])
+        out, err = capsys.readouterr()
+        assert code == 1
+        no_secret(out + err, f"the CLI's output {extra}")
+    code = cli.main(["mirrors", "--mirrors", str(cat), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out)["mirrors"][0]["token_set"] is True
+    no_secret(out + err, "modelget mirrors --json")
+
+
+def test_engine_jobs_and_mirrors_do_not_show_a_token_in_their_repr(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from modelget.execute import source_urls
+
+    monkeypatch.setenv("OFFICIAL_TOKEN", TOKEN)
+    mirror = Mirror("official", "hf", "https://hub.example", token_env="OFFICIAL_TOKEN")
+    item = PlanItem(
+        FileEntry("config.json", 10, git_sha1="a" * 40),
+        (FileSource("official", "https://hub.example/acme/tiny/resolve/c/config.json"),),
+        False,
+    )
+    [source] = source_urls(item, {"official": mirror})
+    assert source.headers == {"Authorization": f"Bearer {TOKEN}"}  # the engine gets it...
+    job = FetchJob("k", "config.json", 10, tmp_path / "x", (source,))
+    for obj in (source, job, mirror, FAST):
+        no_secret(repr(obj), type(obj).__name__)  # ...but no repr or log line shows it
+
+
+# --- aria2c's RPC ------------------------------------------------------------------------------
+
+
+@pytest.mark.aria2
+def test_aria2c_rpc_refuses_calls_without_the_secret() -> None:
+    if aria2c_path() is None:
+        pytest.skip("aria2c not installed")
+    from modelget.engines.aria2 import Aria2Engine
+
+    eng = Aria2Engine(FAST)
+    try:
+        url = f"http://127.0.0.1:{eng.rpc_port}/jsonrpc"
+
+        def call(method: str, params: list[Any]) -> dict[str, Any]:
+            body = {"jsonrpc": "2.0", "id": "t", "method": method, "params": params}
+            response = httpx.post(url, json=body, timeout=5, trust_env=False)
+            data: dict[str, Any] = response.json()
+            return data
+
+        for params in ([], ["token:wrong-secret"], [f"token:{eng._secret}x"]):
+            answer = call("aria2.getGlobalOption", params)
+            assert answer.get("error", {}).get("message") == "Unauthorized", answer
+            answer = call("aria2.addUri", [*params, ["http://127.0.0.1:9/x"]])
+            assert answer.get("error", {}).get("message") == "Unauthorized", answer
+        assert "result" in call("aria2.getVersion", [f"token:{eng._secret}"])
+        assert len(eng._secret) >= 32
+        # A second engine gets another secret.
+        other = Aria2Engine(FAST)
+        try:
+            assert other._secret != eng._secret
+        finally:
+            other.close()
+    finally:
+        eng.close()
