@@ -373,3 +373,181 @@ def test_aria2c_rpc_refuses_calls_without_the_secret() -> None:
             other.close()
     finally:
         eng.close()
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+class Messages(NullReporter):
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str]] = []
+
+    def on_message(self, level: str, text: str) -> None:
+        self.messages.append((level, text))
+
+
+@pytest.fixture
+def nginx_ok() -> None:
+    from modelget.testing.nginx import nginx_available
+
+    if not nginx_available():
+        if os.environ.get("CI"):
+            pytest.fail("nginx is required in CI (scripts/bootstrap installs it)")
+        pytest.skip("nginx is not installed (scripts/bootstrap installs it)")
+
+
+def cdn_tree(root: Path, repo: Path) -> None:
+    """``repo`` as a modelget.cdn/1 tree under ``root``."""
+    import hashlib
+
+    commit = "a" * 40
+    files = []
+    for f in sorted(repo.rglob("*")):
+        if f.is_file():
+            data = f.read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            blob = root / "blobs" / "sha256" / sha[:2] / sha
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(data)
+            files.append({"path": f.relative_to(repo).as_posix(), "size": len(data), "sha256": sha})
+    (root / REPO / "manifests").mkdir(parents=True)
+    (root / REPO / "refs.json").write_text(
+        json.dumps({"format": "modelget.cdn/1", "refs": {"main": commit}})
+    )
+    doc = {"format": "modelget.cdn/1", "repo_id": REPO, "commit": commit, "files": files}
+    (root / REPO / "manifests" / f"{commit}.json").write_text(json.dumps(doc))
+
+
+@pytest.fixture
+def tls_mirror(
+    request: pytest.FixtureRequest, tmp_path: Path, repo: Path, sims: list[HubSimulator]
+) -> Iterator[tuple[str, Path, Any]]:
+    """(kind, catalogue, nginx): a mirror behind nginx with a self-signed certificate; an
+    ``hf`` or ``modelscope`` one is the hub simulator behind an nginx TLS proxy."""
+    from modelget.testing.nginx import NginxServer
+    from modelget.testing.tls import self_signed_cert
+
+    kind: str = request.param
+    cert = self_signed_cert(tmp_path / "tls")
+    root = tmp_path / "www"
+    root.mkdir()
+    extra = ""
+    if kind == "cdn":
+        cdn_tree(root, repo)
+    else:
+        hub = start(sims, name="behind-tls")
+        hub.add_repo(REPO, repo)
+        extra = (
+            "        location ~ ^/(api|acme)/ {\n"
+            f"            proxy_pass http://127.0.0.1:{hub.port};\n"
+            "            proxy_set_header Host $http_host;\n"
+            "            proxy_http_version 1.1;\n"
+            '            proxy_set_header Connection "";\n'
+            "            proxy_buffering off;\n"
+            "        }\n"
+        )
+    with NginxServer(root, tls=cert, extra_config=extra) as nginx:
+        cat = tmp_path / "m.yaml"
+        cat.write_text(
+            f"version: 1\nmirrors:\n  - name: self-signed\n    kind: {kind}\n"
+            f"    endpoint: {nginx.url}\n"
+        )
+        yield kind, cat, nginx
+
+
+KINDS = ["cdn", "hf", "modelscope"]
+
+
+def file_requests(nginx: Any) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in nginx.access_log()
+        if "/blobs/" in e["uri"] or "/resolve/" in e["uri"] or e["uri"].endswith("/repo")
+    ]
+
+
+@pytest.mark.nginx
+@pytest.mark.parametrize("tls_mirror", KINDS, indirect=True)
+def test_tls_is_verified_by_default_and_a_self_signed_mirror_is_refused(
+    nginx_ok: None, tls_mirror: tuple[str, Path, Any], tmp_path: Path
+) -> None:
+    _, cat, nginx = tls_mirror
+    assert nginx.url.startswith("https://")
+    with pytest.raises(ModelgetError) as info:
+        api.pull(REPO, mirrors=cat, cache_dir=tmp_path / "c", engine="httpx", options=FAST)
+    assert info.value.code == "no-mirror"
+    assert "CERTIFICATE_VERIFY_FAILED" in info.value.message
+    assert "--insecure" in (info.value.hint or "")
+    assert not file_requests(nginx)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.incomplete"))
+
+
+@pytest.mark.nginx
+@pytest.mark.parametrize("tls_mirror", KINDS, indirect=True)
+def test_insecure_pulls_from_a_self_signed_mirror_and_warns(
+    nginx_ok: None,
+    engine: EngineName,
+    tls_mirror: tuple[str, Path, Any],
+    tmp_path: Path,
+    repo: Path,
+) -> None:
+    kind, cat, nginx = tls_mirror
+    reporter = Messages()
+    result = api.pull(
+        REPO,
+        mirrors=cat,
+        cache_dir=tmp_path / "c",
+        engine=engine,
+        options=FAST,
+        reporter=reporter,
+        verify_tls=False,
+    )
+    assert result.status == "ok", result
+    snapshot = Path(result.path)
+    for f in repo.rglob("*"):
+        if f.is_file():
+            assert (snapshot / f.relative_to(repo)).read_bytes() == f.read_bytes()
+    assert file_requests(nginx), "the bytes came over TLS from the self-signed mirror"
+    warnings = [text for level, text in reporter.messages if level == "warning"]
+    assert any("TLS certificate checks are OFF" in w for w in warnings), reporter.messages
+    # The opt-out was for that call only: the next default call checks certificates again
+    # (probe, metadata client and engines alike).
+    with pytest.raises(ModelgetError, match="CERTIFICATE_VERIFY_FAILED"):
+        api.plan(REPO, mirrors=cat, cache_dir=tmp_path / "c2")
+    if kind == "hf":
+        from huggingface_hub import HfApi
+
+        with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+            HfApi(endpoint=nginx.url, token=False).model_info(REPO)
+
+
+@pytest.mark.nginx
+@pytest.mark.parametrize("tls_mirror", ["cdn"], indirect=True)
+def test_cli_insecure_warns_on_stderr_and_in_json(
+    nginx_ok: None,
+    tls_mirror: tuple[str, Path, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, cat, _ = tls_mirror
+    base = ["--mirrors", str(cat), "--cache-dir", str(tmp_path / "c")]
+    code = cli.main(["pull", REPO, *base, "--engine", "httpx"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "CERTIFICATE_VERIFY_FAILED" in err and "--insecure" in err
+    for extra in (["--quiet"], ["--dry-run"]):
+        code = cli.main(["pull", REPO, *base, "--insecure", "--engine", "httpx", *extra])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert "warning: TLS certificate checks are OFF (--insecure)" in err, extra
+    code = cli.main(["pull", REPO, *base, "--insecure", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert any(
+        e["event"] == "message" and e["level"] == "warning" and "OFF" in e["text"] for e in events
+    )
+    assert "warning: TLS certificate checks are OFF" in err
+    code = cli.main(["probe", REPO, "--mirrors", str(cat), "--insecure"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "warning: TLS certificate checks are OFF" in err
+    assert "self-signed" in out and " ok " in out

@@ -56,7 +56,14 @@ class ProbeSummary:
     report: ProbeReport
 
 
-def _enabled_mirrors(mirrors: StrPath | None) -> list[Mirror]:
+INSECURE_WARNING = (
+    "TLS certificate checks are OFF (--insecure): any machine between you and the mirrors "
+    "can read or change what they send, tokens included; every file is still checked "
+    "against its digest"
+)
+
+
+def _enabled_mirrors(mirrors: StrPath | None, verify_tls: bool = True) -> list[Mirror]:
     catalogue = load_catalogue(mirrors)
     enabled = list(catalogue.enabled)
     if not enabled:
@@ -64,6 +71,15 @@ def _enabled_mirrors(mirrors: StrPath | None) -> list[Mirror]:
             f"no mirror is enabled in {' + '.join(catalogue.sources)}",
             hint="enable at least one mirror (enabled: true), see docs/mirrors.md",
         )
+    if not verify_tls:
+        from dataclasses import replace
+
+        enabled = [replace(m, verify_tls=False) for m in enabled]
+        if any(m.kind == "hf" for m in enabled):
+            from modelget.sources.hf import prepare_unverified
+
+            # Before the probes run in parallel: this replaces huggingface_hub's client.
+            prepare_unverified()
     return enabled
 
 
@@ -109,12 +125,13 @@ def probe(
     revision: str | None = None,
     mirrors: StrPath | None = None,
     timeout: float | None = None,
+    verify_tls: bool = True,
 ) -> ProbeSummary:
     """Probe every enabled mirror now (ignoring the cache, refreshing it) and rank them."""
     if repo_id is not None:
         _check_repo_id(repo_id)
     _check_revision(revision)
-    enabled = _enabled_mirrors(mirrors)
+    enabled = _enabled_mirrors(mirrors, verify_tls)
     report = run_probe(enabled, repo_id, revision, timeout=timeout or settings.probe_timeout_s())
     store_cached(settings.cache_dir() / "probes.json", enabled, repo_id, report.results)
     return ProbeSummary(repo_id, tuple(rank(enabled, report.results)), report)
@@ -191,6 +208,12 @@ def _no_manifest_error(repo_id: str, revision: str | None, report: ProbeReport) 
             f"{repo_id} is on no mirror of the catalogue:\n{detail}",
             hint="check the repo id, or add a mirror that has it (docs/mirrors.md)",
         )
+    if "CERTIFICATE_VERIFY_FAILED" in detail:
+        return NoMirrorError(
+            f"no mirror could serve {shown}:\n{detail}",
+            hint="a mirror's TLS certificate is not trusted (self-signed, a private CA, or the "
+            "wrong host): fix the certificate, or, on a network you trust, pass --insecure",
+        )
     return NoMirrorError(
         f"no mirror could serve {shown}:\n{detail}",
         hint="run `modelget probe` to see each mirror's state",
@@ -207,9 +230,11 @@ def plan(
     mirrors: StrPath | None = None,
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
+    verify_tls: bool = True,
 ) -> Plan:
     """What ``pull`` would do: the agreed manifest, each file's sources in rank order,
-    what is already present, the totals, and a refusal if the disk is too small."""
+    what is already present, the totals, and a refusal if the disk is too small.
+    ``verify_tls=False`` (``--insecure``) skips TLS certificate checks."""
     return _plan(
         repo_id,
         filenames,
@@ -219,6 +244,7 @@ def plan(
         mirrors=mirrors,
         cache_dir=cache_dir,
         local_dir=local_dir,
+        verify_tls=verify_tls,
     )[0]
 
 
@@ -232,10 +258,11 @@ def _plan(
     mirrors: StrPath | None = None,
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
+    verify_tls: bool = True,
 ) -> tuple[Plan, dict[str, Mirror]]:
     _check_repo_id(repo_id)
     _check_revision(revision)
-    enabled = _enabled_mirrors(mirrors)
+    enabled = _enabled_mirrors(mirrors, verify_tls)
     report = _probe_for_plan(enabled, repo_id, revision)
     ranked = rank(enabled, report.results)
     order = [r.mirror for r in ranked if r.usable and r.mirror.name in report.manifests]
@@ -304,9 +331,11 @@ def pull(
     options: EngineOptions | None = None,
     reporter: Reporter | None = None,
     cancel: threading.Event | None = None,
+    verify_tls: bool = True,
 ) -> PullResult:
     """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache
-    (or ``local_dir``), and return what happened.
+    (or ``local_dir``), and return what happened. ``verify_tls=False`` (``--insecure``)
+    skips TLS certificate checks on every mirror, and says so through ``reporter``.
 
     Raises ``Interrupted`` (exit 130) when ``cancel`` is set or on Ctrl-C, with resumable
     state kept; ``InsufficientDiskSpaceError`` when the disk fills. Partial failures are in
@@ -318,6 +347,13 @@ def pull(
     started = time.perf_counter()
     reporter = reporter or NullReporter()
     cancel = cancel or threading.Event()
+    options = options or EngineOptions()
+    verify_tls = verify_tls and options.verify_tls
+    if not verify_tls:
+        from dataclasses import replace
+
+        reporter.on_message("warning", INSECURE_WARNING)
+        options = replace(options, verify_tls=False)
     the_plan, by_name = _plan(
         repo_id,
         filenames,
@@ -327,6 +363,7 @@ def pull(
         mirrors=mirrors,
         cache_dir=cache_dir,
         local_dir=local_dir,
+        verify_tls=verify_tls,
     )
     plan_s = time.perf_counter() - started
     hub_cache = _hub_cache(cache_dir)
@@ -334,7 +371,7 @@ def pull(
     reporter.on_plan(
         repo_id, the_plan.commit, len(the_plan.to_fetch), the_plan.fetch_bytes, the_plan.total_bytes
     )
-    chosen = select_engine(engine, options or EngineOptions(), reporter)
+    chosen = select_engine(engine, options, reporter)
     outcomes: list[FileOutcome] = []
     transfer_started = time.perf_counter()
     try:

@@ -70,6 +70,13 @@ def _build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--mirrors", metavar="FILE", help="catalogue file")
     probe.add_argument("--timeout", type=float, metavar="S", help="per-mirror timeout (default 5)")
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    probe.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not check the mirrors' TLS certificates (self-signed or private CA); warns. "
+        "Only on a network you trust: tokens and bytes can then be read or changed on the way "
+        "(files are still checked against their digests)",
+    )
     probe.set_defaults(func=_cmd_probe)
 
     pull = sub.add_parser(
@@ -112,6 +119,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-rate", metavar="RATE", help="overall bandwidth cap, e.g. 50M or 800K (bytes/s)"
     )
     pull.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    pull.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not check the mirrors' TLS certificates (self-signed or private CA); warns. "
+        "Only on a network you trust: tokens and bytes can then be read or changed on the way "
+        "(files are still checked against their digests)",
+    )
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     pull.add_argument(
         "--json", action="store_true", help="JSON: the plan (--dry-run), or events as JSON lines"
@@ -230,13 +244,26 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _warn_insecure(args: argparse.Namespace) -> None:
+    """``--insecure`` always says so on stderr (a pull's reporter says it in its own way)."""
+    if args.insecure:
+        from modelget.api import INSECURE_WARNING
+
+        print(f"warning: {INSECURE_WARNING}", file=sys.stderr)
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from modelget.api import probe
 
+    _warn_insecure(args)
     summary = probe(
-        args.repo_id, revision=args.revision, mirrors=args.mirrors, timeout=args.timeout
+        args.repo_id,
+        revision=args.revision,
+        mirrors=args.mirrors,
+        timeout=args.timeout,
+        verify_tls=not args.insecure,
     )
     if args.json:
         payload = {
@@ -323,6 +350,8 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     if args.max_rate:
         opts = replace(opts, max_rate_bps=_rate(args.max_rate))
     reporter: Reporter
+    if args.json or args.quiet:
+        _warn_insecure(args)  # else the reporter prints the API's warning
     if args.json:
         reporter = JsonLinesReporter(sys.stdout)
     elif args.quiet:
@@ -344,6 +373,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
             engine=args.engine,
             options=opts,
             reporter=reporter,
+            verify_tls=not args.insecure,
         )
     finally:
         if isinstance(reporter, TqdmReporter):
@@ -487,6 +517,7 @@ def _cmd_load_test(args: argparse.Namespace) -> int:
 def _cmd_dry_run(args: argparse.Namespace) -> int:
     from modelget.api import plan
 
+    _warn_insecure(args)
     result = plan(
         args.repo_id,
         args.filenames,
@@ -496,6 +527,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
         mirrors=args.mirrors,
         cache_dir=args.cache_dir,
         local_dir=args.local_dir,
+        verify_tls=not args.insecure,
     )
     if args.json:
         print(json.dumps({"schema": JSON_SCHEMA_VERSION, "plan": _plan_dict(result)}, indent=2))

@@ -51,7 +51,9 @@ class CdnSource:
             headers["Authorization"] = f"Bearer {token}"
         try:
             # httpx drops Authorization itself when a redirect leaves the origin.
-            with httpx.Client(timeout=timeout, follow_redirects=True, trust_env=False) as client:
+            with httpx.Client(
+                timeout=timeout, follow_redirects=True, trust_env=False, verify=mirror.verify_tls
+            ) as client:
                 response = client.get(url, headers=headers)
         except httpx.HTTPError as exc:
             raise MirrorUnavailableError(
