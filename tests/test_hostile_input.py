@@ -19,10 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modelget import api, cli
+from modelget.catalogue import load_catalogue, parse_catalogue
 from modelget.engines import EngineName, EngineOptions, aria2c_path
 from modelget.errors import (
+    ConfigError,
     InsufficientDiskSpaceError,
     ModelgetError,
     UnsafeManifestError,
@@ -714,3 +719,146 @@ def test_a_revision_that_a_mirror_knows_cannot_write_a_ref_outside_the_cache(
     assert watch.outside() == []
     assert isinstance(error, UsageError) and "not a valid revision" in error.message, error
     assert not sim.log
+
+
+# --- mirrors.yaml, fuzzed ------------------------------------------------------------------
+# tests/test_catalogue.py fuzzes documents that are mostly wrong (only ConfigError may come
+# out); these generate valid catalogues (they must load, field for field), raw bytes read
+# from a file, and the CLI path (no traceback, exit 0 or 2).
+
+_NAMES = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,15}", fullmatch=True)
+_HOSTS = st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z]{2,6}){0,2}", fullmatch=True)
+_PATHS = st.lists(st.from_regex(r"[A-Za-z0-9_.~-]{1,8}", fullmatch=True), max_size=3).map(
+    lambda parts: "".join("/" + p for p in parts)
+)
+_ENDPOINTS = st.builds(
+    lambda scheme, host, port, path, slash: (
+        f"{scheme}://{host}{f':{port}' if port else ''}{path}{'/' if slash else ''}"
+    ),
+    st.sampled_from(["http", "https", "HTTPS"]),
+    _HOSTS,
+    st.one_of(st.none(), st.integers(1, 65535)),
+    _PATHS,
+    st.booleans(),
+)
+_ENV_NAMES = st.from_regex(r"[A-Z_][A-Z0-9_]{0,12}", fullmatch=True)
+_ORGS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,10}", fullmatch=True)
+_ID_MAPS = st.dictionaries(
+    st.one_of(
+        st.builds(lambda o, n: f"{o}/{n}", _ORGS, _ORGS),
+        st.builds(lambda o: f"{o}/*", _ORGS),
+    ),
+    _ORGS,
+    max_size=3,
+).map(lambda m: {k: (f"{v}/*" if k.endswith("*") else f"{v}/model") for k, v in m.items()})
+
+
+@st.composite
+def _valid_mirror(draw: st.DrawFn, name: str) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["hf", "modelscope", "cdn"]))
+    entry: dict[str, Any] = {"name": name, "kind": kind, "endpoint": draw(_ENDPOINTS)}
+    optional = {
+        "token_env": st.one_of(st.none(), _ENV_NAMES),
+        "enabled": st.booleans(),
+        "weight": st.floats(0.01, 100, allow_nan=False),
+        "max_connections": st.integers(1, 64),
+        "id_map": _ID_MAPS,
+    }
+    if kind == "hf":
+        optional["use_hf_login"] = st.booleans()
+    for key, strategy in optional.items():
+        if draw(st.booleans()):
+            entry[key] = draw(strategy)
+    return entry
+
+
+_VALID = st.lists(_NAMES, min_size=1, max_size=4, unique=True).flatmap(
+    lambda names: st.tuples(*(_valid_mirror(n) for n in names))
+)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(mirrors=_VALID, flow=st.booleans())
+def test_fuzzed_valid_catalogues_load_field_for_field(
+    mirrors: tuple[dict[str, Any], ...], flow: bool
+) -> None:
+    text = yaml.safe_dump(
+        {"version": 1, "mirrors": list(mirrors)}, default_flow_style=flow, allow_unicode=True
+    )
+    catalogue = parse_catalogue(text, "fuzz.yaml")
+    assert [m.name for m in catalogue.mirrors] == [e["name"] for e in mirrors]
+    for got, want in zip(catalogue.mirrors, mirrors, strict=True):
+        scheme, rest = want["endpoint"].split("://", 1)
+        assert got.endpoint == f"{scheme.lower()}://{rest}".rstrip("/")
+        assert got.kind == want["kind"]
+        assert got.token_env == want.get("token_env")
+        assert got.enabled == want.get("enabled", True)
+        assert got.weight == want.get("weight", 1.0)
+        assert got.max_connections == want.get("max_connections", 8)
+        assert dict(got.id_map) == want.get("id_map", {})
+        assert got.use_hf_login == want.get("use_hf_login", False)
+        assert got.source == "fuzz.yaml" and got.line is not None and got.line >= 1
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda head, junk: head + junk,
+            st.sampled_from([b"version: 1\nmirrors:\n  - name: a\n", b"\xef\xbb\xbfversion: 1\n"]),
+            st.binary(max_size=40),
+        ),
+    )
+)
+def test_fuzzed_catalogue_files_give_a_config_error_or_load(
+    data: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mirrors.yaml"
+    path.write_bytes(data)
+    try:
+        load_catalogue(path)
+    except ConfigError as error:
+        assert error.exit_code == 2 and str(path) in error.message
+    # The command line: a message and exit code 2 (or 0), never a traceback.
+    code = cli.main(["mirrors", "--mirrors", str(path)])
+    err = capsys.readouterr().err
+    assert code in (0, 2)
+    assert "Traceback" not in err
+    if code == 2:
+        assert err.startswith("error: config-invalid\n") and str(path) in err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(
+            "version: 1\nmirrors:\n  - &m {name: a, kind: hf, endpoint: 'https://a.example'}\n"
+            "  - *m\n",
+            id="alias-duplicates-a-mirror",
+        ),
+        pytest.param(
+            "version: 1\nx: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+            + "".join(
+                f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n"
+                for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+            )
+            + "mirrors: [*i]\n",
+            id="billion-laughs",
+        ),
+        pytest.param("version: 1\nmirrors: !!python/object:os.system [x]\n", id="python-tag"),
+        pytest.param("version: 1\n" + "mirrors:\n" + "  " * 2000 + "- x\n", id="deep-indent"),
+        pytest.param("version: 1\nmirrors: " + "[" * 5000 + "]" * 5000 + "\n", id="deep-nesting"),
+        pytest.param("version: 1\nmirrors: []\n---\nversion: 1\n", id="two-documents"),
+        pytest.param("\x00version: 1\n", id="nul"),
+    ],
+)
+def test_hostile_catalogues_give_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_catalogue(text, "evil.yaml")
+    assert info.value.exit_code == 2 and info.value.message.startswith("evil.yaml")
