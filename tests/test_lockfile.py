@@ -84,7 +84,7 @@ def test_loads_rejects_malformed_lockfiles_with_a_clear_error(text: str, needle:
     assert info.value.exit_code == 2
 
 
-def test_loads_rejects_bad_repo_ids_commits_and_duplicates() -> None:
+def test_loads_rejects_bad_repo_ids_revisions_commits_and_duplicates() -> None:
     base = json.loads(_doc())
     bad_id = json.loads(_doc())
     bad_id["models"][0]["repo_id"] = "../evil"
@@ -94,6 +94,10 @@ def test_loads_rejects_bad_repo_ids_commits_and_duplicates() -> None:
     bad_commit["models"][0]["commit"] = "main"
     with pytest.raises(LockfileError, match="commit hash"):
         loads(json.dumps(bad_commit))
+    bad_rev = json.loads(_doc())
+    bad_rev["models"][0]["revision"] = "../../../escape"  # would name refs/<revision>
+    with pytest.raises(LockfileError, match="not a valid revision"):
+        loads(json.dumps(bad_rev))
     dup = json.loads(_doc())
     dup["models"][0]["files"].append(dup["models"][0]["files"][0])
     with pytest.raises(LockfileError, match="listed twice"):

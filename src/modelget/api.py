@@ -38,13 +38,16 @@ from modelget.errors import (
     NoMirrorError,
     RateLimitedError,
     RevisionNotFoundError,
+    UnsafeManifestError,
     UsageError,
 )
 from modelget.events import NullReporter, Reporter
 from modelget.export import ExportResult
 from modelget.layout import free_bytes, scan
 from modelget.lockfile import LockedModel, Lockfile, check_entries
-from modelget.manifest import agree, merge_digests, select_files
+from modelget.manifest import agree, check_collisions, merge_digests, select_files
+from modelget.manifest import check_repo_id as _check_repo_id
+from modelget.manifest import check_revision as _check_revision
 from modelget.plan import make_plan
 from modelget.probe import ProbeReport, load_cached, probe_mirror, store_cached
 from modelget.probe import probe as run_probe
@@ -68,7 +71,14 @@ class ProbeSummary:
     report: ProbeReport
 
 
-def _enabled_mirrors(mirrors: StrPath | None) -> list[Mirror]:
+INSECURE_WARNING = (
+    "TLS certificate checks are OFF (--insecure): any machine between you and the mirrors "
+    "can read or change what they send, tokens included; every file is still checked "
+    "against its digest"
+)
+
+
+def _enabled_mirrors(mirrors: StrPath | None, verify_tls: bool = True) -> list[Mirror]:
     catalogue = load_catalogue(mirrors)
     enabled = list(catalogue.enabled)
     if not enabled:
@@ -76,22 +86,16 @@ def _enabled_mirrors(mirrors: StrPath | None) -> list[Mirror]:
             f"no mirror is enabled in {' + '.join(catalogue.sources)}",
             hint="enable at least one mirror (enabled: true), see docs/mirrors.md",
         )
+    if not verify_tls:
+        from dataclasses import replace
+
+        enabled = [replace(m, verify_tls=False) for m in enabled]
+        if any(m.kind == "hf" for m in enabled):
+            from modelget.sources.hf import prepare_unverified
+
+            # Before the probes run in parallel: this replaces huggingface_hub's client.
+            prepare_unverified()
     return enabled
-
-
-def _check_repo_id(repo_id: str) -> None:
-    parts = repo_id.split("/")
-    if (
-        not repo_id
-        or len(parts) > 2
-        or any(not p or p in (".", "..") or p.startswith(("-", ".")) for p in parts)
-        or any(not all(c.isalnum() or c in "-_." for c in p) for p in parts)
-        or len(repo_id) > 96
-    ):
-        raise UsageError(
-            f"not a valid repo id: {repo_id!r}",
-            hint="a repo id looks like ORG/NAME, e.g. Qwen/Qwen2.5-0.5B-Instruct",
-        )
 
 
 def probe(
@@ -100,11 +104,13 @@ def probe(
     revision: str | None = None,
     mirrors: StrPath | None = None,
     timeout: float | None = None,
+    verify_tls: bool = True,
 ) -> ProbeSummary:
     """Probe every enabled mirror now (ignoring the cache, refreshing it) and rank them."""
     if repo_id is not None:
         _check_repo_id(repo_id)
-    enabled = _enabled_mirrors(mirrors)
+    _check_revision(revision)
+    enabled = _enabled_mirrors(mirrors, verify_tls)
     report = run_probe(enabled, repo_id, revision, timeout=timeout or settings.probe_timeout_s())
     store_cached(settings.cache_dir() / "probes.json", enabled, repo_id, report.results)
     return ProbeSummary(repo_id, tuple(rank(enabled, report.results)), report)
@@ -146,6 +152,13 @@ def _no_manifest_error(repo_id: str, revision: str | None, report: ProbeReport) 
     detail = "\n".join(lines)
     errors = list(report.errors.values())
     shown = repo_id + (f"@{revision}" if revision else "")
+    unsafe = [e for e in errors if isinstance(e, UnsafeManifestError)]
+    if unsafe:
+        return UnsafeManifestError(
+            f"refusing what the mirrors list for {shown} (nothing was written):\n{detail}",
+            hint="a mirror that lists such paths, digests or sizes is broken or hostile: "
+            "disable it in mirrors.yaml (enabled: false) and tell its operator",
+        )
     auth = [e for e in errors if isinstance(e, AuthRequiredError)]
     if auth:
         return AuthRequiredError(f"{shown} needs a token:\n{detail}", hint=auth[0].hint)
@@ -174,6 +187,12 @@ def _no_manifest_error(repo_id: str, revision: str | None, report: ProbeReport) 
             f"{repo_id} is on no mirror of the catalogue:\n{detail}",
             hint="check the repo id, or add a mirror that has it (docs/mirrors.md)",
         )
+    if "CERTIFICATE_VERIFY_FAILED" in detail:
+        return NoMirrorError(
+            f"no mirror could serve {shown}:\n{detail}",
+            hint="a mirror's TLS certificate is not trusted (self-signed, a private CA, or the "
+            "wrong host): fix the certificate, or, on a network you trust, pass --insecure",
+        )
     return NoMirrorError(
         f"no mirror could serve {shown}:\n{detail}",
         hint="run `modelget probe` to see each mirror's state",
@@ -191,9 +210,11 @@ def plan(
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
     locked: LockedModel | None = None,
+    verify_tls: bool = True,
 ) -> Plan:
     """What ``pull`` would do: the agreed manifest, each file's sources in rank order,
-    what is already present, the totals, and a refusal if the disk is too small."""
+    what is already present, the totals, and a refusal if the disk is too small.
+    ``verify_tls=False`` (``--insecure``) skips TLS certificate checks."""
     return _plan(
         repo_id,
         filenames,
@@ -204,6 +225,7 @@ def plan(
         cache_dir=cache_dir,
         local_dir=local_dir,
         locked=locked,
+        verify_tls=verify_tls,
     )[0]
 
 
@@ -219,11 +241,13 @@ def _plan(
     local_dir: StrPath | None = None,
     locked: LockedModel | None = None,
     check_space: bool = True,
+    verify_tls: bool = True,
 ) -> tuple[Plan, dict[str, Mirror]]:
     _check_repo_id(repo_id)
     if locked is not None:
         revision = locked.commit
-    enabled = _enabled_mirrors(mirrors)
+    _check_revision(revision)
+    enabled = _enabled_mirrors(mirrors, verify_tls)
     report = _probe_for_plan(enabled, repo_id, revision)
     ranked = rank(enabled, report.results)
     order = [r.mirror for r in ranked if r.usable and r.mirror.name in report.manifests]
@@ -255,6 +279,7 @@ def _plan(
         wanted, excluded = select_files(
             reference.files, filenames=filenames, include=include, exclude=exclude
         )
+    check_collisions(wanted)
     by_name = {m.name: m for m in order}
     files_of = {m.name: report.manifests[m.name].by_path() for m in order}
     entries = []
@@ -328,6 +353,7 @@ def lock(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     mirrors: StrPath | None = None,
+    verify_tls: bool = True,
 ) -> Lockfile:
     """Pin each ``REPO_ID`` (or ``REPO_ID@REVISION``) to its commit, with every file's size and
     digests as the mirrors agree on them: what ``pull(..., locked=...)`` reproduces."""
@@ -343,6 +369,7 @@ def lock(
             exclude=exclude,
             mirrors=mirrors,
             check_space=False,
+            verify_tls=verify_tls,
         )
         files = tuple(item.entry for item in the_plan.items)
         if not files:
@@ -369,9 +396,11 @@ def pull(
     reporter: Reporter | None = None,
     cancel: threading.Event | None = None,
     locked: LockedModel | None = None,
+    verify_tls: bool = True,
 ) -> PullResult:
     """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache
-    (or ``local_dir``), and return what happened.
+    (or ``local_dir``), and return what happened. ``verify_tls=False`` (``--insecure``)
+    skips TLS certificate checks on every mirror, and says so through ``reporter``.
 
     Raises ``Interrupted`` (exit 130) when ``cancel`` is set or on Ctrl-C, with resumable
     state kept; ``InsufficientDiskSpaceError`` when the disk fills. Partial failures are in
@@ -396,6 +425,13 @@ def pull(
             "a locked pull takes its repo, commit and files from the lockfile",
             hint="leave out --revision, file names, --include and --exclude with --lock",
         )
+    options = options or EngineOptions()
+    verify_tls = verify_tls and options.verify_tls
+    if not verify_tls:
+        from dataclasses import replace
+
+        reporter.on_message("warning", INSECURE_WARNING)
+        options = replace(options, verify_tls=False)
     the_plan, by_name = _plan(
         repo_id,
         filenames,
@@ -406,6 +442,7 @@ def pull(
         cache_dir=cache_dir,
         local_dir=local_dir,
         locked=locked,
+        verify_tls=verify_tls,
     )
     plan_s = time.perf_counter() - started
     hub_cache = _hub_cache(cache_dir)
@@ -413,7 +450,7 @@ def pull(
     reporter.on_plan(
         repo_id, the_plan.commit, len(the_plan.to_fetch), the_plan.fetch_bytes, the_plan.total_bytes
     )
-    chosen = select_engine(engine, options or EngineOptions(), reporter)
+    chosen = select_engine(engine, options, reporter)
     outcomes: list[FileOutcome] = []
     transfer_started = time.perf_counter()
     try:

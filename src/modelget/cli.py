@@ -73,6 +73,13 @@ def _build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--mirrors", metavar="FILE", help="catalogue file")
     probe.add_argument("--timeout", type=float, metavar="S", help="per-mirror timeout (default 5)")
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    probe.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not check the mirrors' TLS certificates (self-signed or private CA); warns. "
+        "Only on a network you trust: tokens and bytes can then be read or changed on the way "
+        "(files are still checked against their digests)",
+    )
     probe.set_defaults(func=_cmd_probe)
 
     doctor = sub.add_parser(
@@ -147,6 +154,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-rate", metavar="RATE", help="overall bandwidth cap, e.g. 50M or 800K (bytes/s)"
     )
     pull.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    pull.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not check the mirrors' TLS certificates (self-signed or private CA); warns. "
+        "Only on a network you trust: tokens and bytes can then be read or changed on the way "
+        "(files are still checked against their digests)",
+    )
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     pull.add_argument(
         "--json", action="store_true", help="JSON: the plan (--dry-run), or events as JSON lines"
@@ -182,6 +196,11 @@ def _build_parser() -> argparse.ArgumentParser:
     lock.add_argument("--mirrors", metavar="FILE", help="catalogue file")
     lock.add_argument(
         "--output", "-o", metavar="FILE", help="write the lockfile to FILE instead of stdout"
+    )
+    lock.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not check the mirrors' TLS certificates (see pull --insecure); warns",
     )
     lock.set_defaults(func=_cmd_lock)
 
@@ -287,13 +306,26 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _warn_insecure(args: argparse.Namespace) -> None:
+    """``--insecure`` always says so on stderr (a pull's reporter says it in its own way)."""
+    if args.insecure:
+        from modelget.api import INSECURE_WARNING
+
+        print(f"warning: {INSECURE_WARNING}", file=sys.stderr)
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from modelget.api import probe
 
+    _warn_insecure(args)
     summary = probe(
-        args.repo_id, revision=args.revision, mirrors=args.mirrors, timeout=args.timeout
+        args.repo_id,
+        revision=args.revision,
+        mirrors=args.mirrors,
+        timeout=args.timeout,
+        verify_tls=not args.insecure,
     )
     if args.json:
         payload = {
@@ -413,12 +445,14 @@ def _cmd_lock(args: argparse.Namespace) -> int:
     from modelget.api import lock
     from modelget.lockfile import dumps
 
+    _warn_insecure(args)
     result = lock(
         args.targets,
         revision=args.revision,
         include=args.include,
         exclude=args.exclude,
         mirrors=args.mirrors,
+        verify_tls=not args.insecure,
     )
     text = dumps(result)
     if args.output:
@@ -444,7 +478,7 @@ def _pull_jobs(args: argparse.Namespace) -> list[tuple[str, LockedModel | None]]
     from modelget.errors import UsageError
 
     if not args.lock:
-        if not args.repo_id:
+        if args.repo_id is None:
             raise UsageError("pull needs a REPO_ID", hint="or --lock FILE to pull a lockfile")
         return [(args.repo_id, None)]
     from modelget.lockfile import load
@@ -454,7 +488,7 @@ def _pull_jobs(args: argparse.Namespace) -> list[tuple[str, LockedModel | None]]
             "--lock takes the commit and the files from the lockfile",
             hint="leave out --revision, file names, --include and --exclude",
         )
-    models = load(args.lock).select([args.repo_id] if args.repo_id else [])
+    models = load(args.lock).select([] if args.repo_id is None else [args.repo_id])
     if args.local_dir and len(models) > 1:
         raise UsageError(
             f"--local-dir takes one model; the lockfile has {len(models)}",
@@ -492,6 +526,8 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
     if args.max_rate:
         opts = replace(opts, max_rate_bps=_rate(args.max_rate))
     reporter: Reporter
+    if args.json or args.quiet:
+        _warn_insecure(args)  # else the reporter prints the API's warning
     if args.json:
         reporter = JsonLinesReporter(sys.stdout)
     elif args.quiet:
@@ -514,6 +550,7 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
             options=opts,
             reporter=reporter,
             locked=locked,
+            verify_tls=not args.insecure,
         )
     finally:
         if isinstance(reporter, TqdmReporter):
@@ -657,6 +694,7 @@ def _cmd_load_test(args: argparse.Namespace) -> int:
 def _cmd_dry_run(args: argparse.Namespace, repo_id: str, locked: LockedModel | None = None) -> int:
     from modelget.api import plan
 
+    _warn_insecure(args)
     result = plan(
         repo_id,
         args.filenames,
@@ -667,6 +705,7 @@ def _cmd_dry_run(args: argparse.Namespace, repo_id: str, locked: LockedModel | N
         cache_dir=args.cache_dir,
         local_dir=args.local_dir,
         locked=locked,
+        verify_tls=not args.insecure,
     )
     if args.json:
         print(json.dumps({"schema": JSON_SCHEMA_VERSION, "plan": _plan_dict(result)}, indent=2))

@@ -36,6 +36,9 @@ class Mirror:
     id_map: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
     source: str = "<builtin>"
     line: int | None = None
+    verify_tls: bool = True
+    """Check the endpoint's TLS certificate (the default). Not a catalogue field: only
+    ``--insecure`` (``verify_tls=False`` in the API) turns it off, for one command."""
 
     @property
     def host(self) -> str:

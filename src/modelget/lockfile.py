@@ -36,7 +36,7 @@ from typing import Any
 
 from modelget.datatypes import FileEntry
 from modelget.errors import LockfileError, ModelgetError, UnsafeManifestError
-from modelget.manifest import check_path
+from modelget.manifest import check_path, check_repo_id, check_revision
 
 FORMAT = "modelget/1"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -160,11 +160,9 @@ def _file(obj: Any, where: str) -> FileEntry:
 def _model(obj: Any, where: str) -> LockedModel:
     if not isinstance(obj, dict):
         raise _bad(where, "a model must be an object")
-    from modelget.api import _check_repo_id
-
     repo_id = _str(obj, "repo_id", where)
     try:
-        _check_repo_id(repo_id)
+        check_repo_id(repo_id)
     except ModelgetError as exc:
         raise _bad(where, exc.message) from None
     where = f"{where} ({repo_id})"
@@ -174,6 +172,10 @@ def _model(obj: Any, where: str) -> LockedModel:
     revision = obj.get("revision", commit)
     if not isinstance(revision, str) or not revision:
         raise _bad(where, "`revision` must be a non-empty string")
+    try:
+        check_revision(revision)  # it names refs/<revision> in the cache
+    except ModelgetError as exc:
+        raise _bad(where, exc.message) from None
     files = obj.get("files")
     if not isinstance(files, list) or not files:
         raise _bad(where, "`files` must be a non-empty list")

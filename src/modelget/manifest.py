@@ -11,14 +11,33 @@ before they land, so a wrong answer costs a refetch, never a bad file.
 from __future__ import annotations
 
 import posixpath
+import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 from modelget.datatypes import Disagreement, FileEntry, Manifest
 from modelget.errors import UnsafeManifestError, UsageError
 
+MAX_FILES = 100_000
+"""A manifest listing more files than this is refused (the largest model repos hold a few
+thousand; a listing this long is a broken or hostile mirror, and would only fill memory)."""
+MAX_FILE_BYTES = 2**44
+"""16 TiB: no model file is this large (the Hub caps files at 50 GB); a size beyond it is refused
+as absurd before anything is fetched. Smaller sizes that do not fit are refused by the plan's
+free-space check."""
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_SHA1 = re.compile(r"[0-9a-fA-F]{40}")
+_COMMIT = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,254}")
+"""A commit names a directory (``snapshots/{commit}``): one safe path component."""
+
 
 def check_path(path: str) -> str:
     """Refuse a manifest path that could escape the destination or collide oddly."""
+    if not isinstance(path, str):
+        raise UnsafeManifestError(
+            f"refusing a file path from a mirror that is not a string: {path!r:.80}"
+        )
     bad = (
         not path
         or "\x00" in path
@@ -31,6 +50,101 @@ def check_path(path: str) -> str:
     if bad:
         raise UnsafeManifestError(f"refusing unsafe file path from a mirror: {path!r}")
     return path
+
+
+def check_size(value: object, path: str) -> int:
+    """A file size from a mirror, as an int from 0 to ``MAX_FILE_BYTES``."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UnsafeManifestError(f"refusing {path!r}: its size {value!r:.40} is not a number")
+    try:
+        size = int(value)
+    except ValueError:
+        raise UnsafeManifestError(
+            f"refusing {path!r}: its size {value!r:.40} is not a number"
+        ) from None
+    if size < 0 or size > MAX_FILE_BYTES:
+        raise UnsafeManifestError(
+            f"refusing {path!r}: its size {size} bytes is absurd (more than 16 TiB or negative)"
+        )
+    return size
+
+
+def check_manifest(manifest: Manifest) -> Manifest:
+    """Refuse a mirror's manifest that could make modelget write outside the destination or
+    that no filesystem can hold: every name that becomes a path (the commit, each file path,
+    each digest, which names the blob) is checked, and so are sizes, duplicates, a file that
+    is also a directory, and the number of files. Returns ``manifest`` unchanged."""
+    where = f"{manifest.mirror} ({manifest.repo_id})"
+    commit = manifest.commit
+    if not isinstance(commit, str) or not _COMMIT.fullmatch(commit) or ".." in commit:
+        raise UnsafeManifestError(
+            f"{where}: refusing the commit id {commit!r:.80}: it is not a plain name"
+        )
+    if len(manifest.files) > MAX_FILES:
+        raise UnsafeManifestError(
+            f"{where} lists {len(manifest.files)} files; more than {MAX_FILES} is refused"
+        )
+    paths: set[str] = set()
+    for f in manifest.files:
+        try:
+            check_path(f.path)
+            check_size(f.size, f.path)
+        except UnsafeManifestError as exc:
+            raise UnsafeManifestError(f"{where}: {exc.message}") from None
+        if f.path in paths:
+            raise UnsafeManifestError(f"{where} lists {f.path!r} twice")
+        paths.add(f.path)
+        if f.sha256 is not None and not (isinstance(f.sha256, str) and _SHA256.fullmatch(f.sha256)):
+            raise UnsafeManifestError(
+                f"{where}: refusing {f.path!r}: its sha256 {f.sha256!r:.80} is not 64 hex digits"
+            )
+        if f.git_sha1 is not None and not (
+            isinstance(f.git_sha1, str) and _SHA1.fullmatch(f.git_sha1)
+        ):
+            raise UnsafeManifestError(
+                f"{where}: refusing {f.path!r}: its git sha1 {f.git_sha1!r:.80} is not 40 hex digits"
+            )
+    for p in paths:
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in paths:
+                raise UnsafeManifestError(
+                    f"{where} lists {'/'.join(parts[:i])!r} both as a file and as a directory"
+                )
+    return manifest
+
+
+def _fold(path: str) -> str:
+    return unicodedata.normalize("NFC", path).casefold()
+
+
+def check_collisions(files: Sequence[FileEntry]) -> None:
+    """Refuse files whose paths are one path on a case-insensitive or normalising filesystem
+    (``Config.json`` and ``config.json``; a composed and a decomposed ``é``): on macOS or
+    Windows one would silently replace the other after both were verified. Refused on every
+    filesystem, so a pull behaves the same wherever it runs."""
+    seen: dict[str, str] = {}
+    for f in files:
+        folded = _fold(f.path)
+        other = seen.get(folded)
+        if other is not None:
+            raise UnsafeManifestError(
+                f"the repo has both {other!r} and {f.path!r}: they are the same file on a "
+                "case-insensitive filesystem (macOS, Windows), so one would overwrite the other",
+                hint="pull them one at a time, or leave one out with --exclude",
+            )
+        seen[folded] = f.path
+    folded_paths = set(seen)
+    for folded, path in seen.items():
+        parts = folded.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in folded_paths:
+                raise UnsafeManifestError(
+                    f"the repo has a file {seen[prefix]!r} and a directory holding {path!r}: "
+                    "they are the same name on a case-insensitive filesystem",
+                    hint="leave one of them out with --include/--exclude",
+                )
 
 
 def _compare(ref: FileEntry, other: FileEntry) -> str | None:
@@ -123,3 +237,40 @@ def select_files(
     kept_paths = {f.path for f in kept}
     left_out = [f.path for f in files if f.path not in kept_paths]
     return kept, left_out
+
+
+def check_repo_id(repo_id: str) -> None:
+    """ORG/NAME (or NAME) in the characters the hubs allow; it becomes a directory name."""
+    parts = repo_id.split("/")
+    if (
+        not repo_id
+        or len(parts) > 2
+        or any(not p or p in (".", "..") or p.startswith(("-", ".")) for p in parts)
+        or any(not all(c.isalnum() or c in "-_." for c in p) for p in parts)
+        or len(repo_id) > 96
+    ):
+        raise UsageError(
+            f"not a valid repo id: {repo_id!r}",
+            hint="a repo id looks like ORG/NAME, e.g. Qwen/Qwen2.5-0.5B-Instruct",
+        )
+
+
+def check_revision(revision: str | None) -> None:
+    """A branch, tag or commit name: it becomes a file name (``refs/{revision}``) in the cache,
+    so only names git itself allows, and never one that climbs out of its directory."""
+    if revision is None:
+        return
+    parts = revision.split("/")
+    if (
+        not revision
+        or len(revision) > 255
+        or revision.startswith("-")
+        or any(ord(c) < 32 or ord(c) == 127 or c in "\\ ~^:?*[" for c in revision)
+        or any(p in ("", ".", "..") or p.startswith(".") or p.endswith(".lock") for p in parts)
+        or ".." in revision
+        or "@{" in revision
+    ):
+        raise UsageError(
+            f"not a valid revision: {revision!r:.100}",
+            hint="a revision is a branch or tag name (main, v1.0, refs/pr/1) or a commit id",
+        )

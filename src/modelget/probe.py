@@ -55,7 +55,7 @@ class ProbeReport:
     cached: bool = False
 
 
-def _connect_time(url: str, timeout: float) -> float:
+def _connect_time(url: str, timeout: float, verify_tls: bool = True) -> float:
     """Seconds for DNS + TCP connect (+ TLS handshake for https) to ``url``'s host."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -64,6 +64,9 @@ def _connect_time(url: str, timeout: float) -> float:
     with socket.create_connection((host, port), timeout=timeout) as sock:
         if parts.scheme == "https":
             ctx = ssl.create_default_context()
+            if not verify_tls:  # --insecure
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
             with ctx.wrap_socket(sock, server_hostname=host):
                 pass
     return time.perf_counter() - start
@@ -191,11 +194,13 @@ def probe_mirror(
         )
 
     try:
-        connect_s = _connect_time(mirror.endpoint, timeout)
+        connect_s = _connect_time(mirror.endpoint, timeout, mirror.verify_tls)
     except OSError as exc:
         return result("down", error=f"connect failed: {exc}"), None, None
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        with httpx.Client(
+            timeout=timeout, follow_redirects=False, verify=mirror.verify_tls
+        ) as client:
             ttfb_s = _ttfb(client, source.ping_url(mirror), mirror)
             if repo_id is None:
                 return result("ok", connect_s=connect_s, ttfb_s=ttfb_s), None, None
@@ -291,7 +296,9 @@ def probe(
 
 
 def _cache_key(mirror: Mirror, repo_id: str | None) -> str:
-    return f"{mirror.name}|{mirror.endpoint}|{repo_id or ''}"
+    # A probe without certificate checks (--insecure) is not a result for one with them.
+    insecure = "" if mirror.verify_tls else "|insecure"
+    return f"{mirror.name}|{mirror.endpoint}|{repo_id or ''}{insecure}"
 
 
 def load_cached(

@@ -76,6 +76,38 @@ def read_token(env_name: str) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
+# What a helper process (aria2c) may inherit: where programs and the home are, the locale,
+# proxies and CA certificates. Nothing else: no token variable, whatever its name.
+_CHILD_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    }
+)
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a helper process modelget starts (aria2c): this one's, without any
+    variable that may hold a secret (``HF_TOKEN``, a catalogue's ``token_env``, ...)."""
+    return {k: v for k, v in os.environ.items() if k in _CHILD_ENV or k.startswith("LC_")}
+
+
 def _xdg(var: str, default: str) -> Path:
     base = env(var)
     return Path(base) if base else Path.home() / default

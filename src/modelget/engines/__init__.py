@@ -30,7 +30,8 @@ class SourceURL:
 
     mirror: str
     url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Never in a repr: an ``Authorization`` value must not reach a log or an error message."""
     max_connections: int = 8
 
 

@@ -7,11 +7,15 @@ in a session file); the RPC port is bound to loopback only. ``aria2c`` dies with
 down, kills its process group if it lingers, and removes the private directory.
 
 Credentials: a source's headers (``Authorization``) may only reach the source's own origin.
-aria2c sends a download's ``header`` option to *every* URI of that download and across
-redirects, so every source URL is first resolved by hand (:func:`resolve_final_url`) to the
-URL that serves the bytes, and the header is given to a download only when every URI of that
-download is on the origin the token belongs to. Otherwise the token-needing URIs are held
-back and used alone (with their header) only if the other mirrors fail.
+aria2c sends a download's ``header`` option to *every* URI of that download and on to any
+host a server redirects it to (aria2 issue #1176; it has no option to stop following
+redirects), so aria2c never gets a header. Every source URL is first resolved by hand
+(:func:`resolve_final_url`) to the URL that serves the bytes: a hub's redirect to a signed
+CDN URL needs no token, and that download goes to aria2c. A download that still needs its
+token (the bytes come from the token's own origin) is fetched by the httpx engine, which
+follows redirects by hand and sends the token to its own origin only, even when the server
+starts redirecting after the check. Token-needing URIs are held back while other mirrors
+can serve the file, and used only if those fail.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from modelget.engines.redirects import (
 )
 from modelget.errors import EngineUnavailableError
 from modelget.events import Reporter
+from modelget.settings import child_env
 
 READY_TIMEOUT_S = 10.0
 SHUTDOWN_WAIT_S = 2.0
@@ -207,6 +212,8 @@ class _Active:
     failed_mirrors: set[str] = field(default_factory=set)
     shares: dict[str, float] = field(default_factory=dict)
     """Each mirror's share of the last measured download speed (for byte attribution)."""
+    delegated: Future[FetchResult] | None = None
+    """The httpx engine fetching this job's token-needing sources (see the module doc)."""
     done: bool = False
 
 
@@ -333,6 +340,7 @@ class Aria2Engine:
                 start_new_session=True,
                 close_fds=True,
                 cwd=self._tmpdir,
+                env=child_env(),  # no token variable reaches aria2c, not even its environment
             )
             client = _Client(port, self._secret)
             self._proc, self._client = proc, client
@@ -553,6 +561,9 @@ class _Run:
         return 0
 
     def _add(self, state: _Active, sources: list[_Source]) -> None:
+        if any(s.header for s in sources):
+            self._delegate(state, sources)
+            return
         job = state.job
         have = self._prepare_dest(job)
         if have and state.readds == 0:
@@ -595,9 +606,61 @@ class _Run:
         gid = self.client.add_uri(uris, options=opts)
         state.gid = str(gid)
 
+    def _delegate(self, state: _Active, sources: list[_Source]) -> None:
+        """Fetch with the httpx engine: these sources need their token, which aria2c would
+        also send to any host the server redirects it to."""
+        job = state.job
+        _unlink(Path(f"{job.dest}{CONTROL_SUFFIX}"))  # httpx resumes from its own sidecar
+        state.sources = sources
+        state.uri_mirror = {}
+        sub = FetchJob(
+            job.key, job.path, job.size, job.dest, tuple(s.src for s in sources), job.sha256
+        )
+        state.delegated = self.jobs_pool.submit(self._fetch_with_httpx, sub)
+
+    def _fetch_with_httpx(self, job: FetchJob) -> FetchResult:
+        from modelget.engines.httpx_engine import HttpxEngine
+
+        engine = HttpxEngine(self.options)
+        try:
+            [result] = engine.run([job], reporter=self.reporter, cancel=self.cancel)
+        finally:
+            engine.close()
+        return result
+
+    def _delegated_done(self, state: _Active, fut: Future[FetchResult]) -> None:
+        try:
+            sub = fut.result()
+        except Exception as exc:  # a bug or an unexpected library error
+            sub = FetchResult(
+                state.job.key, state.job.path, False, error=f"{type(exc).__name__}: {exc}"
+            )
+        result = state.result
+        for mirror, n in sub.bytes_by_mirror.items():
+            result.bytes_by_mirror[mirror] = result.bytes_by_mirror.get(mirror, 0) + n
+        result.attempts.extend(sub.attempts)
+        if sub.resumed_bytes and not result.resumed_bytes:
+            result.resumed_bytes = sub.resumed_bytes
+        if sub.ok:
+            result.ok = True
+            self._completed(state)
+            return
+        for s in state.sources:
+            state.failed_mirrors.add(s.src.mirror)
+        if state.held_back and not sub.cancelled:
+            self._add(state, state.held_back.pop(0))
+            return
+        self._fail(state, sub.error or "the download failed")
+
     # --- polling ---
 
     def _step(self, state: _Active) -> None:
+        if state.delegated is not None:
+            if not state.delegated.done():
+                return
+            delegated, state.delegated = state.delegated, None
+            self._delegated_done(state, delegated)
+            return
         if state.resolving is not None:
             if not state.resolving.done():
                 return
@@ -793,6 +856,12 @@ class _Run:
                 with contextlib.suppress(*_RPC_ERRORS):
                     self.client.force_remove(state.gid)
         for state in active.values():
+            if state.delegated is not None:
+                # The httpx engine sees the same cancel event and stops soon; wait, so it is
+                # not still writing when the caller looks at the file.
+                with contextlib.suppress(Exception):
+                    state.delegated.result()
+                state.delegated = None
             self._wait_stopped(state)
             self._forget(state)
             state.result.cancelled = True

@@ -27,7 +27,7 @@ from modelget.errors import (
     ResolveError,
     RevisionNotFoundError,
 )
-from modelget.manifest import check_path
+from modelget.manifest import check_manifest, check_path
 
 FORMAT = "modelget.cdn/1"
 DEFAULT_REVISION = "main"
@@ -51,7 +51,9 @@ class CdnSource:
             headers["Authorization"] = f"Bearer {token}"
         try:
             # httpx drops Authorization itself when a redirect leaves the origin.
-            with httpx.Client(timeout=timeout, follow_redirects=True, trust_env=False) as client:
+            with httpx.Client(
+                timeout=timeout, follow_redirects=True, trust_env=False, verify=mirror.verify_tls
+            ) as client:
                 response = client.get(url, headers=headers)
         except httpx.HTTPError as exc:
             raise MirrorUnavailableError(
@@ -141,13 +143,15 @@ class CdnSource:
                     lfs=bool(item.get("lfs", False)),
                 )
             )
-        return Manifest(
-            repo_id=repo_id,
-            revision=rev,
-            commit=commit,
-            files=tuple(sorted(files, key=lambda f: f.path)),
-            mirror=mirror.name,
-            mirror_repo_id=repo,
+        return check_manifest(
+            Manifest(
+                repo_id=repo_id,
+                revision=rev,
+                commit=commit,
+                files=tuple(sorted(files, key=lambda f: f.path)),
+                mirror=mirror.name,
+                mirror_repo_id=repo,
+            )
         )
 
     def file_url(self, mirror: Mirror, manifest: Manifest, entry: FileEntry) -> str:

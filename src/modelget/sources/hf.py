@@ -11,8 +11,14 @@ always passes the token explicitly: the mirror entry's own token, or ``False`` (
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from modelget import __version__
 from modelget.auth import mirror_token
@@ -25,10 +31,13 @@ from modelget.errors import (
     RateLimitedError,
     ResolveError,
     RevisionNotFoundError,
+    UnsafeManifestError,
+    UsageError,
 )
-from modelget.manifest import check_path
+from modelget.manifest import check_manifest, check_path, check_size
 
 DEFAULT_REVISION = "main"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def is_transport_error(exc: BaseException) -> bool:
@@ -101,6 +110,84 @@ def map_hf_error(exc: Exception, mirror: Mirror, repo_id: str, revision: str) ->
     return ResolveError(f"{where}: unexpected answer for {repo_id}: {exc!r}")
 
 
+_Origin = tuple[str, str, int | None]
+_UNVERIFIED: Counter[_Origin] = Counter()
+"""Origins whose certificates are not checked right now (count of resolves in flight)."""
+_UNVERIFIED_LOCK = threading.Lock()
+_installed = False
+
+
+def _origin(scheme: str, host: str, port: int | None) -> _Origin:
+    scheme = scheme.lower()
+    return scheme, host.lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+def prepare_unverified() -> None:
+    """Install the client that can skip TLS checks per origin (see :func:`unverified`).
+
+    huggingface_hub sends every request through one process-wide client and has no per-call
+    ``verify``; its documented hook for custom certificates is ``set_client_factory``. The
+    installed client's transport picks, per request, a verifying transport, or a
+    non-verifying one for an origin inside :func:`unverified`; every other origin keeps full
+    checks. Installing replaces the shared client, so call this before requests run in
+    parallel (``api`` does, before the probes). Idempotent.
+    """
+    global _installed
+    with _UNVERIFIED_LOCK:
+        if _installed:
+            return
+        from huggingface_hub.utils import _http as hf_http
+
+        if not hasattr(hf_http, "set_client_factory"):  # huggingface_hub < 1.0 (requests)
+            raise UsageError(
+                "--insecure with an hf mirror needs huggingface_hub >= 1.0",
+                hint="pip install -U huggingface_hub",
+            )
+        # httpx or httpx2, whichever this huggingface_hub runs on.
+        http = importlib.import_module(type(hf_http.get_session()).__module__.split(".")[0])
+        verified, unverified_ = http.HTTPTransport(), http.HTTPTransport(verify=False)
+
+        class ByOrigin(http.BaseTransport):  # type: ignore[misc,name-defined]
+            def handle_request(self, request: Any) -> Any:
+                url = request.url
+                skip = _UNVERIFIED.get(_origin(url.scheme, url.host, url.port), 0) > 0
+                return (unverified_ if skip else verified).handle_request(request)
+
+            def close(self) -> None:
+                verified.close()
+                unverified_.close()
+
+        def factory() -> Any:
+            # huggingface_hub's default_client_factory, with the transport above.
+            return http.Client(
+                event_hooks={"request": [hf_http.hf_request_event_hook]},
+                follow_redirects=True,
+                timeout=None,
+                transport=ByOrigin(),
+            )
+
+        hf_http.set_client_factory(factory)
+        _installed = True
+
+
+@contextlib.contextmanager
+def unverified(endpoint: str) -> Iterator[None]:
+    """huggingface_hub skips TLS certificate checks for ``endpoint``'s origin (and no other)
+    while inside this block (``--insecure``)."""
+    prepare_unverified()
+    parts = urlsplit(endpoint)
+    key = _origin(parts.scheme, parts.hostname or "", parts.port)
+    with _UNVERIFIED_LOCK:
+        _UNVERIFIED[key] += 1
+    try:
+        yield
+    finally:
+        with _UNVERIFIED_LOCK:
+            _UNVERIFIED[key] -= 1
+            if _UNVERIFIED[key] <= 0:
+                del _UNVERIFIED[key]
+
+
 class HfSource:
     kind: MirrorKind = "hf"
 
@@ -123,35 +210,47 @@ class HfSource:
         mirror_repo = mirror.map_repo_id(repo_id)
         rev = revision or DEFAULT_REVISION
         api = self._api(mirror)
+        tls = contextlib.nullcontext() if mirror.verify_tls else unverified(mirror.endpoint)
         try:
-            info = api.model_info(mirror_repo, revision=rev, timeout=timeout)
-            commit = info.sha
-            if not commit:
-                raise ResolveError(f"{mirror.name} gave no commit for {repo_id}@{rev}")
-            entries = [
-                e
-                for e in api.list_repo_tree(mirror_repo, revision=commit, recursive=True)
-                if isinstance(e, RepoFile)
-            ]
+            with tls:
+                info = api.model_info(mirror_repo, revision=rev, timeout=timeout)
+                commit = info.sha
+                if not commit:
+                    raise ResolveError(f"{mirror.name} gave no commit for {repo_id}@{rev}")
+                if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+                    raise UnsafeManifestError(
+                        f"{mirror.name} ({repo_id}): refusing the commit id {commit!r:.80}: "
+                        "it is not 40 hex digits"
+                    )
+                entries = [
+                    e
+                    for e in api.list_repo_tree(mirror_repo, revision=commit, recursive=True)
+                    if isinstance(e, RepoFile)
+                ]
         except ModelgetError:
             raise
         except Exception as exc:
             raise map_hf_error(exc, mirror, repo_id, rev) from exc
-        files = tuple(
-            sorted(
-                (
-                    FileEntry(
-                        path=check_path(e.path),
-                        size=int(e.size),
-                        sha256=(e.lfs.sha256.lower() if e.lfs is not None else None),
-                        git_sha1=None if e.lfs is not None else (e.blob_id or None),
-                        lfs=e.lfs is not None,
-                    )
-                    for e in entries
-                ),
-                key=lambda f: f.path,
+        try:
+            files = tuple(
+                sorted(
+                    (
+                        FileEntry(
+                            path=check_path(e.path),
+                            size=check_size(e.size, e.path),
+                            sha256=(e.lfs.sha256.lower() if e.lfs is not None else None),
+                            git_sha1=None if e.lfs is not None else (e.blob_id or None),
+                            lfs=e.lfs is not None,
+                        )
+                        for e in entries
+                    ),
+                    key=lambda f: f.path,
+                )
             )
-        )
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type
+            raise UnsafeManifestError(
+                f"{mirror.name} ({repo_id}): malformed file listing: {type(exc).__name__}: {exc}"
+            ) from None
         gated = bool(getattr(info, "gated", False))
         if gated and mirror_token(mirror) is None:
             raise AuthRequiredError(
@@ -159,14 +258,16 @@ class HfSource:
                 hint=f"accept the model's terms on the hub, then set "
                 f"{mirror.token_env or 'a token_env'} for mirror {mirror.name}",
             )
-        return Manifest(
-            repo_id=repo_id,
-            revision=rev,
-            commit=commit,
-            files=files,
-            mirror=mirror.name,
-            mirror_repo_id=mirror_repo,
-            gated=gated,
+        return check_manifest(
+            Manifest(
+                repo_id=repo_id,
+                revision=rev,
+                commit=commit,
+                files=files,
+                mirror=mirror.name,
+                mirror_repo_id=mirror_repo,
+                gated=gated,
+            )
         )
 
     def file_url(self, mirror: Mirror, manifest: Manifest, entry: FileEntry) -> str:

@@ -25,12 +25,44 @@ from modelget.errors import (
     RateLimitedError,
     ResolveError,
     RevisionNotFoundError,
+    UnsafeManifestError,
 )
-from modelget.manifest import check_path
+from modelget.manifest import check_manifest, check_path, check_size
 from modelget.sources.hf import is_transport_error
 
 DEFAULT_REVISION = "master"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _skip_certificate_checks(api: Any) -> None:
+    """``--insecure``: no TLS certificate checks for this HubApi (this mirror only).
+
+    modelscope-hub has no option for it; its clients talk through ``requests`` sessions, so
+    each session of this HubApi is told not to verify. ``session.verify = False`` alone is
+    not enough: requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` override it per
+    request, so the session's environment merge is wrapped too. urllib3's per-request
+    warning is silenced: modelget warned once already.
+    """
+    import warnings
+
+    from urllib3.exceptions import InsecureRequestWarning
+
+    warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+    for client in (api.legacy, api.openapi):
+        for name in ("_session", "_read_session"):
+            session = getattr(client, name, None)
+            if session is not None:
+                session.verify = False
+                session.merge_environment_settings = _no_verify(session.merge_environment_settings)
+
+
+def _no_verify(merge: Any) -> Any:
+    def merged(*args: Any, **kwargs: Any) -> Any:
+        settings = merge(*args, **kwargs)
+        settings["verify"] = False
+        return settings
+
+    return merged
 
 
 class ModelScopeSource:
@@ -39,7 +71,10 @@ class ModelScopeSource:
     def _api(self, mirror: Mirror, timeout: float) -> Any:
         from modelscope_hub import HubApi
 
-        return HubApi(endpoint=mirror.endpoint, token=mirror_token(mirror) or "")
+        api = HubApi(endpoint=mirror.endpoint, token=mirror_token(mirror) or "")
+        if not mirror.verify_tls:
+            _skip_certificate_checks(api)
+        return api
 
     def _map_error(
         self, exc: Exception, api: Any, mirror: Mirror, repo_id: str, ms_id: str, rev: str
@@ -87,28 +122,35 @@ class ModelScopeSource:
             raise
         except Exception as exc:
             raise self._map_error(exc, api, mirror, repo_id, ms_id, rev) from exc
-        files = tuple(
-            sorted(
-                (
-                    FileEntry(
-                        path=check_path(f.path),
-                        size=int(f.size),
-                        sha256=(f.sha256.lower() if f.sha256 else None),
-                        lfs=bool(f.is_lfs),
-                    )
-                    for f in listed
-                    if not f.is_dir
-                ),
-                key=lambda f: f.path,
+        try:
+            files = tuple(
+                sorted(
+                    (
+                        FileEntry(
+                            path=check_path(f.path),
+                            size=check_size(f.size, f.path),
+                            sha256=(f.sha256.lower() if f.sha256 else None),
+                            lfs=bool(f.is_lfs),
+                        )
+                        for f in listed
+                        if not f.is_dir
+                    ),
+                    key=lambda f: f.path,
+                )
             )
-        )
-        return Manifest(
-            repo_id=repo_id,
-            revision=rev,
-            commit=commit,
-            files=files,
-            mirror=mirror.name,
-            mirror_repo_id=ms_id,
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type
+            raise UnsafeManifestError(
+                f"{mirror.name} ({repo_id}): malformed file listing: {type(exc).__name__}: {exc}"
+            ) from None
+        return check_manifest(
+            Manifest(
+                repo_id=repo_id,
+                revision=rev,
+                commit=commit,
+                files=files,
+                mirror=mirror.name,
+                mirror_repo_id=ms_id,
+            )
         )
 
     @staticmethod

@@ -4,7 +4,7 @@ A :class:`Fault` names the requests it applies to (route, listener, method, a gl
 path, ``skip`` and ``times``) and the effects to inflict. Effects fall in two phases:
 
 * request effects (``latency_s``, ``status``, ``html_error_200``, ``redirect_loop``,
-  ``expire_signed_urls``) are decided when the request arrives, HEAD requests included;
+  ``redirect_to``, ``expire_signed_urls``) are decided when the request arrives, HEAD requests included;
 * body effects (``rate_bps``, ``reset_after_bytes``, ``truncate_after_bytes``,
   ``stall_after_bytes``, ``corrupt_offsets``, ``corrupt_every``, ``ignore_range``,
   ``wrong_content_range``) only touch bytes of a response body.
@@ -41,7 +41,14 @@ ROUTES: tuple[str, ...] = get_args(Route)
 FILE_ROUTES = frozenset({"hf-resolve", "cdn", "ms-file"})
 """Routes whose ``path_glob`` is matched on the repo-relative file path (else the URL path)."""
 
-_REQUEST_EFFECTS = ("latency_s", "status", "html_error_200", "redirect_loop", "expire_signed_urls")
+_REQUEST_EFFECTS = (
+    "latency_s",
+    "status",
+    "html_error_200",
+    "redirect_loop",
+    "redirect_to",
+    "expire_signed_urls",
+)
 _RANGE_EFFECTS = ("ignore_range", "wrong_content_range")
 _BODY_EFFECTS = (
     "rate_bps",
@@ -85,6 +92,8 @@ class Fault:
     """Answer 200 with an nginx-style HTML error page."""
     redirect_loop: bool = False
     """Answer 302 to the very same URL."""
+    redirect_to: str | None = None
+    """Answer 302 to this URL (e.g. another simulator's: a server that sends clients elsewhere)."""
     expire_signed_urls: bool = False
     """The hub issues already-expired CDN URLs; the CDN rejects valid ones as expired."""
 
@@ -202,6 +211,7 @@ class Effects:
     status_fault: Fault | None = None
     html_error_200: bool = False
     redirect_loop: bool = False
+    redirect_to: str | None = None
     expire_signed_urls: bool = False
     ignore_range: bool = False
     wrong_content_range: int = 0
@@ -218,6 +228,7 @@ class Effects:
             self.status_fault = fault
         self.html_error_200 |= fault.html_error_200
         self.redirect_loop |= fault.redirect_loop
+        self.redirect_to = self.redirect_to or fault.redirect_to
         self.expire_signed_urls |= fault.expire_signed_urls
         self.ignore_range |= fault.ignore_range
         self.wrong_content_range = self.wrong_content_range or fault.wrong_content_range

@@ -67,6 +67,8 @@ __all__ = ["Fault", "HubSimulator", "RequestRecord"]
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, str]]
+Tamper = Callable[[str, str, Any], Any]
+"""``(route, url_path, data) -> data``: see :meth:`HubSimulator.tamper`."""
 
 _MAX_REQUEST_BODY = 16 * 1024 * 1024
 _TAG_CREATED_AT = 4102444800  # 2100-01-01: legacy ModelScope clients never auto-pick these tags
@@ -147,6 +149,7 @@ class HubSimulator:
         self._stop = threading.Event()
         self._servers: dict[str, _Server] = {}
         self._threads: list[threading.Thread] = []
+        self._tamper: Tamper | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -367,6 +370,15 @@ class HubSimulator:
     def faults(self) -> list[dict[str, Any]]:
         """``[{"id", "fault", "seen", "applied"}]``."""
         return self._faults.snapshot()
+
+    # --- a hostile mirror -----------------------------------------------------------------------
+
+    def tamper(self, fn: Tamper | None) -> None:
+        """Rewrite the JSON the hub answers with (None: stop): ``fn(route, path, data)`` gets
+        the route (``hf-api`` or ``ms-api``), the decoded URL path and the data about to be
+        sent (HF model info or tree page, ModelScope envelope) and returns what to send
+        instead, so tests can play a mirror that lists hostile paths, digests or sizes."""
+        self._tamper = fn
 
     # --- request log ----------------------------------------------------------------------------
 
@@ -620,6 +632,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif eff.redirect_loop:
                 host = self.headers.get("Host") or f"127.0.0.1:{self.server.server_port}"
                 self._respond(302, [("Location", f"http://{host}{self.path}")], None)
+            elif eff.redirect_to:
+                self._respond(302, [("Location", eff.redirect_to)], None)
             else:
                 action()
         except OSError as exc:  # the client went away, a cut, or stop()
@@ -769,6 +783,10 @@ class _Handler(BaseHTTPRequestHandler):
                 sock.shutdown(socket.SHUT_WR)
 
     def _send_json(self, status: int, obj: Any, headers: Sequence[tuple[str, str]] = ()) -> None:
+        tamper = self.server.sim._tamper
+        route = getattr(self, "_route", "other")
+        if tamper is not None and status == 200 and route in ("hf-api", "ms-api"):
+            obj = tamper(route, unquote(self._raw_path), obj)
         data = json.dumps(obj, separators=(",", ":")).encode()
         hdrs = [("Content-Type", "application/json; charset=utf-8"), *headers]
         self._respond(status, hdrs, BodySource(len(data), data))

@@ -189,6 +189,7 @@ class NginxServer:
         name: str = "nginx",
         extra_config: str = "",
         workers: int = 1,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         binary = nginx_binary()
         if binary is None:
@@ -200,6 +201,8 @@ class NginxServer:
         self.limit_rate_after = limit_rate_after
         self.extra_config = extra_config
         self.workers = workers
+        self.tls = tls
+        """(certificate, key) PEM files: serve HTTPS (see ``modelget.testing.tls``)."""
         self._requested_port = port
         self._port = port
         self.prefix = Path(tempfile.mkdtemp(prefix=f"modelget-{name}-"))
@@ -224,7 +227,7 @@ class NginxServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -291,8 +294,8 @@ http {{
     access_log {_quote(str(self.access_log_path))} modelget_json;
 
     server {{
-        listen 127.0.0.1:{self._port};
-        server_name _;
+        listen 127.0.0.1:{self._port}{" ssl" if self.tls else ""};
+        server_name _;{self._tls_config()}
         root {_quote(str(self.root))};
         limit_rate {_format_rate(self.limit_rate)};
         limit_rate_after {int(self.limit_rate_after)};
@@ -303,6 +306,15 @@ http {{
     }}
 }}
 """
+
+    def _tls_config(self) -> str:
+        if self.tls is None:
+            return ""
+        cert, key = self.tls
+        return (
+            f"\n        ssl_certificate {_quote(str(Path(cert).resolve()))};"
+            f"\n        ssl_certificate_key {_quote(str(Path(key).resolve()))};"
+        )
 
     def _write_config(self) -> None:
         tmp = self.conf_path.with_suffix(".tmp")
