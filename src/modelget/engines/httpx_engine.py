@@ -395,7 +395,7 @@ class _Transfer:
                         continue
                     if url != source.url:
                         mirror.final_url = url
-                    self._check_response(mirror, response, url, first, bool(validator))
+                    self._check_response(mirror, response, url, first, validator)
                     self._consume(mirror, seg, response)
                     return
             except httpx.TimeoutException as exc:
@@ -407,8 +407,16 @@ class _Transfer:
         raise AttemptError(f"more than {MAX_REDIRECTS} redirects", retryable=False)
 
     def _check_response(
-        self, mirror: _Mirror, response: httpx.Response, url: str, first: int, sent_if_range: bool
+        self,
+        mirror: _Mirror,
+        response: httpx.Response,
+        url: str,
+        first: int,
+        if_range: str | None,
     ) -> None:
+        """Refuse an answer whose bytes do not belong at ``first`` of this file's version.
+
+        ``if_range``: the ETag sent as ``If-Range`` (seen earlier from this mirror)."""
         status = response.status_code
         where = redact_url(url)
         if status in (401, 403, 410) and url != mirror.source.url:
@@ -437,13 +445,16 @@ class _Transfer:
             raise AttemptError(f"answered with Content-Encoding {encoding!r}", retryable=False)
         size = self.job.size
         if status == 200:
-            if sent_if_range:
+            etag = response.headers.get("ETag")
+            if if_range is not None and etag is not None and etag != if_range:
                 # The bytes on disk are from another version of the file: never mix the two.
                 self.discard = True
                 raise _FileFatal(
                     f"{self.job.path} changed on mirror {mirror.name} since the partial download "
                     "(If-Range failed); the partial file was discarded, run the pull again"
                 )
+            # A 200 with the same ETag (or none) is a server that ignores Range, not a changed
+            # file; whatever it sends is checked against the digest before it lands anyway.
             if first != 0:
                 raise AttemptError(
                     "answered a Range request with the whole file (HTTP 200): it ignores Range",

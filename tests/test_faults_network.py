@@ -1,0 +1,247 @@
+"""Network and mirror faults, for BOTH engines: one mirror misbehaves, a good one is left, and
+the pull must complete with the right bytes (issue 7, docs/reliability.md).
+
+Every test runs a real pull (``api.pull``) against hub simulators on 127.0.0.1. The mirrors
+are probed first, while healthy (the probe result is cached, as in real use), and the fault is
+switched on afterwards: what is tested is the transfer, not the ranking. Each test also checks
+that the fault really hit a transfer (``fault_hits``), so it cannot pass by never meeting it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import random
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelget import api
+from modelget.datatypes import PullResult
+from modelget.engines import EngineName, EngineOptions, aria2c_path
+from modelget.events import NullReporter
+from modelget.testing.hubsim import Fault, HubSimulator
+
+REPO = "acme/faulty"
+BIG = "model.safetensors"  # LFS: served by the hub (or through its CDN with cdn=True)
+SIZE = 6 * 1024 * 1024 + 12345
+ENGINES = ["aria2", "httpx"]
+FAST = EngineOptions(
+    stall_timeout_s=2.0,
+    read_timeout_s=2.0,
+    connect_timeout_s=2.0,
+    retry_wait_s=0.1,
+    max_tries=3,
+    min_split_bytes=1024 * 1024,
+)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> EngineName:
+    name: EngineName = request.param
+    if name == "aria2" and aria2c_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
+        pytest.skip("aria2c not installed")
+    return name
+
+
+@pytest.fixture(scope="module")
+def data() -> bytes:
+    return random.Random(7).randbytes(SIZE)
+
+
+@pytest.fixture
+def repo_dir(tmp_path: Path, data: bytes) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / BIG).write_bytes(data)
+    (root / "config.json").write_text('{"hidden_size": 8}\n')
+    return root
+
+
+@pytest.fixture(autouse=True)
+def own_probe_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELGET_CACHE_DIR", str(tmp_path / "_mgcache"))
+
+
+@pytest.fixture
+def sims() -> Iterator[list[HubSimulator]]:
+    started: list[HubSimulator] = []
+    yield started
+    for sim in started:
+        sim.stop()
+
+
+def start(sims: list[HubSimulator], repo_dir: Path, **kw: object) -> HubSimulator:
+    sim = HubSimulator(**kw).start()  # type: ignore[arg-type]
+    sims.append(sim)
+    sim.add_repo(REPO, repo_dir)
+    return sim
+
+
+def catalogue(path: Path, *mirrors: HubSimulator | tuple[str, str]) -> Path:
+    body = "version: 1\nmirrors:\n"
+    for m in mirrors:
+        name, url = (m.name, m.url) if isinstance(m, HubSimulator) else m
+        body += textwrap.indent(f"- name: {name}\n  kind: hf\n  endpoint: {url}\n", "  ")
+    path.write_text(body)
+    return path
+
+
+class Recorder(NullReporter):
+    """Collects the mirror failures and messages a pull reports."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.failed: list[tuple[str, str, str]] = []
+        self.messages: list[tuple[str, str]] = []
+
+    def on_mirror_failed(self, path: str, mirror: str, reason: str) -> None:
+        with self.lock:
+            self.failed.append((path, mirror, reason))
+
+    def on_message(self, level: str, text: str) -> None:
+        with self.lock:
+            self.messages.append((level, text))
+
+    def reasons(self, mirror: str) -> list[str]:
+        with self.lock:
+            return [r for _, m, r in self.failed if m == mirror]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pull(
+    engine: EngineName, cat: Path, cache: Path, reporter: NullReporter | None = None, **opts: object
+) -> PullResult:
+    options = dataclasses.replace(FAST, **opts)  # type: ignore[arg-type]
+    return api.pull(
+        REPO, mirrors=cat, cache_dir=cache, engine=engine, options=options, reporter=reporter
+    )
+
+
+def assert_complete(result: PullResult, data: bytes) -> None:
+    assert result.status == "ok", [(f.path, f.error) for f in result.failed]
+    snapshot = Path(result.path)
+    assert sha((snapshot / BIG).read_bytes()) == sha(data)
+    assert (snapshot / "config.json").read_text() == '{"hidden_size": 8}\n'
+    assert not list(snapshot.parent.parent.rglob("*.incomplete"))
+
+
+def transfer_bytes(sim: HubSimulator) -> int:
+    """Body bytes of the big file that the simulator sent to the pull (hub and CDN)."""
+    return sum(
+        r.bytes_sent
+        for r in sim.log
+        if r.method == "GET"
+        and r.user_agent != "modelget-probe"
+        and (r.route == "cdn" or (r.route == "hf-resolve" and BIG in r.path))
+    )
+
+
+# --- one bad mirror, one good one ---------------------------------------------------------------
+
+BAD_MIRROR_FAULTS = {
+    "reset-mid-body": Fault(route="hf-resolve", path_glob=BIG, reset_after_bytes=256 * 1024),
+    "early-eof": Fault(route="hf-resolve", path_glob=BIG, truncate_after_bytes=300_000),
+    "5xx-burst": Fault(route="hf-resolve", path_glob=BIG, status=503, times=6),
+    "429-retry-after": Fault(route="hf-resolve", path_glob=BIG, status=429, retry_after=1, times=3),
+    "html-200": Fault(route="hf-resolve", path_glob=BIG, html_error_200=True),
+    "range-ignored": Fault(route="hf-resolve", path_glob=BIG, ignore_range=True),
+    "wrong-content-range": Fault(route="hf-resolve", path_glob=BIG, wrong_content_range=4096),
+    "redirect-loop": Fault(route="hf-resolve", path_glob=BIG, redirect_loop=True),
+}
+
+
+HTTPX_REASONS = {
+    "html-200": "HTML page",
+    "range-ignored": "ignores Range",
+    "wrong-content-range": "wrong Content-Range",
+    "redirect-loop": "redirects",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MIRROR_FAULTS))
+def test_one_bad_mirror_the_good_one_finishes_with_the_right_bytes(
+    case: str,
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    data: bytes,
+    sims: list[HubSimulator],
+) -> None:
+    bad = start(sims, repo_dir, name="bad")
+    good = start(sims, repo_dir, name="good", host_name="localhost")
+    cat = catalogue(tmp_path / "m.yaml", bad, good)
+    api.probe(REPO, mirrors=cat)  # both healthy now; the pull uses this ranking
+    # The good mirror is throttled a little so that the bad one surely gets work to do.
+    good.add_fault(Fault(route="hf-resolve", path_glob=BIG, rate_bps=4e6))
+    handle = bad.add_fault(BAD_MIRROR_FAULTS[case])
+
+    reporter = Recorder()
+    result = pull(engine, cat, tmp_path / "cache", reporter)
+
+    assert_complete(result, data)
+    assert bad.fault_hits(handle) > 0, "the fault never met a request of the pull"
+    assert transfer_bytes(good) > 0
+    assert not reporter.reasons("good")
+    if engine == "httpx" and case in HTTPX_REASONS:
+        # The httpx engine drops the mirror for the file, and says why.
+        assert any(HTTPX_REASONS[case] in r for r in reporter.reasons("bad")), reporter.failed
+
+
+def test_a_resumed_file_is_not_thrown_away_when_a_mirror_ignores_range(
+    tmp_path: Path, repo_dir: Path, data: bytes, sims: list[HubSimulator]
+) -> None:
+    """httpx engine: a 200 answer to ``If-Range`` with the same ETag means "Range ignored",
+    not "the file changed": the mirror is dropped, the resumed bytes are kept."""
+    from modelget.engines import FetchJob, SourceURL
+    from modelget.engines.httpx_engine import HttpxEngine
+    from modelget.engines.ranges import RangeSet, Sidecar, load_sidecar, save_sidecar
+
+    bad = start(sims, repo_dir, name="bad")
+    good = start(sims, repo_dir, name="good", host_name="localhost")
+    etag = httpx_head_etag(bad.resolve_url(REPO, BIG))
+    bad.add_fault(Fault(route="hf-resolve", ignore_range=True))
+    job = FetchJob(
+        key=sha(data),
+        path=BIG,
+        size=SIZE,
+        dest=tmp_path / "blob.incomplete",
+        sources=(
+            SourceURL("bad", bad.resolve_url(REPO, BIG), max_connections=2),
+            SourceURL("good", good.resolve_url(REPO, BIG), max_connections=2),
+        ),
+    )
+    half = SIZE // 2
+    with open(job.dest, "wb") as f:
+        f.truncate(SIZE)
+        f.write(data[:half])
+    # An earlier run got the first half from "bad" and remembered its ETag.
+    save_sidecar(job.dest, Sidecar(job.key, SIZE, RangeSet([(0, half)]), {"bad": etag}))
+    reporter = Recorder()
+    engine = HttpxEngine(FAST)
+    try:
+        (result,) = engine.run([job], reporter=reporter, cancel=threading.Event())
+    finally:
+        engine.close()
+    assert result.ok, result
+    assert result.resumed_bytes == half
+    assert job.dest.read_bytes() == data
+    assert any("ignores Range" in r for r in reporter.reasons("bad")), reporter.failed
+    assert load_sidecar(job.dest, job.key, SIZE) is None  # complete: the sidecar is gone
+
+
+def httpx_head_etag(url: str) -> str:
+    import httpx
+
+    etag = httpx.head(url, follow_redirects=False).headers["ETag"]
+    assert isinstance(etag, str)
+    return etag
