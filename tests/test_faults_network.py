@@ -151,6 +151,7 @@ def transfer_bytes(sim: HubSimulator) -> int:
 BAD_MIRROR_FAULTS = {
     "reset-mid-body": Fault(route="hf-resolve", path_glob=BIG, reset_after_bytes=256 * 1024),
     "early-eof": Fault(route="hf-resolve", path_glob=BIG, truncate_after_bytes=300_000),
+    "trickle": Fault(route="hf-resolve", path_glob=BIG, rate_bps=4096),
     "5xx-burst": Fault(route="hf-resolve", path_glob=BIG, status=503, times=6),
     "429-retry-after": Fault(route="hf-resolve", path_glob=BIG, status=429, retry_after=1, times=3),
     "html-200": Fault(route="hf-resolve", path_glob=BIG, html_error_200=True),
@@ -161,6 +162,7 @@ BAD_MIRROR_FAULTS = {
 
 
 HTTPX_REASONS = {
+    "trickle": "too slow",
     "html-200": "HTML page",
     "range-ignored": "ignores Range",
     "wrong-content-range": "wrong Content-Range",
@@ -195,6 +197,10 @@ def test_one_bad_mirror_the_good_one_finishes_with_the_right_bytes(
     if engine == "httpx" and case in HTTPX_REASONS:
         # The httpx engine drops the mirror for the file, and says why.
         assert any(HTTPX_REASONS[case] in r for r in reporter.reasons("bad")), reporter.failed
+    if engine == "httpx" and case == "trickle":
+        # Dropped by the watchdog within seconds: a trickling connection never got to deliver
+        # a whole 256 KiB (at 4 KB/s that takes a minute).
+        assert result.bytes_by_mirror.get("bad", 0) < 256 * 1024, result.bytes_by_mirror
 
 
 def test_a_resumed_file_is_not_thrown_away_when_a_mirror_ignores_range(

@@ -58,7 +58,6 @@ from modelget.retry import (
     transfer_wait,
 )
 
-CHUNK = 256 * 1024
 MAX_REDIRECTS = 5
 FLUSH_INTERVAL_S = 0.5
 STEAL_AFTER_S = 1.0
@@ -485,7 +484,10 @@ class _Transfer:
         window_bytes = 0
         limited_s = 0.0
         got_any = False
-        for chunk in response.iter_raw(CHUNK):
+        # Whatever each socket read returns (up to 64 KiB), not fixed-size chunks: httpx would
+        # hold bytes back until a chunk is full, and a mirror trickling a few KB/s would then
+        # never reach the watchdog below (it checks the speed as bytes arrive).
+        for chunk in response.iter_raw():
             if self.cancel.is_set():
                 raise _Cancelled()
             if self.fatal is not None:
