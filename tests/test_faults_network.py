@@ -251,3 +251,105 @@ def httpx_head_etag(url: str) -> str:
     etag = httpx.head(url, follow_redirects=False).headers["ETag"]
     assert isinstance(etag, str)
     return etag
+
+
+# --- the only mirror has a burst of errors: retried, not given up ----------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(route="hf-resolve", path_glob=BIG, status=503, times=2),
+        Fault(route="hf-resolve", path_glob=BIG, status=502, times=2),
+        Fault(route="hf-resolve", path_glob=BIG, status=429, retry_after=1, times=1),
+    ],
+    ids=["503-burst", "502-burst", "429-retry-after"],
+)
+def test_a_short_burst_of_errors_on_the_only_mirror_is_retried(
+    fault: Fault,
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    data: bytes,
+    sims: list[HubSimulator],
+) -> None:
+    hub = start(sims, repo_dir, name="hub")
+    cat = catalogue(tmp_path / "m.yaml", hub)
+    api.probe(REPO, mirrors=cat)
+    handle = hub.add_fault(fault)
+
+    result = pull(engine, cat, tmp_path / "cache")
+
+    assert_complete(result, data)
+    assert hub.fault_hits(handle) == fault.times
+    if fault.retry_after:
+        # The range that was refused is asked for again only after Retry-After (no other
+        # connection takes it over in the meantime: the whole mirror waits).
+        gets = [r for r in hub.requests(route="hf-resolve", method="GET") if BIG in r.path]
+        refused = next(r for r in gets if r.status == 429)
+        start_of = refused.range.split("=")[1].split("-")[0] if refused.range else "0"
+        again = [
+            r
+            for r in gets
+            if r.ts > refused.ts and (r.range or "bytes=0-").startswith(f"bytes={start_of}-")
+        ]
+        assert again, gets
+        assert again[0].ts - refused.ts >= fault.retry_after * 0.9, (refused, again[0])
+
+
+# --- signed CDN URLs that expire mid-download ----------------------------------------------
+
+
+# --- a mirror that goes away -----------------------------------------------------------------
+
+
+class StopOnPlan(Recorder):
+    """Stops a mirror once the plan is made: its transfers meet a closed port."""
+
+    def __init__(self, sim: HubSimulator) -> None:
+        super().__init__()
+        self.sim = sim
+
+    def on_plan(
+        self, repo_id: str, commit: str, files: int, fetch_bytes: int, total_bytes: int
+    ) -> None:
+        self.sim.stop()
+
+
+def test_a_mirror_that_refuses_connections_mid_pull(
+    engine: EngineName, tmp_path: Path, repo_dir: Path, data: bytes, sims: list[HubSimulator]
+) -> None:
+    gone = start(sims, repo_dir, name="gone")
+    good = start(sims, repo_dir, name="good", host_name="localhost")
+    cat = catalogue(tmp_path / "m.yaml", gone, good)
+    reporter = StopOnPlan(gone)
+
+    result = pull(engine, cat, tmp_path / "cache", reporter)
+
+    assert_complete(result, data)
+    assert set(result.bytes_by_mirror) == {"good"}
+    assert reporter.reasons("gone"), "the dead mirror was never tried, or not named"
+    assert any("refused" in r.lower() or "connect" in r.lower() for r in reporter.reasons("gone"))
+
+
+def test_a_mirror_refusing_connections_from_the_start_is_left_out(
+    engine: EngineName, tmp_path: Path, repo_dir: Path, data: bytes, sims: list[HubSimulator]
+) -> None:
+    good = start(sims, repo_dir, name="good")
+    closed = free_port()
+    cat = catalogue(tmp_path / "m.yaml", ("dead", f"http://127.0.0.1:{closed}"), good)
+    result = pull(engine, cat, tmp_path / "cache")
+    assert_complete(result, data)
+    assert set(result.bytes_by_mirror) == {"good"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+# --- a mirror whose manifest disagrees ---------------------------------------------------------

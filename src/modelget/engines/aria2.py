@@ -56,6 +56,7 @@ from modelget.engines.redirects import (
 )
 from modelget.errors import EngineUnavailableError
 from modelget.events import Reporter
+from modelget.retry import MAX_RETRY_AFTER_S, status_is_retryable
 
 READY_TIMEOUT_S = 10.0
 SHUTDOWN_WAIT_S = 2.0
@@ -513,25 +514,55 @@ class _Run:
 
     def _resolve_all(self, state: _Active) -> tuple[list[_Source], list[list[_Source]]]:
         """Resolve every source (concurrently) and split them into the download's URIs and
-        held-back groups (token-needing URIs that cannot share a download with the others)."""
+        held-back groups (token-needing URIs that cannot share a download with the others).
+
+        When no source resolves and some were refused with a status worth retrying (429, 5xx),
+        those are asked again after their ``Retry-After`` (or a backoff), up to ``max_tries``
+        times: a short burst of errors on the only mirror does not fail the file. With a
+        source that did resolve, the download starts at once without the refused ones."""
         job = state.job
-        futures = [(s, self.pool.submit(self._resolve_one, s)) for s in job.sources]
+        pending = list(job.sources)
         ok: list[tuple[SourceURL, ResolvedURL]] = []
-        for src, fut in futures:
-            try:
-                res = fut.result()
-            except ResolveURLError as exc:
-                self._mirror_failed(state, src.mirror, exc.message)
-                continue
-            except Exception as exc:  # a bug or an unexpected library error: drop the source
-                self._mirror_failed(state, src.mirror, f"{type(exc).__name__}: {exc}")
-                continue
-            if res.size is not None and res.size != job.size:
-                self._mirror_failed(
-                    state, src.mirror, f"size mismatch: it serves {res.size} bytes, not {job.size}"
+        tries = max(1, self.options.max_tries)
+        for attempt in range(1, tries + 1):
+            futures = [(s, self.pool.submit(self._resolve_one, s)) for s in pending]
+            busy: list[tuple[SourceURL, ResolveURLError]] = []
+            for src, fut in futures:
+                try:
+                    res = fut.result()
+                except ResolveURLError as exc:
+                    if exc.status is not None and status_is_retryable(exc.status):
+                        busy.append((src, exc))
+                    else:
+                        self._mirror_failed(state, src.mirror, exc.message)
+                    continue
+                except Exception as exc:  # a bug or an unexpected library error: drop the source
+                    self._mirror_failed(state, src.mirror, f"{type(exc).__name__}: {exc}")
+                    continue
+                if res.size is not None and res.size != job.size:
+                    self._mirror_failed(
+                        state,
+                        src.mirror,
+                        f"size mismatch: it serves {res.size} bytes, not {job.size}",
+                    )
+                    continue
+                ok.append((src, res))
+            if ok or not busy or attempt == tries or self.cancel.is_set():
+                for src, error in busy:
+                    self._mirror_failed(state, src.mirror, error.message)
+                break
+            backoff = self.options.retry_wait_s * 2 ** (attempt - 1)
+            wait = max(
+                backoff if e.retry_after is None else min(e.retry_after, MAX_RETRY_AFTER_S)
+                for _, e in busy
+            )
+            for src, error in busy:
+                state.result.attempts.append(
+                    f"{src.mirror}: {error.message}; asking again in {wait:.1f} s"
                 )
-                continue
-            ok.append((src, res))
+            if self.cancel.wait(wait):
+                break
+            pending = [src for src, _ in busy]
         return _group_sources(ok, state)
 
     def _mirror_failed(self, state: _Active, mirror: str, reason: str) -> None:

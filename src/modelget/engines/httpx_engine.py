@@ -51,6 +51,7 @@ from modelget.engines.ranges import (
 from modelget.engines.redirects import redact_url, same_origin
 from modelget.events import Reporter
 from modelget.retry import (
+    MAX_RETRY_AFTER_S,
     AttemptError,
     is_retryable,
     parse_retry_after,
@@ -107,9 +108,22 @@ class _Slots:
         self.total = max(1, total)
         self.in_use: dict[str, int] = {}
         self.cond = threading.Condition()
+        self.resume_at: dict[str, float] = {}
+        """Per mirror: no new request before this ``time.monotonic()`` (its Retry-After)."""
 
     def busy(self) -> int:
         return sum(self.in_use.values())
+
+    def backing_off(self, mirror: str, now: float) -> float:
+        """Seconds ``mirror`` asked us to wait still (0 when none)."""
+        return max(0.0, self.resume_at.get(mirror, 0.0) - now)
+
+    def back_off(self, mirror: str, seconds: float) -> None:
+        """``mirror`` said Retry-After: no connection of any file asks it again before then."""
+        with self.cond:
+            until = time.monotonic() + seconds
+            if until > self.resume_at.get(mirror, 0.0):
+                self.resume_at[mirror] = until
 
 
 @dataclass
@@ -279,10 +293,12 @@ class _Transfer:
                 if not healthy or work == "none":
                     return None
                 if work == "now" and slots.busy() < slots.total:
+                    now = time.monotonic()
                     free = [
                         (slots.in_use.get(m.name, 0) / max(1, m.source.max_connections), i, m)
                         for i, m in enumerate(healthy)
                         if slots.in_use.get(m.name, 0) < max(1, m.source.max_connections)
+                        and not slots.backing_off(m.name, now)
                     ]
                     if free:
                         _, _, mirror = min(free, key=lambda t: (t[0], t[1]))
@@ -328,6 +344,10 @@ class _Transfer:
                         reraise=True,
                     ):
                         with attempt:
+                            # Another connection may have been told Retry-After meanwhile.
+                            self._sleep(
+                                self.engine.slots.backing_off(mirror.name, time.monotonic())
+                            )
                             seg = self._take()
                             if seg is not None:
                                 self._run_segment(mirror, seg)
@@ -353,6 +373,8 @@ class _Transfer:
             self._give_back(seg)
             with self.lock:
                 mirror.failures += 1
+            if exc.retry_after:
+                self.engine.slots.back_off(mirror.name, min(exc.retry_after, MAX_RETRY_AFTER_S))
             self._note(mirror, exc.message)
             raise
         except (_Cancelled, _FileFatal):
