@@ -353,3 +353,40 @@ def free_port() -> int:
 
 
 # --- a mirror whose manifest disagrees ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("odd_ranks", ["last"])
+def test_a_mirror_whose_manifest_disagrees_is_not_used_for_that_file_and_is_named(
+    odd_ranks: str,
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    data: bytes,
+    sims: list[HubSimulator],
+) -> None:
+    """Three mirrors at one commit; "odd" lists other bytes for the big file. The two that
+    agree win, also when "odd" is the best-ranked mirror (whose manifest is the reference)."""
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    changed = bytearray(data)
+    changed[1000] ^= 0xFF
+    (other_dir / BIG).write_bytes(bytes(changed))
+    (other_dir / "config.json").write_text('{"hidden_size": 8}\n')
+    good = start(sims, repo_dir, name="good")
+    also = start(sims, repo_dir, name="also", host_name="localhost")
+    odd = HubSimulator(name="odd").start()
+    sims.append(odd)
+    odd.add_repo(REPO, other_dir, commit=good.commit(REPO))  # same commit id, other bytes
+    slow = (good, also) if odd_ranks == "first" else (odd,)
+    for sim in slow:
+        sim.add_fault(Fault(route="hf-api", latency_s=0.1))
+    cat = catalogue(tmp_path / "m.yaml", odd, good, also)
+    reporter = Recorder()
+
+    result = pull(engine, cat, tmp_path / "cache", reporter)
+
+    assert_complete(result, data)
+    assert transfer_bytes(odd) == 0, "a mirror with other bytes was used for the file"
+    assert transfer_bytes(good) + transfer_bytes(also) >= SIZE
+    named = [t for level, t in reporter.messages if level == "warning" and "disagreement" in t]
+    assert any("odd" in t and BIG in t for t in named), reporter.messages

@@ -302,6 +302,10 @@ def pull(
     reporter.on_plan(
         repo_id, the_plan.commit, len(the_plan.to_fetch), the_plan.fetch_bytes, the_plan.total_bytes
     )
+    for d in the_plan.disagreements:
+        reporter.on_message(
+            "warning", f"disagreement: {d.mirror} is not used for {d.path}: {d.reason}"
+        )
     chosen = select_engine(engine, options or EngineOptions(), reporter)
     outcomes: list[FileOutcome] = []
     transfer_started = time.perf_counter()
