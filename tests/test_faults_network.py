@@ -355,7 +355,7 @@ def free_port() -> int:
 # --- a mirror whose manifest disagrees ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("odd_ranks", ["last"])
+@pytest.mark.parametrize("odd_ranks", ["first", "last"])
 def test_a_mirror_whose_manifest_disagrees_is_not_used_for_that_file_and_is_named(
     odd_ranks: str,
     engine: EngineName,

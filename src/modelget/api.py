@@ -221,8 +221,10 @@ def _plan(
     files_of = {m.name: report.manifests[m.name].by_path() for m in order}
     entries = []
     sources: dict[str, list[FileSource]] = {}
-    for entry in wanted:
-        agreeing = candidates.get(entry.path, [])
+    for wanted_entry in wanted:
+        agreeing = candidates.get(wanted_entry.path, [])
+        # The copy most mirrors agree on (it may not be the reference mirror's).
+        entry = files_of[agreeing[0]][wanted_entry.path] if agreeing else wanted_entry
         entries.append(merge_digests(entry, (files_of[n][entry.path] for n in agreeing[1:])))
         # Each mirror's URL is built from its own entry (a cdn addresses bytes by sha256).
         sources[entry.path] = [
