@@ -151,6 +151,7 @@ def transfer_bytes(sim: HubSimulator) -> int:
 BAD_MIRROR_FAULTS = {
     "reset-mid-body": Fault(route="hf-resolve", path_glob=BIG, reset_after_bytes=256 * 1024),
     "early-eof": Fault(route="hf-resolve", path_glob=BIG, truncate_after_bytes=300_000),
+    "stall": Fault(route="hf-resolve", path_glob=BIG, stall_after_bytes=128 * 1024, stall_s=30),
     "trickle": Fault(route="hf-resolve", path_glob=BIG, rate_bps=4096),
     "5xx-burst": Fault(route="hf-resolve", path_glob=BIG, status=503, times=6),
     "429-retry-after": Fault(route="hf-resolve", path_glob=BIG, status=429, retry_after=1, times=3),
@@ -197,6 +198,10 @@ def test_one_bad_mirror_the_good_one_finishes_with_the_right_bytes(
     if engine == "httpx" and case in HTTPX_REASONS:
         # The httpx engine drops the mirror for the file, and says why.
         assert any(HTTPX_REASONS[case] in r for r in reporter.reasons("bad")), reporter.failed
+    if case in ("trickle", "stall"):
+        # Both engines drop it after stall_timeout_s (aria2c alone would wait 10 s or more).
+        word = "too slow" if case == "trickle" else "stalled"
+        assert any(word in r for r in reporter.reasons("bad")), reporter.failed
     if engine == "httpx" and case == "trickle":
         # Dropped by the watchdog within seconds: a trickling connection never got to deliver
         # a whole 256 KiB (at 4 KB/s that takes a minute).
@@ -298,6 +303,58 @@ def test_a_short_burst_of_errors_on_the_only_mirror_is_retried(
 
 
 # --- signed CDN URLs that expire mid-download ----------------------------------------------
+
+
+def test_a_signed_cdn_url_that_expires_mid_download(
+    engine: EngineName, tmp_path: Path, repo_dir: Path, data: bytes, sims: list[HubSimulator]
+) -> None:
+    """The hub redirects to signed CDN URLs; once its CDN has sent 500 kB of the file, every
+    URL issued so far expires. Another (slower) mirror is left, but the CDN mirror is used
+    again with a fresh URL: httpx resolves again on the 403; aria2 (which keeps a failed URI
+    listed as if nothing happened) notices the mirror has gone idle, finds its URL refused
+    and swaps in a fresh one."""
+    hub = start(sims, repo_dir, name="hub", cdn=True)
+    other = start(sims, repo_dir, name="other", host_name="localhost")
+    cat = catalogue(tmp_path / "m.yaml", hub, other)
+    api.probe(REPO, mirrors=cat)
+    hub.clear_log()
+    hub.add_fault(Fault(route="cdn", rate_bps=1e6))  # per connection
+    other.add_fault(Fault(route="hf-resolve", path_glob=BIG, rate_bps=3e5))
+    reporter = Recorder()
+    done = threading.Event()
+
+    def expire_midway() -> None:
+        while not done.wait(0.02):
+            if hub.file_bytes_sent() >= 500_000:  # bytes on the wire so far
+                hub.expire_signed_urls_now()
+                return
+
+    watcher = threading.Thread(target=expire_midway, daemon=True)
+    watcher.start()
+    try:
+        result = pull(
+            engine,
+            cat,
+            tmp_path / "cache",
+            reporter,
+            max_connections=4,
+            stall_timeout_s=1.0,
+        )
+    finally:
+        done.set()
+        watcher.join()
+
+    assert_complete(result, data)
+    expired = hub.requests(listener="cdn", status=403)
+    assert expired, "no request met an expired URL"
+    fresh = [
+        r
+        for r in hub.requests(listener="cdn")
+        if r.ts > expired[0].ts and r.status == 206 and r.bytes_sent > 1
+    ]
+    assert fresh, "the CDN mirror was not used again after its URLs expired"
+    assert {r.query.get("expires") for r in fresh} - {expired[0].query.get("expires")}
+    assert not reporter.reasons("hub"), "the CDN mirror was given up"
 
 
 # --- a mirror that goes away -----------------------------------------------------------------
