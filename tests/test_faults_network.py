@@ -9,10 +9,14 @@ that the fault really hit a transfer (``fault_hits``), so it cannot pass by neve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import random
+import shutil
+import subprocess
+import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -447,3 +451,161 @@ def test_a_mirror_whose_manifest_disagrees_is_not_used_for_that_file_and_is_name
     assert transfer_bytes(good) + transfer_bytes(also) >= SIZE
     named = [t for level, t in reporter.messages if level == "warning" and "disagreement" in t]
     assert any("odd" in t and BIG in t for t in named), reporter.messages
+
+
+# --- slow DNS ----------------------------------------------------------------------------------
+
+
+class FakeDNS:
+    """A tiny DNS server on a loopback address: ``slow.modelget.test`` resolves to 127.0.0.1
+    after ``delay_s``, ``dead.modelget.test`` never gets an answer, every other name is
+    NXDOMAIN at once. It records the names it was asked for."""
+
+    def __init__(self, delay_s: float) -> None:
+        import socket
+
+        self.delay_s = delay_s
+        self.asked: list[str] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rng = random.Random()
+        for _ in range(20):
+            self.address = f"127.{rng.randint(1, 254)}.{rng.randint(1, 254)}.53"
+            try:
+                self.sock.bind((self.address, 53))
+                break
+            except OSError:
+                continue
+        else:
+            raise OSError("no free loopback address for port 53")
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                packet, peer = self.sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._answer(packet, peer)
+
+    def _answer(self, packet: bytes, peer: tuple[str, int]) -> None:
+        labels, pos = [], 12
+        while pos < len(packet) and packet[pos]:
+            labels.append(packet[pos + 1 : pos + 1 + packet[pos]].decode(errors="replace"))
+            pos += 1 + packet[pos]
+        question = packet[12 : pos + 5]
+        qtype = int.from_bytes(packet[pos + 1 : pos + 3], "big")
+        name = ".".join(labels).lower()
+        self.asked.append(name)
+        head = packet[:2]
+        if name == "dead.modelget.test":
+            return
+        if name != "slow.modelget.test":
+            reply = head + b"\x81\x83\x00\x01\x00\x00\x00\x00\x00\x00" + question
+            self.sock.sendto(reply, peer)
+            return
+        answers = b""
+        count = 0
+        if qtype == 1:  # A: 127.0.0.1, TTL 0 (so nothing caches it)
+            answers = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x00\x00\x04\x7f\x00\x00\x01"
+            count = 1
+        reply = head + b"\x81\x80\x00\x01" + count.to_bytes(2, "big") + b"\x00\x00\x00\x00"
+        timer = threading.Timer(self.delay_s, self._send_later, (reply + question + answers, peer))
+        timer.daemon = True
+        timer.start()
+
+    def _send_later(self, reply: bytes, peer: tuple[str, int]) -> None:
+        if not self.stop.is_set():
+            with contextlib.suppress(OSError):
+                self.sock.sendto(reply, peer)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(2)
+
+
+@pytest.fixture
+def fake_dns(tmp_path: Path) -> Iterator[tuple[FakeDNS, list[str]]]:
+    """The fake DNS server, and a command prefix that runs a command in a private mount
+    namespace whose /etc/resolv.conf points at it (needs root, unshare and mount)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("slow-DNS test needs root and unshare(1) (a private mount namespace)")
+    try:
+        dns = FakeDNS(delay_s=1.0)
+    except OSError as exc:
+        pytest.skip(f"cannot bind a DNS server on a loopback address: {exc}")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {dns.address}\noptions timeout:2 attempts:1\n")
+    prefix = [
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        f'mount --bind "{resolv}" /etc/resolv.conf && exec "$0" "$@"',
+    ]
+    probe = subprocess.run(
+        [*prefix, "cat", "/etc/resolv.conf"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0 or dns.address not in probe.stdout:
+        dns.close()
+        pytest.skip(f"cannot bind-mount resolv.conf in a mount namespace: {probe.stderr.strip()}")
+    yield dns, prefix
+    dns.close()
+
+
+def test_slow_and_unresolvable_mirror_names_do_not_stop_the_pull(
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    data: bytes,
+    sims: list[HubSimulator],
+    fake_dns: tuple[FakeDNS, list[str]],
+) -> None:
+    """Three mirrors: one whose host name takes 1 s to resolve (every lookup, nothing caches
+    it), one whose name never resolves (the resolver gives up after 2 s), and a good one by
+    address. The pull runs in a private mount namespace whose resolv.conf points at the
+    test's DNS server (both engines; aria2c resolves with c-ares, which reads it too)."""
+    dns, prefix = fake_dns
+    slow = start(sims, repo_dir, name="slow", host_name="slow.modelget.test")
+    dead_port = free_port()
+    good = start(sims, repo_dir, name="good")
+    cat = catalogue(
+        tmp_path / "m.yaml",
+        ("slow", f"http://slow.modelget.test:{slow.port}"),
+        ("dead", f"http://dead.modelget.test:{dead_port}"),
+        good,
+    )
+    cache = tmp_path / "cache"
+    env = {**os.environ, "MODELGET_PROBE_TIMEOUT": "6"}
+    res = subprocess.run(
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "modelget",
+            "pull",
+            REPO,
+            "--mirrors",
+            str(cat),
+            "--cache-dir",
+            str(cache),
+            "--engine",
+            engine,
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    snapshot = Path(res.stdout.strip())
+    assert sha((snapshot / BIG).read_bytes()) == sha(data)
+    assert {"slow.modelget.test", "dead.modelget.test"} <= set(dns.asked), dns.asked
+    # The slow name did resolve (the mirror was asked for the repo), the dead one never did.
+    assert slow.requests(route="hf-api")
