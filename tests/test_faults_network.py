@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -609,3 +610,119 @@ def test_slow_and_unresolvable_mirror_names_do_not_stop_the_pull(
     assert {"slow.modelget.test", "dead.modelget.test"} <= set(dns.asked), dns.asked
     # The slow name did resolve (the mirror was asked for the repo), the dead one never did.
     assert slow.requests(route="hf-api")
+
+
+# --- no good mirror left -------------------------------------------------------------------------
+
+
+def test_no_good_mirror_left_says_what_each_did_keeps_the_partial_file_and_resumes(
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    data: bytes,
+    sims: list[HubSimulator],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Both mirrors fail halfway through the big file: "a" goes down (connection refused),
+    "b" starts answering 404. The pull ends with exit 3 (config.json is in place), names
+    what each mirror did (text and --json), and keeps the partial file: the next run, with
+    the mirrors back, fetches only the rest."""
+    import modelget.engines
+    from modelget import cli
+
+    monkeypatch.setattr(modelget.engines, "EngineOptions", lambda: FAST)  # short timeouts
+    a = start(sims, repo_dir, name="a")
+    a_port = a.port
+    b = start(sims, repo_dir, name="b", host_name="localhost")
+    cat = catalogue(tmp_path / "m.yaml", a, b)
+    cache = tmp_path / "cache"
+    api.probe(REPO, mirrors=cat)
+    for sim in (a, b):
+        sim.clear_log()
+        sim.add_fault(Fault(route="hf-resolve", path_glob=BIG, rate_bps=1e6))
+    b.add_fault(Fault(route="hf-resolve", path_glob=BIG, truncate_after_bytes=512 * 1024))
+    stop = threading.Event()
+
+    def break_both() -> None:
+        while not stop.wait(0.02):
+            if a.file_bytes_sent(BIG) + b.file_bytes_sent(BIG) >= 2_000_000:
+                b.add_fault(Fault(route="hf-resolve", path_glob=BIG, status=404))
+                a.stop()
+                return
+
+    breaker = threading.Thread(target=break_both, daemon=True)
+    breaker.start()
+    argv = ["pull", REPO, "--mirrors", str(cat), "--cache-dir", str(cache), "--engine", engine]
+    try:
+        code = cli.main([*argv, "--quiet"])
+    finally:
+        stop.set()
+        breaker.join()
+    err = capsys.readouterr().err
+    assert code == 3, err
+    line = next(x for x in err.splitlines() if x.startswith(f"error: {BIG}:"))
+    assert "a: " in line and "b: " in line, line
+    assert "HTTP 404" in line, line
+    assert "refused" in line.lower() or "connect" in line.lower(), line
+    snapshot = next((cache / "models--acme--faulty" / "snapshots").iterdir())
+    assert (snapshot / "config.json").exists() and not (snapshot / BIG).exists()
+
+    # The state to resume from is kept: the partial file and its map.
+    blobs = cache / "models--acme--faulty" / "blobs"
+    partial = blobs / f"{sha(data)}.incomplete"
+    assert partial.exists()
+    state = Path(f"{partial}.ranges" if engine == "httpx" else f"{partial}.aria2")
+    assert state.exists(), sorted(p.name for p in blobs.iterdir())
+
+    # Again, with --json (a is still down, b still answers 404): the same story, as events.
+    code = cli.main([*argv, "--json"])
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert code == 3
+    # "a" is down when this pull probes it: it is left out, and said so; "b" is tried.
+    failed = {e["mirror"] for e in events if e["event"] == "mirror_failed" and e["path"] == BIG}
+    assert failed == {"b"}, events
+    notes = [e["text"] for e in events if e["event"] == "message" and e["level"] == "warning"]
+    assert any(t.startswith("a is not used: down") for t in notes), notes
+    result = events[-1]
+    assert (
+        result["event"] == "result" and result["exit_code"] == 3 and result["status"] == "partial"
+    )
+    big = next(f for f in result["files"] if f["path"] == BIG)
+    assert big["status"] == "failed" and "b: " in big["error"] and "404" in big["error"]
+    assert partial.exists() and state.exists()
+
+    # The mirrors are back: the next run resumes and fetches only the rest.
+    a2 = HubSimulator(name="a", port=a_port).start()
+    sims.append(a2)
+    a2.add_repo(REPO, repo_dir)
+    b.clear_faults()
+    b.clear_log()
+    for sim in (a2, b):
+        # Throttled, so that what a server counts as sent is what the client read (unthrottled,
+        # a response the client closes early still counts megabytes of socket buffers).
+        sim.add_fault(Fault(route="hf-resolve", path_glob=BIG, rate_bps=3e6))
+    kept = resumable_bytes(partial, engine)
+    assert kept > 0
+    code = cli.main([*argv, "--json"])
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert code == 0, events[-1]
+    assert any(e["event"] == "file_resumed" and e["path"] == BIG for e in events)
+    again = a2.file_bytes_sent(BIG) + b.file_bytes_sent(BIG)
+    assert again <= SIZE - kept + 1024 * 1024, (again, kept)
+    assert sha((snapshot / BIG).read_bytes()) == sha(data)
+
+
+def resumable_bytes(partial: Path, engine: EngineName) -> int:
+    """What the resume state next to ``partial`` records as already on disk."""
+    if engine == "httpx":
+        from modelget.engines.ranges import load_sidecar
+
+        sidecar = load_sidecar(partial, partial.name.removesuffix(".incomplete"), SIZE)
+        assert sidecar is not None
+        return sidecar.done.total()
+    from modelget.engines.aria2 import _control_file_completed
+
+    got = _control_file_completed(Path(f"{partial}.aria2"), SIZE)
+    assert got is not None
+    return got

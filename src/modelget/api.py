@@ -66,6 +66,11 @@ def _enabled_mirrors(mirrors: StrPath | None) -> list[Mirror]:
     return enabled
 
 
+_PROBLEMS = frozenset({"down", "error", "rate-limited", "auth"})
+"""Probe states worth a warning when a pull leaves the mirror out (not ``no-repo``: most
+catalogues have mirrors that simply lack most repos)."""
+
+
 def _check_repo_id(repo_id: str) -> None:
     parts = repo_id.split("/")
     if (
@@ -202,6 +207,7 @@ def _plan(
     mirrors: StrPath | None = None,
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
+    reporter: Reporter | None = None,
 ) -> tuple[Plan, dict[str, Mirror]]:
     _check_repo_id(repo_id)
     enabled = _enabled_mirrors(mirrors)
@@ -210,6 +216,14 @@ def _plan(
     order = [r.mirror for r in ranked if r.usable and r.mirror.name in report.manifests]
     if not order:
         raise _no_manifest_error(repo_id, revision, report)
+    if reporter is not None:
+        for r in ranked:
+            probed = report.results.get(r.mirror.name)
+            if r.mirror in order or probed is None or probed.status not in _PROBLEMS:
+                continue
+            error = report.errors.get(r.mirror.name)
+            why = error.message if error is not None else probed.error or probed.status
+            reporter.on_message("warning", f"{r.mirror.name} is not used: {probed.status}: {why}")
 
     reference = report.manifests[order[0].name]
     others = [report.manifests[m.name] for m in order[1:]]
@@ -297,6 +311,7 @@ def pull(
         mirrors=mirrors,
         cache_dir=cache_dir,
         local_dir=local_dir,
+        reporter=reporter,
     )
     plan_s = time.perf_counter() - started
     hub_cache = _hub_cache(cache_dir)

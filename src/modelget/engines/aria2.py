@@ -667,7 +667,7 @@ class _Run:
             if not sources and held:
                 sources = held.pop(0)
             if not sources:
-                self._fail(state, "no mirror could serve it")
+                self._fail(state, _no_mirror_left(state.result.attempts))
                 return
             self._add(state, sources)
             return
@@ -949,8 +949,11 @@ class _Run:
                 self.reporter.on_mirror_failed(job.path, s.src.mirror, text)
         if state.last_completed > state.baseline:
             state.readds = 0  # it made progress: a fresh try is worth it (e.g. short-lived URLs)
-        if code in _LOCAL_ERRORS or state.readds >= MAX_READDS_PER_JOB:
+        if code in _LOCAL_ERRORS:
             self._fail(state, text)
+            return
+        if state.readds >= MAX_READDS_PER_JOB:
+            self._fail(state, _no_mirror_left(state.result.attempts))
             return
         state.readds += 1
         if state.held_back:
@@ -1046,6 +1049,17 @@ def _group_sources(
     if free:
         return free, groups
     return groups[0], groups[1:]
+
+
+def _no_mirror_left(attempts: Sequence[str]) -> str:
+    """The error of a file no mirror could finish: what each mirror did last."""
+    last: dict[str, str] = {}
+    for line in attempts:
+        who, _, what = line.partition(": ")
+        last.pop(who, None)
+        last[who] = what
+    said = "; ".join(f"{who}: {what}" for who, what in last.items())
+    return "no mirror could serve the rest of the file: " + (said or "every mirror failed")
 
 
 def _uri_count(status: Mapping[str, Any], uri: str) -> int:
