@@ -726,3 +726,28 @@ def resumable_bytes(partial: Path, engine: EngineName) -> int:
     got = _control_file_completed(Path(f"{partial}.aria2"), SIZE)
     assert got is not None
     return got
+
+
+def test_every_mirror_failing_after_some_progress_gets_another_round(
+    engine: EngineName, tmp_path: Path, repo_dir: Path, data: bytes, sims: list[HubSimulator]
+) -> None:
+    """The only mirror resets the first transfer after 1 MiB, then answers 503 to the next
+    three requests (as many as max_tries): the engine gives the mirror up, but the file made
+    progress, so the pull tries again and finishes it, keeping the first MiB."""
+    hub = start(sims, repo_dir, name="hub")
+    cat = catalogue(tmp_path / "m.yaml", hub)
+    api.probe(REPO, mirrors=cat)
+    hub.clear_log()
+    reset = hub.add_fault(
+        Fault(route="hf-resolve", path_glob=BIG, reset_after_bytes=1024 * 1024, times=1)
+    )
+    burst = hub.add_fault(
+        Fault(route="hf-resolve", path_glob=BIG, status=503, skip=1, times=FAST.max_tries)
+    )
+    reporter = Recorder()
+
+    result = pull(engine, cat, tmp_path / "cache", reporter, max_connections=1)
+
+    assert_complete(result, data)
+    assert hub.fault_hits(reset) == 1 and hub.fault_hits(burst) == FAST.max_tries
+    assert transfer_bytes(hub) < SIZE + 1024 * 1024
