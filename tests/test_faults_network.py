@@ -751,3 +751,42 @@ def test_every_mirror_failing_after_some_progress_gets_another_round(
     assert_complete(result, data)
     assert hub.fault_hits(reset) == 1 and hub.fault_hits(burst) == FAST.max_tries
     assert transfer_bytes(hub) < SIZE + 1024 * 1024
+
+
+def test_no_mirror_with_good_bytes_left_is_exit_4_and_nothing_lands(
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    sims: list[HubSimulator],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Both mirrors serve the big file with a flipped byte (each at another offset): each is
+    named as the culprit, the bad bytes are quarantined, nothing lands, exit 4."""
+    import modelget.engines
+    from modelget import cli
+
+    monkeypatch.setattr(modelget.engines, "EngineOptions", lambda: FAST)
+    a = start(sims, repo_dir, name="a")
+    b = start(sims, repo_dir, name="b", host_name="localhost")
+    cat = catalogue(tmp_path / "m.yaml", a, b)
+    cache = tmp_path / "cache"
+    api.probe(REPO, mirrors=cat)
+    a.add_fault(Fault(route="hf-resolve", path_glob=BIG, corrupt_offsets=(100,)))
+    b.add_fault(Fault(route="hf-resolve", path_glob=BIG, corrupt_offsets=(SIZE - 100,)))
+
+    argv = ["pull", REPO, BIG, "--mirrors", str(cat), "--cache-dir", str(cache)]
+    code = cli.main([*argv, "--engine", engine, "--json"])
+
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert code == 4, events[-1]
+    result = events[-1]
+    assert result["event"] == "result" and result["exit_code"] == 4
+    (big,) = result["files"]
+    assert big["status"] == "failed" and sorted(big["bad_mirrors"]) == ["a", "b"], big
+    assert {m for e in events if e["event"] == "verify_failed" for m in e["mirrors"]} >= {"a", "b"}
+    repo = cache / "models--acme--faulty"
+    assert not list(repo.glob("snapshots/*/" + BIG))
+    assert not [p for p in (repo / "blobs").iterdir() if not p.name.endswith(".incomplete")]
+    quarantined = list((repo / ".quarantine").iterdir())
+    assert {"a", "b"} <= {m for q in quarantined for m in q.name.split(".")[-1].split("+")}
