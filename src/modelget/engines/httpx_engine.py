@@ -615,7 +615,11 @@ class _Transfer:
                 if not self.mirrors:
                     result.error = "no mirror to fetch it from"
                     return result
-                self._flush()
+                try:
+                    self._flush()
+                except OSError as exc:  # the disk filled up (or went away) since the open
+                    result.error = _describe_os_error(exc, job)
+                    return result
                 self._transfer(missing)
             with self.lock:
                 complete = self.done.covers(job.size)

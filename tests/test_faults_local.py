@@ -1,0 +1,244 @@
+"""Local faults, for BOTH engines where a transfer is involved: kill -9, a full disk, a
+read-only cache, concurrent pulls, stale locks, aria2c dying (issue 7, docs/reliability.md).
+
+Pulls run against hub simulators on 127.0.0.1; the CLI runs in a subprocess where a process
+has to die, in-process (``cli.main``) where its exit code and messages are what is checked.
+Mounts (a small tmpfs, a read-only bind mount) need root: those tests skip, saying why,
+elsewhere (CI runs as root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelget.engines import EngineName, EngineOptions, aria2c_path
+from modelget.testing.hubsim import Fault, HubSimulator
+
+REPO = "acme/local"
+REPO_DIR = "models--acme--local"
+FILES = {"a.safetensors": 6 * 1024 * 1024 + 1, "b.safetensors": 10 * 1024 * 1024 + 7}
+ENGINES = ["aria2", "httpx"]
+FAST = EngineOptions(
+    stall_timeout_s=2.0,
+    read_timeout_s=2.0,
+    connect_timeout_s=2.0,
+    retry_wait_s=0.1,
+    max_tries=3,
+    min_split_bytes=1024 * 1024,
+)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> EngineName:
+    name: EngineName = request.param
+    if name == "aria2" and aria2c_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
+        pytest.skip("aria2c not installed")
+    return name
+
+
+@pytest.fixture(scope="module")
+def contents() -> dict[str, bytes]:
+    rng = random.Random(3)
+    return {name: rng.randbytes(size) for name, size in FILES.items()}
+
+
+@pytest.fixture
+def repo_dir(tmp_path: Path, contents: dict[str, bytes]) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name, data in contents.items():
+        (root / name).write_bytes(data)
+    (root / "config.json").write_text('{"hidden_size": 8}\n')
+    return root
+
+
+@pytest.fixture(autouse=True)
+def own_probe_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELGET_CACHE_DIR", str(tmp_path / "_mgcache"))
+
+
+@pytest.fixture
+def sims() -> Iterator[list[HubSimulator]]:
+    started: list[HubSimulator] = []
+    yield started
+    for sim in started:
+        sim.stop()
+
+
+def start(sims: list[HubSimulator], repo_dir: Path, **kw: object) -> HubSimulator:
+    sim = HubSimulator(**kw).start()  # type: ignore[arg-type]
+    sims.append(sim)
+    sim.add_repo(REPO, repo_dir)
+    return sim
+
+
+def catalogue(path: Path, *mirrors: HubSimulator) -> Path:
+    body = "version: 1\nmirrors:\n"
+    for m in mirrors:
+        body += textwrap.indent(f"- name: {m.name}\n  kind: hf\n  endpoint: {m.url}\n", "  ")
+    path.write_text(body)
+    return path
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def served(sim: HubSimulator) -> int:
+    """Body bytes of the weight files the simulator sent to pulls (not to probes)."""
+    return sum(
+        r.bytes_sent
+        for r in sim.log
+        if r.route == "hf-resolve"
+        and r.method == "GET"
+        and r.user_agent != "modelget-probe"
+        and r.path.endswith(".safetensors")
+    )
+
+
+def assert_model(snapshot: Path, contents: dict[str, bytes]) -> None:
+    for name, data in contents.items():
+        assert sha((snapshot / name).read_bytes()) == sha(data), name
+    assert (snapshot / "config.json").read_text() == '{"hidden_size": 8}\n'
+
+
+def pull_cmd(cat: Path, cache: Path, engine: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "modelget",
+        "pull",
+        REPO,
+        "--mirrors",
+        str(cat),
+        "--cache-dir",
+        str(cache),
+        "--engine",
+        engine,
+        *extra,
+    ]
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *argv: str, options: EngineOptions = FAST) -> int:
+    """``modelget ARGV`` in this process, with short timeouts (the CLI's EngineOptions())."""
+    import modelget.engines
+    from modelget import cli
+
+    monkeypatch.setattr(modelget.engines, "EngineOptions", lambda: options)
+    return cli.main(list(argv))
+
+
+# --- mounts (root only) ------------------------------------------------------------------------
+
+
+def _mount(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+
+
+@contextlib.contextmanager
+def mounted(target: Path, *args: str) -> Iterator[Path]:
+    """``mount ARGS TARGET`` for the block, or skip the test with the reason."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a filesystem (CI runs as root)")
+    target.mkdir(parents=True, exist_ok=True)
+    res = _mount(*args, str(target))
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount here: {res.stderr.strip() or res.returncode}")
+    try:
+        yield target
+    finally:
+        for _ in range(20):
+            if subprocess.run(["umount", str(target)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+
+
+# --- disk full -----------------------------------------------------------------------------------
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until the filesystem has no room left."""
+    block = bytes(1024 * 1024)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (len(block), 4096):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, block[:size])
+    finally:
+        os.close(fd)
+
+
+def test_disk_full_mid_pull_is_a_clear_error_nothing_corrupt_lands_and_it_resumes(
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    contents: dict[str, bytes],
+    sims: list[HubSimulator],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The cache is on a 100 MiB tmpfs (the plan needs the files + 64 MiB); once the pull is
+    under way, the test fills the disk. One file at a time, so the second one meets it."""
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=100m", "tmpfs") as small:
+        hub = start(sims, repo_dir, name="hub")
+        hub.add_fault(Fault(route="hf-resolve", path_glob="*.safetensors", rate_bps=3e6))
+        cat = catalogue(tmp_path / "m.yaml", hub)
+        cache = small / "cache"
+        filler = small / "filler"
+        stop = threading.Event()
+
+        def fill_the_disk() -> None:
+            while not stop.wait(0.02):
+                if served(hub) >= 1_000_000:
+                    fill(filler)
+                    return
+
+        filling = threading.Thread(target=fill_the_disk, daemon=True)
+        filling.start()
+        opts = dataclasses.replace(FAST, max_concurrent_files=1)
+        argv = ["pull", REPO, "--mirrors", str(cat), "--cache-dir", str(cache)]
+        try:
+            code = run_cli(monkeypatch, *argv, "--engine", engine, "--quiet", options=opts)
+        finally:
+            stop.set()
+            filling.join()
+        err = capsys.readouterr().err
+        assert filler.exists(), "the disk was never filled"
+        assert code == 1, err
+        assert "error: disk-full" in err and "Traceback" not in err, err
+        assert "free some space" in err
+        # Nothing that is not complete and verified is in place.
+        for snap in (cache / REPO_DIR / "snapshots").glob("*"):
+            for f in snap.rglob("*"):
+                if f.is_file():
+                    assert sha(f.read_bytes()) == sha(contents.get(f.name, f.read_bytes()))
+        for blob in (cache / REPO_DIR / "blobs").iterdir():
+            if not blob.name.endswith((".incomplete", ".ranges", ".aria2")):
+                assert blob.name in {sha(d) for d in contents.values()} or len(blob.name) == 40
+
+        # Free the space: the same command finishes the pull.
+        filler.unlink()
+        hub.clear_faults()
+        code = run_cli(monkeypatch, *argv, "--engine", engine, "--quiet")
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert_model(Path(out.strip()), contents)
+
+
+# --- read-only cache -----------------------------------------------------------------------------
