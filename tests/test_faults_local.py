@@ -242,3 +242,45 @@ def test_disk_full_mid_pull_is_a_clear_error_nothing_corrupt_lands_and_it_resume
 
 
 # --- read-only cache -----------------------------------------------------------------------------
+
+
+def test_a_read_only_cache_is_a_clear_error_and_a_complete_model_in_it_still_pulls(
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    contents: dict[str, bytes],
+    sims: list[HubSimulator],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As root, chmod does not stop writes: the cache is a read-only bind mount."""
+    hub = start(sims, repo_dir, name="hub")
+    cat = catalogue(tmp_path / "m.yaml", hub)
+    cache = tmp_path / "cache"
+    complete = tmp_path / "complete"
+    argv = ["pull", REPO, "--mirrors", str(cat), "--engine", engine, "--quiet"]
+    assert run_cli(monkeypatch, *argv, "--cache-dir", str(complete)) == 0
+    capsys.readouterr()
+    cache.mkdir()
+    with (
+        mounted(cache, "--bind", str(cache)),
+        mounted(complete, "--bind", str(complete)),
+    ):
+        for target in (cache, complete):
+            res = _mount("-o", "remount,bind,ro", str(target))
+            if res.returncode != 0:
+                pytest.skip(f"cannot remount read-only: {res.stderr.strip()}")
+        # An empty read-only cache: a clear error, no traceback, nothing fetched.
+        hub.clear_log()
+        code = run_cli(monkeypatch, *argv, "--cache-dir", str(cache))
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert "Traceback" not in err and "read-only" in err.lower(), err
+        assert "--cache-dir" in err  # the hint says how to pull elsewhere
+        assert served(hub) == 0
+        # The model is complete in a read-only cache: nothing to write, the pull succeeds.
+        code = run_cli(monkeypatch, *argv, "--cache-dir", str(complete))
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert_model(Path(out.strip()), contents)
+        assert served(hub) == 0

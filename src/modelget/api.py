@@ -6,6 +6,7 @@ renders what these return.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from modelget.errors import (
     AuthRequiredError,
     InsufficientDiskSpaceError,
     Interrupted,
+    LayoutError,
     ModelgetError,
     ModelNotFoundError,
     NoMirrorError,
@@ -346,6 +348,8 @@ def pull(
             cancel.set()
             worker.join()
         if errors:
+            if isinstance(errors[0], OSError):
+                raise _local_error(errors[0], repo_id, hub_cache) from errors[0]
             raise errors[0]
         outcomes = box[0] if box else []
     finally:
@@ -363,10 +367,13 @@ def pull(
             hint="free some space and run the same command again: it resumes where it stopped",
         )
     if any(o.status != "failed" for o in outcomes) or not outcomes:
-        layout.write_ref(hub_cache, repo_id, the_plan.revision, the_plan.commit)
-        if revision is None and the_plan.revision != "main":
-            # huggingface_hub and transformers look up refs/main when given no revision.
-            layout.write_ref(hub_cache, repo_id, "main", the_plan.commit)
+        try:
+            layout.write_ref(hub_cache, repo_id, the_plan.revision, the_plan.commit)
+            if revision is None and the_plan.revision != "main":
+                # huggingface_hub and transformers look up refs/main when given no revision.
+                layout.write_ref(hub_cache, repo_id, "main", the_plan.commit)
+        except OSError as exc:
+            raise _local_error(exc, repo_id, hub_cache) from exc
     per_mirror: dict[str, int] = {}
     for o in outcomes:
         for m, n in o.bytes_by_mirror.items():
@@ -391,6 +398,23 @@ def pull(
         plan_s=plan_s,
         transfer_s=transfer_s,
     )
+
+
+def _local_error(exc: OSError, repo_id: str, hub_cache: Path) -> ModelgetError:
+    """A local write that failed (the cache's file system), as the error the user can act on."""
+    where = exc.filename or hub_cache
+    elsewhere = "pull into a writable cache: --cache-dir DIR (or HF_HUB_CACHE=DIR)"
+    if exc.errno == errno.ENOSPC:
+        return InsufficientDiskSpaceError(
+            f"the disk filled up while pulling {repo_id} (writing {where}); nothing "
+            "incomplete was put in place",
+            hint="free some space and run the same command again: it resumes where it stopped",
+        )
+    if exc.errno == errno.EROFS:
+        return LayoutError(f"cannot write to {where}: the file system is read-only", hint=elsewhere)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return LayoutError(f"cannot write to {where}: permission denied", hint=elsewhere)
+    return LayoutError(f"cannot write to {where}: {exc.strerror or exc}", hint=elsewhere)
 
 
 def _hub_cache(cache_dir: StrPath | None) -> Path:
