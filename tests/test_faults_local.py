@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from modelget import api
 from modelget.engines import EngineName, EngineOptions, aria2c_path
+from modelget.events import NullReporter
 from modelget.testing.hubsim import Fault, HubSimulator
 
 REPO = "acme/local"
@@ -284,3 +287,67 @@ def test_a_read_only_cache_is_a_clear_error_and_a_complete_model_in_it_still_pul
         assert code == 0, err
         assert_model(Path(out.strip()), contents)
         assert served(hub) == 0
+
+
+# --- processes: concurrent pulls, stale locks, aria2c dying ------------------------------------
+
+
+def aria2c_children() -> list[int]:
+    """Process ids of the aria2c processes this test process started."""
+    me = os.getpid()
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            ppid = int(text[text.rindex(")") + 2 :].split()[1])
+            if name == "aria2c" and ppid == me:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_aria2c_killed_under_a_running_pull_is_restarted_and_the_pull_completes(
+    tmp_path: Path, repo_dir: Path, contents: dict[str, bytes], sims: list[HubSimulator]
+) -> None:
+    if aria2c_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
+        pytest.skip("aria2c not installed")
+    hub = start(sims, repo_dir, name="hub")
+    hub.add_fault(Fault(route="hf-resolve", path_glob="*.safetensors", rate_bps=1e6))
+    cat = catalogue(tmp_path / "m.yaml", hub)
+    killed: list[int] = []
+
+    class KillAria2cOnce(NullReporter):
+        def __init__(self) -> None:
+            self.seen = 0
+            self.texts: list[str] = []
+
+        def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+            self.seen += nbytes
+            if not killed and self.seen >= 3_000_000:
+                for pid in aria2c_children():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+
+        def on_message(self, level: str, text: str) -> None:
+            self.texts.append(text)
+
+    reporter = KillAria2cOnce()
+    result = api.pull(
+        REPO,
+        mirrors=cat,
+        cache_dir=tmp_path / "cache",
+        engine="aria2",
+        options=dataclasses.replace(FAST, max_connections=4),
+        reporter=reporter,
+    )
+    assert killed, "aria2c was never killed"
+    assert result.status == "ok", result.failed
+    assert_model(Path(result.path), contents)
+    assert any("aria2c" in t and "restart" in t for t in reporter.texts), reporter.texts
+    # What was on disk when it died was kept (its control file), not fetched again in full:
+    # at most what arrived after the last save (aria2 saves every second; 4 connections at
+    # 1 MB/s) is fetched twice.
+    total = sum(FILES.values())
+    assert served(hub) < total + 5_000_000, (served(hub), total)

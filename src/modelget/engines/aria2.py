@@ -65,6 +65,9 @@ RPC_TIMEOUT_S = 10.0
 RESOLVE_WORKERS = 8
 MAX_REREOLVES_PER_SOURCE = 3
 MAX_READDS_PER_JOB = 2
+MAX_RESTARTS = 2
+"""aria2c processes started again after one died under a pull (in the engine's life)."""
+_DIED = "aria2c exited unexpectedly"
 """A download that ends in error is re-added (fresh URLs, resuming) at most this often in a
 row without progress."""
 CONTROL_SUFFIX = ".aria2"
@@ -273,6 +276,7 @@ class Aria2Engine:
             fh.write(f"rpc-secret={self._secret}\n")
         self._conf = conf
         self._proc: subprocess.Popen[bytes] | None = None
+        self._restarts = 0
         self._client: _Client | None = None
         self._log: IO[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -412,7 +416,41 @@ class Aria2Engine:
         on_complete: OnComplete | None = None,
     ) -> list[FetchResult]:
         with self._run_lock:
-            return _Run(self, jobs, reporter, cancel, on_complete).go()
+            if self._proc is not None and self._proc.poll() is not None:
+                self._restart(reporter, "before a run", len(jobs))
+            results = _Run(self, jobs, reporter, cancel, on_complete).go()
+            while not cancel.is_set():
+                died = [i for i, r in enumerate(results) if (r.error or "").startswith(_DIED)]
+                if not died or not self._restart(reporter, results[died[0]].error, len(died)):
+                    break
+                # Each unfinished file resumes from its control file (saved every second).
+                again = _Run(self, [jobs[i] for i in died], reporter, cancel, on_complete).go()
+                for i, result in zip(died, again, strict=True):
+                    results[i] = _merge(results[i], result)
+            return results
+
+    def _restart(self, reporter: Reporter, why: str | None, files: int) -> bool:
+        """Start a fresh aria2c after the last one died (at most ``MAX_RESTARTS`` times in the
+        engine's life); False when that budget is spent or it does not start."""
+        exe = aria2c_path()
+        if self._restarts >= MAX_RESTARTS or exe is None:
+            return False
+        self._restarts += 1
+        reporter.on_message(
+            "warning",
+            f"{why or 'aria2c is not running'}; restarting aria2c and resuming {files} file(s)",
+        )
+        old = self._client
+        try:
+            self._start(exe)
+        except EngineUnavailableError as exc:
+            reporter.on_message("warning", exc.message)
+            return False
+        finally:
+            if old is not None and old is not self._client:
+                old.close()
+        self.api = aria2p.API(self._client)
+        return True
 
 
 class _Run:
@@ -1014,7 +1052,7 @@ class _Run:
             self.results[i].error = "cancelled"
 
     def _engine_died(self, active: dict[int, _Active], queue: list[int]) -> None:
-        error = f"aria2c exited unexpectedly (code {self.proc.returncode})"
+        error = f"{_DIED} (code {self.proc.returncode})"
         for i in [*active, *queue]:
             result = self.results[i]
             result.ok = False
@@ -1049,6 +1087,16 @@ def _group_sources(
     if free:
         return free, groups
     return groups[0], groups[1:]
+
+
+def _merge(first: FetchResult, second: FetchResult) -> FetchResult:
+    """One file's result over two runs (the first ended when aria2c died)."""
+    for mirror, n in first.bytes_by_mirror.items():
+        second.bytes_by_mirror[mirror] = second.bytes_by_mirror.get(mirror, 0) + n
+    second.attempts = [*first.attempts, f"aria2: {first.error}", *second.attempts]
+    second.resumed_bytes = first.resumed_bytes
+    second.seconds += first.seconds
+    return second
 
 
 def _no_mirror_left(attempts: Sequence[str]) -> str:
