@@ -292,6 +292,86 @@ def test_a_read_only_cache_is_a_clear_error_and_a_complete_model_in_it_still_pul
 # --- processes: concurrent pulls, stale locks, aria2c dying ------------------------------------
 
 
+def test_four_concurrent_pulls_of_one_model_transfer_each_file_once(
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    contents: dict[str, bytes],
+    sims: list[HubSimulator],
+) -> None:
+    hub = start(sims, repo_dir, name="hub")
+    hub.add_fault(Fault(route="hf-resolve", path_glob="*.safetensors", rate_bps=8e6))
+    cat = catalogue(tmp_path / "m.yaml", hub)
+    cache = tmp_path / "cache"
+    procs = [
+        subprocess.Popen(
+            pull_cmd(cat, cache, engine, "--quiet"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err for _, err in outs]
+    paths = {out.strip() for out, _ in outs}
+    assert len(paths) == 1
+    assert_model(Path(paths.pop()), contents)
+    total = sum(FILES.values())
+    assert total <= served(hub) < total * 1.1, (served(hub), total)
+    assert not list(cache.rglob("*.incomplete"))
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block_the_next_pull(
+    tmp_path: Path, repo_dir: Path, contents: dict[str, bytes], sims: list[HubSimulator]
+) -> None:
+    """Engine-independent (httpx here): a process takes the per-blob locks, starts writing
+    the .incomplete files, and is killed with SIGKILL. The lock files stay on disk; the next
+    pull neither waits for them nor trusts the partial files (no range map vouches for them)."""
+    from modelget import layout
+    from modelget.datatypes import FileEntry
+
+    hub = start(sims, repo_dir, name="hub")
+    cat = catalogue(tmp_path / "m.yaml", hub)
+    cache = tmp_path / "cache"
+    entries = [FileEntry(n, len(d), sha(d), lfs=True) for n, d in contents.items()]
+    locks = [layout.lock_path(cache, REPO, e) for e in entries]
+    partials = [layout.incomplete_path(cache, REPO, e) for e in entries]
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from filelock import FileLock
+        held = []
+        for lock, part in zip({[str(p) for p in locks]!r}, {[str(p) for p in partials]!r}):
+            Path(lock).parent.mkdir(parents=True, exist_ok=True)
+            Path(part).parent.mkdir(parents=True, exist_ok=True)
+            held.append(FileLock(lock))
+            held[-1].acquire()
+            Path(part).write_bytes(b"garbage from a dead pull")
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    dead = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False)
+    assert dead.returncode == -signal.SIGKILL, dead.stderr
+    assert all(p.exists() for p in locks)
+
+    class Notes(NullReporter):
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        def on_message(self, level: str, text: str) -> None:
+            self.texts.append(text)
+
+    notes = Notes()
+    result = api.pull(
+        REPO, mirrors=cat, cache_dir=cache, engine="httpx", options=FAST, reporter=notes
+    )
+    assert result.status == "ok", result.failed
+    assert_model(Path(result.path), contents)
+    assert not any("another process" in t for t in notes.texts), notes.texts
+
+
 def aria2c_children() -> list[int]:
     """Process ids of the aria2c processes this test process started."""
     me = os.getpid()
