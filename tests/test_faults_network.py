@@ -761,8 +761,8 @@ def test_no_mirror_with_good_bytes_left_is_exit_4_and_nothing_lands(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Both mirrors serve the big file with a flipped byte (each at another offset): each is
-    named as the culprit, the bad bytes are quarantined, nothing lands, exit 4."""
+    """Both mirrors serve the big file with flipped bytes: each is named as the culprit, the
+    bad bytes are quarantined, nothing lands, exit 4."""
     import modelget.engines
     from modelget import cli
 
@@ -772,8 +772,8 @@ def test_no_mirror_with_good_bytes_left_is_exit_4_and_nothing_lands(
     cat = catalogue(tmp_path / "m.yaml", a, b)
     cache = tmp_path / "cache"
     api.probe(REPO, mirrors=cat)
-    a.add_fault(Fault(route="hf-resolve", path_glob=BIG, corrupt_offsets=(100,)))
-    b.add_fault(Fault(route="hf-resolve", path_glob=BIG, corrupt_offsets=(SIZE - 100,)))
+    for sim in (a, b):  # a flipped byte in every MiB: no mix of the two can be right
+        sim.add_fault(Fault(route="hf-resolve", path_glob=BIG, corrupt_every=1024 * 1024))
 
     argv = ["pull", REPO, BIG, "--mirrors", str(cat), "--cache-dir", str(cache)]
     code = cli.main([*argv, "--engine", engine, "--json"])
