@@ -717,6 +717,10 @@ class _Run:
         )
         completed = int(status.get("completedLength", 0) or 0)
         st = status.get("status")
+        if st != "active":
+            # Waiting in aria2's queue is not stalling: the watchdog's clock starts when the
+            # download does.
+            state.progress_at = time.monotonic()
         servers = self._servers(state) if st == "active" else None
         self._account(state, completed, servers)
         if st == "complete":
