@@ -210,20 +210,25 @@ def test_rpc_listens_on_loopback_only_and_no_secret_is_on_a_command_line(
     assert engine._secret not in log and "hf_secret_token" not in log
 
 
-def test_aria2c_dying_mid_run_fails_the_jobs_without_raising(
+def test_aria2c_that_keeps_dying_fails_the_jobs_without_raising(
     tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
 ) -> None:
-    from modelget.engines.aria2 import Aria2Engine
+    """aria2c dying mid-run is started again (MAX_RESTARTS times); one that keeps dying
+    fails the jobs, with the reason, and never raises."""
+    from modelget.engines.aria2 import MAX_RESTARTS, Aria2Engine
 
     sim = start(sims, repo_dir, name="hub")
     sim.add_fault(Fault(route="hf-resolve", rate_bps=100e3))
     eng = aria2()
     assert isinstance(eng, Aria2Engine) and eng.pid is not None
-    pid = eng.pid
+    live: Aria2Engine = eng
+    pids: set[int] = set()
 
     class KillOnBytes(NullReporter):
         def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
-            if alive(pid):
+            pid = live.pid
+            if pid is not None and alive(pid):
+                pids.add(pid)
                 os.kill(pid, signal.SIGKILL)
 
     try:
@@ -234,6 +239,7 @@ def test_aria2c_dying_mid_run_fails_the_jobs_without_raising(
         eng.close()
     assert not result.ok
     assert result.error is not None and "aria2c exited unexpectedly" in result.error
+    assert len(pids) == MAX_RESTARTS + 1
 
 
 # --- transfers -------------------------------------------------------------------------------

@@ -182,6 +182,13 @@ def test_cdn_redirect_signed_urls(cdn_sim: HubSimulator, http: httpx.Client, dat
     assert rejected.status_code == 403 and "Request has expired" in rejected.text
     assert http.get(fresh).status_code == 200
 
+    # Expire every URL issued so far, now: the old one is refused, a new one works.
+    cdn_sim.expire_signed_urls_now()
+    rejected = http.get(fresh)
+    assert rejected.status_code == 403 and "Request has expired" in rejected.text
+    newer = http.head(url(cdn_sim, "model.safetensors")).headers["Location"]
+    assert newer != fresh and http.get(newer).status_code == 200
+
     cdn_records = cdn_sim.requests(listener="cdn")
     assert cdn_records and all(r.port == cdn_sim.cdn_port for r in cdn_records)
     assert {r.route for r in cdn_records} == {"cdn"}

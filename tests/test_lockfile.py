@@ -299,9 +299,13 @@ def test_pull_lock_refuses_a_mirror_serving_other_bytes_under_the_locked_commit(
         for r in bad.requests()
     )
 
-    # bad mirror ranked first, good second: the good one leads, bytes match the lock
-    both = _catalogue(tmp_path / "both.yaml", bad, good)
-    code, out, err = _run(capsys, *_pull_args(lockfile, both, cache))
+    # two bad mirrors that agree with each other outvote the good one in an unlocked pull;
+    # a locked pull takes only the locked bytes, from the one mirror that has them
+    bad2 = HubSimulator(name="bad2").start()
+    sims.append(bad2)
+    bad2.add_repo(REPO, tmp_path / "evil", commit=commit)
+    three = _catalogue(tmp_path / "three.yaml", bad, bad2, good)
+    code, out, err = _run(capsys, *_pull_args(lockfile, three, cache))
     assert code == 0, err
     locked = {f.path: f for f in loads(lockfile.read_text()).models[0].files}
     weights = (Path(out.strip()) / "model.safetensors").read_bytes()

@@ -120,3 +120,15 @@ def test_unsafe_paths_are_refused(path: str) -> None:
 )
 def test_safe_paths_pass(path: str) -> None:
     assert check_path(path) == path
+
+
+def test_the_copy_most_mirrors_agree_on_wins_over_the_best_ranked_one() -> None:
+    fast = _manifest("fast", FileEntry("a.bin", 10, SHA_B), FileEntry("b.bin", 5, SHA_A))
+    m2 = _manifest("m2", FileEntry("a.bin", 10, SHA_A), FileEntry("b.bin", 5, SHA_A))
+    m3 = _manifest("m3", FileEntry("a.bin", 10, SHA_A), FileEntry("b.bin", 5, SHA_B))
+    candidates, disagreements = agree(fast, [m2, m3])
+    assert candidates == {"a.bin": ["m2", "m3"], "b.bin": ["fast", "m2"]}
+    assert [(d.mirror, d.path) for d in disagreements] == [("fast", "a.bin"), ("m3", "b.bin")]
+    # Two mirrors that disagree: a tie, the better-ranked one wins.
+    candidates, _ = agree(m2, [m3])
+    assert candidates["b.bin"] == ["m2"]

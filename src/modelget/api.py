@@ -6,6 +6,7 @@ renders what these return.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from modelget.errors import (
     AuthRequiredError,
     InsufficientDiskSpaceError,
     Interrupted,
+    LayoutError,
     LockedCommitMissingError,
     LockMismatchError,
     ModelgetError,
@@ -44,7 +46,7 @@ from modelget.errors import (
 from modelget.events import NullReporter, Reporter
 from modelget.export import ExportResult
 from modelget.layout import free_bytes, scan
-from modelget.lockfile import LockedModel, Lockfile, check_entries
+from modelget.lockfile import LockedModel, Lockfile, agree_with_lock, check_entries
 from modelget.manifest import agree, check_collisions, merge_digests, select_files
 from modelget.manifest import check_repo_id as _check_repo_id
 from modelget.manifest import check_revision as _check_revision
@@ -96,6 +98,11 @@ def _enabled_mirrors(mirrors: StrPath | None, verify_tls: bool = True) -> list[M
             # Before the probes run in parallel: this replaces huggingface_hub's client.
             prepare_unverified()
     return enabled
+
+
+_PROBLEMS = frozenset({"down", "error", "rate-limited", "auth"})
+"""Probe states worth a warning when a pull leaves the mirror out (not ``no-repo``: most
+catalogues have mirrors that simply lack most repos)."""
 
 
 def probe(
@@ -242,6 +249,7 @@ def _plan(
     locked: LockedModel | None = None,
     check_space: bool = True,
     verify_tls: bool = True,
+    reporter: Reporter | None = None,
 ) -> tuple[Plan, dict[str, Mirror]]:
     _check_repo_id(repo_id)
     if locked is not None:
@@ -254,24 +262,37 @@ def _plan(
     if locked is not None:
         order = [m for m in order if report.manifests[m.name].commit == locked.commit]
     if not order:
-        error = _no_manifest_error(repo_id, revision, report)
+        failure = _no_manifest_error(repo_id, revision, report)
         if locked is not None and isinstance(
-            error, (ModelNotFoundError, RevisionNotFoundError, NoMirrorError)
+            failure, (ModelNotFoundError, RevisionNotFoundError, NoMirrorError)
         ):
             raise LockedCommitMissingError(
                 f"commit {locked.commit} of {repo_id}, pinned by the lockfile, is on no mirror "
-                f"now ({error.code}):\n" + error.message.split("\n", 1)[-1],
+                f"now ({failure.code}):\n" + failure.message.split("\n", 1)[-1],
                 hint="the commit may have been force-pushed away or the repo deleted: add a "
                 "mirror that still has it (a team cdn export, say), or lock a new commit",
-            ) from error
-        raise error
+            ) from failure
+        raise failure
+    if reporter is not None:
+        for r in ranked:
+            probed = report.results.get(r.mirror.name)
+            if r.mirror in order or probed is None or probed.status not in _PROBLEMS:
+                continue
+            error = report.errors.get(r.mirror.name)
+            why = error.message if error is not None else probed.error or probed.status
+            reporter.on_message("warning", f"{r.mirror.name} is not used: {probed.status}: {why}")
 
     lock_entries: dict[str, FileEntry] = {}
     if locked is not None:
         order, lock_entries = _reference_for_lock(locked, order, report.manifests)
     reference = report.manifests[order[0].name]
     others = [report.manifests[m.name] for m in order[1:]]
-    candidates, disagreements = agree(reference, others)
+    if locked is not None:
+        candidates, disagreements = agree_with_lock(
+            locked, [(m.name, report.manifests[m.name].by_path()) for m in order]
+        )
+    else:
+        candidates, disagreements = agree(reference, others)
     if locked is not None:
         wanted = [lock_entries[p] for p in locked.paths]
         excluded = sorted({f.path for f in reference.files} - set(locked.paths))
@@ -284,8 +305,15 @@ def _plan(
     files_of = {m.name: report.manifests[m.name].by_path() for m in order}
     entries = []
     sources: dict[str, list[FileSource]] = {}
-    for entry in wanted:
-        agreeing = candidates.get(entry.path, [])
+    for wanted_entry in wanted:
+        agreeing = candidates.get(wanted_entry.path, [])
+        # The copy most mirrors agree on (it may not be the reference mirror's); in a locked
+        # pull, the locked copy (every source matches it).
+        entry = (
+            files_of[agreeing[0]][wanted_entry.path]
+            if agreeing and locked is None
+            else wanted_entry
+        )
         entries.append(merge_digests(entry, (files_of[n][entry.path] for n in agreeing[1:])))
         # Each mirror's URL is built from its own entry (a cdn addresses bytes by sha256).
         sources[entry.path] = [
@@ -443,6 +471,7 @@ def pull(
         local_dir=local_dir,
         locked=locked,
         verify_tls=verify_tls,
+        reporter=reporter,
     )
     plan_s = time.perf_counter() - started
     hub_cache = _hub_cache(cache_dir)
@@ -450,6 +479,10 @@ def pull(
     reporter.on_plan(
         repo_id, the_plan.commit, len(the_plan.to_fetch), the_plan.fetch_bytes, the_plan.total_bytes
     )
+    for d in the_plan.disagreements:
+        reporter.on_message(
+            "warning", f"disagreement: {d.mirror} is not used for {d.path}: {d.reason}"
+        )
     chosen = select_engine(engine, options, reporter)
     outcomes: list[FileOutcome] = []
     transfer_started = time.perf_counter()
@@ -473,6 +506,8 @@ def pull(
             cancel.set()
             worker.join()
         if errors:
+            if isinstance(errors[0], OSError):
+                raise _local_error(errors[0], repo_id, hub_cache) from errors[0]
             raise errors[0]
         outcomes = box[0] if box else []
     finally:
@@ -490,13 +525,16 @@ def pull(
             hint="free some space and run the same command again: it resumes where it stopped",
         )
     if any(o.status != "failed" for o in outcomes) or not outcomes:
-        # A locked pull points the locked ref (say main) at the locked commit: on this
-        # machine the model then loads by that name, offline, at exactly the locked bytes.
-        ref = locked.revision if locked is not None else the_plan.revision
-        layout.write_ref(hub_cache, repo_id, ref, the_plan.commit)
-        if revision is None and ref != "main" and locked is None:
-            # huggingface_hub and transformers look up refs/main when given no revision.
-            layout.write_ref(hub_cache, repo_id, "main", the_plan.commit)
+        try:
+            # A locked pull points the locked ref (say main) at the locked commit: on this
+            # machine the model then loads by that name, offline, at exactly the locked bytes.
+            ref = locked.revision if locked is not None else the_plan.revision
+            layout.write_ref(hub_cache, repo_id, ref, the_plan.commit)
+            if revision is None and ref != "main" and locked is None:
+                # huggingface_hub and transformers look up refs/main when given no revision.
+                layout.write_ref(hub_cache, repo_id, "main", the_plan.commit)
+        except OSError as exc:
+            raise _local_error(exc, repo_id, hub_cache) from exc
     per_mirror: dict[str, int] = {}
     for o in outcomes:
         for m, n in o.bytes_by_mirror.items():
@@ -521,6 +559,23 @@ def pull(
         plan_s=plan_s,
         transfer_s=transfer_s,
     )
+
+
+def _local_error(exc: OSError, repo_id: str, hub_cache: Path) -> ModelgetError:
+    """A local write that failed (the cache's file system), as the error the user can act on."""
+    where = exc.filename or hub_cache
+    elsewhere = "pull into a writable cache: --cache-dir DIR (or HF_HUB_CACHE=DIR)"
+    if exc.errno == errno.ENOSPC:
+        return InsufficientDiskSpaceError(
+            f"the disk filled up while pulling {repo_id} (writing {where}); nothing "
+            "incomplete was put in place",
+            hint="free some space and run the same command again: it resumes where it stopped",
+        )
+    if exc.errno == errno.EROFS:
+        return LayoutError(f"cannot write to {where}: the file system is read-only", hint=elsewhere)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return LayoutError(f"cannot write to {where}: permission denied", hint=elsewhere)
+    return LayoutError(f"cannot write to {where}: {exc.strerror or exc}", hint=elsewhere)
 
 
 def _hub_cache(cache_dir: StrPath | None) -> Path:

@@ -29,6 +29,10 @@ from modelget.events import Reporter
 from modelget.verify import check
 
 VERIFY_WORKERS = 2
+TRANSFER_RETRIES = 2
+"""A file whose transfer failed (every mirror gave up) but that got new bytes in that round
+gets up to this many more rounds: the mirrors may be back (a blip longer than the engines'
+retries), and the bytes are kept."""
 
 
 @dataclass
@@ -44,6 +48,8 @@ class _State:
     outcome: FileOutcome | None = None
     lock: FileLock | None = None
     retry_single: bool = False
+    transfer_retries: int = 0
+    """Extra rounds given to a file whose transfer failed after making progress."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,18 @@ class Executor:
                 continue
             if _is_disk_full(result.error) or any(_is_disk_full(a) for a in result.attempts):
                 self.disk_full = True
+            elif (
+                sum(result.bytes_by_mirror.values()) > 0
+                and state.transfer_retries < TRANSFER_RETRIES
+                and not self.cancel.is_set()
+            ):
+                state.transfer_retries += 1
+                self.reporter.on_message(
+                    "info",
+                    f"{result.path}: every mirror failed after some progress; trying again "
+                    f"({result.error or 'transfer failed'})",
+                )
+                continue
             state.outcome = FileOutcome(
                 result.path,
                 state.item.entry.size,
@@ -282,7 +300,9 @@ class Executor:
                 todo = [
                     s
                     for s in todo
-                    if s.outcome is None and s.sources and rounds <= len(self.mirrors) + 1
+                    if s.outcome is None
+                    and s.sources
+                    and rounds <= len(self.mirrors) + 1 + TRANSFER_RETRIES
                 ]
                 if self.cancel.is_set():
                     break

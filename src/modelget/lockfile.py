@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelget.datatypes import FileEntry
+from modelget.datatypes import Disagreement, FileEntry
 from modelget.errors import LockfileError, ModelgetError, UnsafeManifestError
 from modelget.manifest import check_path, check_repo_id, check_revision
 
@@ -266,3 +266,24 @@ def check_entries(
             got.lfs or want.lfs,
         )
     return entries, problems
+
+
+def agree_with_lock(
+    locked: LockedModel, listings: Sequence[tuple[str, dict[str, FileEntry]]]
+) -> tuple[dict[str, list[str]], list[Disagreement]]:
+    """For each locked file: the mirrors (in the order given) whose copy matches the lock, and
+    every mirror that does not. A locked pull never lets a majority of mirrors outvote the
+    lock, as :func:`modelget.manifest.agree` lets them outvote the best-ranked mirror."""
+    candidates: dict[str, list[str]] = {}
+    disagreements: list[Disagreement] = []
+    for want in locked.files:
+        names: list[str] = []
+        for mirror, files in listings:
+            got = files.get(want.path)
+            reason = "file missing" if got is None else _mismatch(want, got)
+            if reason is None:
+                names.append(mirror)
+            else:
+                disagreements.append(Disagreement(mirror, want.path, reason))
+        candidates[want.path] = names
+    return candidates, disagreements

@@ -1,11 +1,14 @@
 """Pure manifest logic: which mirrors agree on which files, and which files are wanted.
 
-The reference manifest comes from the best-ranked mirror that has the repo. Another mirror
-is a candidate for a file only when its entry has the same size and the same digest
-(sha256 where both sides have one, else the git blob sha1 where both have one). When the two
-sides share no digest kind (ModelScope lists sha256, HF gives only a git sha1 for small
-files) a size match is accepted: the bytes are still verified against the reference digest
-before they land, so a wrong answer costs a refetch, never a bad file.
+The reference manifest comes from the best-ranked mirror that has the repo: it gives the
+commit and the list of files. For each file, the copy that most mirrors agree on is the one
+fetched (on a tie, the best-ranked mirror's), so one fast mirror with stale or wrong bytes
+cannot outvote two that agree. A mirror is a candidate for a file only when its entry has the
+same size and the same digest as that copy (sha256 where both sides have one, else the git
+blob sha1 where both have one). When the two sides share no digest kind (ModelScope lists
+sha256, HF gives only a git sha1 for small files) a size match is accepted: the bytes are
+still verified against the chosen digest before they land, so a wrong answer costs a
+refetch, never a bad file.
 """
 
 from __future__ import annotations
@@ -163,22 +166,34 @@ def _compare(ref: FileEntry, other: FileEntry) -> str | None:
 def agree(
     reference: Manifest, others: Sequence[Manifest]
 ) -> tuple[dict[str, list[str]], list[Disagreement]]:
-    """For each file of ``reference``: the mirrors (reference first, then ``others`` in the
-    order given) whose copy agrees; plus every disagreement found."""
-    candidates: dict[str, list[str]] = {f.path: [reference.mirror] for f in reference.files}
+    """For each file of ``reference``: the mirrors (in the order given, ``reference`` first)
+    whose copy agrees with the copy most mirrors agree on (on a tie, the earliest mirror's);
+    plus every disagreement found. The first mirror listed for a file holds the chosen copy."""
+    manifests = [reference, *others]
+    listings = [m.by_path() for m in manifests]
+    candidates: dict[str, list[str]] = {}
     disagreements: list[Disagreement] = []
-    for other in others:
-        theirs = other.by_path()
-        for ref in reference.files:
-            entry = theirs.get(ref.path)
-            if entry is None:
-                disagreements.append(Disagreement(other.mirror, ref.path, "file missing"))
-                continue
-            reason = _compare(ref, entry)
-            if reason is None:
-                candidates[ref.path].append(other.mirror)
-            else:
-                disagreements.append(Disagreement(other.mirror, ref.path, reason))
+    for ref in reference.files:
+        copies = [
+            (m.mirror, files.get(ref.path)) for m, files in zip(manifests, listings, strict=True)
+        ]
+        present = [(name, e) for name, e in copies if e is not None]
+        chosen: FileEntry = ref
+        chosen_by = reference.mirror
+        group: list[str] = []
+        for holder, copy in present:
+            agreeing = [name for name, other in present if _compare(copy, other) is None]
+            if len(agreeing) > len(group):
+                chosen, chosen_by, group = copy, holder, agreeing
+        # Digests without a common kind make agreement non-transitive; the holder of the
+        # chosen copy goes first whatever happens (with transitive agreement it is first).
+        candidates[ref.path] = [chosen_by, *(n for n in group if n != chosen_by)]
+        for name, maybe in copies:
+            if maybe is None:
+                disagreements.append(Disagreement(name, ref.path, "file missing"))
+            elif name not in group:
+                reason = _compare(chosen, maybe) or "disagrees with the other mirrors"
+                disagreements.append(Disagreement(name, ref.path, reason))
     return candidates, disagreements
 
 

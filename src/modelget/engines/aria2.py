@@ -60,6 +60,7 @@ from modelget.engines.redirects import (
 )
 from modelget.errors import EngineUnavailableError
 from modelget.events import Reporter
+from modelget.retry import MAX_RETRY_AFTER_S, status_is_retryable
 from modelget.settings import child_env
 
 READY_TIMEOUT_S = 10.0
@@ -69,6 +70,9 @@ RPC_TIMEOUT_S = 10.0
 RESOLVE_WORKERS = 8
 MAX_REREOLVES_PER_SOURCE = 3
 MAX_READDS_PER_JOB = 2
+MAX_RESTARTS = 2
+"""aria2c processes started again after one died under a pull (in the engine's life)."""
+_DIED = "aria2c exited unexpectedly"
 """A download that ends in error is re-added (fresh URLs, resuming) at most this often in a
 row without progress."""
 CONTROL_SUFFIX = ".aria2"
@@ -189,6 +193,10 @@ class _Source:
     header: bool
     """The download carries ``src.headers`` (every URI of it is on the token's origin)."""
     rerolves: int = 0
+    slow_since: float | None = None
+    """Since when its connections together have been slower than ``lowest_speed_bps``."""
+    idle_since: float | None = None
+    """Since when aria2 has had no connection open to it."""
 
 
 @dataclass
@@ -208,12 +216,16 @@ class _Active:
     uri_mirror: dict[str, str] = field(default_factory=dict)
     readds: int = 0
     resolving: Future[tuple[list[_Source], list[list[_Source]]]] | None = None
-    rerolve: dict[str, Future[ResolvedURL]] = field(default_factory=dict)
+    rerolve: dict[str, Future[ResolvedURL | None]] = field(default_factory=dict)
+    """Per mirror: a check of its idle redirect URL (None: it still works; else a fresh one)."""
     failed_mirrors: set[str] = field(default_factory=set)
     shares: dict[str, float] = field(default_factory=dict)
     """Each mirror's share of the last measured download speed (for byte attribution)."""
     delegated: Future[FetchResult] | None = None
     """The httpx engine fetching this job's token-needing sources (see the module doc)."""
+    watched: int = 0
+    """``completedLength`` at the watchdog's last look, and since when it has not grown:"""
+    progress_at: float = field(default_factory=time.monotonic)
     done: bool = False
 
 
@@ -271,6 +283,7 @@ class Aria2Engine:
             fh.write(f"rpc-secret={self._secret}\n")
         self._conf = conf
         self._proc: subprocess.Popen[bytes] | None = None
+        self._restarts = 0
         self._client: _Client | None = None
         self._log: IO[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -302,6 +315,10 @@ class Aria2Engine:
             f"--stop-with-process={os.getpid()}",
             "--auto-save-interval=1",
             "--file-allocation=none",
+            # No write cache: aria2c 1.36 aborts (Piece::updateWrCache assertion) when a
+            # download is paused with cached blocks and resumed with another URI, which the
+            # mirror watchdog does; measured no loss of throughput on a 1 GiB local transfer.
+            "--disk-cache=0",
             f"--max-concurrent-downloads={max(1, o.max_concurrent_files)}",
             f"--check-certificate={'true' if o.verify_tls else 'false'}",
             "--http-accept-gzip=false",
@@ -407,7 +424,41 @@ class Aria2Engine:
         on_complete: OnComplete | None = None,
     ) -> list[FetchResult]:
         with self._run_lock:
-            return _Run(self, jobs, reporter, cancel, on_complete).go()
+            if self._proc is not None and self._proc.poll() is not None:
+                self._restart(reporter, "before a run", len(jobs))
+            results = _Run(self, jobs, reporter, cancel, on_complete).go()
+            while not cancel.is_set():
+                died = [i for i, r in enumerate(results) if (r.error or "").startswith(_DIED)]
+                if not died or not self._restart(reporter, results[died[0]].error, len(died)):
+                    break
+                # Each unfinished file resumes from its control file (saved every second).
+                again = _Run(self, [jobs[i] for i in died], reporter, cancel, on_complete).go()
+                for i, result in zip(died, again, strict=True):
+                    results[i] = _merge(results[i], result)
+            return results
+
+    def _restart(self, reporter: Reporter, why: str | None, files: int) -> bool:
+        """Start a fresh aria2c after the last one died (at most ``MAX_RESTARTS`` times in the
+        engine's life); False when that budget is spent or it does not start."""
+        exe = aria2c_path()
+        if self._restarts >= MAX_RESTARTS or exe is None:
+            return False
+        self._restarts += 1
+        reporter.on_message(
+            "warning",
+            f"{why or 'aria2c is not running'}; restarting aria2c and resuming {files} file(s)",
+        )
+        old = self._client
+        try:
+            self._start(exe)
+        except EngineUnavailableError as exc:
+            reporter.on_message("warning", exc.message)
+            return False
+        finally:
+            if old is not None and old is not self._client:
+                old.close()
+        self.api = aria2p.API(self._client)
+        return True
 
 
 class _Run:
@@ -519,27 +570,69 @@ class _Run:
     def _resolve_one(self, src: SourceURL) -> ResolvedURL:
         return resolve_final_url(self.http, src.url, src.headers)
 
+    def _recheck(self, s: _Source) -> ResolvedURL | None:
+        """None while the redirect target ``s`` resolved to still answers (a one-byte Range,
+        without the source's headers: they never go to another origin); else the source
+        resolved again, to a fresh (signed) URL."""
+        try:
+            still = resolve_final_url(self.http, s.resolved.url, max_hops=0)
+        except ResolveURLError:
+            still = None
+        if still is not None and still.status in (200, 206):
+            return None
+        return self._resolve_one(s.src)
+
     def _resolve_all(self, state: _Active) -> tuple[list[_Source], list[list[_Source]]]:
         """Resolve every source (concurrently) and split them into the download's URIs and
-        held-back groups (token-needing URIs that cannot share a download with the others)."""
+        held-back groups (token-needing URIs that cannot share a download with the others).
+
+        When no source resolves and some were refused with a status worth retrying (429, 5xx),
+        those are asked again after their ``Retry-After`` (or a backoff), up to ``max_tries``
+        times: a short burst of errors on the only mirror does not fail the file. With a
+        source that did resolve, the download starts at once without the refused ones."""
         job = state.job
-        futures = [(s, self.pool.submit(self._resolve_one, s)) for s in job.sources]
+        pending = list(job.sources)
         ok: list[tuple[SourceURL, ResolvedURL]] = []
-        for src, fut in futures:
-            try:
-                res = fut.result()
-            except ResolveURLError as exc:
-                self._mirror_failed(state, src.mirror, exc.message)
-                continue
-            except Exception as exc:  # a bug or an unexpected library error: drop the source
-                self._mirror_failed(state, src.mirror, f"{type(exc).__name__}: {exc}")
-                continue
-            if res.size is not None and res.size != job.size:
-                self._mirror_failed(
-                    state, src.mirror, f"size mismatch: it serves {res.size} bytes, not {job.size}"
+        tries = max(1, self.options.max_tries)
+        for attempt in range(1, tries + 1):
+            futures = [(s, self.pool.submit(self._resolve_one, s)) for s in pending]
+            busy: list[tuple[SourceURL, ResolveURLError]] = []
+            for src, fut in futures:
+                try:
+                    res = fut.result()
+                except ResolveURLError as exc:
+                    if exc.status is not None and status_is_retryable(exc.status):
+                        busy.append((src, exc))
+                    else:
+                        self._mirror_failed(state, src.mirror, exc.message)
+                    continue
+                except Exception as exc:  # a bug or an unexpected library error: drop the source
+                    self._mirror_failed(state, src.mirror, f"{type(exc).__name__}: {exc}")
+                    continue
+                if res.size is not None and res.size != job.size:
+                    self._mirror_failed(
+                        state,
+                        src.mirror,
+                        f"size mismatch: it serves {res.size} bytes, not {job.size}",
+                    )
+                    continue
+                ok.append((src, res))
+            if ok or not busy or attempt == tries or self.cancel.is_set():
+                for src, error in busy:
+                    self._mirror_failed(state, src.mirror, error.message)
+                break
+            backoff = self.options.retry_wait_s * 2 ** (attempt - 1)
+            wait = max(
+                backoff if e.retry_after is None else min(e.retry_after, MAX_RETRY_AFTER_S)
+                for _, e in busy
+            )
+            for src, error in busy:
+                state.result.attempts.append(
+                    f"{src.mirror}: {error.message}; asking again in {wait:.1f} s"
                 )
-                continue
-            ok.append((src, res))
+            if self.cancel.wait(wait):
+                break
+            pending = [src for src, _ in busy]
         return _group_sources(ok, state)
 
     def _mirror_failed(self, state: _Active, mirror: str, reason: str) -> None:
@@ -569,7 +662,8 @@ class _Run:
         if have and state.readds == 0:
             state.result.resumed_bytes = have
             self.reporter.on_file_resumed(job.path, have)
-        state.baseline = state.last_completed = have
+        state.baseline = state.last_completed = state.watched = have
+        state.progress_at = time.monotonic()
         state.sources = sources
         state.uri_mirror = {s.resolved.url: s.src.mirror for s in sources}
         uris = [s.resolved.url for s in sources]
@@ -674,7 +768,7 @@ class _Run:
             if not sources and held:
                 sources = held.pop(0)
             if not sources:
-                self._fail(state, "no mirror could serve it")
+                self._fail(state, _no_mirror_left(state.result.attempts))
                 return
             self._add(state, sources)
             return
@@ -685,8 +779,13 @@ class _Run:
             ["status", "completedLength", "totalLength", "errorCode", "errorMessage", "files"],
         )
         completed = int(status.get("completedLength", 0) or 0)
-        self._account(state, completed)
         st = status.get("status")
+        if st != "active":
+            # Waiting in aria2's queue is not stalling: the watchdog's clock starts when the
+            # download does.
+            state.progress_at = time.monotonic()
+        servers = self._servers(state) if st == "active" else None
+        self._account(state, completed, servers)
         if st == "complete":
             self._account(state, state.job.size)
             self._forget(state)
@@ -699,9 +798,30 @@ class _Run:
             self._forget(state)
             self._errored(state, code, message)
             return
-        self._check_uris(state, status)
+        if servers is not None:
+            self._watch(state, servers, status, completed)
 
-    def _account(self, state: _Active, completed: int) -> None:
+    def _servers(self, state: _Active) -> dict[str, tuple[int, float]]:
+        """Per mirror of the download: (connections open, their download speed in B/s)."""
+        out: dict[str, tuple[int, float]] = {}
+        if state.gid is None:
+            return out
+        try:
+            entries: Any = self.client.get_servers(state.gid)
+        except _RPC_ERRORS:
+            return out
+        for entry in entries or []:
+            for server in entry.get("servers", []):
+                mirror = state.uri_mirror.get(str(server.get("uri", "")))
+                if mirror is None:
+                    continue
+                n, speed = out.get(mirror, (0, 0.0))
+                out[mirror] = (n + 1, speed + float(server.get("downloadSpeed", 0) or 0))
+        return out
+
+    def _account(
+        self, state: _Active, completed: int, servers: Mapping[str, tuple[int, float]] | None = None
+    ) -> None:
         """Report the bytes that arrived since the last poll and attribute them to mirrors.
 
         aria2 does not count bytes per URI. The split is an estimate: each poll's new bytes are
@@ -713,21 +833,7 @@ class _Run:
         if delta <= 0:
             return
         state.last_completed = completed
-        speeds: dict[str, float] = {}
-        if state.gid is not None:
-            servers: Any
-            try:
-                servers = self.client.get_servers(state.gid)
-            except _RPC_ERRORS:
-                servers = []
-            for entry in servers or []:
-                for server in entry.get("servers", []):
-                    mirror = state.uri_mirror.get(str(server.get("uri", "")))
-                    if mirror is None:
-                        continue
-                    speeds[mirror] = speeds.get(mirror, 0.0) + float(
-                        server.get("downloadSpeed", 0) or 0
-                    )
+        speeds = {m: speed for m, (_, speed) in (servers or {}).items()}
         total = sum(speeds.values())
         if total > 0:
             state.shares = {m: v / total for m, v in speeds.items() if v > 0}
@@ -746,41 +852,184 @@ class _Run:
             by[mirror] = by.get(mirror, 0) + n
             self.reporter.on_bytes(state.job.path, n, mirror)
 
-    def _check_uris(self, state: _Active, status: Mapping[str, Any]) -> None:
-        """A URI that aria2 dropped after errors: re-resolve it when it was a (signed)
-        redirect target that may have expired; else report its mirror as failed."""
-        files = status.get("files") or []
-        present = {str(u.get("uri")) for f in files for u in (f.get("uris") or [])}
-        if not present:
+    def _watch(
+        self,
+        state: _Active,
+        servers: Mapping[str, tuple[int, float]],
+        status: Mapping[str, Any],
+        completed: int,
+    ) -> None:
+        """modelget's own watchdog over the mirrors of one download, beside aria2's.
+
+        aria2c checks ``lowest-speed-limit`` only once a connection is 10 s old (a hidden
+        ``startup-idle-time`` that neither its command line nor RPC can change), so a mirror
+        trickling a few KB/s would hold its segments that long. A mirror whose connections
+        together stay below ``lowest_speed_bps`` for ``stall_timeout_s`` while another mirror
+        is doing better is dropped here: its URIs are removed (deleting a URI does not close
+        aria2's connection to it, pausing the download does; the bytes are kept).
+
+        aria2 keeps a URI that failed in the download's list (``tellStatus`` shows it as
+        ``used`` like any other), so a signed redirect URL that expired cannot be seen there.
+        A redirected source that has had no connection for ``stall_timeout_s`` is checked
+        instead: if its URL is refused now (a signed URL that expired), the source is resolved
+        again and the fresh URL swapped in (at most ``MAX_REREOLVES_PER_SOURCE`` times), with
+        the download paused around the change so that aria2 opens connections to it."""
+        if state.gid is None or completed >= state.job.size:
             return
+        now = time.monotonic()
+        opts = self.options
+        limit = opts.lowest_speed_bps
+        for s in state.sources:
+            conns, speed = servers.get(s.src.mirror, (0, 0.0))
+            s.idle_since = (s.idle_since or now) if not conns else None
+            if conns and speed >= limit:
+                s.slow_since = None
+            elif conns:
+                s.slow_since = s.slow_since or now
+            elif s.idle_since is not None and now - s.idle_since >= opts.stall_timeout_s:
+                # A connection that stalls is closed by aria2's read timeout and opened again:
+                # short gaps do not clear a slow mirror, a long idle spell does.
+                s.slow_since = None
+        if completed > state.watched:
+            state.watched, state.progress_at = completed, now
+        self._swap_resolved(state, status)
+        if len(state.sources) < 2:
+            return
+        # aria2 averages a connection's speed over many seconds, so one that stalls after a
+        # burst still looks fast for a long while (and aria2's own timeout did not close it
+        # either, in tests): no byte at all for stall_timeout_s while connections are open
+        # means every mirror they are on is stalled. Drop those when another mirror is left.
+        stalled = now - state.progress_at
+        connected = [s for s in state.sources if servers.get(s.src.mirror, (0, 0.0))[0]]
+        if stalled >= opts.stall_timeout_s and connected and len(connected) < len(state.sources):
+            for s in connected:
+                self._remove_uris(
+                    state, s, f"stalled: no bytes for {stalled:.0f} s", status, pause=True
+                )
+            state.progress_at = now
+            return
+        if limit <= 0:
+            return
+        slow = [
+            (s, now - s.slow_since)
+            for s in state.sources
+            if s.slow_since is not None and now - s.slow_since >= opts.stall_timeout_s
+        ]
+        healthy = [s for s in state.sources if s.slow_since is None]
+        if slow and healthy:
+            for s, seconds in slow:
+                _, speed = servers.get(s.src.mirror, (0, 0.0))
+                self._remove_uris(
+                    state,
+                    s,
+                    f"too slow: {speed / 1024:.0f} KiB/s for {seconds:.0f} s "
+                    f"(below {limit / 1024:.0f} KiB/s)",
+                    status,
+                    pause=True,
+                )
+            return
+        for s in state.sources:
+            idle = s.idle_since is not None and now - s.idle_since >= opts.stall_timeout_s
+            if (
+                idle
+                and s.resolved.redirected
+                and s.rerolves < MAX_REREOLVES_PER_SOURCE
+                and s.src.mirror not in state.rerolve
+            ):
+                s.idle_since = now
+                state.rerolve[s.src.mirror] = self.pool.submit(self._recheck, s)
+
+    def _swap_resolved(self, state: _Active, status: Mapping[str, Any]) -> None:
+        """Put the fresh URLs of sources resolved again into the download."""
         for s in list(state.sources):
-            mirror = s.src.mirror
-            pending = state.rerolve.get(mirror)
-            if pending is not None:
-                if not pending.done():
-                    continue
-                del state.rerolve[mirror]
-                try:
-                    fresh = pending.result()
-                except Exception as exc:
-                    self._drop_source(state, s, f"gone after errors; re-resolving failed: {exc}")
-                    continue
-                if fresh.url in state.uri_mirror or state.gid is None:
-                    continue
-                if s.header and not fresh.same_origin:
-                    self._drop_source(state, s, "its URL now redirects to another host")
-                    continue
-                self.client.change_uri(state.gid, 1, [], [fresh.url])
-                state.uri_mirror[fresh.url] = mirror
-                s.resolved = fresh
+            pending = state.rerolve.get(s.src.mirror)
+            if pending is None or not pending.done():
                 continue
-            if s.resolved.url in present:
+            del state.rerolve[s.src.mirror]
+            try:
+                fresh = pending.result()
+            except Exception as exc:
+                self._remove_uris(state, s, f"its URL stopped working: {exc}", status)
                 continue
-            if s.resolved.redirected and s.rerolves < MAX_REREOLVES_PER_SOURCE:
-                s.rerolves += 1
-                state.rerolve[mirror] = self.pool.submit(self._resolve_one, s.src)
-            else:
-                self._drop_source(state, s, "aria2 dropped it after errors")
+            if fresh is None:  # idle by aria2's choice: its URL still works
+                continue
+            if fresh.url == s.resolved.url or fresh.url in state.uri_mirror or state.gid is None:
+                continue
+            if s.header and not fresh.same_origin:
+                self._remove_uris(state, s, "its URL now redirects to another host", status)
+                continue
+            s.rerolves += 1
+            self._replace_uri(state, s, fresh)
+
+    def _replace_uri(self, state: _Active, s: _Source, fresh: ResolvedURL) -> None:
+        """Swap a source's expired URL for a fresh one, pausing the download around the change
+        (aria2 opens no new connection to a URI added to a running download)."""
+        gid = state.gid
+        if gid is None:
+            return
+        old = s.resolved.url
+        try:
+            if not self._pause(gid):
+                return
+            count = _uri_count(self.client.tell_status(gid, ["files"]), old)
+            self.client.change_uri(gid, 1, [old] * count, [fresh.url])
+            state.uri_mirror[fresh.url] = s.src.mirror
+            s.resolved = fresh
+            state.result.attempts.append(
+                f"{s.src.mirror}: its URL was refused (a signed URL that expired?); "
+                "resolved it again and carried on with the fresh one"
+            )
+        except _RPC_ERRORS:
+            pass
+        finally:
+            self._unpause(gid)
+
+    def _pause(self, gid: str) -> bool:
+        """Force-pause a download; True once it is paused (False: it ended meanwhile)."""
+        self.client.force_pause(gid)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            st = self.client.tell_status(gid, ["status"]).get("status")
+            if st != "active":
+                return st == "paused"
+            time.sleep(0.02)
+        return False
+
+    def _unpause(self, gid: str) -> None:
+        """Unpause, first in aria2's queue (a no-op for a download that is not paused)."""
+        with contextlib.suppress(*_RPC_ERRORS):
+            self.client.unpause(gid)
+            self.client.change_position(gid, 0, "POS_SET")
+
+    def _remove_uris(
+        self,
+        state: _Active,
+        s: _Source,
+        reason: str,
+        status: Mapping[str, Any],
+        *,
+        pause: bool = False,
+    ) -> None:
+        """Take a source's URIs out of the download (``pause``: also close its connections,
+        by pausing the download around the change; the bytes on disk are kept)."""
+        gid = state.gid
+        self._drop_source(state, s, reason)
+        if gid is None:
+            return
+        uri = s.resolved.url
+        count = _uri_count(status, uri)
+        try:
+            if pause:
+                if not self._pause(gid):
+                    return  # it completed or failed meanwhile: the next poll sees it
+                count = _uri_count(self.client.tell_status(gid, ["files"]), uri)
+            if count:
+                self.client.change_uri(gid, 1, [uri] * count, [])
+        except _RPC_ERRORS:
+            pass
+        finally:
+            if pause:
+                self._unpause(gid)
 
     def _drop_source(self, state: _Active, s: _Source, reason: str) -> None:
         if s in state.sources:
@@ -805,8 +1054,11 @@ class _Run:
                 self.reporter.on_mirror_failed(job.path, s.src.mirror, text)
         if state.last_completed > state.baseline:
             state.readds = 0  # it made progress: a fresh try is worth it (e.g. short-lived URLs)
-        if code in _LOCAL_ERRORS or state.readds >= MAX_READDS_PER_JOB:
+        if code in _LOCAL_ERRORS:
             self._fail(state, text)
+            return
+        if state.readds >= MAX_READDS_PER_JOB:
+            self._fail(state, _no_mirror_left(state.result.attempts))
             return
         state.readds += 1
         if state.held_back:
@@ -873,7 +1125,7 @@ class _Run:
             self.results[i].error = "cancelled"
 
     def _engine_died(self, active: dict[int, _Active], queue: list[int]) -> None:
-        error = f"aria2c exited unexpectedly (code {self.proc.returncode})"
+        error = f"{_DIED} (code {self.proc.returncode})"
         for i in [*active, *queue]:
             result = self.results[i]
             result.ok = False
@@ -908,6 +1160,33 @@ def _group_sources(
     if free:
         return free, groups
     return groups[0], groups[1:]
+
+
+def _merge(first: FetchResult, second: FetchResult) -> FetchResult:
+    """One file's result over two runs (the first ended when aria2c died)."""
+    for mirror, n in first.bytes_by_mirror.items():
+        second.bytes_by_mirror[mirror] = second.bytes_by_mirror.get(mirror, 0) + n
+    second.attempts = [*first.attempts, f"aria2: {first.error}", *second.attempts]
+    second.resumed_bytes = first.resumed_bytes
+    second.seconds += first.seconds
+    return second
+
+
+def _no_mirror_left(attempts: Sequence[str]) -> str:
+    """The error of a file no mirror could finish: what each mirror did last."""
+    last: dict[str, str] = {}
+    for line in attempts:
+        who, _, what = line.partition(": ")
+        last.pop(who, None)
+        last[who] = what
+    said = "; ".join(f"{who}: {what}" for who, what in last.items())
+    return "no mirror could serve the rest of the file: " + (said or "every mirror failed")
+
+
+def _uri_count(status: Mapping[str, Any], uri: str) -> int:
+    """How often ``uri`` is in a download's URI list (aria2 lists a URI once per use)."""
+    files = status.get("files") or []
+    return sum(1 for f in files for u in (f.get("uris") or []) if str(u.get("uri")) == uri)
 
 
 def _unlink(path: Path) -> None:

@@ -51,6 +51,7 @@ from modelget.engines.ranges import (
 from modelget.engines.redirects import redact_url, same_origin
 from modelget.events import Reporter
 from modelget.retry import (
+    MAX_RETRY_AFTER_S,
     AttemptError,
     is_retryable,
     parse_retry_after,
@@ -58,7 +59,6 @@ from modelget.retry import (
     transfer_wait,
 )
 
-CHUNK = 256 * 1024
 MAX_REDIRECTS = 5
 FLUSH_INTERVAL_S = 0.5
 STEAL_AFTER_S = 1.0
@@ -108,9 +108,22 @@ class _Slots:
         self.total = max(1, total)
         self.in_use: dict[str, int] = {}
         self.cond = threading.Condition()
+        self.resume_at: dict[str, float] = {}
+        """Per mirror: no new request before this ``time.monotonic()`` (its Retry-After)."""
 
     def busy(self) -> int:
         return sum(self.in_use.values())
+
+    def backing_off(self, mirror: str, now: float) -> float:
+        """Seconds ``mirror`` asked us to wait still (0 when none)."""
+        return max(0.0, self.resume_at.get(mirror, 0.0) - now)
+
+    def back_off(self, mirror: str, seconds: float) -> None:
+        """``mirror`` said Retry-After: no connection of any file asks it again before then."""
+        with self.cond:
+            until = time.monotonic() + seconds
+            if until > self.resume_at.get(mirror, 0.0):
+                self.resume_at[mirror] = until
 
 
 @dataclass
@@ -280,10 +293,12 @@ class _Transfer:
                 if not healthy or work == "none":
                     return None
                 if work == "now" and slots.busy() < slots.total:
+                    now = time.monotonic()
                     free = [
                         (slots.in_use.get(m.name, 0) / max(1, m.source.max_connections), i, m)
                         for i, m in enumerate(healthy)
                         if slots.in_use.get(m.name, 0) < max(1, m.source.max_connections)
+                        and not slots.backing_off(m.name, now)
                     ]
                     if free:
                         _, _, mirror = min(free, key=lambda t: (t[0], t[1]))
@@ -329,6 +344,10 @@ class _Transfer:
                         reraise=True,
                     ):
                         with attempt:
+                            # Another connection may have been told Retry-After meanwhile.
+                            self._sleep(
+                                self.engine.slots.backing_off(mirror.name, time.monotonic())
+                            )
                             seg = self._take()
                             if seg is not None:
                                 self._run_segment(mirror, seg)
@@ -354,6 +373,8 @@ class _Transfer:
             self._give_back(seg)
             with self.lock:
                 mirror.failures += 1
+            if exc.retry_after:
+                self.engine.slots.back_off(mirror.name, min(exc.retry_after, MAX_RETRY_AFTER_S))
             self._note(mirror, exc.message)
             raise
         except (_Cancelled, _FileFatal):
@@ -395,7 +416,7 @@ class _Transfer:
                         continue
                     if url != source.url:
                         mirror.final_url = url
-                    self._check_response(mirror, response, url, first, bool(validator))
+                    self._check_response(mirror, response, url, first, validator)
                     self._consume(mirror, seg, response)
                     return
             except httpx.TimeoutException as exc:
@@ -407,8 +428,16 @@ class _Transfer:
         raise AttemptError(f"more than {MAX_REDIRECTS} redirects", retryable=False)
 
     def _check_response(
-        self, mirror: _Mirror, response: httpx.Response, url: str, first: int, sent_if_range: bool
+        self,
+        mirror: _Mirror,
+        response: httpx.Response,
+        url: str,
+        first: int,
+        if_range: str | None,
     ) -> None:
+        """Refuse an answer whose bytes do not belong at ``first`` of this file's version.
+
+        ``if_range``: the ETag sent as ``If-Range`` (seen earlier from this mirror)."""
         status = response.status_code
         where = redact_url(url)
         if status in (401, 403, 410) and url != mirror.source.url:
@@ -437,13 +466,16 @@ class _Transfer:
             raise AttemptError(f"answered with Content-Encoding {encoding!r}", retryable=False)
         size = self.job.size
         if status == 200:
-            if sent_if_range:
+            etag = response.headers.get("ETag")
+            if if_range is not None and etag is not None and etag != if_range:
                 # The bytes on disk are from another version of the file: never mix the two.
                 self.discard = True
                 raise _FileFatal(
                     f"{self.job.path} changed on mirror {mirror.name} since the partial download "
                     "(If-Range failed); the partial file was discarded, run the pull again"
                 )
+            # A 200 with the same ETag (or none) is a server that ignores Range, not a changed
+            # file; whatever it sends is checked against the digest before it lands anyway.
             if first != 0:
                 raise AttemptError(
                     "answered a Range request with the whole file (HTTP 200): it ignores Range",
@@ -474,7 +506,10 @@ class _Transfer:
         window_bytes = 0
         limited_s = 0.0
         got_any = False
-        for chunk in response.iter_raw(CHUNK):
+        # Whatever each socket read returns (up to 64 KiB), not fixed-size chunks: httpx would
+        # hold bytes back until a chunk is full, and a mirror trickling a few KB/s would then
+        # never reach the watchdog below (it checks the speed as bytes arrive).
+        for chunk in response.iter_raw():
             if self.cancel.is_set():
                 raise _Cancelled()
             if self.fatal is not None:
@@ -580,7 +615,11 @@ class _Transfer:
                 if not self.mirrors:
                     result.error = "no mirror to fetch it from"
                     return result
-                self._flush()
+                try:
+                    self._flush()
+                except OSError as exc:  # the disk filled up (or went away) since the open
+                    result.error = _describe_os_error(exc, job)
+                    return result
                 self._transfer(missing)
             with self.lock:
                 complete = self.done.covers(job.size)

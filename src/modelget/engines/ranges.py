@@ -175,13 +175,21 @@ def save_sidecar(dest: Path, sidecar: Sidecar) -> None:
     """Write the sidecar atomically and durably (the data must already be fsync'd)."""
     path = sidecar_path(dest)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    data = memoryview(sidecar.to_json().encode())
     try:
-        os.write(fd, sidecar.to_json().encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk: leave the last good sidecar, not a half-written temporary beside it.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def remove_sidecar(dest: Path) -> None:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from modelget.errors import MirrorUnavailableError
+from modelget.retry import parse_retry_after
 
 DEFAULT_MAX_HOPS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -85,10 +86,19 @@ class ResolveURLError(MirrorUnavailableError):
 
     code = "url-unresolvable"
 
-    def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        url: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.url = url
+        self.retry_after = retry_after
+        """Seconds from the answer's ``Retry-After`` header, if it had one."""
 
 
 def _total_size(response: httpx.Response) -> int | None:
@@ -133,6 +143,7 @@ def resolve_final_url(
             with client.stream("GET", current, headers=send, follow_redirects=False) as response:
                 status = response.status_code
                 location = response.headers.get("Location")
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 size = _total_size(response)
                 # Leaving the block closes the response unread: a 200 (Range ignored) is not
                 # drained, httpx drops that connection instead.
@@ -151,5 +162,10 @@ def resolve_final_url(
             return ResolvedURL(url, current, status, size, hop)
         if status == 416 and size == 0:
             return ResolvedURL(url, current, status, 0, hop)
-        raise ResolveURLError(f"{redact_url(current)}: HTTP {status}", status=status, url=current)
+        raise ResolveURLError(
+            f"{redact_url(current)}: HTTP {status}",
+            status=status,
+            url=current,
+            retry_after=retry_after,
+        )
     raise ResolveURLError(f"{redact_url(url)}: more than {max_hops} redirects", url=url)

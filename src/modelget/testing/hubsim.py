@@ -146,6 +146,8 @@ class HubSimulator:
         self._live: set[Any] = set()
         """Handlers with a request in progress (for ``file_bytes_sent``)."""
         self._key = secrets.token_bytes(32)
+        self._min_expires = 0
+        """Signed URLs that expire before this are refused (see expire_signed_urls_now)."""
         self._stop = threading.Event()
         self._servers: dict[str, _Server] = {}
         self._threads: list[threading.Thread] = []
@@ -344,7 +346,16 @@ class HubSimulator:
         if self.cdn_url is None:
             raise RuntimeError("the simulator has no CDN (cdn=False)")
         exp = int(expires if expires is not None else time.time() + self.signed_url_ttl_s)
+        if expires is None:
+            exp = max(exp, self._min_expires)
         return f"{self.cdn_url}/cdn/{sha256}?expires={exp}&sig={self._sign(sha256, exp)}"
+
+    def expire_signed_urls_now(self) -> None:
+        """Every CDN URL issued so far is refused as expired from now on (the CDN answers
+        403 ``Request has expired``, as for a URL past its time); URLs issued later work.
+        Lets a test make signed URLs expire at a chosen point of a download."""
+        with self._lock:
+            self._min_expires = int(time.time() + self.signed_url_ttl_s) + 1
 
     def _sign(self, sha256: str, expires: int) -> str:
         return hmac.new(self._key, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()
@@ -1057,7 +1068,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not expires.isdigit() or not hmac.compare_digest(sim._sign(sha256, int(expires)), sig):
             self._send_s3_error(403, "SignatureDoesNotMatch", "The request signature is invalid")
             return
-        if int(expires) < time.time() or self._effects.expire_signed_urls:
+        if (
+            int(expires) < time.time()
+            or int(expires) < sim._min_expires
+            or self._effects.expire_signed_urls
+        ):
             self._send_s3_error(403, "AccessDenied", "Request has expired")
             return
         if blob is None:
