@@ -59,6 +59,7 @@ from modelget.events import Reporter
 
 READY_TIMEOUT_S = 10.0
 SHUTDOWN_WAIT_S = 2.0
+IDLE_CHECK_TIMEOUT_S = 1.0
 POLL_INTERVAL_S = 0.2
 RPC_TIMEOUT_S = 10.0
 RESOLVE_WORKERS = 8
@@ -210,6 +211,18 @@ class _Active:
     done: bool = False
 
 
+def _idle(client: _Client | None) -> bool:
+    """True when aria2c answers that no download is active or waiting."""
+    if client is None:
+        return False
+    client.timeout = IDLE_CHECK_TIMEOUT_S
+    try:
+        stat = client.get_global_stat()
+        return int(stat.get("numActive", 1)) == 0 and int(stat.get("numWaiting", 1)) == 0
+    except Exception:  # at shutdown, any failure means "not known to be idle"
+        return False
+
+
 def _shutdown(
     proc: subprocess.Popen[bytes],
     client: _Client | None,
@@ -220,8 +233,13 @@ def _shutdown(
     try:
         # No RPC shutdown: aria2c takes seconds to exit after ``aria2.forceShutdown`` (measured
         # 4 s with 1.36), but exits at once on SIGTERM, which it handles the same way (unfinished
-        # downloads keep their control files).
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        # downloads keep their control files). Except when it is idle: then nothing wakes its
+        # event loop before the next one-second tick, and SIGTERM takes 1.0 s (measured with
+        # 1.36, every time), a second added to every pull. An idle aria2c has nothing left to
+        # save (finished downloads have no control file; stopped ones wrote theirs when they
+        # stopped), so it gets SIGKILL at once.
+        signals = (signal.SIGKILL,) if _idle(client) else (signal.SIGTERM, signal.SIGKILL)
+        for sig in signals:
             if proc.poll() is not None:
                 break
             with contextlib.suppress(ProcessLookupError, PermissionError):
