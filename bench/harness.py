@@ -306,7 +306,9 @@ class Bench:
             api_b += sent["api"]
             reqs += sent["requests"]
         detail: dict[str, Any] = {}
-        if inv.tool.startswith("modelget"):
+        if inv.tool.startswith("modelget.pull"):
+            detail["stdout_tail"] = m.stdout[-2000:]
+        elif inv.tool.startswith("modelget"):
             res = _modelget_result(m.stdout)
             for key in ("plan_s", "transfer_s", "elapsed_s", "bytes_fetched", "engine", "status"):
                 if key in res:

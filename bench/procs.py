@@ -167,20 +167,25 @@ def run(
         r.start()
     killed_at: float | None = None
     deadline = start + timeout
-    while proc.poll() is None:
-        now = time.perf_counter()
-        if killed_at is None and (
-            (kill_after_s is not None and now - start >= kill_after_s)
-            or (kill_when is not None and kill_when())
-        ):
-            sampler.sample()
-            kill_tree(proc.pid)
-            killed_at = now - start
-        if now > deadline:
-            kill_tree(proc.pid)
-            proc.wait()
-            break
-        time.sleep(0.005)
+    try:
+        while proc.poll() is None:
+            now = time.perf_counter()
+            if killed_at is None and (
+                (kill_after_s is not None and now - start >= kill_after_s)
+                or (kill_when is not None and kill_when())
+            ):
+                sampler.sample()
+                kill_tree(proc.pid)
+                killed_at = now - start
+            if now > deadline:
+                kill_tree(proc.pid)
+                proc.wait()
+                break
+            time.sleep(0.005)
+    except BaseException:  # the bench is interrupted: leave nothing running
+        kill_tree(proc.pid)
+        proc.wait()
+        raise
     wall = time.perf_counter() - start
     sampler.stop.set()
     sampler.join()

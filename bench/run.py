@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
+    # SIGTERM ends the run like Ctrl-C: servers stopped, namespace removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     why = netns.available()
     link: netns.ShapedLink | None = None
     if why is None:
@@ -100,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sid in wanted:
             _say(f"== {sid}")
             scenes.append(SCENES[sid](bench))
+        if {"S1", "S2", "S3", "S4", "S5", "S6"} & set(wanted):
+            from bench.scenes import engine_comparison
+
+            scenes.append(engine_comparison(bench.runs))
         bench.clean()
     finally:
         if link is not None:
