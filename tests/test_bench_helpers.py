@@ -190,6 +190,6 @@ def test_report_renders_headlines_with_verdicts() -> None:
 def test_parser_and_profiles() -> None:
     args = build_parser().parse_args(["--quick", "--scenes", "S1,S2", "--no-doc"])
     assert args.quick and args.scenes == "S1,S2" and args.no_doc
-    assert set(SCENES) == {"C", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8"}
+    assert set(SCENES) == {"C", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "D"}
     assert FULL.runs >= 3 and FULL.big_gb >= 4.0 and QUICK.runs == 1
     assert FULL.big_gb / FULL.shard_gb >= 3  # several shards
