@@ -54,9 +54,9 @@ class Invocation:
 
 _SHOWN_ENV = frozenset({"HF_ENDPOINT", "MODELGET_PROBE_TTL", "MODELGET_CACHE_DIR"})
 COMMON_ENV = (
-    "Every tool runs with `HF_HOME=$WORK/hf-home HF_HUB_DISABLE_TELEMETRY=1 "
+    "every tool runs with `HF_HOME=$WORK/hf-home HF_HUB_DISABLE_TELEMETRY=1 "
     "HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_XET=1`, no token and no proxy variables; "
-    "`python` is the venv's interpreter with this checkout's `src` on `PYTHONPATH`."
+    "`python` is the venv's interpreter with this checkout's `src` first on `PYTHONPATH`"
 )
 
 

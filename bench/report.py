@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.peers import COMMON_ENV
 from bench.scenes import Headline, SceneResult
 from bench.stats import markdown_table
 
@@ -53,7 +54,16 @@ def machine(work: Path) -> dict[str, str]:
             f"{dev} ({kind} as the kernel reports it; virtual disk), "
             f"{st.f_blocks * st.f_frsize / 1e9:.0f} GB, {st.f_bavail * st.f_frsize / 1e9:.0f} GB free"
         )
-    virt = _out(["systemd-detect-virt"]) or ("KVM guest" if "hypervisor" in _cpuflags() else "")
+    vm = _out(["systemd-detect-virt", "--vm"]) or ("a VM" if "hypervisor" in _cpuflags() else "")
+    container = _out(["systemd-detect-virt", "--container"])
+    virt = ", ".join(
+        x
+        for x in (
+            f"{vm} guest" if vm and vm != "none" else "",
+            container if container != "none" else "",
+        )
+        if x
+    )
     return {
         "CPU": f"{cpu} × {os.cpu_count()} cores" + (f" ({virt})" if virt else ""),
         "memory": mem,
@@ -154,7 +164,11 @@ def render(
             continue
         out.extend(line + "\n" for line in s.setup)
         if s.commands:
-            out.append("\nCommand lines (`$WORK` is the bench's work directory):\n\n```sh\n")
+            out.append(
+                "\nCommand lines (`$WORK` is the bench's work directory; "
+                + COMMON_ENV
+                + "):\n\n```sh\n"
+            )
             for tool, cmd in s.commands.items():
                 out.append(f"# {tool}\n{cmd}\n")
             out.append("```\n")

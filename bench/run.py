@@ -122,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profile": profile.name,
         "runs": profile.runs,
         "duration_s": duration,
-        "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
+        "command": (
+            "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+        ).strip(),
         "load": load_text,
         "load_note": (
             "the machine has 2 cores and other processes (test suites) ran at the same time: "
