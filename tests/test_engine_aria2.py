@@ -169,6 +169,77 @@ def test_engine_owns_aria2c_and_close_kills_it(tmp_path: Path) -> None:
     eng.close()  # idempotent
 
 
+def _start_slow_download(eng: object, sim: HubSimulator, dest: Path, out: str) -> str:
+    """Add a download straight to aria2c (throttled by the caller's fault) and wait until
+    it has some bytes; returns its gid."""
+    import time
+
+    from modelget.engines.aria2 import Aria2Engine
+
+    assert isinstance(eng, Aria2Engine) and eng._client is not None
+    gid = eng._client.add_uri(
+        [sim.resolve_url(REPO, NAME)], options={"dir": str(dest), "out": out, "split": "2"}
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if int(eng._client.tell_status(gid, ["completedLength"])["completedLength"]) >= 256 * 1024:
+            break
+        time.sleep(0.05)
+    return str(gid)
+
+
+def test_close_kills_an_idle_aria2c_at_once_and_stopped_downloads_stay_resumable(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    # An idle aria2c needs a second to act on SIGTERM (its event loop's tick), so close()
+    # kills it outright; that is safe only because a stopped download has already written
+    # its control file (what a cancelled pull resumes from).
+    import time
+
+    from modelget.engines.aria2 import Aria2Engine, _control_file_completed
+
+    sim = start(sims, repo_dir, name="hub")
+    sim.add_fault(Fault(route="hf-resolve", rate_bps=1e6))
+    eng = aria2()
+    assert isinstance(eng, Aria2Engine) and eng._client is not None and eng._proc is not None
+    dest = tmp_path / "d"
+    dest.mkdir()
+    try:
+        gid = _start_slow_download(eng, sim, dest, "partial")
+        eng._client.force_remove(gid)
+        deadline = time.monotonic() + 10
+        while eng._client.tell_status(gid, ["status"])["status"] != "removed":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        stopped_at = int(eng._client.tell_status(gid, ["completedLength"])["completedLength"])
+    finally:
+        eng.close()
+    assert eng._proc.returncode == -signal.SIGKILL  # idle: killed, not asked
+    assert _control_file_completed(dest / "partial.aria2", SIZE) == stopped_at > 0
+
+
+def test_close_during_a_download_keeps_its_control_file(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    # aria2c is busy: close() asks it to stop (SIGTERM), and the unfinished download keeps
+    # the control file that lets the next run resume it.
+    from modelget.engines.aria2 import Aria2Engine, _control_file_completed
+
+    sim = start(sims, repo_dir, name="hub")
+    sim.add_fault(Fault(route="hf-resolve", rate_bps=1e6))
+    eng = aria2()
+    assert isinstance(eng, Aria2Engine) and eng._proc is not None
+    dest = tmp_path / "d"
+    dest.mkdir()
+    try:
+        _start_slow_download(eng, sim, dest, "partial")
+    finally:
+        eng.close()
+    assert eng._proc.returncode != -signal.SIGKILL
+    have = _control_file_completed(dest / "partial.aria2", SIZE)
+    assert have is not None and 0 < have < SIZE
+
+
 def test_rpc_listens_on_loopback_only_and_no_secret_is_on_a_command_line(
     engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
 ) -> None:

@@ -1,0 +1,159 @@
+"""The command lines of modelget and its peers, exactly as the benchmarks run them.
+
+Every tool downloads the same files from the same site (hub API + redirect to the nginx CDN):
+
+* ``modelget pull`` (aria2 or httpx engine), into a fresh Hugging Face cache;
+* ``huggingface_hub.snapshot_download`` (the real library, HF_ENDPOINT at the site, Xet off),
+  into a fresh cache: one connection per file, 8 files at a time (its defaults);
+* aria2c as hfd.sh runs it: ``-x4 -s4 -k1M -j5 -c --file-allocation=none`` over an input file
+  of the files' resolve URLs (hfd.sh's defaults THREADS=4, CONCURRENT=5);
+* raw aria2c with 16 connections per file (``-x16 -s16``), the mission's yardstick;
+* curl, one invocation fetching the files one after the other (``-L``, connection reused).
+
+The peers verify nothing; modelget verifies every byte (sha256 / git blob sha1) and lays the
+files out in the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.sites import BenchRepo, Site
+
+HF_HUB_SNIPPET = (
+    "import sys; from huggingface_hub import snapshot_download; "
+    "snapshot_download(sys.argv[1], cache_dir=sys.argv[2])"
+)
+
+
+@dataclass
+class Invocation:
+    """A command to run, its environment changes, and where its files land."""
+
+    tool: str
+    cmd: list[str]
+    env: dict[str, str]
+    out_root: Path
+    """The directory holding the repo's files by their repo paths, once it is done."""
+    setup_files: dict[Path, str] = field(default_factory=dict)
+    """Files written before the clock starts (aria2c input files, catalogues)."""
+
+    def display(self) -> str:
+        """The command line as recorded in the report, with the environment variables that
+        matter for this tool first (``COMMON_ENV`` applies to all and is stated once)."""
+        shown = {k: v for k, v in self.env.items() if k in _SHOWN_ENV}
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(shown.items()))
+        cmd = ["python", *self.cmd[1:]] if self.cmd[0] == sys.executable else self.cmd
+        return (env + " " if env else "") + shlex.join(cmd)
+
+
+_SHOWN_ENV = frozenset({"HF_ENDPOINT", "MODELGET_PROBE_TTL", "MODELGET_CACHE_DIR"})
+COMMON_ENV = (
+    "every tool runs with `HF_HOME=$WORK/hf-home HF_HUB_DISABLE_TELEMETRY=1 "
+    "HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_XET=1`, no token and no proxy variables; "
+    "`python` is the venv's interpreter with this checkout's `src` first on `PYTHONPATH`"
+)
+
+
+def base_env(home: Path) -> dict[str, str]:
+    """The environment every tool gets: ours, minus tokens and proxies, HF home private."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_TOKEN", "HF_ENDPOINT", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN")
+        and not k.lower().endswith("_proxy")
+    }
+    env.update(
+        {
+            "HF_HOME": str(home / "hf-home"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF_HUB_DISABLE_XET": "1",
+            "MODELGET_CONFIG_DIR": str(home / "config"),
+        }
+    )
+    return env
+
+
+def modelget(
+    repo: BenchRepo,
+    catalogue: Path,
+    dest: Path,
+    *,
+    engine: str,
+    env: Mapping[str, str],
+    probe_cache: Path,
+    extra: Sequence[str] = (),
+) -> Invocation:
+    cmd = [
+        sys.executable, "-m", "modelget", "pull", repo.repo_id,
+        "--mirrors", str(catalogue), "--cache-dir", str(dest), "--engine", engine, "--json",
+        *extra,
+    ]  # fmt: skip
+    e = {**env, "MODELGET_CACHE_DIR": str(probe_cache)}
+    return Invocation(f"modelget ({engine})", cmd, e, repo.snapshot(dest))
+
+
+def hf_hub(repo: BenchRepo, site: Site, dest: Path, *, env: Mapping[str, str]) -> Invocation:
+    cmd = [sys.executable, "-c", HF_HUB_SNIPPET, repo.repo_id, str(dest)]
+    e = {**env, "HF_ENDPOINT": site.url}
+    return Invocation("huggingface_hub", cmd, e, repo.snapshot(dest))
+
+
+def _aria2_input(repo: BenchRepo, site: Site, dest: Path) -> str:
+    lines = []
+    for f in repo.files:
+        path = Path(f.path)
+        lines += [
+            site.resolve_url(repo, f.path),
+            f"  dir={dest / path.parent}",
+            f"  out={path.name}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def aria2c(
+    repo: BenchRepo,
+    site: Site,
+    dest: Path,
+    *,
+    connections: int,
+    env: Mapping[str, str],
+    input_file: Path,
+    label: str,
+) -> Invocation:
+    """hfd.sh's aria2c command (``connections=4``), or raw aria2c with more connections."""
+    cmd = [
+        "aria2c", "--no-conf", "--console-log-level=error", "--summary-interval=0",
+        "--file-allocation=none", f"-x{connections}", f"-s{connections}", "-k1M", "-j5", "-c",
+        "-i", str(input_file),
+    ]  # fmt: skip
+    return Invocation(label, cmd, dict(env), dest, {input_file: _aria2_input(repo, site, dest)})
+
+
+def curl(repo: BenchRepo, site: Site, dest: Path, *, env: Mapping[str, str]) -> Invocation:
+    cmd = ["curl", "-fsS", "-L", "--create-dirs"]
+    for f in repo.files:
+        cmd += ["-o", str(dest / f.path), site.resolve_url(repo, f.path)]
+    return Invocation("curl (sequential)", cmd, dict(env), dest)
+
+
+def short_display(inv: Invocation, repo: BenchRepo) -> str:
+    """A shorter command line for the report: long file lists elided."""
+    if inv.cmd and inv.cmd[0] == "curl":
+        n = len(repo.files)
+        return (
+            "curl -fsS -L --create-dirs -o $DEST/FILE1 $SITE/REPO/resolve/main/FILE1 "
+            f"-o $DEST/FILE2 … ({n} files, one after the other)"
+        )
+    if inv.cmd and inv.cmd[0] == "aria2c":
+        return (
+            inv.display() + "\n# input file: per file `$SITE/REPO/resolve/main/FILE` then "
+            "`  dir=$DEST/…` and `  out=NAME` lines"
+        )
+    return inv.display()
