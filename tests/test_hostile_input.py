@@ -856,6 +856,7 @@ def test_fuzzed_catalogue_files_give_a_config_error_or_load(
         pytest.param("version: 1\nmirrors: " + "[" * 5000 + "]" * 5000 + "\n", id="deep-nesting"),
         pytest.param("version: 1\nmirrors: []\n---\nversion: 1\n", id="two-documents"),
         pytest.param("\x00version: 1\n", id="nul"),
+        pytest.param('version: 1\nmirrors: "\\U00110000"\n', id="escape-beyond-unicode"),
     ],
 )
 def test_hostile_catalogues_give_a_config_error(text: str) -> None:

@@ -308,6 +308,15 @@ def _compose(text: str, source: str) -> Node | None:
             path=source,
             hint="fix the YAML syntax",
         ) from exc
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's scanner lets some escapes through to Python: "\U00110000" reaches chr()
+        # and raises ValueError (found by the hypothesis fuzz test).
+        raise ConfigError(
+            f"YAML syntax error: {exc}",
+            path=source,
+            hint="fix the escape sequence in a double-quoted string (\\U takes 8 hex digits "
+            "up to 0010FFFF)",
+        ) from exc
     except RecursionError as exc:
         raise ConfigError(
             "the YAML is nested too deeply",
