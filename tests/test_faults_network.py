@@ -205,8 +205,13 @@ def test_one_bad_mirror_the_good_one_finishes_with_the_right_bytes(
         assert any(HTTPX_REASONS[case] in r for r in reporter.reasons("bad")), reporter.failed
     if case in ("trickle", "stall"):
         # Both engines drop it after stall_timeout_s (aria2c alone would wait 10 s or more).
-        word = "too slow" if case == "trickle" else "stalled"
-        assert any(word in r for r in reporter.reasons("bad")), reporter.failed
+        words: tuple[str, ...] = ("too slow",) if case == "trickle" else ("stalled",)
+        if engine == "aria2" and case == "trickle":
+            # aria2c reports a download's bytes as it writes them, in blocks: at 4 KB/s its
+            # completedLength can stand still for the whole stall_timeout_s, so modelget's
+            # watchdog may see "no bytes" first (seen on a fresh CI machine).
+            words = ("too slow", "stalled")
+        assert any(w in r for r in reporter.reasons("bad") for w in words), reporter.failed
     if engine == "httpx" and case == "trickle":
         # Dropped by the watchdog within seconds: a trickling connection never got to deliver
         # a whole 256 KiB (at 4 KB/s that takes a minute).
