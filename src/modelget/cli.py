@@ -163,6 +163,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     pull.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="also show the connections per mirror as the scheduler changes them, and the "
+        "time each stage took",
+    )
+    pull.add_argument(
         "--json", action="store_true", help="JSON: the plan (--dry-run), or events as JSON lines"
     )
     pull.add_argument(
@@ -516,7 +523,12 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
     from modelget.engines import EngineOptions
     from modelget.errors import UsageError
     from modelget.events import NullReporter, Reporter
-    from modelget.progress import JsonLinesReporter, TextReporter, TqdmReporter
+    from modelget.progress import (
+        JsonLinesReporter,
+        TextReporter,
+        TqdmReporter,
+        connections_line,
+    )
 
     opts = EngineOptions()
     if args.connections is not None:
@@ -533,9 +545,9 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
     elif args.quiet:
         reporter = NullReporter()
     elif sys.stderr.isatty():
-        reporter = TqdmReporter(sys.stderr)
+        reporter = TqdmReporter(sys.stderr, verbose=args.verbose)
     else:
-        reporter = TextReporter(sys.stderr)
+        reporter = TextReporter(sys.stderr, verbose=args.verbose)
     try:
         result = pull(
             repo_id,
@@ -594,6 +606,14 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
             + (f"; from {mirrors}" if mirrors else ""),
             file=sys.stderr,
         )
+    if args.verbose and not args.quiet:
+        if result.connections:
+            print(f"most {connections_line(result.connections)}", file=sys.stderr)
+        if result.timings:
+            print(
+                "timings: " + ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items()),
+                file=sys.stderr,
+            )
     for f in failed:
         print(f"error: {f.path}: {f.error}", file=sys.stderr)
     if load_report is not None:

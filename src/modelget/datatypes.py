@@ -243,6 +243,11 @@ class PullResult:
     elapsed_s: float = 0.0
     plan_s: float = 0.0
     transfer_s: float = 0.0
+    timings: Mapping[str, float] = field(default_factory=dict, hash=False)
+    """Seconds per stage (``probe``, ``plan``, ``engine_start``, ``first_byte``, ``transfer``,
+    ``verify_tail``, ``layout``, ``total``; those measured), for ``--json`` and ``-v``."""
+    connections: Mapping[str, int] = field(default_factory=dict, hash=False)
+    """The most connections the scheduler gave each mirror at once during the pull."""
 
     @property
     def failed(self) -> tuple[FileOutcome, ...]:

@@ -7,6 +7,7 @@ takes any object with these methods (``NullReporter`` ignores everything).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 
@@ -37,6 +38,9 @@ class Reporter(Protocol):
     def on_message(self, level: str, text: str) -> None:
         """A one-off note for the user (``info`` or ``warning``)."""
 
+    def on_connections(self, counts: Mapping[str, int]) -> None:
+        """The scheduler changed how many connections each mirror gets (mirror → count)."""
+
 
 class NullReporter:
     """A reporter that ignores every event."""
@@ -66,3 +70,13 @@ class NullReporter:
 
     def on_message(self, level: str, text: str) -> None:
         pass
+
+    def on_connections(self, counts: Mapping[str, int]) -> None:
+        pass
+
+
+def report_connections(reporter: Reporter, counts: Mapping[str, int]) -> None:
+    """``reporter.on_connections(counts)``, tolerating a reporter written before that event."""
+    method = getattr(reporter, "on_connections", None)
+    if method is not None:
+        method(dict(counts))

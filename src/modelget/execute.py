@@ -148,6 +148,7 @@ class Executor:
             dest=dest,
             sources=tuple(sources),
             sha256=entry.sha256,
+            git_sha1=entry.git_sha1,
         )
 
     def _verify_and_place(self, job: FetchJob, result: FetchResult) -> None:
@@ -157,7 +158,7 @@ class Executor:
             state.bytes_by_mirror[mirror] = state.bytes_by_mirror.get(mirror, 0) + n
         state.seconds += result.seconds
         try:
-            check(job.dest, entry)
+            check(job.dest, entry, result.digests)
         except VerificationError as exc:
             contributors = tuple(m for m, n in result.bytes_by_mirror.items() if n > 0) or tuple(
                 s.mirror for s in job.sources

@@ -10,6 +10,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import IO, Any
 
 
@@ -80,6 +81,9 @@ class JsonLinesReporter:
     def on_message(self, level: str, text: str) -> None:
         self.emit("message", level=level, text=text)
 
+    def on_connections(self, counts: Mapping[str, int]) -> None:
+        self.emit("connections", mirrors=dict(counts))
+
 
 class TqdmReporter:
     """An overall bar (bytes and rate) and one bar per active file, on stderr.
@@ -87,8 +91,11 @@ class TqdmReporter:
     Notes (mirror failures, verification failures, messages) are printed above the bars.
     """
 
-    def __init__(self, stream: IO[str] | None = None, max_file_bars: int = 6) -> None:
+    def __init__(
+        self, stream: IO[str] | None = None, max_file_bars: int = 6, *, verbose: bool = False
+    ) -> None:
         self.stream = stream or sys.stderr
+        self.verbose = verbose
         self.max_file_bars = max_file_bars
         self._lock = threading.RLock()
         self._total: Any = None
@@ -175,6 +182,10 @@ class TqdmReporter:
     def on_message(self, level: str, text: str) -> None:
         self._write(f"{level}: {text}" if level != "info" else text)
 
+    def on_connections(self, counts: Mapping[str, int]) -> None:
+        if self.verbose:
+            self._write(connections_line(counts))
+
     def close(self) -> None:
         with self._lock:
             for bar in self._bars.values():
@@ -188,8 +199,9 @@ class TqdmReporter:
 class TextReporter:
     """No bars (stderr is not a terminal): one line per notable event, on stderr."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, *, verbose: bool = False) -> None:
         self.stream = stream or sys.stderr
+        self.verbose = verbose
         self._lock = threading.Lock()
 
     def _line(self, text: str) -> None:
@@ -228,3 +240,12 @@ class TextReporter:
 
     def on_message(self, level: str, text: str) -> None:
         self._line(f"{level}: {text}" if level != "info" else text)
+
+    def on_connections(self, counts: Mapping[str, int]) -> None:
+        if self.verbose:
+            self._line(connections_line(counts))
+
+
+def connections_line(counts: Mapping[str, int]) -> str:
+    """``connections: hf=12, mirror-b=4`` (what the scheduler gives each mirror now)."""
+    return "connections: " + ", ".join(f"{m}={n}" for m, n in counts.items())

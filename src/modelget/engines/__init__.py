@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 
 from modelget.errors import EngineUnavailableError
 from modelget.events import Reporter
+from modelget.verify import Digests
 
 EngineName = Literal["auto", "aria2", "httpx"]
 
@@ -45,6 +46,9 @@ class FetchJob:
     dest: Path
     sources: tuple[SourceURL, ...]
     sha256: str | None = None
+    git_sha1: str | None = None
+    """The digests the file will be verified against (either may be None); an engine that
+    hashes while downloading computes sha256 when known, else the git blob sha1."""
 
 
 @dataclass
@@ -61,6 +65,10 @@ class FetchResult:
     """One line per mirror problem, e.g. ``"mirror-b: reset after 1048576 bytes"``."""
     cancelled: bool = False
     seconds: float = 0.0
+    digests: Digests | None = None
+    """The file's digests, computed by the engine from the bytes on disk as they arrived
+    (:class:`modelget.verify.PrefixHasher`), so verification needs no second read. None: the
+    executor hashes the file itself."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,11 @@ class Engine(Protocol):
         """Fetch every job; call ``on_complete`` (from any thread) as each file's bytes are
         all in, so verification overlaps other transfers; return one result per job.
         When ``cancel`` is set: stop soon, keep resumable state, mark results cancelled."""
+        ...
+
+    def prepare(self) -> None:
+        """Start what the engine needs (aria2c) in the background, so that it is ready when
+        the plan is; ``run`` waits for it. Optional to call; cheap when called twice."""
         ...
 
     def close(self) -> None:

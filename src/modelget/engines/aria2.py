@@ -317,6 +317,9 @@ class Aria2Engine:
             raise
         self.api = aria2p.API(self._client)
 
+    def prepare(self) -> None:
+        """aria2c is started by the constructor; nothing more to do here."""
+
     # --- process ------------------------------------------------------------------------------
 
     def _cleanup_failed_start(self) -> None:

@@ -747,5 +747,8 @@ class HttpxEngine:
         with ThreadPoolExecutor(workers, thread_name_prefix="modelget-file") as pool:
             return list(pool.map(one, jobs))
 
+    def prepare(self) -> None:
+        """Nothing to start: connections open on first use."""
+
     def close(self) -> None:
         self.client.close()
