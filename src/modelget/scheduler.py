@@ -1,0 +1,504 @@
+"""The pull-wide scheduler: which mirror gets the next connection, and which bytes it fetches.
+
+One pool of work for the whole pull: every missing byte range of every file, across every
+mirror that serves the file. One pool of connections: each mirror gets a *target* number of
+connections, grown while its rate still rises (a link capped per connection needs many, a
+saturated one few) and cut back when the mirror answers 429/503, never above its ceiling.
+
+* Small files go out first, each as one request, all at once (they do not count against a
+  mirror's target, only against its ceiling).
+* Big files are cut into chunks that shrink as the pool empties (the unassigned bytes divided
+  over twice the connections), so no connection starts a long range near the end.
+* An idle connection with nothing queued takes over the tail of the range that would finish
+  last (work stealing), split in proportion to the two connections' speeds, so all files
+  finish at nearly the same moment. A range whose owner has sent nothing for a while is
+  split too (its first half stays with the owner until the engine's stall watchdog drops it).
+* A failed request gives its range back at once, so another mirror can take it; the failing
+  mirror waits out its backoff for that file (or, after 429/503, for every file) and is
+  dropped for a file after ``max_tries`` failures in a row or one permanent error.
+
+Pure decision logic: no I/O, no threads, no clock of its own (every call takes ``now``).
+Engines hold a lock around it and carry out its answers; tests drive it with literal numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The knobs; the defaults are tuned for multi-GB shards and per-connection-capped CDNs."""
+
+    ceiling: int = 32
+    """The most connections to one mirror at once (``--connections``; a mirror entry's own
+    ``max_connections`` lowers it for that mirror)."""
+    initial: int = 16
+    """Connections per mirror to start with, before any measurement."""
+    small_file: int = 4 * MiB
+    """A file up to this size is fetched with one request."""
+    min_chunk: int = 2 * MiB
+    max_chunk: int = 64 * MiB
+    steal_min: int = 1 * MiB
+    """Never leave either side of a split with less than this."""
+    steal_after_s: float = 0.5
+    """A range is split only when its owner would need longer than this to finish it."""
+    observe_s: float = 0.3
+    """How long an owner keeps a range before its speed is trusted for a split."""
+    hedge_after_s: float = 2.0
+    """A range whose owner has sent no byte for this long may be split regardless."""
+    settle_s: float = 0.2
+    """After a change of target, this long before the rate is measured again."""
+    window_s: float = 0.4
+    """How long the rate is measured at one target."""
+    grow_gain: float = 1.25
+    """Double again only while doubling raised the mirror's rate at least this much."""
+    keep_gain: float = 1.05
+    """A doubling that gained less than this is undone (more connections only cost CPU)."""
+    throttle_hold_s: float = 5.0
+    """After a 429/503, no growth for this long (or the Retry-After, if longer)."""
+    max_tries: int = 5
+    """Failures in a row before a mirror is dropped for a file."""
+    retry_wait: Callable[[int], float] = field(default=lambda n: min(30.0, 0.5 * 2 ** (n - 1)))
+    """Seconds a mirror waits before its ``n``-th retry of one file."""
+
+
+@dataclass
+class Range:
+    """A range in flight: ``[pos, end)`` is still to come; ``end`` drops when stolen."""
+
+    id: int
+    file: str
+    start: int
+    pos: int
+    end: int
+    mirror: str
+    since: float
+    base: int
+    """``pos`` when the current owner took it (speed = (pos - base) / (now - since))."""
+    small: bool = False
+
+    def left(self) -> int:
+        return max(0, self.end - self.pos)
+
+    def rate(self, now: float) -> float:
+        elapsed = now - self.since
+        return (self.pos - self.base) / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Assign:
+    """Fetch ``range`` from ``range.mirror`` now."""
+
+    range: Range
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing for this connection now; ask again after ``seconds`` (or when woken)."""
+
+    seconds: float
+
+
+@dataclass
+class _FileState:
+    key: str
+    size: int
+    order: int
+    mirrors: tuple[str, ...]
+    queue: list[tuple[int, int]]
+    """Unassigned ranges, sorted, disjoint."""
+    failures: dict[str, int] = field(default_factory=dict)
+    not_before: dict[str, float] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    def queued(self) -> int:
+        return sum(b - a for a, b in self.queue)
+
+    def live_mirrors(self) -> list[str]:
+        return [m for m in self.mirrors if m not in self.dropped]
+
+
+class Adaptive:
+    """One mirror's connection target, grown while it pays (pure; engines of any kind use it).
+
+    Starts at ``policy.initial``. Every ``window_s`` (after ``settle_s`` following a change)
+    the mirror's rate is measured; while the mirror uses its whole target, the target doubles
+    as long as the last doubling raised the rate by ``grow_gain``. A doubling that gained less
+    than ``keep_gain`` is undone and growth stops; so does a gain between the two (kept). A
+    429/503 halves the target and holds growth off for ``throttle_hold_s``.
+    """
+
+    def __init__(self, ceiling: int, policy: Policy) -> None:
+        self.policy = policy
+        self.ceiling = max(1, ceiling)
+        self.target = min(self.ceiling, max(1, policy.initial))
+        self.growing = True
+        self.level_rate: float | None = None
+        self.prev_target = 0
+        self.hold_until = 0.0
+        self.window_start: float | None = None
+        self.window_bytes0 = 0
+        self.last_rate = 0.0
+
+    def throttle(self, now: float, active: int, retry_after: float | None = None) -> None:
+        self.target = max(1, min(self.target, max(1, active)) // 2)
+        self.growing = False
+        self.level_rate = None
+        self.hold_until = now + max(self.policy.throttle_hold_s, retry_after or 0.0)
+        self.window_start = None
+
+    def tick(self, now: float, total_bytes: int, *, busy: bool, more_work: bool = True) -> bool:
+        """``total_bytes``: everything received from the mirror so far; ``busy``: it has
+        ``target`` connections at work. True when ``target`` changed."""
+        p = self.policy
+        if self.window_start is None or now < self.window_start:
+            if self.window_start is None:
+                self.window_start = now + p.settle_s
+            self.window_bytes0 = total_bytes  # settling: not measured
+            return False
+        if now - self.window_start < p.window_s:
+            return False
+        rate = (total_bytes - self.window_bytes0) / (now - self.window_start)
+        self.window_start, self.window_bytes0 = now, total_bytes
+        self.last_rate = rate
+        if not self.growing or now < self.hold_until or not busy:
+            return False
+        if self.level_rate is None:
+            self.level_rate = rate
+        elif rate < self.level_rate * p.keep_gain:
+            self.growing = False
+            if self.prev_target and self.prev_target < self.target:
+                self.target = self.prev_target
+                return True
+            return False
+        elif rate < self.level_rate * p.grow_gain:
+            self.growing = False
+            self.level_rate = rate
+            return False
+        else:
+            self.level_rate = rate
+        if self.target >= self.ceiling or not more_work:
+            return False
+        self.prev_target = self.target
+        self.target = min(self.ceiling, self.target * 2)
+        self.window_start = now + p.settle_s
+        return True
+
+
+@dataclass
+class _MirrorState:
+    name: str
+    rank: int
+    adapt: Adaptive
+    active: int = 0
+    active_small: int = 0
+    peak: int = 0
+    not_before: float = 0.0
+    """Retry-After / 429 back-off for the whole mirror."""
+    total_bytes: int = 0
+
+    @property
+    def ceiling(self) -> int:
+        return self.adapt.ceiling
+
+    @property
+    def target(self) -> int:
+        return self.adapt.target
+
+
+class Scheduler:
+    """State in, next actions out. See the module docstring."""
+
+    def __init__(
+        self,
+        files: Iterable[tuple[str, int, Sequence[tuple[int, int]], Sequence[str]]],
+        mirrors: Sequence[tuple[str, int | None]],
+        policy: Policy | None = None,
+        now: float = 0.0,
+    ) -> None:
+        """``files``: (key, size, missing ranges, mirrors that serve it, best first).
+        ``mirrors``: (name, its own connection cap or None), best first."""
+        self.policy = p = policy or Policy()
+        self.mirrors: dict[str, _MirrorState] = {}
+        for rank, (name, cap) in enumerate(mirrors):
+            ceiling = max(1, min(p.ceiling, cap) if cap else p.ceiling)
+            self.mirrors[name] = _MirrorState(name, rank, Adaptive(ceiling, p))
+        self.files: dict[str, _FileState] = {}
+        for order, (key, size, missing, serving) in enumerate(files):
+            queue = sorted((a, b) for a, b in missing if b > a)
+            self.files[key] = _FileState(
+                key, size, order, tuple(m for m in serving if m in self.mirrors), queue
+            )
+        self.active: dict[int, Range] = {}
+        self._ids = itertools.count(1)
+        self.started = now
+
+    # --- questions ------------------------------------------------------------------------------
+
+    def targets(self) -> dict[str, int]:
+        return {m.name: m.target for m in self.mirrors.values()}
+
+    def peaks(self) -> dict[str, int]:
+        """The most connections each mirror had at once (small-file requests included)."""
+        return {m.name: m.peak for m in self.mirrors.values() if m.peak}
+
+    def finished(self) -> bool:
+        """No work queued or in flight (every file complete, or given up)."""
+        return not self.active and not any(self._takeable(f) for f in self.files.values())
+
+    def file_done(self, key: str) -> bool:
+        """Nothing of ``key`` queued or in flight."""
+        f = self.files[key]
+        return not f.queue and not any(r.file == key for r in self.active.values())
+
+    def stuck(self, key: str) -> bool:
+        """``key`` has bytes left that no mirror may fetch any more (all dropped)."""
+        f = self.files[key]
+        return bool(f.queue) and not f.live_mirrors() and not self._in_flight(key)
+
+    def dropped(self, key: str) -> Mapping[str, str]:
+        return dict(self.files[key].dropped)
+
+    def _in_flight(self, key: str) -> bool:
+        return any(r.file == key for r in self.active.values())
+
+    def _takeable(self, f: _FileState) -> bool:
+        return bool(f.queue) and bool(f.live_mirrors())
+
+    # --- the next action for an idle connection -----------------------------------------------
+
+    def next(self, now: float) -> Assign | Wait | None:
+        """What an idle connection should do. None: no work is left and none can come back
+        (the connection may close); ``Wait``: try again later."""
+        p = self.policy
+        soonest: float | None = None
+        candidates = []
+        for m in self.mirrors.values():
+            if m.not_before > now:
+                soonest = _min(soonest, m.not_before - now)
+                continue
+            candidates.append(m)
+        # Small files first, all at once: they only need a free slot under the ceiling.
+        for m in sorted(candidates, key=lambda m: m.rank):
+            if m.active >= m.ceiling:
+                continue
+            for f in sorted(self.files.values(), key=lambda f: f.order):
+                if f.size > p.small_file or not f.queue or not self._may_use(f, m.name, now):
+                    continue
+                a, b = f.queue.pop(0)
+                return Assign(self._open(f, m, a, b, now, small=True))
+        # Then chunks of big files, then steals: the mirror furthest below its target first.
+        order = sorted(
+            (m for m in candidates if m.active - m.active_small < m.target),
+            key=lambda m: ((m.active - m.active_small) / m.target, m.rank),
+        )
+        for m in order:
+            got = self._chunk(m, now)
+            if got is not None:
+                return Assign(got)
+        for m in order:
+            got = self._steal(m, now)
+            if got is not None:
+                return Assign(got)
+        # Nothing now: when may something come?
+        for f in self.files.values():
+            for name, t in f.not_before.items():
+                if t > now and f.queue and name not in f.dropped:
+                    soonest = _min(soonest, t - now)
+        if self.active or soonest is not None:
+            return Wait(min(0.1, soonest) if soonest is not None else 0.1)
+        if any(self._takeable(f) for f in self.files.values()):
+            return Wait(0.1)  # every mirror is at its target: a slot frees up soon
+        return None
+
+    def _may_use(self, f: _FileState, mirror: str, now: float) -> bool:
+        return (
+            mirror in f.mirrors and mirror not in f.dropped and f.not_before.get(mirror, 0.0) <= now
+        )
+
+    def _open(
+        self, f: _FileState, m: _MirrorState, a: int, b: int, now: float, *, small: bool = False
+    ) -> Range:
+        r = Range(next(self._ids), f.key, a, a, b, m.name, now, a, small)
+        self.active[r.id] = r
+        m.active += 1
+        if small:
+            m.active_small += 1
+        m.peak = max(m.peak, m.active)
+        return r
+
+    def chunk_size(self) -> int:
+        """How much one new request takes: the unassigned bytes over twice the connections,
+        within ``[min_chunk, max_chunk]`` (so chunks shrink toward the end)."""
+        p = self.policy
+        queued = sum(f.queued() for f in self.files.values() if f.size > p.small_file)
+        conns = max(1, sum(m.target for m in self.mirrors.values()))
+        return max(p.min_chunk, min(p.max_chunk, queued // (2 * conns)))
+
+    def _chunk(self, m: _MirrorState, now: float) -> Range | None:
+        p = self.policy
+        for f in sorted(self.files.values(), key=lambda f: f.order):
+            if not f.queue or not self._may_use(f, m.name, now):
+                continue
+            a, b = f.queue[0]
+            size = self.chunk_size()
+            if b - a <= size + p.min_chunk // 2:  # no crumb left behind
+                f.queue.pop(0)
+            else:
+                b = a + size
+                f.queue[0] = (b, f.queue[0][1])
+            return self._open(f, m, a, b, now, small=f.size <= p.small_file)
+        return None
+
+    def _steal(self, m: _MirrorState, now: float) -> Range | None:
+        """The tail of the range that would finish last, for a connection to ``m``."""
+        p = self.policy
+        best: Range | None = None
+        best_eta = p.steal_after_s
+        for r in self.active.values():
+            f = self.files[r.file]
+            if r.left() < 2 * p.steal_min or not self._may_use(f, m.name, now):
+                continue
+            held = now - r.since
+            rate = r.rate(now)
+            if rate > 0:
+                if held < p.observe_s:
+                    continue
+                eta = r.left() / rate
+            elif held >= p.hedge_after_s:
+                eta = float("inf")
+            else:
+                continue
+            if eta > best_eta:
+                best, best_eta = r, eta
+        if best is None:
+            return None
+        owner_rate = best.rate(now)
+        mine = self.connection_rate(m.name, now) or owner_rate
+        if owner_rate > 0 and mine > 0:
+            keep = int(best.left() * owner_rate / (owner_rate + mine))
+        else:
+            keep = best.left() // 2
+        keep = max(p.steal_min, min(best.left() - p.steal_min, keep))
+        cut = best.pos + keep
+        tail = best.end
+        best.end = cut
+        f = self.files[best.file]
+        return self._open(f, m, cut, tail, now, small=f.size <= p.small_file)
+
+    def connection_rate(self, mirror: str, now: float) -> float:
+        """Mean bytes/s of one connection to ``mirror`` now (0 when unknown)."""
+        rates = [
+            r.rate(now)
+            for r in self.active.values()
+            if r.mirror == mirror and now - r.since >= self.policy.observe_s
+        ]
+        rates = [x for x in rates if x > 0]
+        return sum(rates) / len(rates) if rates else 0.0
+
+    # --- what the connection reports ------------------------------------------------------------
+
+    def wrote(self, r: Range, n: int, now: float) -> None:
+        """``n`` bytes of ``r`` landed at ``r.pos``."""
+        r.pos += n
+        m = self.mirrors[r.mirror]
+        m.total_bytes += n
+        f = self.files[r.file]
+        f.failures.pop(r.mirror, None)  # bytes came: the mirror is healthy for this file
+
+    def allowed(self, r: Range, n: int) -> int:
+        """How many of the next ``n`` bytes still belong to ``r`` (0: the rest was stolen)."""
+        return max(0, min(n, r.end - r.pos))
+
+    def release(self, r: Range, now: float) -> None:
+        """The request for ``r`` ended (complete, or closed early: the rest goes back)."""
+        if self.active.pop(r.id, None) is None:
+            return
+        m = self.mirrors[r.mirror]
+        m.active -= 1
+        if r.small:
+            m.active_small -= 1
+        if r.pos < r.end:
+            self._requeue(self.files[r.file], r.pos, r.end)
+
+    def failed(
+        self,
+        r: Range,
+        now: float,
+        reason: str,
+        *,
+        permanent: bool = False,
+        throttled: bool = False,
+        retry_after: float | None = None,
+    ) -> str | None:
+        """The request for ``r`` failed; its rest goes back to the pool at once. Returns the
+        reason the mirror is dropped for this file, or None when it may try again later."""
+        self.release(r, now)
+        f = self.files[r.file]
+        m = self.mirrors[r.mirror]
+        if throttled:
+            self.throttle(r.mirror, now, retry_after)
+            m.not_before = max(m.not_before, now + 0.25)
+        elif retry_after:
+            m.not_before = max(m.not_before, now + retry_after)
+        if permanent:
+            f.dropped.setdefault(r.mirror, reason)
+            return reason
+        n = f.failures.get(r.mirror, 0) + 1
+        f.failures[r.mirror] = n
+        if n >= self.policy.max_tries:
+            why = f"{reason} (gave up after {n} tries)"
+            f.dropped.setdefault(r.mirror, why)
+            return why
+        wait = self.policy.retry_wait(n)
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        f.not_before[r.mirror] = now + wait
+        return None
+
+    def drop(self, mirror: str, key: str, reason: str) -> None:
+        """``mirror`` may not serve ``key`` any more (e.g. it serves other bytes)."""
+        self.files[key].dropped.setdefault(mirror, reason)
+
+    def give_up(self, key: str) -> None:
+        """Stop scheduling ``key`` (a local error no mirror can fix)."""
+        self.files[key].queue.clear()
+
+    def _requeue(self, f: _FileState, a: int, b: int) -> None:
+        f.queue.append((a, b))
+        f.queue.sort()
+
+    # --- adaptive connection count ----------------------------------------------------------------
+
+    def throttle(self, mirror: str, now: float, retry_after: float | None = None) -> None:
+        """A 429/503 from ``mirror``: halve its connections, stop growing, hold off a while."""
+        m = self.mirrors[mirror]
+        m.adapt.throttle(now, m.active - m.active_small, retry_after)
+        if retry_after:
+            m.not_before = max(m.not_before, now + retry_after)
+
+    def tick(self, now: float) -> bool:
+        """Measure each mirror's rate and move its target (see :class:`Adaptive`); True when
+        a target changed."""
+        changed = False
+        for m in self.mirrors.values():
+            busy = m.active - m.active_small >= m.target
+            if m.adapt.tick(now, m.total_bytes, busy=busy, more_work=self._work_for_more(m)):
+                changed = True
+        return changed
+
+    def _work_for_more(self, m: _MirrorState) -> bool:
+        """Enough unassigned bytes for ``m``'s extra connections to matter."""
+        p = self.policy
+        left = sum(f.queued() for f in self.files.values() if m.name in f.live_mirrors())
+        left += sum(r.left() for r in self.active.values() if r.mirror == m.name)
+        return left >= m.target * 2 * p.min_chunk
+
+
+def _min(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
