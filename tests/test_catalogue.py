@@ -572,7 +572,13 @@ def test_bundled_catalogue() -> None:
         "MODELSCOPE_API_TOKEN",
         False,
     )
-    assert all(m.enabled and m.weight == 1.0 and m.max_connections == 8 for m in catalogue.mirrors)
+    assert all(m.enabled and m.weight == 1.0 for m in catalogue.mirrors)
+    # Adaptive connection counts, except the community mirror's cap.
+    assert {m.name: m.max_connections for m in catalogue.mirrors} == {
+        "huggingface": None,
+        "hf-mirror": 16,
+        "modelscope": None,
+    }
     assert all(m.source == BUILTIN_SOURCE and m.line for m in catalogue.mirrors)
     assert catalogue.enabled == catalogue.mirrors
 
@@ -626,7 +632,7 @@ def test_defaults_and_normalisation() -> None:
     assert mirror.endpoint == "http://127.0.0.1:8080/models"
     assert mirror.host == "127.0.0.1:8080"
     assert (mirror.token_env, mirror.use_hf_login, mirror.enabled) == (None, False, True)
-    assert (mirror.weight, mirror.max_connections, dict(mirror.id_map)) == (1.0, 8, {})
+    assert (mirror.weight, mirror.max_connections, dict(mirror.id_map)) == (1.0, None, {})
     assert (mirror.source, mirror.line) == (SRC, 3)
     assert catalogue.sources == (SRC,)
 
@@ -1058,5 +1064,6 @@ def test_fuzzed_documents_raise_only_config_error(text: str) -> None:
     for mirror in catalogue.mirrors:
         assert mirror.kind in MIRROR_KINDS
         assert mirror.endpoint.startswith(("http://", "https://"))
-        assert 1 <= mirror.max_connections <= 64 and mirror.weight > 0
+        assert mirror.max_connections is None or 1 <= mirror.max_connections <= 64
+        assert mirror.weight > 0
         assert isinstance(mirror.id_map, MappingProxyType)

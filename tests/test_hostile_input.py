@@ -794,7 +794,7 @@ def test_fuzzed_valid_catalogues_load_field_for_field(
         assert got.token_env == want.get("token_env")
         assert got.enabled == want.get("enabled", True)
         assert got.weight == want.get("weight", 1.0)
-        assert got.max_connections == want.get("max_connections", 8)
+        assert got.max_connections == want.get("max_connections")
         assert dict(got.id_map) == want.get("id_map", {})
         assert got.use_hf_login == want.get("use_hf_login", False)
         assert got.source == "fuzz.yaml" and got.line is not None and got.line >= 1

@@ -958,7 +958,10 @@ class _Parser:
     def max_connections(self, node: Node, field: str) -> int:
         value = self.scalar(node, field)
         low, high = MAX_CONNECTIONS_RANGE
-        hint = f"an integer from {low} to {high} (default 8), e.g. `max_connections: 8`"
+        hint = (
+            f"an integer from {low} to {high} (default: none, the count adapts up to "
+            "--connections), e.g. `max_connections: 8`"
+        )
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(
                 node, field, f"max_connections must be an integer, {_got(value)}", hint=hint

@@ -961,7 +961,7 @@ def _cmd_mirrors(args: argparse.Namespace) -> int:
             m.endpoint,
             "yes" if m.enabled else "no",
             f"{m.weight:g}",
-            str(m.max_connections),
+            str(m.max_connections) if m.max_connections else "auto",
             (m.token_env + (" (set)" if read_token(m.token_env) else " (unset)"))
             if m.token_env
             else "-",

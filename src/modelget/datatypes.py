@@ -32,7 +32,8 @@ class Mirror:
     use_hf_login: bool = False
     enabled: bool = True
     weight: float = 1.0
-    max_connections: int = 8
+    max_connections: int | None = None
+    """This mirror's own cap on connections (None: adaptive, up to ``--connections``)."""
     id_map: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
     source: str = "<builtin>"
     line: int | None = None

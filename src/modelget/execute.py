@@ -114,6 +114,11 @@ class Executor:
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self.disk_full = False
+        self.timings: dict[str, float] = {}
+        """Seconds from the start of ``run``: ``first_byte``, ``last_byte`` (the engine's last
+        file complete), and ``verify_tail`` (from then to the end: hashing what was left,
+        verification and layout)."""
+        self._last_complete: float | None = None
 
     # --- per-file steps ---------------------------------------------------------------------
 
@@ -199,6 +204,7 @@ class Executor:
 
     def _on_complete(self, job: FetchJob, result: FetchResult) -> None:
         with self._lock:
+            self._last_complete = time.perf_counter()
             self._pending.append(self._pool.submit(self._verify_and_place, job, result))
 
     def _drain(self) -> None:
@@ -266,6 +272,21 @@ class Executor:
                     "failed",
                     error="the engine returned no result",
                 )
+
+    @property
+    def connections(self) -> dict[str, int]:
+        """The most connections the engine's scheduler gave each mirror at once."""
+        return dict(getattr(self.engine, "connections", {}) or {})
+
+    def _record_timings(self, started: float) -> None:
+        end = time.perf_counter()
+        first = getattr(self.engine, "first_byte", None)
+        if isinstance(first, float):
+            # The engine's clock is time.monotonic(); carry it over to perf_counter's.
+            self.timings["first_byte"] = max(0.0, first - (time.monotonic() - (end - started)))
+        if self._last_complete is not None:
+            self.timings["last_byte"] = self._last_complete - started
+            self.timings["verify_tail"] = end - self._last_complete
 
     def run(self) -> list[FileOutcome]:
         started = time.perf_counter()
@@ -357,4 +378,5 @@ class Executor:
             for state in self.states.values():
                 if state.lock is not None and state.lock.is_locked:
                     state.lock.release(force=True)
+            self._record_timings(started)
         return [s.outcome for s in self.states.values() if s.outcome is not None]

@@ -25,12 +25,23 @@ class AttemptError(Exception):
     """
 
     def __init__(
-        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        throttled: bool = False,
+        renew: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+        self.throttled = throttled
+        self.renew = renew
+        """A signed redirect target was refused (expired): resolve the mirror's URL again
+        and go on; not a failure of the mirror (unless it keeps happening)."""
+        """The mirror said it is overloaded (429/503): fewer connections to it, not only a retry."""
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

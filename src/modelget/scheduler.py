@@ -39,11 +39,11 @@ class Policy:
     ``max_connections`` lowers it for that mirror)."""
     initial: int = 16
     """Connections per mirror to start with, before any measurement."""
-    small_file: int = 4 * MiB
+    small_file: int = 1 * MiB
     """A file up to this size is fetched with one request."""
-    min_chunk: int = 2 * MiB
+    min_chunk: int = 1 * MiB
     max_chunk: int = 64 * MiB
-    steal_min: int = 1 * MiB
+    steal_min: int = 256 * 1024
     """Never leave either side of a split with less than this."""
     steal_after_s: float = 0.5
     """A range is split only when its owner would need longer than this to finish it."""
@@ -63,6 +63,8 @@ class Policy:
     """After a 429/503, no growth for this long (or the Retry-After, if longer)."""
     max_tries: int = 5
     """Failures in a row before a mirror is dropped for a file."""
+    max_files: int = 64
+    """Files in flight at once (started, not finished): a new file starts only below this."""
     retry_wait: Callable[[int], float] = field(default=lambda n: min(30.0, 0.5 * 2 ** (n - 1)))
     """Seconds a mirror waits before its ``n``-th retry of one file."""
 
@@ -115,6 +117,7 @@ class _FileState:
     failures: dict[str, int] = field(default_factory=dict)
     not_before: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
+    started: bool = False
 
     def queued(self) -> int:
         return sum(b - a for a, b in self.queue)
@@ -139,7 +142,8 @@ class Adaptive:
         self.target = min(self.ceiling, max(1, policy.initial))
         self.growing = True
         self.level_rate: float | None = None
-        self.prev_target = 0
+        """The rate measured at ``level_target``."""
+        self.level_target = 0
         self.hold_until = 0.0
         self.window_start: float | None = None
         self.window_bytes0 = 0
@@ -148,7 +152,7 @@ class Adaptive:
     def throttle(self, now: float, active: int, retry_after: float | None = None) -> None:
         self.target = max(1, min(self.target, max(1, active)) // 2)
         self.growing = False
-        self.level_rate = None
+        self.level_rate, self.level_target = None, 0
         self.hold_until = now + max(self.policy.throttle_hold_s, retry_after or 0.0)
         self.window_start = None
 
@@ -168,23 +172,24 @@ class Adaptive:
         self.last_rate = rate
         if not self.growing or now < self.hold_until or not busy:
             return False
-        if self.level_rate is None:
-            self.level_rate = rate
-        elif rate < self.level_rate * p.keep_gain:
-            self.growing = False
-            if self.prev_target and self.prev_target < self.target:
-                self.target = self.prev_target
+        if self.level_rate is not None and self.level_target < self.target:
+            # The first measurement since a doubling: did it pay?
+            if rate < self.level_rate * p.keep_gain:
+                self.growing = False
+                self.target = self.level_target
                 return True
-            return False
-        elif rate < self.level_rate * p.grow_gain:
-            self.growing = False
-            self.level_rate = rate
-            return False
+            if rate < self.level_rate * p.grow_gain:
+                self.growing = False
+                self.level_rate, self.level_target = rate, self.target
+                return False
+            self.level_rate, self.level_target = rate, self.target
+        elif self.level_rate is None or self.level_target != self.target:
+            self.level_rate, self.level_target = rate, self.target
         else:
+            # Measured again at the same target (no work for more connections until now).
             self.level_rate = rate
         if self.target >= self.ceiling or not more_work:
             return False
-        self.prev_target = self.target
         self.target = min(self.ceiling, self.target * 2)
         self.window_start = now + p.settle_s
         return True
@@ -235,6 +240,8 @@ class Scheduler:
                 key, size, order, tuple(m for m in serving if m in self.mirrors), queue
             )
         self.active: dict[int, Range] = {}
+        self.under_way: set[str] = set()
+        """Files started and not finished (see ``Policy.max_files``)."""
         self._ids = itertools.count(1)
         self.started = now
 
@@ -287,14 +294,20 @@ class Scheduler:
         for m in sorted(candidates, key=lambda m: m.rank):
             if m.active >= m.ceiling:
                 continue
-            for f in sorted(self.files.values(), key=lambda f: f.order):
+            for f in self.files.values():
                 if f.size > p.small_file or not f.queue or not self._may_use(f, m.name, now):
+                    continue
+                if not self._may_start(f):
                     continue
                 a, b = f.queue.pop(0)
                 return Assign(self._open(f, m, a, b, now, small=True))
         # Then chunks of big files, then steals: the mirror furthest below its target first.
         order = sorted(
-            (m for m in candidates if m.active - m.active_small < m.target),
+            (
+                m
+                for m in candidates
+                if m.active - m.active_small < m.target and m.active < m.ceiling
+            ),
             key=lambda m: ((m.active - m.active_small) / m.target, m.rank),
         )
         for m in order:
@@ -321,10 +334,21 @@ class Scheduler:
             mirror in f.mirrors and mirror not in f.dropped and f.not_before.get(mirror, 0.0) <= now
         )
 
+    def _may_start(self, f: _FileState) -> bool:
+        """``f`` is under way already, or fewer than ``max_files`` files are."""
+        return f.key in self.under_way or len(self.under_way) < self.policy.max_files
+
+    def _settle(self, f: _FileState) -> None:
+        """``f`` is no longer under way once nothing of it is queued or in flight."""
+        if not f.queue and f.key in self.under_way and not self._in_flight(f.key):
+            self.under_way.discard(f.key)
+
     def _open(
         self, f: _FileState, m: _MirrorState, a: int, b: int, now: float, *, small: bool = False
     ) -> Range:
         r = Range(next(self._ids), f.key, a, a, b, m.name, now, a, small)
+        f.started = True
+        self.under_way.add(f.key)
         self.active[r.id] = r
         m.active += 1
         if small:
@@ -342,8 +366,10 @@ class Scheduler:
 
     def _chunk(self, m: _MirrorState, now: float) -> Range | None:
         p = self.policy
-        for f in sorted(self.files.values(), key=lambda f: f.order):
+        for f in self.files.values():
             if not f.queue or not self._may_use(f, m.name, now):
+                continue
+            if not self._may_start(f):
                 continue
             a, b = f.queue[0]
             size = self.chunk_size()
@@ -425,6 +451,7 @@ class Scheduler:
             m.active_small -= 1
         if r.pos < r.end:
             self._requeue(self.files[r.file], r.pos, r.end)
+        self._settle(self.files[r.file])
 
     def failed(
         self,
@@ -437,7 +464,7 @@ class Scheduler:
         retry_after: float | None = None,
     ) -> str | None:
         """The request for ``r`` failed; its rest goes back to the pool at once. Returns the
-        reason the mirror is dropped for this file, or None when it may try again later."""
+        reason the mirror is dropped for this file (once: when this failure drops it), or None."""
         self.release(r, now)
         f = self.files[r.file]
         m = self.mirrors[r.mirror]
@@ -446,8 +473,10 @@ class Scheduler:
             m.not_before = max(m.not_before, now + 0.25)
         elif retry_after:
             m.not_before = max(m.not_before, now + retry_after)
+        if r.mirror in f.dropped:
+            return None  # another connection's failure dropped it already
         if permanent:
-            f.dropped.setdefault(r.mirror, reason)
+            f.dropped[r.mirror] = reason
             return reason
         n = f.failures.get(r.mirror, 0) + 1
         f.failures[r.mirror] = n
@@ -468,6 +497,7 @@ class Scheduler:
     def give_up(self, key: str) -> None:
         """Stop scheduling ``key`` (a local error no mirror can fix)."""
         self.files[key].queue.clear()
+        self._settle(self.files[key])
 
     def _requeue(self, f: _FileState, a: int, b: int) -> None:
         f.queue.append((a, b))
@@ -497,7 +527,7 @@ class Scheduler:
         p = self.policy
         left = sum(f.queued() for f in self.files.values() if m.name in f.live_mirrors())
         left += sum(r.left() for r in self.active.values() if r.mirror == m.name)
-        return left >= m.target * 2 * p.min_chunk
+        return left >= m.target * p.min_chunk
 
 
 def _min(a: float | None, b: float) -> float:

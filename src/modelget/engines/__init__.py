@@ -33,7 +33,8 @@ class SourceURL:
     url: str
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Never in a repr: an ``Authorization`` value must not reach a log or an error message."""
-    max_connections: int = 8
+    max_connections: int | None = None
+    """The mirror entry's own cap on connections to it (None: the pull's ceiling)."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,14 @@ class FetchResult:
 class EngineOptions:
     """Transfer settings, with defaults chosen for multi-GB shards on fast links."""
 
-    max_connections: int = 16
-    """Connections in flight over all files and mirrors."""
-    max_concurrent_files: int = 4
+    max_connections: int = 32
+    """The most connections to one mirror at once (``--connections``): the ceiling of the
+    scheduler's adaptive count, which starts at ``initial_connections`` and doubles while the
+    mirror's rate still rises. aria2c allows at most 16 per host for one download."""
+    initial_connections: int = 16
+    """Connections per mirror before any measurement."""
+    max_concurrent_files: int = 64
+    """Files transferring at once (small files first, then the big ones in plan order)."""
     min_split_bytes: int = 8 * 1024 * 1024
     """Segments are never smaller than this (except a file's last one)."""
     lowest_speed_bps: int = 64 * 1024

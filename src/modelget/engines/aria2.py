@@ -721,8 +721,8 @@ class _Run:
         state.uri_mirror = {s.resolved.url: s.src.mirror for s in sources}
         uris = [s.resolved.url for s in sources]
         o = self.options
-        per_server = min(16, max(1, max(s.src.max_connections for s in sources)))
-        split = max(1, min(self.split, sum(min(16, s.src.max_connections) for s in sources)))
+        per_server = min(16, max(1, max(s.src.max_connections or 16 for s in sources)))
+        split = max(1, min(self.split, sum(min(16, s.src.max_connections or 16) for s in sources)))
         opts: dict[str, Any] = {
             "dir": str(job.dest.parent),
             "out": job.dest.name,

@@ -1,22 +1,27 @@
 """The built-in engine: parallel HTTP range requests over httpx, from several mirrors at once.
 
-How one file is fetched:
+One pull is one pool of work and one pool of connections (see :mod:`modelget.scheduler`):
 
-* The ``.incomplete`` file is preallocated to its final size and every byte is written at its
-  offset (``os.pwrite``), so memory stays flat whatever the file size. A ``.ranges`` sidecar
-  (see :mod:`modelget.engines.ranges`) records what is on disk; after a kill -9 or a reboot
-  only the missing ranges are fetched. Requests carry ``If-Range`` with the ETag seen before,
-  so a file that changed on a mirror restarts instead of mixing two versions.
-* The missing bytes are cut into segments. Workers (up to ``max_connections`` over all files,
-  and each mirror's own ``max_connections``) take a mirror, the least loaded first in rank
-  order, then a segment. An idle worker steals the second half of the largest segment still
-  in flight, so a slow mirror's tail goes to a fast one.
+* Every file's ``.incomplete`` is preallocated to its final size and every byte is written at
+  its offset (``os.pwrite``), so memory stays flat whatever the file size. A ``.ranges``
+  sidecar (see :mod:`modelget.engines.ranges`) records what is durably on disk; after a kill
+  -9 or a reboot only the missing ranges are fetched. Requests carry ``If-Range`` with the
+  ETag seen before, so a file that changed on a mirror restarts instead of mixing versions.
+* Worker threads (one per connection) ask the pull-wide scheduler what to fetch next: small
+  files all at once, then chunks of the big files that shrink toward the end, then the tail
+  of the range that would finish last (work stealing). The scheduler grows each mirror's
+  connection count while its rate rises, up to ``max_connections`` per mirror (the
+  catalogue entry's own ``max_connections`` lowers it), and halves it on 429/503.
 * A watchdog on bytes per second (not only the read timeout) drops a connection that is
-  slower than ``lowest_speed_bps`` for ``stall_timeout_s``; its segment, minus the bytes
-  already written, goes back to the pool. A mirror that keeps failing (``max_tries``
-  consecutive attempts, with tenacity's exponential backoff and the server's Retry-After) or
-  fails in a way retrying cannot fix (404, an HTML page, a wrong Content-Range, a 200 answer
-  to a Range request) is dropped for the file; the others finish it.
+  slower than ``lowest_speed_bps`` for ``stall_timeout_s``; its range, minus the bytes
+  already written, goes back to the pool at once, where any mirror may take it. A mirror
+  that keeps failing (``max_tries`` in a row, with exponential backoff and the server's
+  Retry-After) or fails in a way retrying cannot fix (404, an HTML page, a wrong
+  Content-Range, a 200 answer to a Range request) is dropped for the file.
+* Each file's contiguous prefix is hashed as it grows, by one hashing thread that reads the
+  bytes back from the page cache (:class:`modelget.verify.PrefixHasher`): when the last byte
+  lands only the last stretch is left to hash, and the executor verifies against those
+  digests without reading the file again.
 * Redirects are followed by hand: the mirror's headers (its token) go only to its own
   origin, never to the signed CDN URL it redirects to. A signed URL that is refused later
   (expired) is resolved again from the mirror's own URL.
@@ -29,13 +34,10 @@ import errno
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from modelget import __version__
 from modelget.engines import EngineOptions, FetchJob, FetchResult, OnComplete, SourceURL
@@ -45,24 +47,20 @@ from modelget.engines.ranges import (
     load_sidecar,
     remove_sidecar,
     save_sidecar,
-    split,
-    steal_point,
 )
 from modelget.engines.redirects import redact_url, same_origin
-from modelget.events import Reporter
-from modelget.retry import (
-    MAX_RETRY_AFTER_S,
-    AttemptError,
-    is_retryable,
-    parse_retry_after,
-    status_is_retryable,
-    transfer_wait,
-)
+from modelget.events import Reporter, report_connections
+from modelget.retry import AttemptError, parse_retry_after, status_is_retryable
+from modelget.scheduler import Assign, Policy, Range, Scheduler
+from modelget.verify import PrefixHasher
 
 MAX_REDIRECTS = 5
 FLUSH_INTERVAL_S = 0.5
-STEAL_AFTER_S = 1.0
+TICK_S = 0.05
 MAX_ATTEMPT_LINES = 20
+MAX_WORKERS = 256
+MAX_RENEWALS = 3
+HASH_STEP = 64 * 1024 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -101,61 +99,27 @@ class RateLimiter:
         return 0.0
 
 
-class _Slots:
-    """Connections in flight: per mirror (its ``max_connections``) and over all files."""
-
-    def __init__(self, total: int) -> None:
-        self.total = max(1, total)
-        self.in_use: dict[str, int] = {}
-        self.cond = threading.Condition()
-        self.resume_at: dict[str, float] = {}
-        """Per mirror: no new request before this ``time.monotonic()`` (its Retry-After)."""
-
-    def busy(self) -> int:
-        return sum(self.in_use.values())
-
-    def backing_off(self, mirror: str, now: float) -> float:
-        """Seconds ``mirror`` asked us to wait still (0 when none)."""
-        return max(0.0, self.resume_at.get(mirror, 0.0) - now)
-
-    def back_off(self, mirror: str, seconds: float) -> None:
-        """``mirror`` said Retry-After: no connection of any file asks it again before then."""
-        with self.cond:
-            until = time.monotonic() + seconds
-            if until > self.resume_at.get(mirror, 0.0):
-                self.resume_at[mirror] = until
+def policy_for(options: EngineOptions) -> Policy:
+    """The scheduler's knobs from the engine options."""
+    return Policy(
+        ceiling=max(1, options.max_connections),
+        initial=max(1, min(options.max_connections, options.initial_connections)),
+        max_tries=max(1, options.max_tries),
+        max_files=max(1, options.max_concurrent_files),
+        retry_wait=lambda n: min(30.0, options.retry_wait_s * 2 ** (n - 1)),
+    )
 
 
 @dataclass
-class _Segment:
-    start: int
-    pos: int
-    end: int
-    """Exclusive; lowered when another worker steals the tail."""
-    since: float = field(default_factory=time.monotonic)
-    """When its current owner started on it (``start`` was ``pos`` then)."""
+class _Src:
+    """One mirror's URL for one file."""
 
-    def left(self) -> int:
-        return max(0, self.end - self.pos)
-
-    def seconds_left(self, now: float) -> float:
-        """At the owner's speed so far; infinite when nothing came yet."""
-        got = self.pos - self.start
-        elapsed = now - self.since
-        if got <= 0 or elapsed <= 0:
-            return float("inf")
-        return self.left() / (got / elapsed)
-
-
-@dataclass
-class _Mirror:
     source: SourceURL
     final_url: str | None = None
     """Where the source URL last redirected to (a signed CDN URL), reused by later requests."""
-    failures: int = 0
-    """Consecutive failed attempts; reset by a success."""
-    dropped: str | None = None
     bytes: int = 0
+    renewals: int = 0
+    """Signed URLs renewed in a row with no byte between (see ``MAX_RENEWALS``)."""
 
     @property
     def name(self) -> str:
@@ -163,238 +127,329 @@ class _Mirror:
 
 
 @dataclass
-class _Outcome:
-    complete: bool
-    error: str | None = None
+class _File:
+    """One file of the pull: its descriptor, what is on disk, its hashing."""
+
+    job: FetchJob
+    srcs: dict[str, _Src]
+    result: FetchResult
+    fd: int = -1
+    done: RangeSet = field(default_factory=RangeSet)
+    validators: dict[str, str] = field(default_factory=dict)
     attempts: list[str] = field(default_factory=list)
+    fatal: str | None = None
+    discard: bool = False
+    """Throw the partial file away instead of keeping it for resume."""
+    fresh: bool = True
+    """No sidecar from an earlier run: the file starts from nothing."""
+    open_lock: threading.Lock = field(default_factory=threading.Lock)
+    hasher: PrefixHasher | None = None
+    hash_failed: bool = False
+    reported: set[str] = field(default_factory=set)
+    """Mirrors whose failure for this file was reported."""
+    dirty: bool = False
+    finished: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def key(self) -> str:
+        return self.job.key
+
+    def complete(self) -> bool:
+        return self.done.covers(self.job.size)
 
 
-class _Transfer:
-    """One file: segments, workers, sidecar."""
+class _Pull:
+    """One ``run``: the files, the scheduler, the workers, the hashing thread."""
 
     def __init__(
         self,
         engine: HttpxEngine,
-        job: FetchJob,
+        jobs: Sequence[FetchJob],
         reporter: Reporter,
         cancel: threading.Event,
+        on_complete: OnComplete | None,
     ) -> None:
         self.engine = engine
         self.options = engine.options
-        self.job = job
+        self.client = engine.client
+        self.limiter = engine.limiter
         self.reporter = reporter
         self.cancel = cancel
-        self.mirrors = [_Mirror(s) for s in job.sources]
-        self.lock = threading.Lock()
-        self.queue: deque[_Segment] = deque()
-        self.active: list[_Segment] = []
-        self.done = RangeSet()
-        self.validators: dict[str, str] = {}
-        self.attempts: list[str] = []
-        self.fatal: str | None = None
-        self.discard = False
-        """Throw the partial file away instead of keeping it for resume."""
-        self.fd = -1
-        self.steal_min = max(256 * 1024, self.options.min_split_bytes // 4)
+        self.on_complete = on_complete
+        self.jobs = list(jobs)
+        self.lock = threading.Condition(threading.Lock())
+        self.hash_wake = threading.Event()
+        self.files: dict[str, _File] = {}
+        self.sched: Scheduler | None = None
+        self.workers: list[threading.Thread] = []
+        self.idle = 0
+        self.first_byte: float | None = None
 
-    # --- bookkeeping ------------------------------------------------------------------------
+    # --- set-up -----------------------------------------------------------------------------
 
-    def _note(self, mirror: _Mirror, message: str) -> None:
-        line = f"{mirror.name}: {message}"
-        with self.lock:
-            if (not self.attempts or self.attempts[-1] != line) and len(
-                self.attempts
-            ) < MAX_ATTEMPT_LINES:
-                self.attempts.append(line)
+    def _load(self, f: _File) -> None:
+        """What an earlier run left (the sidecar); the data file is opened later (``_open``)."""
+        job = f.job
+        sidecar = load_sidecar(job.dest, job.key, job.size)
+        if sidecar is not None:
+            f.done = sidecar.done
+            f.validators = dict(sidecar.validators)
+            f.fresh = False
 
-    def _drop(self, mirror: _Mirror, reason: str) -> None:
-        with self.lock:
-            if mirror.dropped is not None:
+    def _open(self, f: _File) -> None:
+        """Open the ``.incomplete`` file when its first range is due (so a repo of thousands of
+        files holds only the open ones); on a fresh start, preallocate it."""
+        with f.open_lock:
+            if f.fd >= 0 or f.finished:
                 return
-            mirror.dropped = reason
-        self._note(mirror, reason)
-        self.reporter.on_mirror_failed(self.job.path, mirror.name, reason)
+            job = f.job
+            if f.fresh:
+                remove_sidecar(job.dest)
+                with contextlib.suppress(FileNotFoundError):
+                    job.dest.unlink()
+            fd = os.open(job.dest, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if os.fstat(fd).st_size != job.size:
+                    os.ftruncate(fd, job.size)
+                if f.fresh and job.size > 0 and hasattr(os, "posix_fallocate"):
+                    try:
+                        os.posix_fallocate(fd, 0, job.size)
+                    except OSError as exc:
+                        if exc.errno == errno.ENOSPC:
+                            raise
+                        # EOPNOTSUPP / EINVAL on filesystems without fallocate: sparse is fine.
+                if not f.complete():
+                    _write_sidecar(f, fd)
+            except OSError:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    job.dest.unlink()
+                raise
+            f.fd = fd
 
-    def _victim(self, now: float) -> tuple[_Segment | None, bool]:
-        """The active segment an idle worker should split, and whether any may be split later.
-
-        Stealing closes the owner's stream early, and what it had in flight (socket buffers:
-        megabytes on a fast link) is wasted, so only a segment that would take its owner more
-        than ``STEAL_AFTER_S`` longer is split, once the owner has had time to show its speed.
-        """
-        later = False
-        best: _Segment | None = None
-        best_left = 0.0
-        for seg in self.active:
-            if steal_point(seg.pos, seg.end, self.steal_min) is None:
-                continue
-            later = True
-            if now - seg.since < STEAL_AFTER_S:
-                continue
-            left = seg.seconds_left(now)
-            if left > STEAL_AFTER_S and left > best_left:
-                best, best_left = seg, left
-        return best, later
-
-    def _work(self) -> str:
-        """``now`` (a segment can be taken), ``later`` (one may become stealable) or ``none``."""
-        with self.lock:
-            if self.fatal is not None:
-                return "none"
-            if self.queue:
-                return "now"
-            victim, later = self._victim(time.monotonic())
-            return "now" if victim is not None else "later" if later else "none"
-
-    def _take(self) -> _Segment | None:
-        with self.lock:
-            if self.fatal is not None:
-                return None
-            if self.queue:
-                seg = self.queue.popleft()
-                seg.since = time.monotonic()
-                self.active.append(seg)
-                return seg
-            victim, _ = self._victim(time.monotonic())
-            if victim is None:
-                return None
-            cut = steal_point(victim.pos, victim.end, self.steal_min)
-            if cut is None:
-                return None
-            seg = _Segment(cut, cut, victim.end)
-            victim.end = cut
-            self.active.append(seg)
-            return seg
-
-    def _give_back(self, seg: _Segment) -> None:
-        with self.lock:
-            if seg in self.active:
-                self.active.remove(seg)
-            if seg.pos < seg.end:
-                self.queue.appendleft(_Segment(seg.pos, seg.pos, seg.end))
-
-    def _finish(self, seg: _Segment) -> None:
-        with self.lock:
-            if seg in self.active:
-                self.active.remove(seg)
-
-    # --- mirrors and connections --------------------------------------------------------------
-
-    def _acquire(self) -> _Mirror | None:
-        """A healthy mirror with a free connection, the least loaded first (rank breaks ties);
-        waits while all are busy; None when no mirror is left or no work is left."""
-        slots = self.engine.slots
-        with slots.cond:
-            while True:
-                if self.cancel.is_set():
-                    raise _Cancelled()
-                healthy = [m for m in self.mirrors if m.dropped is None]
-                work = self._work()
-                if not healthy or work == "none":
-                    return None
-                if work == "now" and slots.busy() < slots.total:
-                    now = time.monotonic()
-                    free = [
-                        (slots.in_use.get(m.name, 0) / max(1, m.source.max_connections), i, m)
-                        for i, m in enumerate(healthy)
-                        if slots.in_use.get(m.name, 0) < max(1, m.source.max_connections)
-                        and not slots.backing_off(m.name, now)
-                    ]
-                    if free:
-                        _, _, mirror = min(free, key=lambda t: (t[0], t[1]))
-                        slots.in_use[mirror.name] = slots.in_use.get(mirror.name, 0) + 1
-                        return mirror
-                slots.cond.wait(0.2)
-
-    def _release(self, mirror: _Mirror) -> None:
-        slots = self.engine.slots
-        with slots.cond:
-            slots.in_use[mirror.name] -= 1
-            slots.cond.notify_all()
-
-    def _sleep(self, seconds: float) -> None:
-        if self.cancel.wait(seconds):
-            raise _Cancelled()
-
-    def _stop(self, mirror: _Mirror) -> object:
-        def stop(_: RetryCallState) -> bool:
-            return (
-                mirror.dropped is not None
-                or self.fatal is not None
-                or self.cancel.is_set()
-                or mirror.failures >= self.options.max_tries
+    def run(self) -> list[FetchResult]:
+        mirrors: dict[str, int | None] = {}
+        for job in self.jobs:
+            f = _File(
+                job,
+                {s.mirror: _Src(s) for s in job.sources},
+                FetchResult(job.key, job.path, ok=False),
             )
+            self.files[job.key] = f
+            if self.cancel.is_set():
+                f.result.cancelled, f.result.error = True, "cancelled"
+                f.finished = True
+                continue
+            try:
+                self._load(f)
+                if f.complete() or not f.srcs:
+                    self._open(f)  # nothing to fetch: hashed (or failed) at once
+            except OSError as exc:
+                f.result.error = _describe_os_error(exc, job)
+                f.finished = True
+                continue
+            if job.sha256 or job.git_sha1:
+                f.hasher = PrefixHasher(job.size, sha256=bool(job.sha256), git_sha1=not job.sha256)
+            resumed = f.done.total()
+            f.result.resumed_bytes = resumed
+            if resumed:
+                self.reporter.on_file_resumed(job.path, resumed)
+            for s in job.sources:
+                mirrors.setdefault(s.mirror, s.max_connections)
+        live = [f for f in self.files.values() if not f.finished]
+        self.sched = Scheduler(
+            [(f.key, f.job.size, f.done.missing(f.job.size), list(f.srcs)) for f in live],
+            list(mirrors.items()),
+            policy_for(self.options),
+            now=time.monotonic(),
+        )
+        for f in live:
+            if not f.srcs and not f.complete():
+                f.result.error = "no mirror to fetch it from"
+                self._end_file(f)
+        hasher = threading.Thread(target=self._hash_loop, name="modelget-hash", daemon=True)
+        hasher.start()
+        self.hash_wake.set()
+        try:
+            self._supervise()
+        finally:
+            self.hash_wake.set()
+            with self.lock:
+                self.lock.notify_all()
+            for t in self.workers:
+                t.join()
+            self._stop_hashing = True
+            self.hash_wake.set()
+            hasher.join()
+            for f in self.files.values():
+                self._close_file(f)
+        self.engine.connections = self.sched.peaks()
+        return [self.files[j.key].result for j in self.jobs]
 
-        return stop
+    # --- supervision ------------------------------------------------------------------------
+
+    _stop_hashing = False
+
+    def _supervise(self) -> None:
+        sched = self.sched
+        assert sched is not None
+        next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        reported = sched.targets()
+        if reported:
+            report_connections(self.reporter, reported)
+        while True:
+            now = time.monotonic()
+            with self.lock:
+                if sched.tick(now):
+                    self.lock.notify_all()
+                targets = sched.targets()
+                self._spawn(sched)
+                alive = any(t.is_alive() for t in self.workers)
+                unhashed = any(not f.finished for f in self.files.values())
+            if targets != reported:
+                report_connections(self.reporter, targets)
+                reported = targets
+            if now >= next_flush:
+                self._flush_all()
+                next_flush = now + FLUSH_INTERVAL_S
+            if self.cancel.is_set():
+                with self.lock:
+                    self.lock.notify_all()
+                return
+            if not alive and not unhashed:
+                return
+            if not alive:
+                with self.lock:
+                    if sched.finished():
+                        # Files with bytes left and no mirror: they end now (failed).
+                        for f in self.files.values():
+                            if not f.finished and not f.complete():
+                                self._end_file(f)
+                self.hash_wake.set()
+            time.sleep(TICK_S)
+
+    def _spawn(self, sched: Scheduler) -> None:
+        """Enough workers for the mirrors' targets and the small files waiting (lock held)."""
+        small = sum(
+            1
+            for f in sched.files.values()
+            if f.queue and f.size <= sched.policy.small_file and f.live_mirrors()
+        )
+        want = min(MAX_WORKERS, sum(sched.targets().values()) + small)
+        self.workers = [t for t in self.workers if t.is_alive()]
+        if self.idle > 0 or sched.finished():
+            return
+        while len(self.workers) < want:
+            t = threading.Thread(
+                target=self._worker, name=f"modelget-httpx-{len(self.workers)}", daemon=True
+            )
+            self.workers.append(t)
+            t.start()
 
     # --- workers ----------------------------------------------------------------------------
 
     def _worker(self) -> None:
-        try:
-            while True:
-                mirror = self._acquire()
-                if mirror is None:
-                    return
-                try:
-                    for attempt in Retrying(
-                        stop=self._stop(mirror),  # type: ignore[arg-type]
-                        wait=transfer_wait(self.options.retry_wait_s),
-                        retry=retry_if_exception(is_retryable),
-                        sleep=self._sleep,
-                        reraise=True,
-                    ):
-                        with attempt:
-                            # Another connection may have been told Retry-After meanwhile.
-                            self._sleep(
-                                self.engine.slots.backing_off(mirror.name, time.monotonic())
-                            )
-                            seg = self._take()
-                            if seg is not None:
-                                self._run_segment(mirror, seg)
-                except AttemptError as exc:
-                    self._drop(
-                        mirror,
-                        exc.message
-                        if not exc.retryable
-                        else f"{exc.message} (gave up after {mirror.failures} tries)",
-                    )
-                finally:
-                    self._release(mirror)
-        except _Cancelled:
-            return
-        except _FileFatal as exc:
+        sched = self.sched
+        assert sched is not None
+        while True:
             with self.lock:
-                self.fatal = self.fatal or str(exc)
+                while True:
+                    if self.cancel.is_set():
+                        return
+                    action = sched.next(time.monotonic())
+                    if action is None:
+                        self.lock.notify_all()
+                        return
+                    if isinstance(action, Assign):
+                        break
+                    self.idle += 1
+                    self.lock.wait(action.seconds)
+                    self.idle -= 1
+                r = action.range
+                f = self.files[r.file]
+                src = f.srcs[r.mirror]
+            try:
+                if f.fd < 0:
+                    try:
+                        self._open(f)
+                    except OSError as exc:
+                        raise _FileFatal(_describe_os_error(exc, f.job)) from None
+                self._fetch(f, src, r)
+            except AttemptError as exc:
+                self._failed(f, src, r, exc)
+            except _FileFatal as exc:
+                with self.lock:
+                    f.fatal = f.fatal or str(exc)
+                    sched.release(r, time.monotonic())
+                    sched.give_up(f.key)
+                    self.lock.notify_all()
+                self._maybe_end(f)
+            except _Cancelled:
+                with self.lock:
+                    sched.release(r, time.monotonic())
+                return
+            except BaseException as exc:  # a bug: never leave the range held
+                with self.lock:
+                    f.fatal = f.fatal or f"internal error: {type(exc).__name__}: {exc}"
+                    sched.release(r, time.monotonic())
+                    sched.give_up(f.key)
+                    self.lock.notify_all()
+                self._maybe_end(f)
+                raise
+            else:
+                with self.lock:
+                    sched.release(r, time.monotonic())
+                    self.lock.notify_all()
+                self._maybe_end(f)
 
-    def _run_segment(self, mirror: _Mirror, seg: _Segment) -> None:
-        try:
-            self._fetch(mirror, seg)
-        except AttemptError as exc:
-            self._give_back(seg)
-            with self.lock:
-                mirror.failures += 1
-            if exc.retry_after:
-                self.engine.slots.back_off(mirror.name, min(exc.retry_after, MAX_RETRY_AFTER_S))
-            self._note(mirror, exc.message)
-            raise
-        except (_Cancelled, _FileFatal):
-            self._give_back(seg)
-            raise
-        except BaseException:
-            self._give_back(seg)
-            raise
-        self._finish(seg)
+    def _failed(self, f: _File, src: _Src, r: Range, exc: AttemptError) -> None:
+        sched = self.sched
+        assert sched is not None
         with self.lock:
-            mirror.failures = 0
+            if exc.renew and src.renewals < MAX_RENEWALS:
+                # An expired signed URL: the range goes back as it is, the next request
+                # resolves the mirror's own URL again.
+                src.renewals += 1
+                self._note(f, src.name, exc.message)
+                sched.release(r, time.monotonic())
+                self.lock.notify_all()
+                return
+            dropped = sched.failed(
+                r,
+                time.monotonic(),
+                exc.message,
+                permanent=not exc.retryable,
+                throttled=exc.throttled,
+                retry_after=exc.retry_after,
+            )
+            self._note(f, src.name, exc.message)
+            self.lock.notify_all()
+        if dropped is not None:
+            f.reported.add(src.name)
+            if dropped != exc.message:
+                self._note(f, src.name, dropped)
+            self.reporter.on_mirror_failed(f.job.path, src.name, dropped)
+        elif src.name not in f.reported and src.name not in sched.files[f.key].dropped:
+            # The first failure of a mirror for a file is worth telling: its range went back
+            # to the pool (another mirror may take it now); later ones only when it is dropped.
+            f.reported.add(src.name)
+            self.reporter.on_mirror_failed(f.job.path, src.name, exc.message)
+        self._maybe_end(f)
+
+    def _note(self, f: _File, mirror: str, message: str) -> None:
+        line = f"{mirror}: {message}"
+        if (not f.attempts or f.attempts[-1] != line) and len(f.attempts) < MAX_ATTEMPT_LINES:
+            f.attempts.append(line)
 
     # --- one request ------------------------------------------------------------------------
 
-    def _fetch(self, mirror: _Mirror, seg: _Segment) -> None:
-        source = mirror.source
-        url = mirror.final_url or source.url
+    def _fetch(self, f: _File, src: _Src, r: Range) -> None:
+        source = src.source
+        url = src.final_url or source.url
         with self.lock:
-            first, last = seg.pos, seg.end - 1
-            validator = self.validators.get(mirror.name)
+            first, last = r.pos, r.end - 1
+            validator = f.validators.get(src.name)
         if first > last:
             return
         for _hop in range(MAX_REDIRECTS + 1):
@@ -404,7 +459,7 @@ class _Transfer:
             if source.headers and same_origin(url, source.url):
                 headers = {**source.headers, **headers}
             try:
-                with self.engine.client.stream("GET", url, headers=headers) as response:
+                with self.client.stream("GET", url, headers=headers) as response:
                     status = response.status_code
                     if status in _REDIRECTS:
                         location = response.headers.get("Location")
@@ -415,9 +470,9 @@ class _Transfer:
                             raise AttemptError("redirected to a non-HTTP URL", retryable=False)
                         continue
                     if url != source.url:
-                        mirror.final_url = url
-                    self._check_response(mirror, response, url, first, validator)
-                    self._consume(mirror, seg, response)
+                        src.final_url = url
+                    self._check_response(f, src, response, url, first, validator)
+                    self._consume(f, src, r, response)
                     return
             except httpx.TimeoutException as exc:
                 raise AttemptError(
@@ -429,7 +484,8 @@ class _Transfer:
 
     def _check_response(
         self,
-        mirror: _Mirror,
+        f: _File,
+        mirror: _Src,
         response: httpx.Response,
         url: str,
         first: int,
@@ -446,6 +502,7 @@ class _Transfer:
             raise AttemptError(
                 f"HTTP {status} from the redirect target {where} (signed URL expired?); resolving again",
                 retry_after=0.0,
+                renew=True,
             )
         if status not in (200, 206):
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -453,9 +510,10 @@ class _Transfer:
                 f"HTTP {status} from {where}",
                 retryable=status_is_retryable(status),
                 retry_after=retry_after,
+                throttled=status in (429, 503),
             )
         content_type = response.headers.get("Content-Type", "").lower()
-        if content_type.startswith("text/html") and not self.job.path.lower().endswith(
+        if content_type.startswith("text/html") and not f.job.path.lower().endswith(
             (".html", ".htm")
         ):
             raise AttemptError(
@@ -464,14 +522,14 @@ class _Transfer:
         encoding = response.headers.get("Content-Encoding", "identity").lower()
         if encoding not in ("", "identity"):
             raise AttemptError(f"answered with Content-Encoding {encoding!r}", retryable=False)
-        size = self.job.size
+        size = f.job.size
         if status == 200:
             etag = response.headers.get("ETag")
             if if_range is not None and etag is not None and etag != if_range:
                 # The bytes on disk are from another version of the file: never mix the two.
-                self.discard = True
+                f.discard = True
                 raise _FileFatal(
-                    f"{self.job.path} changed on mirror {mirror.name} since the partial download "
+                    f"{f.job.path} changed on mirror {mirror.name} since the partial download "
                     "(If-Range failed); the partial file was discarded, run the pull again"
                 )
             # A 200 with the same ETag (or none) is a server that ignores Range, not a changed
@@ -497,11 +555,13 @@ class _Transfer:
         etag = response.headers.get("ETag")
         if etag and not etag.startswith("W/"):
             with self.lock:
-                self.validators[mirror.name] = etag
+                f.validators[mirror.name] = etag
 
-    def _consume(self, mirror: _Mirror, seg: _Segment, response: httpx.Response) -> None:
+    def _consume(self, f: _File, src: _Src, r: Range, response: httpx.Response) -> None:
         opts = self.options
-        limiter = self.engine.limiter
+        sched = self.sched
+        assert sched is not None
+        limiter = self.limiter
         window_start = time.monotonic()
         window_bytes = 0
         limited_s = 0.0
@@ -510,35 +570,40 @@ class _Transfer:
         # hold bytes back until a chunk is full, and a mirror trickling a few KB/s would then
         # never reach the watchdog below (it checks the speed as bytes arrive).
         for chunk in response.iter_raw():
-            if self.cancel.is_set():
-                raise _Cancelled()
-            if self.fatal is not None:
+            if self.cancel.is_set() or f.fatal is not None:
                 raise _Cancelled()
             got_any = got_any or bool(chunk)
             offset = 0
             while offset < len(chunk):
                 with self.lock:
-                    pos, end = seg.pos, seg.end
-                n = min(len(chunk) - offset, end - pos)
+                    pos = r.pos
+                    n = sched.allowed(r, len(chunk) - offset)
                 if n <= 0:
-                    return  # the rest of this segment was stolen, or it is complete
+                    return  # the rest of this range was stolen, or it is complete
                 if limiter is not None:
                     limited_s += limiter.take(n, self.cancel)
                 data = memoryview(chunk)[offset : offset + n]
                 try:
-                    written = os.pwrite(self.fd, data, pos)
+                    written = os.pwrite(f.fd, data, pos)
                 except OSError as exc:
-                    raise _FileFatal(_describe_os_error(exc, self.job)) from None
+                    raise _FileFatal(_describe_os_error(exc, f.job)) from None
+                now = time.monotonic()
                 with self.lock:
-                    self.done.add(pos, pos + written)
-                    seg.pos = pos + written
-                    mirror.bytes += written
+                    f.done.add(pos, pos + written)
+                    sched.wrote(r, written, now)
+                    src.bytes += written
+                    src.renewals = 0
+                    f.dirty = True
+                    extends = pos <= f.done.prefix() and f.hasher is not None
+                    if self.first_byte is None:
+                        self.first_byte = now
+                if extends:
+                    self.hash_wake.set()
                 offset += written
                 window_bytes += written
-                self.reporter.on_bytes(self.job.path, written, mirror.name)
-            with self.lock:
-                if seg.pos >= seg.end:
-                    return
+                self.reporter.on_bytes(f.job.path, written, src.name)
+            if r.pos >= r.end:
+                return
             elapsed = time.monotonic() - window_start - limited_s
             if elapsed >= opts.stall_timeout_s:
                 speed = window_bytes / max(elapsed, 1e-9)
@@ -549,131 +614,143 @@ class _Transfer:
                     )
                 window_start, window_bytes, limited_s = time.monotonic(), 0, 0.0
         with self.lock:
-            short = seg.pos < seg.end
-            pos = seg.pos
+            short = r.pos < r.end
+            pos = r.pos
         if short and got_any:
-            raise AttemptError(f"connection closed early, at byte {pos} of {self.job.size}")
+            raise AttemptError(f"connection closed early, at byte {pos} of {f.job.size}")
         if short:
             raise AttemptError(f"empty answer (HTTP {response.status_code} with no body bytes)")
 
-    # --- the file ---------------------------------------------------------------------------
+    # --- hashing and the end of a file --------------------------------------------------------
 
-    def _flush(self) -> None:
-        """Make the sidecar match what is durably on disk."""
+    def _hash_loop(self) -> None:
+        """Hash each file's contiguous prefix as it grows; end the files that are complete."""
+        while True:
+            self.hash_wake.wait(0.25)
+            self.hash_wake.clear()
+            worked = True
+            while worked:
+                worked = False
+                for f in list(self.files.values()):
+                    if f.finished or f.fd < 0:
+                        continue
+                    with self.lock:
+                        prefix = f.done.prefix()
+                        complete = f.complete()
+                    if f.hasher is not None and not f.hash_failed and f.hasher.pos < prefix:
+                        try:
+                            f.hasher.advance(f.fd, min(prefix, f.hasher.pos + HASH_STEP))
+                        except OSError:
+                            f.hash_failed = True  # the executor hashes the file itself
+                        worked = True
+                    if complete and (
+                        f.hasher is None or f.hash_failed or f.hasher.pos >= f.job.size
+                    ):
+                        self._finish_ok(f)
+            if self._stop_hashing:
+                return
+
+    def _maybe_end(self, f: _File) -> None:
+        """After a request: a complete file goes to the hashing thread; a file that can get
+        no more bytes (fatal, or every mirror dropped) ends now as failed."""
+        sched = self.sched
+        assert sched is not None
         with self.lock:
-            snapshot = Sidecar(
-                self.job.key, self.job.size, RangeSet(self.done), dict(self.validators)
-            )
-        os.fsync(self.fd)
-        save_sidecar(self.job.dest, snapshot)
+            if f.finished:
+                return
+            if f.complete():
+                self.hash_wake.set()
+                return
+            ended = f.fatal is not None and not any(r.file == f.key for r in sched.active.values())
+            ended = ended or sched.stuck(f.key)
+        if ended:
+            self._end_file(f)
 
-    def _open(self) -> int:
-        """Open (and on a fresh start, preallocate) the ``.incomplete`` file; load the sidecar."""
-        job = self.job
-        sidecar = load_sidecar(job.dest, job.key, job.size)
-        if sidecar is None:
-            remove_sidecar(job.dest)
-            with contextlib.suppress(FileNotFoundError):
-                job.dest.unlink()
-        else:
-            self.done = sidecar.done
-            self.validators = dict(sidecar.validators)
-        fd = os.open(job.dest, os.O_RDWR | os.O_CREAT, 0o644)
+    def _finish_ok(self, f: _File) -> None:
+        with self.lock:
+            if f.finished:
+                return
+            f.finished = True
+        result = f.result
+        result.bytes_by_mirror = {n: s.bytes for n, s in f.srcs.items() if s.bytes}
+        result.attempts = list(f.attempts)
         try:
-            if os.fstat(fd).st_size != job.size:
-                os.ftruncate(fd, job.size)
-            if sidecar is None and job.size > 0 and hasattr(os, "posix_fallocate"):
-                try:
-                    os.posix_fallocate(fd, 0, job.size)
-                except OSError as exc:
-                    if exc.errno == errno.ENOSPC:
-                        raise
-                    # EOPNOTSUPP / EINVAL on filesystems without fallocate: sparse is fine.
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                job.dest.unlink()
-            raise
-        return fd
-
-    def run(self) -> FetchResult:
-        job = self.job
-        started = time.perf_counter()
-        result = FetchResult(job.key, job.path, ok=False)
-        try:
-            self.fd = self._open()
+            os.fsync(f.fd)
         except OSError as exc:
-            result.error = _describe_os_error(exc, job)
-            return result
-        try:
-            resumed = self.done.total()
-            result.resumed_bytes = resumed
-            if resumed:
-                self.reporter.on_file_resumed(job.path, resumed)
-            missing = self.done.missing(job.size)
-            if missing:
-                if not self.mirrors:
-                    result.error = "no mirror to fetch it from"
-                    return result
-                try:
-                    self._flush()
-                except OSError as exc:  # the disk filled up (or went away) since the open
-                    result.error = _describe_os_error(exc, job)
-                    return result
-                self._transfer(missing)
-            with self.lock:
-                complete = self.done.covers(job.size)
-            result.bytes_by_mirror = {m.name: m.bytes for m in self.mirrors if m.bytes}
-            result.attempts = list(self.attempts)
-            if complete:
-                os.fsync(self.fd)
-                remove_sidecar(job.dest)
-                result.ok = True
-            elif self.cancel.is_set() and self.fatal is None:
-                result.cancelled = True
-                result.error = "cancelled"
-            elif self.fatal is not None:
-                result.error = self.fatal
-            else:
-                result.error = "no mirror could serve the rest of the file: " + (
-                    "; ".join(self.attempts) or "all mirrors failed"
-                )
-            return result
-        finally:
-            if self.discard:
-                result.ok = False
-                remove_sidecar(job.dest)
-                with contextlib.suppress(FileNotFoundError):
-                    job.dest.unlink()
-            elif not result.ok:
-                with contextlib.suppress(OSError):
-                    self._flush()
-            os.close(self.fd)
-            result.seconds = time.perf_counter() - started
+            result.error = _describe_os_error(exc, f.job)
+            _write_sidecar_quietly(f)
+            result.seconds = time.perf_counter() - f.started
+            return
+        remove_sidecar(f.job.dest)
+        result.ok = True
+        if f.hasher is not None and not f.hash_failed and f.hasher.done:
+            result.digests = f.hasher.digests()
+        result.seconds = time.perf_counter() - f.started
+        with f.open_lock:
+            os.close(f.fd)  # complete: no request writes to it any more
+            f.fd = -1
+        if self.on_complete is not None:
+            self.on_complete(f.job, result)
 
-    def _transfer(self, missing: list[tuple[int, int]]) -> None:
-        opts = self.options
-        missing_bytes = sum(b - a for a, b in missing)
-        capacity = sum(max(1, m.source.max_connections) for m in self.mirrors)
-        by_size = -(-missing_bytes // max(1, opts.min_split_bytes))
-        workers = max(1, min(opts.max_connections, capacity, by_size))
-        self.queue.extend(
-            _Segment(a, a, b) for a, b in split(missing, workers, opts.min_split_bytes)
-        )
-        threads = [
-            threading.Thread(target=self._worker, name=f"modelget-httpx-{i}", daemon=True)
-            for i in range(workers)
-        ]
-        for t in threads:
-            t.start()
-        next_flush = time.monotonic() + FLUSH_INTERVAL_S
-        for t in threads:
-            while t.is_alive():
-                t.join(0.1)
-                if time.monotonic() >= next_flush:
-                    with contextlib.suppress(OSError):
-                        self._flush()
-                    next_flush = time.monotonic() + FLUSH_INTERVAL_S
+    def _end_file(self, f: _File) -> None:
+        """``f`` gets no more bytes in this run: record why (lock not held)."""
+        with self.lock:
+            if f.finished:
+                return
+            f.finished = True
+            sched = self.sched
+            dropped = dict(sched.dropped(f.key)) if sched is not None else {}
+        result = f.result
+        result.bytes_by_mirror = {n: s.bytes for n, s in f.srcs.items() if s.bytes}
+        for mirror, why in dropped.items():
+            self._note(f, mirror, why)
+        result.attempts = list(f.attempts)
+        if f.fatal is not None:
+            result.error = f.fatal
+        elif self.cancel.is_set():
+            result.cancelled, result.error = True, "cancelled"
+        elif result.error is None:
+            result.error = "no mirror could serve the rest of the file: " + (
+                "; ".join(f.attempts) or "all mirrors failed"
+            )
+        result.seconds = time.perf_counter() - f.started
+
+    def _flush_all(self) -> None:
+        for f in list(self.files.values()):
+            if f.dirty and not f.finished and f.fd >= 0:
+                f.dirty = False
+                _write_sidecar_quietly(f, lock=self.lock)
+
+    def _close_file(self, f: _File) -> None:
+        if not f.finished:
+            self._end_file(f)
+        if f.fd < 0:
+            return
+        if f.discard:
+            f.result.ok = False
+            remove_sidecar(f.job.dest)
+            with contextlib.suppress(FileNotFoundError):
+                f.job.dest.unlink()
+        elif not f.result.ok:
+            _write_sidecar_quietly(f, lock=self.lock)
+        os.close(f.fd)
+        f.fd = -1
+
+
+def _write_sidecar(f: _File, fd: int, lock: threading.Condition | None = None) -> None:
+    """Make the sidecar match what is durably on disk."""
+    if lock is not None:
+        with lock:
+            snapshot = Sidecar(f.job.key, f.job.size, RangeSet(f.done), dict(f.validators))
+    else:
+        snapshot = Sidecar(f.job.key, f.job.size, RangeSet(f.done), dict(f.validators))
+    os.fsync(fd)
+    save_sidecar(f.job.dest, snapshot)
+
+
+def _write_sidecar_quietly(f: _File, lock: threading.Condition | None = None) -> None:
+    with contextlib.suppress(OSError):
+        _write_sidecar(f, f.fd, lock)
 
 
 def _timeout_of(options: EngineOptions) -> float:
@@ -713,17 +790,17 @@ class HttpxEngine:
         self.options = options
         self.client = httpx.Client(
             timeout=httpx.Timeout(_timeout_of(options), connect=options.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=options.max_connections * 2,
-                max_keepalive_connections=options.max_connections * 2,
-            ),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=MAX_WORKERS),
             verify=options.verify_tls,
             follow_redirects=False,  # by hand: headers must not cross to another origin
             headers={"User-Agent": f"modelget/{__version__}", "Accept-Encoding": "identity"},
             transport=transport,
         )
-        self.slots = _Slots(options.max_connections)
         self.limiter = RateLimiter(options.max_rate_bps) if options.max_rate_bps else None
+        self.connections: dict[str, int] = {}
+        """The most connections each mirror had at once in the last ``run``."""
+        self.first_byte: float | None = None
+        """``time.monotonic()`` of the last run's first byte."""
 
     def run(
         self,
@@ -733,19 +810,14 @@ class HttpxEngine:
         cancel: threading.Event,
         on_complete: OnComplete | None = None,
     ) -> list[FetchResult]:
-        def one(job: FetchJob) -> FetchResult:
-            if cancel.is_set():
-                return FetchResult(job.key, job.path, ok=False, cancelled=True, error="cancelled")
-            result = _Transfer(self, job, reporter, cancel).run()
-            if result.ok and on_complete is not None:
-                on_complete(job, result)
-            return result
-
         if not jobs:
             return []
-        workers = max(1, min(self.options.max_concurrent_files, len(jobs)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="modelget-file") as pool:
-            return list(pool.map(one, jobs))
+        pull = _Pull(self, jobs, reporter, cancel, on_complete)
+        try:
+            return pull.run()
+        finally:
+            if pull.first_byte is not None and self.first_byte is None:
+                self.first_byte = pull.first_byte
 
     def prepare(self) -> None:
         """Nothing to start: connections open on first use."""

@@ -65,6 +65,10 @@ class RangeSet:
             out.append((pos, size))
         return [(a, b) for a, b in out if b > a]
 
+    def prefix(self) -> int:
+        """Where the contiguous run of bytes from offset 0 ends (0 when byte 0 is missing)."""
+        return self._ranges[0][1] if self._ranges and self._ranges[0][0] == 0 else 0
+
     def covers(self, size: int) -> bool:
         return not self.missing(size)
 

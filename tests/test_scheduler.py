@@ -1,0 +1,269 @@
+"""The pull-wide scheduler's decisions, driven with literal numbers (no server, no clock)."""
+
+from __future__ import annotations
+
+from modelget.scheduler import Adaptive, Assign, MiB, Policy, Range, Scheduler, Wait
+
+
+def _take(s: Scheduler, now: float = 0.0) -> Range:
+    action = s.next(now)
+    assert isinstance(action, Assign), action
+    return action.range
+
+
+def _drain(s: Scheduler, now: float = 0.0) -> list[Range]:
+    out = []
+    while isinstance(action := s.next(now), Assign):
+        out.append(action.range)
+    return out
+
+
+def test_small_files_go_out_together_before_big_chunks() -> None:
+    files = [("big", 512 * MiB, [(0, 512 * MiB)], ["a"])] + [
+        (f"s{i}", 1000, [(0, 1000)], ["a"]) for i in range(10)
+    ]
+    s = Scheduler(files, [("a", None)], Policy(initial=4, ceiling=32))
+    taken = _drain(s)
+    # all ten small files first, each in one request, then the big file up to the target
+    assert [r.file for r in taken[:10]] == [f"s{i}" for i in range(10)]
+    assert all(r.start == 0 and r.end == 1000 for r in taken[:10])
+    big = [r for r in taken if r.file == "big"]
+    assert len(big) == 4  # the target: small files do not count against it
+    assert s.peaks()["a"] == 14
+
+
+def test_small_files_are_held_to_the_ceiling() -> None:
+    files = [(f"s{i}", 10, [(0, 10)], ["a"]) for i in range(50)]
+    s = Scheduler(files, [("a", None)], Policy(ceiling=8))
+    assert len(_drain(s)) == 8
+    assert isinstance(s.next(0.0), Wait)
+
+
+def test_chunks_shrink_as_the_pool_empties() -> None:
+    p = Policy(initial=2, ceiling=2, min_chunk=1 * MiB, max_chunk=64 * MiB)
+    s = Scheduler([("big", 100 * MiB, [(0, 100 * MiB)], ["a"])], [("a", None)], p)
+    sizes = []
+    while True:
+        action = s.next(0.0)
+        if not isinstance(action, Assign):
+            break
+        r = action.range
+        sizes.append(r.end - r.start)
+        s.wrote(r, r.end - r.start, 0.0)
+        s.release(r, 0.0)
+    assert sum(sizes) == 100 * MiB
+    assert sizes[0] == 25 * MiB  # 100 MiB over 2 × 2 connections
+    assert sizes[:-1] == sorted(sizes[:-1], reverse=True)  # the last takes the crumb with it
+    assert sizes[-1] >= 1 * MiB
+    assert s.finished()
+
+
+def test_a_mirror_only_gets_files_it_serves() -> None:
+    files = [("x", 10, [(0, 10)], ["b"]), ("y", 10, [(0, 10)], ["a"])]
+    s = Scheduler(files, [("a", None), ("b", None)])
+    taken = _drain(s)
+    assert {(r.file, r.mirror) for r in taken} == {("x", "b"), ("y", "a")}
+
+
+def test_idle_connection_steals_the_tail_of_the_slowest_range() -> None:
+    p = Policy(initial=2, ceiling=2, min_chunk=4 * MiB, steal_min=1 * MiB, small_file=0)
+    s = Scheduler(
+        [("big", 16 * MiB, [(0, 16 * MiB)], ["fast", "slow"])],
+        [("fast", None), ("slow", None)],
+        p,
+    )
+    ranges = _drain(s)
+    assert not s.files["big"].queue  # four 4 MiB ranges, all in flight
+    slow = [r for r in ranges if r.mirror == "slow"]
+    fast = [r for r in ranges if r.mirror == "fast"]
+    assert slow and fast
+    # after 2 s: the fast connections have finished their ranges, a slow one crawls
+    for r in fast:
+        s.wrote(r, r.left(), 1.0)
+        s.release(r, 1.0)
+    victim = slow[0]
+    s.wrote(victim, 1 * MiB, 2.0)  # 0.5 MiB/s
+    for r in slow[1:]:
+        s.wrote(r, r.left(), 2.0)
+        s.release(r, 2.0)
+    before_end = victim.end
+    stolen = _take(s, 2.0)
+    assert stolen.mirror == "fast"
+    assert stolen.file == "big"
+    assert stolen.end == before_end
+    assert victim.end == stolen.start
+    assert victim.left() >= p.steal_min
+    # the owner now stops at the cut: bytes past it are not its own any more
+    assert s.allowed(victim, victim.left() + 100) == victim.left()
+
+
+def test_steal_split_follows_the_speeds() -> None:
+    p = Policy(initial=1, ceiling=1, min_chunk=100 * MiB, steal_min=1 * MiB)
+    s = Scheduler([("big", 100 * MiB, [(0, 100 * MiB)], ["a", "b"])], [("a", None), ("b", None)], p)
+    ra = _take(s)
+    assert ra.mirror == "a" and ra.end == 100 * MiB
+    s.wrote(ra, 10 * MiB, 1.0)  # 10 MiB/s; 90 MiB left
+    rb = _take(s, 1.0)  # b knows no speed yet: half of what is left
+    assert rb.mirror == "b"
+    assert rb.start == 55 * MiB
+    # b proves 3× faster per connection than a: on a's next release, a new steal favours b
+    s.wrote(rb, 30 * MiB, 2.0)
+    s.wrote(ra, 10 * MiB, 2.0)
+    s.release(rb, 2.0)  # closed early: its rest goes back to the pool
+    assert s.files["big"].queue == [(85 * MiB, 100 * MiB)]
+
+
+def test_no_steal_of_a_range_that_ends_soon() -> None:
+    p = Policy(initial=1, ceiling=1, min_chunk=8 * MiB, steal_after_s=0.5)
+    s = Scheduler([("f", 8 * MiB, [(0, 8 * MiB)], ["a", "b"])], [("a", None), ("b", None)], p)
+    r = _take(s)
+    s.wrote(r, 6 * MiB, 1.0)  # 6 MiB/s; 2 MiB left = 0.33 s
+    assert isinstance(s.next(1.0), Wait)
+
+
+def test_a_silent_owner_is_hedged_after_a_while() -> None:
+    p = Policy(initial=1, ceiling=1, min_chunk=64 * MiB, hedge_after_s=2.0)
+    s = Scheduler([("f", 64 * MiB, [(0, 64 * MiB)], ["a", "b"])], [("a", None), ("b", None)], p)
+    r = _take(s)
+    assert isinstance(s.next(1.0), Wait)  # too early to tell
+    stolen = _take(s, 2.5)
+    assert stolen.mirror == "b"
+    assert stolen.start == 32 * MiB and r.end == 32 * MiB
+
+
+def test_a_failure_hands_the_range_to_another_mirror_at_once() -> None:
+    p = Policy(initial=1, ceiling=1, min_chunk=64 * MiB)
+    s = Scheduler([("f", 64 * MiB, [(0, 64 * MiB)], ["a", "b"])], [("a", None), ("b", None)], p)
+    r = _take(s)
+    assert r.mirror == "a"
+    s.wrote(r, 10 * MiB, 1.0)
+    assert s.failed(r, 1.0, "reset") is None  # a may try again later, not now
+    again = _take(s, 1.0)
+    assert again.mirror == "b"
+    assert (again.start, again.end) == (10 * MiB, 64 * MiB)
+
+
+def test_a_mirror_is_dropped_for_a_file_after_max_tries() -> None:
+    p = Policy(initial=1, ceiling=1, max_tries=3, retry_wait=lambda n: 1.0)
+    s = Scheduler([("f", 10, [(0, 10)], ["a"])], [("a", None)], p)
+    now = 0.0
+    for i in range(3):
+        r = _take(s, now)
+        why = s.failed(r, now, "HTTP 500")
+        if i < 2:
+            assert why is None
+            assert isinstance(s.next(now), Wait)  # backing off
+            now += 1.0
+    assert why == "HTTP 500 (gave up after 3 tries)"
+    assert s.stuck("f")
+    assert s.next(now) is None
+    assert s.finished()
+
+
+def test_a_permanent_error_drops_at_once_and_bytes_reset_the_count() -> None:
+    p = Policy(initial=1, ceiling=1, max_tries=2, retry_wait=lambda n: 0.0)
+    s = Scheduler([("f", 100, [(0, 100)], ["a", "b"])], [("a", None), ("b", None)], p)
+    r = _take(s)
+    assert s.failed(r, 0.0, "HTTP 404", permanent=True) == "HTTP 404"
+    r = _take(s)
+    assert r.mirror == "b"
+    s.failed(r, 0.0, "reset")
+    r = _take(s)
+    s.wrote(r, 10, 0.0)  # progress: the failure count starts over
+    assert s.failed(r, 0.0, "reset") is None
+    assert s.dropped("f") == {"a": "HTTP 404"}
+
+
+def test_throttled_mirror_halves_and_waits() -> None:
+    p = Policy(initial=8, ceiling=32, min_chunk=1 * MiB)
+    s = Scheduler([("f", 1024 * MiB, [(0, 1024 * MiB)], ["a"])], [("a", None)], p)
+    ranges = _drain(s)
+    assert len(ranges) == 8
+    s.failed(ranges[0], 1.0, "HTTP 429", throttled=True, retry_after=2.0)
+    assert s.targets()["a"] == 3  # 7 still active, halved
+    assert isinstance(s.next(1.5), Wait)  # Retry-After holds the whole mirror
+    assert isinstance(s.next(3.5), Wait)  # at its (lower) target now
+
+
+def test_adaptive_grows_while_the_rate_rises_and_undoes_a_useless_doubling() -> None:
+    p = Policy(initial=4, ceiling=64, settle_s=0.0, window_s=1.0)
+    a = Adaptive(64, p)
+    per_conn = 4_000_000  # a link capped per connection, up to 40 MB/s in all
+    now, total = 0.0, 0
+    a.tick(now, total, busy=True)
+    history = []
+    for _ in range(12):
+        now += 1.0
+        total += min(a.target * per_conn, 40_000_000)
+        a.tick(now, total, busy=True)
+        history.append(a.target)
+    assert history[:2] == [8, 16]  # 16 MB/s → 32 MB/s: doubling paid twice
+    assert a.target == 16  # 32 → 40 MB/s (1.25×: kept), growth stops or is undone
+    assert not a.growing
+
+
+def test_adaptive_stays_put_on_a_saturated_link() -> None:
+    p = Policy(initial=4, ceiling=64, settle_s=0.0, window_s=1.0)
+    a = Adaptive(64, p)
+    now, total = 0.0, 0
+    a.tick(now, total, busy=True)
+    for _ in range(6):
+        now += 1.0
+        total += 50_000_000  # the same whatever the count
+        a.tick(now, total, busy=True)
+    assert a.target == 4  # one doubling tried, undone
+    assert not a.growing
+
+
+def test_adaptive_backs_off_on_429_and_respects_the_ceiling() -> None:
+    p = Policy(initial=16, ceiling=20, settle_s=0.0, window_s=1.0)
+    a = Adaptive(20, p)
+    a.tick(0.0, 0, busy=True)
+    a.tick(1.0, 10, busy=True)
+    a.tick(2.0, 100, busy=True)
+    assert a.target == 20  # doubled, but never above the ceiling
+    a.throttle(2.5, 20)
+    assert a.target == 10
+    assert not a.tick(10.0, 10**9, busy=True)
+    assert a.target == 10
+
+
+def test_adaptive_does_not_grow_a_mirror_short_of_work() -> None:
+    p = Policy(initial=4, ceiling=64, settle_s=0.0, window_s=1.0)
+    a = Adaptive(64, p)
+    a.tick(0.0, 0, busy=False)
+    a.tick(1.0, 10**6, busy=False)
+    a.tick(2.0, 10**8, busy=False)
+    assert a.target == 4
+
+
+def test_scheduler_grows_the_target_of_a_busy_mirror() -> None:
+    p = Policy(initial=2, ceiling=8, min_chunk=1 * MiB, settle_s=0.0, window_s=0.5)
+    s = Scheduler([("f", 1024 * MiB, [(0, 1024 * MiB)], ["a"])], [("a", None)], p)
+    ranges = _drain(s)
+    assert len(ranges) == 2
+    assert not s.tick(0.0)
+    for r in ranges:
+        s.wrote(r, 1 * MiB, 0.5)
+    assert s.tick(0.5)  # measured at 2, doubling
+    assert s.targets()["a"] == 4
+    assert len(_drain(s, 0.5)) == 2
+
+
+def test_mirror_cap_from_the_catalogue_lowers_the_ceiling() -> None:
+    s = Scheduler([("f", 10, [(0, 10)], ["a"])], [("a", 3), ("b", None)], Policy(ceiling=32))
+    assert s.mirrors["a"].ceiling == 3
+    assert s.mirrors["b"].ceiling == 32
+    assert s.targets() == {"a": 3, "b": 16}
+
+
+def test_at_most_max_files_under_way() -> None:
+    files = [(f"f{i}", 8 * MiB, [(0, 8 * MiB)], ["a"]) for i in range(5)]
+    p = Policy(initial=4, ceiling=4, max_files=2, min_chunk=8 * MiB, small_file=0)
+    s = Scheduler(files, [("a", None)], p)
+    taken = _drain(s)
+    assert [r.file for r in taken] == ["f0", "f1"]  # two connections idle: no third file
+    assert isinstance(s.next(0.0), Wait)
+    s.wrote(taken[0], 8 * MiB, 1.0)
+    s.release(taken[0], 1.0)
+    assert [r.file for r in _drain(s, 1.0)] == ["f2"]
