@@ -29,6 +29,7 @@ from modelget.testing import fixtures
 
 SYNTH_REPO_ID = "bench/synthetic-llama"
 HALF_REPO_ID = "bench/synthetic-llama-half"
+SHARDS_REPO_ID = "bench/eight-shards"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,16 @@ class Profile:
     s3_mirror: int
     s4_link: int
     s5_link: int
+    shards: int
+    """S9/S10/S8: ``shards`` safetensors shards of ``shard_bytes`` each, plus 3 small files."""
+    shard_bytes: int
+    s9_conn: int
+    s9_link: int
+    s10_fast_conn: int
+    s10_fast_uplink: int
+    s10_slow_conn: int
+    s10_slow_uplink: int
+    s8_connections: int
 
 
 FULL = Profile(
@@ -62,6 +73,15 @@ FULL = Profile(
     s3_mirror=150_000_000,
     s4_link=200_000_000,
     s5_link=200_000_000,
+    shards=8,
+    shard_bytes=64_000_000,
+    s9_conn=4_000_000,
+    s9_link=400_000_000,
+    s10_fast_conn=4_000_000,
+    s10_fast_uplink=120_000_000,
+    s10_slow_conn=1_000_000,
+    s10_slow_uplink=40_000_000,
+    s8_connections=64,
 )
 QUICK = Profile(
     name="quick",
@@ -76,6 +96,15 @@ QUICK = Profile(
     s3_mirror=40_000_000,
     s4_link=50_000_000,
     s5_link=50_000_000,
+    shards=8,
+    shard_bytes=16_000_000,
+    s9_conn=4_000_000,
+    s9_link=100_000_000,
+    s10_fast_conn=4_000_000,
+    s10_fast_uplink=40_000_000,
+    s10_slow_conn=1_000_000,
+    s10_slow_uplink=13_000_000,
+    s8_connections=64,
 )
 
 
@@ -102,6 +131,53 @@ class Run:
     killed_at_s: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+
+
+def write_shards(out: Path, count: int, shard_bytes: int, *, seed: int = 0) -> None:
+    """``count`` safetensors shards of exactly ``shard_bytes`` each (one seeded U8 tensor per
+    shard, the header padded with spaces as the format allows), their index, a config.json and
+    a generation_config.json: the "8 × 64 MB shards + 3 small files" model of S9/S10.
+    Deterministic: the same arguments give the same bytes."""
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = [f"model-{k:05d}-of-{count:05d}.safetensors" for k in range(1, count + 1)]
+    keep = {*names, "model.safetensors.index.json", "config.json", "generation_config.json"}
+    for old in out.iterdir():
+        if old.name not in keep:
+            old.unlink()
+    weight_map: dict[str, str] = {}
+    header_room = 256
+    for k, name in enumerate(names):
+        tensor = f"layers.{k}.weight"
+        data_len = shard_bytes - 8 - header_room
+        if data_len <= 0:
+            raise ValueError(f"shard_bytes must exceed {8 + header_room}")
+        header = {tensor: {"dtype": "U8", "shape": [data_len], "data_offsets": [0, data_len]}}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        if len(raw) > header_room:
+            raise ValueError("safetensors header too long")
+        rng = np.random.Generator(np.random.PCG64([seed, k]))
+        with (out / name).open("wb") as fh:
+            fh.write(header_room.to_bytes(8, "little") + raw.ljust(header_room, b" "))
+            left = data_len
+            while left:
+                n = min(left, 4 * 1024 * 1024)
+                fh.write(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+                left -= n
+        weight_map[tensor] = name
+    index = {
+        "metadata": {"total_size": count * (shard_bytes - 8 - header_room)},
+        "weight_map": weight_map,
+    }
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "config.json").write_text(
+        json.dumps(
+            {"architectures": ["BenchShards"], "model_type": "bench", "num_shards": count}, indent=2
+        )
+        + "\n"
+    )
+    (out / "generation_config.json").write_text(json.dumps({"do_sample": False}, indent=2) + "\n")
 
 
 def _evict(paths: Sequence[Path]) -> None:
@@ -165,7 +241,11 @@ class Bench:
         self.small = BenchRepo.scan(
             fixtures.MINILM_REPO_ID, fixtures.minilm_dir(), fixtures.MINILM_REVISION
         )
-        link_blobs(self.www, [self.big, self.half, self.small])
+        self.shards = self._shards()
+        link_blobs(self.www, [self.big, self.half, self.small, self.shards])
+        self.hf_transfer_missing = peers.hf_transfer_missing()
+        if self.hf_transfer_missing is not None:
+            say(f"note: the hf_transfer peer is skipped in every scene: {self.hf_transfer_missing}")
         self.env = peers.base_env(self.work)
 
     # --- data ---
@@ -185,6 +265,17 @@ class Bench:
             self.say(f"  done in {time.perf_counter() - t0:.1f} s")
         self.say(f"hashing {out} (once per bench run)")
         return BenchRepo.scan(SYNTH_REPO_ID, out)
+
+    def _shards(self) -> BenchRepo:
+        p = self.profile
+        name = f"shards-{p.shards}x{p.shard_bytes}-seed0"
+        out = self.data_dir / name
+        stamp = self.data_dir / f"{name}.complete"
+        if not stamp.exists():
+            self.say(f"writing {p.shards} shards of {p.shard_bytes / 1e6:g} MB to {out}")
+            write_shards(out, p.shards, p.shard_bytes, seed=0)
+            stamp.write_text("written by python -m bench\n")
+        return BenchRepo.scan(SHARDS_REPO_ID, out)
 
     def _half(self) -> BenchRepo:
         """The first ``half_shards`` shards and config.json as a repo of their own
@@ -221,7 +312,12 @@ class Bench:
             raise RuntimeError("this scene needs the shaped link (root, iproute2)")
         extra = [self.link.host_ip] if self.link is not None else []
         host = self.link.host_ip if shaped and self.link is not None else "127.0.0.1"
-        return Site(name, self.www, repos, host=host, extra_listen=extra, limit_rate=limit_rate)
+        site = Site(name, self.www, repos, host=host, extra_listen=extra, limit_rate=limit_rate)
+        problem = site.check_topology(repos[0])
+        if problem:
+            site.close()
+            raise RuntimeError(f"site {name} is not built like the Hub: {problem}")
+        return site
 
     @contextlib.contextmanager
     def sites(

@@ -7,7 +7,11 @@ Every tool downloads the same files from the same site (hub API + redirect to th
   into a fresh cache: one connection per file, 8 files at a time (its defaults);
 * aria2c as hfd.sh runs it: ``-x4 -s4 -k1M -j5 -c --file-allocation=none`` over an input file
   of the files' resolve URLs (hfd.sh's defaults THREADS=4, CONCURRENT=5);
-* raw aria2c with 16 connections per file (``-x16 -s16``), the mission's yardstick;
+* raw aria2c with 16 connections per file and 16 files at a time (``-x16 -s16 -k1M -j16``),
+  the mission's yardstick;
+* hf_transfer (the Rust downloader behind ``HF_HUB_ENABLE_HF_TRANSFER``), called directly by
+  ``bench/hf_transfer_driver.py``: 8 files at a time, 16 chunks of 10 MiB per file, the
+  redirect resolved first as huggingface_hub does (skipped with a note when not installed);
 * curl, one invocation fetching the files one after the other (``-L``, connection reused).
 
 The peers verify nothing; modelget verifies every byte (sha256 / git blob sha1) and lays the
@@ -16,6 +20,8 @@ files out in the cache.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shlex
 import sys
@@ -23,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import hf_transfer_driver
 from bench.sites import BenchRepo, Site
 
 HF_HUB_SNIPPET = (
@@ -102,7 +109,7 @@ def modelget(
 def hf_hub(repo: BenchRepo, site: Site, dest: Path, *, env: Mapping[str, str]) -> Invocation:
     cmd = [sys.executable, "-c", HF_HUB_SNIPPET, repo.repo_id, str(dest)]
     e = {**env, "HF_ENDPOINT": site.url}
-    return Invocation("huggingface_hub", cmd, e, repo.snapshot(dest))
+    return Invocation(HF_HUB_LABEL, cmd, e, repo.snapshot(dest))
 
 
 def _aria2_input(repo: BenchRepo, site: Site, dest: Path) -> str:
@@ -117,6 +124,14 @@ def _aria2_input(repo: BenchRepo, site: Site, dest: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+HFD_LABEL = "aria2c hfd.sh-style"
+RAW_ARIA2C_LABEL = "aria2c -x16 (raw)"
+HF_TRANSFER_LABEL = "hf_transfer"
+HF_HUB_LABEL = "huggingface_hub"
+CURL_LABEL = "curl (sequential)"
+DRIVER = Path(__file__).resolve().parent / "hf_transfer_driver.py"
+
+
 def aria2c(
     repo: BenchRepo,
     site: Site,
@@ -126,21 +141,62 @@ def aria2c(
     env: Mapping[str, str],
     input_file: Path,
     label: str,
+    files_at_once: int = 5,
 ) -> Invocation:
-    """hfd.sh's aria2c command (``connections=4``), or raw aria2c with more connections."""
+    """hfd.sh's aria2c command (``connections=4``, 5 files at once), or raw aria2c with more
+    connections (the raw peer: ``connections=16, files_at_once=16``)."""
     cmd = [
         "aria2c", "--no-conf", "--console-log-level=error", "--summary-interval=0",
-        "--file-allocation=none", f"-x{connections}", f"-s{connections}", "-k1M", "-j5", "-c",
-        "-i", str(input_file),
+        "--file-allocation=none", f"-x{connections}", f"-s{connections}", "-k1M",
+        f"-j{files_at_once}", "-c", "-i", str(input_file),
     ]  # fmt: skip
     return Invocation(label, cmd, dict(env), dest, {input_file: _aria2_input(repo, site, dest)})
+
+
+def raw_aria2c(
+    repo: BenchRepo, site: Site, dest: Path, *, env: Mapping[str, str], input_file: Path
+) -> Invocation:
+    """The mission's yardstick: ``aria2c -x16 -s16 -k1M -j16``."""
+    return aria2c(
+        repo, site, dest, connections=16, env=env, input_file=input_file,
+        label=RAW_ARIA2C_LABEL, files_at_once=16,
+    )  # fmt: skip
+
+
+def hf_transfer_missing() -> str | None:
+    """None when ``hf_transfer`` can be imported by this interpreter, else why not (the
+    bench then leaves that peer out and says so)."""
+    if importlib.util.find_spec("hf_transfer") is None:
+        return (
+            f"hf_transfer is not installed in {sys.executable} "
+            "(`pip install hf-transfer`, or `pip install -e '.[bench]'`)"
+        )
+    return None
+
+
+def hf_transfer_listing(repo: BenchRepo, site: Site, dest: Path) -> str:
+    """The driver's input: every file's resolve URL and where it goes."""
+    entries = [
+        {"url": site.resolve_url(repo, f.path), "path": str(dest / f.path)} for f in repo.files
+    ]
+    return json.dumps(entries, indent=1) + "\n"
+
+
+def hf_transfer(
+    repo: BenchRepo, site: Site, dest: Path, *, env: Mapping[str, str], input_file: Path
+) -> Invocation:
+    """hf_transfer through ``bench/hf_transfer_driver.py`` (see its docstring)."""
+    cmd = [sys.executable, str(DRIVER), str(input_file)]
+    return Invocation(
+        HF_TRANSFER_LABEL, cmd, dict(env), dest, {input_file: hf_transfer_listing(repo, site, dest)}
+    )
 
 
 def curl(repo: BenchRepo, site: Site, dest: Path, *, env: Mapping[str, str]) -> Invocation:
     cmd = ["curl", "-fsS", "-L", "--create-dirs"]
     for f in repo.files:
         cmd += ["-o", str(dest / f.path), site.resolve_url(repo, f.path)]
-    return Invocation("curl (sequential)", cmd, dict(env), dest)
+    return Invocation(CURL_LABEL, cmd, dict(env), dest)
 
 
 def short_display(inv: Invocation, repo: BenchRepo) -> str:
@@ -155,5 +211,14 @@ def short_display(inv: Invocation, repo: BenchRepo) -> str:
         return (
             inv.display() + "\n# input file: per file `$SITE/REPO/resolve/main/FILE` then "
             "`  dir=$DEST/…` and `  out=NAME` lines"
+        )
+    if inv.tool == HF_TRANSFER_LABEL and len(inv.cmd) == 3:
+        return (
+            f"python bench/hf_transfer_driver.py {inv.cmd[2]}\n"
+            "# per file, 8 files at a time: HEAD $SITE/REPO/resolve/main/FILE (redirect not "
+            "followed), then hf_transfer.download(url=LOCATION, filename=$DEST/FILE, "
+            f"max_files={hf_transfer_driver.MAX_FILES}, chunk_size={hf_transfer_driver.CHUNK_SIZE}, "
+            f"parallel_failures={hf_transfer_driver.PARALLEL_FAILURES}, "
+            f"max_retries={hf_transfer_driver.MAX_RETRIES})"
         )
     return inv.display()

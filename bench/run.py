@@ -6,6 +6,7 @@ is installed in, as root for the capped scenes::
     .venv/bin/python -m bench                  # full: ≥ 3 runs per case, a 4 GB checkpoint
     .venv/bin/python -m bench --quick          # 200 MB, one run each: a smoke test (~4 min)
     .venv/bin/python -m bench --scenes S2,S6   # only some scenes (C = the ceilings)
+    .venv/bin/python -m bench --quick --scenes S9,S10   # the issue-14 scenes, small
 
 The synthetic checkpoint is written once into ``--data`` (default
 ``~/.cache/modelget/bench``) and reused; downloads go to ``--work`` (default ``--data/work``)
@@ -81,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown scene(s) {unknown}; known: {', '.join(SCENES)}")
     if "S8" in wanted and not {"S1", "S2"} & set(wanted):
-        _say("note: S8 reads the S1/S2 runs; add S2 (and S1) to get its numbers")
+        _say(
+            "note: S8 also reads the S1/S2 runs of the synthetic checkpoint; add them for those rows"
+        )
     data = args.data.expanduser()
     work = (args.work or data / "work").expanduser()
     started = time.perf_counter()
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if why is None:
         link = netns.ShapedLink()
     else:
-        _say(f"note: the capped scenes (S1, S3, S4, S5) are skipped: {why}")
+        _say(f"note: the shaped scenes (S1, S3, S4, S5, S9, S10) are skipped: {why}")
     scenes: list[SceneResult] = []
     try:
         if link is not None:
@@ -103,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sid in wanted:
             _say(f"== {sid}")
             scenes.append(SCENES[sid](bench))
-        if {"S1", "S2", "S3", "S4", "S5", "S6"} & set(wanted):
+        if {"S1", "S2", "S3", "S4", "S5", "S6", "S8", "S9", "S10"} & set(wanted):
             from bench.scenes import engine_comparison
 
             scenes.append(engine_comparison(bench.runs))

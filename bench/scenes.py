@@ -29,6 +29,7 @@ from bench.sites import BenchRepo, Site, catalogue_yaml
 from bench.stats import (
     Summary,
     Target,
+    fastest_peer,
     fmt_bytes,
     fmt_pct,
     fmt_rate,
@@ -38,10 +39,17 @@ from bench.stats import (
     median,
     ratio,
 )
-from modelget.testing.hubsim import Fault, HubSimulator
+from modelget.testing.hubsim import Fault
 from modelget.testing.nginx import NginxServer, find_free_port
 
 ENGINES = ("aria2", "httpx")
+PEER_LABELS = (
+    peers.HF_HUB_LABEL,
+    peers.HFD_LABEL,
+    peers.RAW_ARIA2C_LABEL,
+    peers.HF_TRANSFER_LABEL,
+    peers.CURL_LABEL,
+)
 
 
 @dataclass(frozen=True)
@@ -99,12 +107,18 @@ def _display(b: Bench, inv: peers.Invocation, repo: BenchRepo) -> str:
 
 
 def _modelget_maker(
-    b: Bench, repo: BenchRepo, catalogue: Path, engine: str, variant: str = ""
+    b: Bench,
+    repo: BenchRepo,
+    catalogue: Path,
+    engine: str,
+    variant: str = "",
+    extra: Sequence[str] = (),
 ) -> Maker:
     def make(dest: Path) -> peers.Invocation:
         inv = peers.modelget(
-            repo, catalogue, dest, engine=engine, env=b.env, probe_cache=b.fresh("probe-cache")
-        )
+            repo, catalogue, dest, engine=engine, env=b.env, probe_cache=b.fresh("probe-cache"),
+            extra=extra,
+        )  # fmt: skip
         if variant:
             inv.tool = f"modelget ({engine}),{variant}"
         return inv
@@ -113,23 +127,81 @@ def _modelget_maker(
 
 
 def _peer_makers(b: Bench, repo: BenchRepo, site: Site) -> list[tuple[str, Maker]]:
+    """Every peer, downloading ``repo`` from ``site`` (hf_transfer only when installed)."""
     inp = b.work / "aria2-input.txt"
-    return [
-        ("huggingface_hub", lambda d: peers.hf_hub(repo, site, d, env=b.env)),
+    listing = b.work / "hf-transfer-input.json"
+    makers: list[tuple[str, Maker]] = [
+        (peers.HF_HUB_LABEL, lambda d: peers.hf_hub(repo, site, d, env=b.env)),
         (
-            "aria2c hfd.sh-style",
+            peers.HFD_LABEL,
             lambda d: peers.aria2c(
-                repo, site, d, connections=4, env=b.env, input_file=inp, label="aria2c hfd.sh-style"
+                repo, site, d, connections=4, env=b.env, input_file=inp, label=peers.HFD_LABEL
             ),
         ),
         (
-            "aria2c -x16 (raw)",
-            lambda d: peers.aria2c(
-                repo, site, d, connections=16, env=b.env, input_file=inp, label="aria2c -x16 (raw)"
-            ),
+            peers.RAW_ARIA2C_LABEL,
+            lambda d: peers.raw_aria2c(repo, site, d, env=b.env, input_file=inp),
         ),
-        ("curl (sequential)", lambda d: peers.curl(repo, site, d, env=b.env)),
     ]
+    if b.hf_transfer_missing is None:
+        makers.append(
+            (
+                peers.HF_TRANSFER_LABEL,
+                lambda d: peers.hf_transfer(repo, site, d, env=b.env, input_file=listing),
+            )
+        )
+    makers.append((peers.CURL_LABEL, lambda d: peers.curl(repo, site, d, env=b.env)))
+    return makers
+
+
+def _peer_setup(b: Bench, sites: Sequence[Site]) -> list[str]:
+    """Setup lines every scene with peers states: the sites' checked topology, and whether
+    hf_transfer ran."""
+    lines = [
+        "Topology, checked when each site started (an LFS file's resolve answered 302 to the "
+        "CDN, the CDN served the blob, a small file's resolve answered 200, nginx's "
+        "`limit_rate` is the one asked for): " + "; ".join(s.topology for s in sites) + "."
+    ]
+    if b.hf_transfer_missing is not None:
+        lines.append(f"hf_transfer did not run: {b.hf_transfer_missing}.")
+    return lines
+
+
+def _vs_peers(
+    scene: str, case: str, med: dict[str, float], *, capped: bool, tools: Sequence[str] = ()
+) -> list[Headline]:
+    """The issue-14 headlines of one case: each engine's time ÷ the fastest peer's (≤ 1.05)
+    and, on a per-connection-capped CDN, ÷ raw aria2c -x16 (≤ 0.7)."""
+    out = []
+    name, best = fastest_peer(med, PEER_LABELS)
+    raw = med.get(peers.RAW_ARIA2C_LABEL, math.nan)
+    prefix = f"{case}: " if case else ""
+    for tool in tools or [f"modelget ({e})" for e in ENGINES]:
+        e = tool[len("modelget (") :].split(")", 1)[0]
+        x = ratio(med.get(tool, math.nan), best)
+        out.append(
+            Headline(
+                scene,
+                f"{prefix}{e} ÷ fastest peer",
+                x,
+                fmt_ratio(x),
+                Target("<=", 1.05),
+                f"fastest peer: {name}" if name else "no peer ran",
+            )
+        )
+        if capped:
+            y = ratio(med.get(tool, math.nan), raw)
+            out.append(
+                Headline(
+                    scene,
+                    f"{prefix}{e} ÷ raw aria2c -x16 (per-connection cap)",
+                    y,
+                    fmt_ratio(y),
+                    Target("<=", 0.7),
+                    "issue 14: clearly faster than a fixed-connection peer",
+                )
+            )
+    return out  # fmt: skip
 
 
 def _interleaved(
@@ -319,90 +391,121 @@ def s1(b: Bench) -> SceneResult:
         ("MiniLM", b.small, p.s1_small_conn, p.s1_small_link),
     )
     for case, repo, conn, link in cases:
-        res.setup.append(
-            f"**{case}** ({len(repo.files)} files, {fmt_bytes(repo.size)}): nginx `limit_rate` "
-            f"{_mb(conn)} per connection, link capped at {_mb(link)} (htb on the veth); "
-            "clients in the network namespace, warm page cache on the server. "
-            "*16/mirror*: the same pull with `max_connections: 16` in the catalogue entry "
+        _capped_case(b, res, "S1", case, repo, conn, link, sixteen=True)
+    return res
+
+
+def _capped_case(
+    b: Bench,
+    res: SceneResult,
+    scene: str,
+    case: str,
+    repo: BenchRepo,
+    conn: int,
+    link: int,
+    *,
+    sixteen: bool,
+) -> None:
+    """One model through one site whose CDN caps each connection at ``conn``, behind a link
+    capped at ``link``: both engines (and, with ``sixteen``, both at 16 connections per
+    mirror) and every peer, interleaved; table and headlines into ``res``."""
+    p = b.profile
+    big = case == "synthetic"
+    res.setup.append(
+        f"**{case}** ({len(repo.files)} files, {fmt_bytes(repo.size)}): nginx `limit_rate` "
+        f"{_mb(conn)} per connection, link capped at {_mb(link)} (htb on the veth); "
+        "clients in the network namespace, warm page cache on the server."
+        + (
+            " *16/mirror*: the same pull with `max_connections: 16` in the catalogue entry "
             "(the default is 8)."
-            + (
-                " Sequential curl: one run (it moves at exactly the per-connection cap)."
-                if case == "synthetic" and p.runs > 1
-                else ""
-            )
+            if sixteen
+            else ""
         )
-        with b.sites(["cdn"], [repo], shaped=True, limit_rate=conn) as (site,):
-            assert b.link is not None
-            b.link.shape(link)
-            res.commands[f"link shaping, {case} (tc)"] = "\n".join(b.link.commands)
-            cat = b.work / "mirrors-s1.yaml"
-            cat.write_text(catalogue_yaml([site]))
-            cat16 = b.work / "mirrors-s1-16.yaml"
+        + (
+            " Sequential curl: one run (it moves at exactly the per-connection cap)."
+            if big and p.runs > 1
+            else ""
+        )
+    )
+    with b.sites(["cdn"], [repo], shaped=True, limit_rate=conn) as (site,):
+        assert b.link is not None
+        b.link.shape(link)
+        res.setup.extend(x for x in _peer_setup(b, [site]) if x not in res.setup)
+        res.commands[f"link shaping, {case} (tc)"] = "\n".join(b.link.commands)
+        cat = b.work / f"mirrors-{scene.lower()}.yaml"
+        cat.write_text(catalogue_yaml([site]))
+        makers: list[tuple[str, Maker]] = [
+            (f"modelget ({e})", _modelget_maker(b, repo, cat, e)) for e in ENGINES
+        ]
+        if sixteen:
+            cat16 = b.work / f"mirrors-{scene.lower()}-16.yaml"
             cat16.write_text(catalogue_yaml([site], max_connections=16))
-            makers: list[tuple[str, Maker]] = [
-                (f"modelget ({e})", _modelget_maker(b, repo, cat, e)) for e in ENGINES
-            ]
             makers += [
                 (f"modelget ({e}), 16/mirror", _modelget_maker(b, repo, cat16, e, " 16/mirror"))
                 for e in ENGINES
             ]
-            makers += _peer_makers(b, repo, site)
-            # Sequential curl runs at exactly the per-connection cap (its time is the size over
-            # the cap, to within a percent); on the big checkpoint one run is all it gets.
-            runs_of = {"curl (sequential)": 1} if case == "synthetic" else None
-            _interleaved(
-                b, "S1", case, makers, [site], repo, shaped=True, commands=res.commands,
-                runs_of=runs_of,
-            )  # fmt: skip
-            b.link.unshape()
-        runs = [r for r in b.runs if r.scene == "S1" and r.case == case]
-        rows = []
-        med = {label: median(_ok_times(runs, case, label)) for label, _ in makers}
-        for label, _ in makers:
-            rr = _all(runs, case, label)
-            s = Summary.of(_ok_times(runs, case, label))
-            rate = ratio(repo.size, s.median)
-            rows.append(
-                [
-                    label,
-                    s.text("{:.2f}", " s"),
-                    fmt_rate(rate),
-                    fmt_pct(ratio(rate, link)),
-                    fmt_ratio(ratio(s.median, med["modelget (aria2)"])),
-                    fmt_ratio(ratio(s.median, med["modelget (httpx)"])),
-                    fmt_bytes(median(float(r.link_bytes) for r in rr)),
-                    fmt_bytes(_rss(rr, "main")),
-                    _fails(rr),
-                ]
-            )
-        res.tables.append(
-            f"**{case}**, {_mb(conn)} per connection, link {_mb(link)}\n\n"
-            + markdown_table(
-                [
-                    "tool",
-                    "time: median (min–max)",
-                    "MB/s",
-                    "share of link",
-                    "÷ modelget aria2",
-                    "÷ modelget httpx",
-                    "bytes over the link",
-                    "peak RSS",
-                    "failures",
-                ],
-                rows,
-                "lrrrrrrrl",
-            )
+        makers += _peer_makers(b, repo, site)
+        # Sequential curl runs at exactly the per-connection cap (its time is the size over
+        # the cap, to within a percent); on the big checkpoint one run is all it gets.
+        runs_of = {peers.CURL_LABEL: 1} if big else None
+        _interleaved(
+            b, scene, case, makers, [site], repo, shaped=True, commands=res.commands,
+            runs_of=runs_of,
+        )  # fmt: skip
+        b.link.unshape()
+    runs = [r for r in b.runs if r.scene == scene and r.case == case]
+    rows = []
+    med = {label: median(_ok_times(runs, case, label)) for label, _ in makers}
+    for label, _ in makers:
+        rr = _all(runs, case, label)
+        s = Summary.of(_ok_times(runs, case, label))
+        rate = ratio(repo.size, s.median)
+        rows.append(
+            [
+                label,
+                s.text("{:.2f}", " s"),
+                fmt_rate(rate),
+                fmt_pct(ratio(rate, link)),
+                fmt_ratio(ratio(s.median, med["modelget (aria2)"])),
+                fmt_ratio(ratio(s.median, med["modelget (httpx)"])),
+                fmt_bytes(median(float(r.link_bytes) for r in rr)),
+                fmt_bytes(_rss(rr, "main")),
+                _fails(rr),
+            ]
         )
+    res.tables.append(
+        f"**{case}**, {_mb(conn)} per connection, link {_mb(link)}\n\n"
+        + markdown_table(
+            [
+                "tool",
+                "time: median (min–max)",
+                "MB/s",
+                "share of link",
+                "÷ modelget aria2",
+                "÷ modelget httpx",
+                "bytes over the link",
+                "peak RSS",
+                "failures",
+            ],
+            rows,
+            "lrrrrrrrl",
+        )
+    )
+    if scene == "S1":
         for e in ENGINES:
             me = med[f"modelget ({e})"]
             rate = ratio(repo.size, me)
             res.headlines += [
-                *([Headline("S1", f"{case}: {e} share of link", ratio(rate, link), fmt_pct(ratio(rate, link)), Target(">=", 0.95))] if case == "synthetic" else []),
+                *([Headline("S1", f"{case}: {e} share of link", ratio(rate, link), fmt_pct(ratio(rate, link)), Target(">=", 0.95))] if big else []),
                 Headline("S1", f"{case}: {e} vs huggingface_hub", ratio(med["huggingface_hub"], me), fmt_ratio(ratio(med["huggingface_hub"], me)), Target(">=", 4.0)),
                 Headline("S1", f"{case}: {e} vs hfd.sh-style aria2c", ratio(med["aria2c hfd.sh-style"], me), fmt_ratio(ratio(med["aria2c hfd.sh-style"], me)), Target(">=", 1.5)),
                 Headline("S1", f"{case}: {e} time ÷ raw aria2c -x16", ratio(me, med["aria2c -x16 (raw)"]), fmt_ratio(ratio(me, med["aria2c -x16 (raw)"])), Target("<=", 1.05), "mission: ≤ 1.05× raw aria2c -x16" + ("; see the note on nginx's per-request burst" if case == "MiniLM" else "")),
             ]  # fmt: skip
-    return res
+    else:
+        for e in ENGINES:
+            rate = ratio(repo.size, med[f"modelget ({e})"])
+            res.headlines.append(Headline(scene, f"{case}: {e} share of link", ratio(rate, link), fmt_pct(ratio(rate, link))))  # fmt: skip
+    res.headlines += _vs_peers(scene, case, med, capped=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,10 +514,10 @@ def s1(b: Bench) -> SceneResult:
 
 
 def s2(b: Bench) -> SceneResult:
-    res = SceneResult("S2", "Uncapped loopback: full `modelget pull` vs raw aria2c -x16")
+    res = SceneResult("S2", "Uncapped loopback: full `modelget pull` vs its peers")
     res.setup.append(
         "One site on 127.0.0.1, no cap. modelget downloads, verifies every file and lays it out "
-        "in the HF cache; raw aria2c only downloads the same bytes (no verification). Files "
+        "in the HF cache; the peers only download the same bytes (no verification). Files "
         "land on the cache disk (page cache, not fsync'd: alike for every tool). **warm**: the "
         "server's files are in the page cache; **cold**: evicted before each run "
         "(`posix_fadvise(DONTNEED)` on those files only), so nginx reads them from disk."
@@ -428,25 +531,22 @@ def s2(b: Bench) -> SceneResult:
         with b.sites(["loop"], [repo], shaped=False) as (site,):
             cat = b.work / "mirrors-s2.yaml"
             cat.write_text(catalogue_yaml([site]))
-            inp = b.work / "aria2-input.txt"
             makers: list[tuple[str, Maker]] = [
                 (f"modelget ({e})", _modelget_maker(b, repo, cat, e)) for e in ENGINES
             ]
-
-            def raw_aria2c(
-                d: Path, repo: BenchRepo = repo, site: Site = site, inp: Path = inp
-            ) -> peers.Invocation:
-                return peers.aria2c(
-                    repo, site, d, connections=16, env=b.env, input_file=inp,
-                    label="aria2c -x16 (raw)",
-                )  # fmt: skip
-
-            makers.append(("aria2c -x16 (raw)", raw_aria2c))
+            makers += _peer_makers(b, repo, site)
+            for line in _peer_setup(b, [site]):
+                if line not in res.setup:
+                    res.setup.append(line)
             _interleaved(
                 b, "S2", case, makers, [site], repo, shaped=False, cold=cold, commands=res.commands
             )
         runs = [r for r in b.runs if r.scene == "S2" and r.case == case]
         raw = median(_ok_times(runs, case, "aria2c -x16 (raw)"))
+        res.headlines += _vs_peers(
+            "S2", case, {label: median(_ok_times(runs, case, label)) for label, _ in makers},
+            capped=False,
+        )  # fmt: skip
         rows = []
         for label, _ in makers:
             rr = _all(runs, case, label)
@@ -514,22 +614,29 @@ def s3(b: Bench) -> SceneResult:
         f"{len(repo.files)} files, {fmt_bytes(repo.size)} (the first {p.half_shards} shards of "
         f"the synthetic checkpoint). Two sites, each with its own uplink capped at "
         f"{_mb(p.s3_mirror)} (an htb class per site, on both its ports), no per-connection cap, clients in the "
-        "namespace. **both**: a catalogue listing both; **one**: only the first."
+        "namespace. **both**: a catalogue listing both; **one**: only the first. The peers "
+        "download from the first mirror alone (none of them uses two mirrors)."
     )
     with b.sites(["mirror-a", "mirror-b"], [repo], shaped=True) as sites:
         assert b.link is not None
+        res.setup += _peer_setup(b, sites)
         b.link.shape(None, {s.ports: p.s3_mirror for s in sites})
         res.commands["link shaping (tc; ports of mirror-a, mirror-b)"] = "\n".join(b.link.commands)
         both = b.work / "mirrors-s3-both.yaml"
         both.write_text(catalogue_yaml(sites))
         one = b.work / "mirrors-s3-one.yaml"
         one.write_text(catalogue_yaml(sites[:1]))
+        peer_makers = _peer_makers(b, repo, sites[0])
         for r in range(p.runs):
             for e in ENGINES:
                 for case, cat in (("both", both), ("one", one)):
                     inv = _modelget_maker(b, repo, cat, e)(b.fresh("dest"))
                     res.commands.setdefault(f"{inv.tool}, {case}", _display(b, inv, repo))
                     b.measure("S3", f"{e}, {case}", r, inv, sites, repo, shaped=True)
+            for _, make in peer_makers:
+                inv = make(b.fresh("dest"))
+                res.commands.setdefault(f"{inv.tool}, one", _display(b, inv, repo))
+                b.measure("S3", "peers, one", r, inv, sites, repo, shaped=True)
         b.link.unshape()
         b.clean()
     runs = [r for r in b.runs if r.scene == "S3"]
@@ -551,8 +658,27 @@ def s3(b: Bench) -> SceneResult:
         )
         res.headlines.append(
             Headline(
-                "S3", f"{e}: both ÷ one (speed-up)", speed, fmt_ratio(speed), Target(">=", 1.8)
+                "S3", f"{e}: both ÷ one (speed-up)", speed, fmt_ratio(speed), Target(">=", 1.9)
             )
+        )
+    med = {label: median(_ok_times(runs, "peers, one", label)) for label in PEER_LABELS}
+    for e in ENGINES:
+        med[f"modelget ({e})"] = median(_ok_times(runs, f"{e}, both", f"modelget ({e})"))
+    res.headlines += _vs_peers("S3", "both mirrors vs peers on one", med, capped=False)
+    for label in PEER_LABELS:
+        rr = _all(runs, "peers, one", label)
+        if not rr:
+            continue
+        t = Summary.of(_ok_times(runs, "peers, one", label))
+        rows.append(
+            [
+                label,
+                t.text("{:.2f}", " s"),
+                "",
+                "",
+                "",
+                _fails(rr),
+            ]
         )
     res.tables.append(
         markdown_table(
@@ -876,7 +1002,7 @@ def s7(b: Bench) -> SceneResult:
     res = SceneResult("S7", "Probe of 4 mirrors: injected latencies, one dead")
     repo = b.small
     res.setup.append(
-        "Four `hf` mirrors of MiniLM: three hub simulators with "
+        "Four `hf` mirrors of MiniLM: three sites (hub simulator behind nginx, LFS on its CDN) with "
         + ", ".join(f"{n} {int(s * 1000)} ms" for n, s in LATENCIES)
         + " added to every response, and one dead mirror, listed in the catalogue in the order "
         "slow, dead, mid, fast (so catalogue order cannot pass for ranking). **dead = refused**: "
@@ -884,17 +1010,17 @@ def s7(b: Bench) -> SceneResult:
         "answers (the probe timeout, `MODELGET_PROBE_TIMEOUT`, default 5 s, bounds it). Right "
         "order: fast, mid, slow, then the dead one."
     )
-    sims: list[HubSimulator] = []
+    sims: list[Site] = []
     hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     rows = []
     try:
         urls: dict[str, str] = {}
         for name, lat in LATENCIES:
-            sim = HubSimulator(name=name).start()
-            sim.add_repo(repo.repo_id, repo.directory, commit=repo.commit)
-            sim.add_fault(Fault(route="*", latency_s=lat))
-            sims.append(sim)
-            urls[name] = sim.url
+            site = b.site(name, [repo], shaped=False)
+            sims.append(site)
+            site.hub.add_fault(Fault(route="*", latency_s=lat))
+            urls[name] = site.url
+        res.setup += _peer_setup(b, sims)[:1]
         hole.bind(("127.0.0.1", 0))
         hole.listen(64)
         dead_urls = {
@@ -991,7 +1117,7 @@ def s7(b: Bench) -> SceneResult:
             )
     finally:
         for sim in sims:
-            sim.stop()
+            sim.close()
         hole.close()
     res.tables.append(
         markdown_table(
@@ -1010,27 +1136,169 @@ def s7(b: Bench) -> SceneResult:
 
 
 # --------------------------------------------------------------------------------------------
+# S9: 8 shards + 3 small files, per-connection-capped CDN
+# --------------------------------------------------------------------------------------------
+
+
+def s9(b: Bench) -> SceneResult:
+    p = b.profile
+    res = SceneResult(
+        "S9",
+        f"{p.shards} × {p.shard_bytes / 1e6:g} MB shards + 3 small files, "
+        f"{_mb(p.s9_conn)} per connection: modelget against its peers",
+    )
+    if b.link is None:
+        res.skipped = "needs the shaped link (root and iproute2)"
+        return res
+    _capped_case(b, res, "S9", "shards", b.shards, p.s9_conn, p.s9_link, sixteen=False)
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# S10: two mirrors of unequal speed
+# --------------------------------------------------------------------------------------------
+
+
+def s10(b: Bench) -> SceneResult:
+    p = b.profile
+    res = SceneResult(
+        "S10", "Two mirrors of unequal speed: modelget on both vs every peer on the best one"
+    )
+    if b.link is None:
+        res.skipped = "needs the shaped link (root and iproute2)"
+        return res
+    repo = b.shards
+    ideal = p.s10_fast_uplink + p.s10_slow_uplink
+    res.setup.append(
+        f"{len(repo.files)} files, {fmt_bytes(repo.size)} (the S9 model). Two sites, each a hub "
+        f"with its own CDN: **fast**: `limit_rate` {_mb(p.s10_fast_conn)} per connection, "
+        f"uplink {_mb(p.s10_fast_uplink)}; **slow**: `limit_rate` {_mb(p.s10_slow_conn)} per "
+        f"connection, uplink {_mb(p.s10_slow_uplink)} (an htb class per site on both its "
+        "ports); clients in the namespace. **both mirrors**: modelget with a catalogue listing "
+        "slow first, then fast (catalogue order must not pass for ranking); **best mirror "
+        "alone**: modelget and every peer on the fast site only. The best a pull can do is "
+        f"both uplinks full ({_mb(ideal)}); the best single mirror gives {_mb(p.s10_fast_uplink)}."
+    )
+    made: list[Site] = []
+    try:
+        made.append(b.site("slow", [repo], shaped=True, limit_rate=p.s10_slow_conn))
+        made.append(b.site("fast", [repo], shaped=True, limit_rate=p.s10_fast_conn))
+        slow, fast = made
+        assert b.link is not None
+        b.link.shape(None, {slow.ports: p.s10_slow_uplink, fast.ports: p.s10_fast_uplink})
+        res.setup += _peer_setup(b, made)
+        res.commands["link shaping (tc; ports of slow, fast)"] = "\n".join(b.link.commands)
+        both = b.work / "mirrors-s10-both.yaml"
+        both.write_text(catalogue_yaml([slow, fast]))
+        best = b.work / "mirrors-s10-best.yaml"
+        best.write_text(catalogue_yaml([fast]))
+        cases: list[tuple[str, list[tuple[str, Maker]]]] = [
+            ("both mirrors", [(f"modelget ({e})", _modelget_maker(b, repo, both, e)) for e in ENGINES]),
+            ("best mirror alone", [(f"modelget ({e})", _modelget_maker(b, repo, best, e)) for e in ENGINES] + _peer_makers(b, repo, fast)),
+        ]  # fmt: skip
+        for r in range(p.runs):
+            for case, makers in cases:
+                for _, make in makers:
+                    inv = make(b.fresh("dest"))
+                    res.commands.setdefault(f"{inv.tool}, {case}", _display(b, inv, repo))
+                    b.measure("S10", case, r, inv, made, repo, shaped=True)
+        b.link.unshape()
+        b.clean()
+    finally:
+        for site in made:
+            site.close()
+    runs = [r for r in b.runs if r.scene == "S10"]
+    rows = []
+    for case, makers in cases:
+        for label, _ in makers:
+            rr = _all(runs, case, label)
+            t = Summary.of(_ok_times(runs, case, label))
+            rate = ratio(repo.size, t.median)
+            rows.append(
+                [
+                    f"{label}, {case}",
+                    t.text("{:.2f}", " s"),
+                    fmt_rate(rate),
+                    fmt_pct(ratio(rate, ideal)),
+                    fmt_bytes(_rss(rr, "main")),
+                    _fails(rr),
+                ]
+            )
+    res.tables.append(
+        markdown_table(
+            ["tool", "time: median (min–max)", "MB/s", "share of both uplinks", "peak RSS", "failures"],
+            rows,
+            "lrrrrl",
+        )
+    )  # fmt: skip
+    med = {label: median(_ok_times(runs, "best mirror alone", label)) for label in PEER_LABELS}
+    for e in ENGINES:
+        tool = f"modelget ({e})"
+        t_both = median(_ok_times(runs, "both mirrors", tool))
+        t_best = median(_ok_times(runs, "best mirror alone", tool))
+        med[tool] = t_both
+        speed = ratio(t_best, t_both)
+        share = ratio(ratio(repo.size, t_both), ideal)
+        res.headlines += [
+            Headline("S10", f"{e}: both ÷ best alone (speed-up)", speed, fmt_ratio(speed), None, f"both uplinks full would be {ideal / p.s10_fast_uplink:.2f}×"),
+            Headline("S10", f"{e}: both mirrors, share of both uplinks", share, fmt_pct(share)),
+        ]  # fmt: skip
+    res.headlines += _vs_peers("S10", "both mirrors vs peers on the best", med, capped=True)
+    return res
+
+
+# --------------------------------------------------------------------------------------------
 # S8: peak memory
 # --------------------------------------------------------------------------------------------
 
 
 def s8(b: Bench) -> SceneResult:
-    res = SceneResult("S8", "Peak memory (RSS) during the synthetic-checkpoint pulls")
+    res = SceneResult("S8", "Peak memory (RSS): 64 connections, and the synthetic-checkpoint pulls")
+    p = b.profile
+    n = p.s8_connections
+    shaped = b.link is not None
     res.setup.append(
-        "VmHWM of every process in the tool's tree, sampled every 20 ms, from the S1 and S2 "
-        "runs of the synthetic checkpoint (the maximum over the runs). For modelget, *main* "
-        "is the Python process (probe, plan, engine driver, verification), *aria2c* its child."
-    )
+        "VmHWM of every process in the tool's tree, sampled every 20 ms (the maximum over the "
+        "runs). For modelget, *main* is the Python process (probe, plan, engine driver, "
+        "verification), *aria2c* its child. **64 connections**: the S9 model "
+        f"({fmt_bytes(b.shards.size)}) from a CDN capped at {_mb(p.s9_conn)} per connection "
+        + (f"behind a link capped at {_mb(p.s9_link)}" if shaped else "on loopback (no root: no link cap)")
+        + f", `modelget pull --connections {n}`, so that many connections are worth opening. "
+        "The other rows come from the S1 and S2 runs of the synthetic checkpoint, when they ran."
+    )  # fmt: skip
+    with b.sites(["cdn"], [b.shards], shaped=shaped, limit_rate=p.s9_conn) as (site,):
+        res.setup += _peer_setup(b, [site])[:1]
+        if b.link is not None:
+            b.link.shape(p.s9_link)
+        cat = b.work / "mirrors-s8.yaml"
+        cat.write_text(catalogue_yaml([site]))
+        makers = [
+            (f"modelget ({e})", _modelget_maker(b, b.shards, cat, e, extra=["--connections", str(n)]))
+            for e in ENGINES
+        ]  # fmt: skip
+        _interleaved(b, "S8", f"{n} connections", makers, [site], b.shards, shaped=shaped,
+                     commands=res.commands)  # fmt: skip
+        if b.link is not None:
+            b.link.unshape()
+    own = [r for r in b.runs if r.scene == "S8"]
+    for e in ENGINES:
+        rr = _all(own, f"{n} connections", f"modelget ({e})")
+        v = _rss(rr, "main")
+        res.headlines.append(
+            Headline("S8", f"{e}: modelget process peak RSS, --connections {n}", v, fmt_bytes(v),
+                     Target("<=", 200e6), _fails(rr), target_text="≤ 200 MB")
+        )  # fmt: skip
+        if e == "aria2":
+            a = _rss(rr, "aria2c")
+            res.headlines.append(Headline("S8", f"aria2: its aria2c's peak RSS, --connections {n}", a, fmt_bytes(a)))  # fmt: skip
     rows = []
-    for scene, case in (("S2", "synthetic, warm"), ("S2", "synthetic, cold"), ("S1", "synthetic")):
-        for tool in (
-            "modelget (aria2)",
-            "modelget (httpx)",
-            "aria2c -x16 (raw)",
-            "huggingface_hub",
-            "aria2c hfd.sh-style",
-            "curl (sequential)",
-        ):
+    for scene, case in (
+        ("S8", f"{n} connections"),
+        ("S2", "synthetic, warm"),
+        ("S2", "synthetic, cold"),
+        ("S1", "synthetic"),
+    ):
+        for tool in ("modelget (aria2)", "modelget (httpx)", *PEER_LABELS):
             rr = [r for r in b.runs if r.scene == scene and r.case == case and r.tool == tool]
             if not rr:
                 continue
@@ -1050,6 +1318,8 @@ def s8(b: Bench) -> SceneResult:
             and r.scene in ("S1", "S2")
             and r.case.startswith("synthetic")
         ]
+        if not rr:
+            continue
         v = _rss(rr, "main")
         res.headlines.append(
             Headline(
@@ -1064,9 +1334,6 @@ def s8(b: Bench) -> SceneResult:
         if e == "aria2":
             a = _rss(rr, "aria2c")
             res.headlines.append(Headline("S8", "aria2: its aria2c's peak RSS", a, fmt_bytes(a)))
-    if not rows:
-        res.skipped = "needs the S1 or S2 runs of the synthetic checkpoint"
-        return res
     res.tables.append(
         markdown_table(["runs", "tool", "peak RSS: main process", "peak RSS: aria2c"], rows, "llrr")
     )
@@ -1193,7 +1460,7 @@ def engine_comparison(runs: Sequence[Run]) -> SceneResult:
     rows = []
     seen: list[tuple[str, str]] = []
     for r in runs:
-        if (r.scene, r.case) not in seen and r.scene in ("S1", "S2"):
+        if (r.scene, r.case) not in seen and r.scene in ("S1", "S2", "S8", "S9", "S10"):
             seen.append((r.scene, r.case))
     pairs: list[tuple[str, str, str, str]] = []
     for scene, case in seen:
@@ -1266,5 +1533,7 @@ SCENES: dict[str, Callable[[Bench], SceneResult]] = {
     "S6": s6,
     "S7": s7,
     "S8": s8,
+    "S9": s9,
+    "S10": s10,
     "D": diagnose,
 }

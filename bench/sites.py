@@ -13,6 +13,7 @@ the same nginx on a second port: another origin, as the Hub's CDN is another hos
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from modelget.testing.hubsim import HubSimulator
 from modelget.testing.nginx import NginxServer, find_free_port
@@ -107,6 +109,48 @@ def _proxy_config(hub_port: int, listen: Sequence[tuple[str, int]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _head(url: str) -> tuple[int, str | None, int | None]:
+    """HEAD ``url``, redirects not followed: (status, Location, Content-Length)."""
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.netloc, timeout=10)
+    try:
+        conn.request("HEAD", u.path + (f"?{u.query}" if u.query else ""))
+        resp = conn.getresponse()
+        resp.read()
+        length = resp.getheader("Content-Length")
+        return resp.status, resp.getheader("Location"), int(length) if length else None
+    finally:
+        conn.close()
+
+
+def topology_problem(
+    *,
+    lfs_resolve: tuple[int, str | None],
+    cdn_answer: tuple[int, int | None] | None,
+    lfs_size: int,
+    small_resolve: tuple[int, str | None] | None,
+    cdn_base: str,
+    hub_base: str,
+) -> str:
+    """Empty when a site answers as the Hub does, else what differs: an LFS file's resolve is
+    a 302 to the CDN (another origin than the hub) whose blob URL answers 200 with the file's
+    size; a small file's resolve answers 200 from the hub itself."""
+    status, location = lfs_resolve
+    if status != 302 or not location:
+        return f"an LFS file's resolve answered {status}, not a 302 redirect"
+    if not location.startswith(cdn_base + "/cdn/"):
+        return f"the LFS redirect goes to {location.split('?')[0]}, not the CDN {cdn_base}"
+    if urlsplit(cdn_base).netloc == urlsplit(hub_base).netloc:
+        return "the CDN is the same origin as the hub"
+    if cdn_answer is None or cdn_answer[0] != 200:
+        return f"the CDN answered {cdn_answer[0] if cdn_answer else 'nothing'} for the blob"
+    if cdn_answer[1] != lfs_size:
+        return f"the CDN's blob has {cdn_answer[1]} bytes, not {lfs_size}"
+    if small_resolve is not None and small_resolve[0] != 200:
+        return f"a small file's resolve answered {small_resolve[0]}, not 200 from the hub"
+    return ""
+
+
 class Site:
     """One mirror: a hub simulator behind a real nginx that also serves its LFS blobs.
 
@@ -165,6 +209,47 @@ class Site:
 
     def resolve_url(self, repo: BenchRepo, path: str) -> str:
         return f"{self.url}/{repo.repo_id}/resolve/main/{path}"
+
+    def check_topology(self, repo: BenchRepo) -> str:
+        """Ask the site, as a client would, whether it is built like the Hub (see
+        :func:`topology_problem`) and whether its CDN's per-connection cap is the one asked
+        for (nginx's configuration, ``limit_rate``). Empty when it is; else what is wrong."""
+        lfs = max(repo.lfs_files, key=lambda f: f.size, default=None)
+        if lfs is None:
+            return f"{repo.repo_id} has no LFS file to check"
+        small = next((f for f in repo.files if not f.lfs), None)
+        st, loc, _ = _head(self.resolve_url(repo, lfs.path))
+        cdn: tuple[int, int | None] | None = None
+        if st == 302 and loc:
+            cst, _, clen = _head(loc)
+            cdn = (cst, clen)
+        small_answer = None
+        if small is not None:
+            sst, sloc, _ = _head(self.resolve_url(repo, small.path))
+            small_answer = (sst, sloc)
+        problem = topology_problem(
+            lfs_resolve=(st, loc), cdn_answer=cdn, lfs_size=lfs.size,
+            small_resolve=small_answer, cdn_base=self.hub.cdn_base, hub_base=self.url,
+        )  # fmt: skip
+        if problem:
+            return problem
+        config = self.nginx.config_text()
+        want = self.nginx.limit_rate
+        if want and f"limit_rate {int(want)};" not in config:
+            return f"nginx's configuration has no limit_rate {want}"
+        return ""
+
+    @property
+    def topology(self) -> str:
+        """The site's shape in words (for the report)."""
+        cap = self.nginx.limit_rate
+        capped = (
+            f"`limit_rate` {cap / 1e6:g} MB/s per connection" if cap else "no per-connection cap"
+        )
+        return (
+            f"{self.name}: hub API and small files on :{self.port}; LFS resolve → 302 → "
+            f"nginx CDN on :{self.cdn_port} ({capped})"
+        )
 
     def set_limit_rate(self, rate: int | None) -> None:
         if rate != self.nginx.limit_rate:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -147,3 +147,15 @@ def replace_between(text: str, begin: str, end: str, new: str) -> str:
     if start < 0 or stop < 0:
         return text.rstrip() + "\n\n" + block + "\n"
     return text[:start] + block + text[stop + len(end) :]
+
+
+def fastest_peer(medians: Mapping[str, float], peers: Iterable[str]) -> tuple[str, float]:
+    """The peer among ``peers`` with the lowest median time in ``medians`` (a peer that did
+    not run, or has no successful run, i.e. NaN, is left out): ``(label, time)``, or
+    ``("", NaN)`` when none ran."""
+    best = ("", math.nan)
+    for label in peers:
+        t = medians.get(label, math.nan)
+        if not math.isnan(t) and (math.isnan(best[1]) or t < best[1]):
+            best = (label, t)
+    return best

@@ -6,6 +6,7 @@ test suite (``python -m bench`` runs them). No timing is asserted.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -16,12 +17,13 @@ import pytest
 # bench/ sits next to src/ and tests/ (shipped in the sdist, not in the wheel).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import peers, report, stats
-from bench.harness import FULL, QUICK, complete
+from bench import hf_transfer_driver, peers, report, stats
+from bench.harness import FULL, QUICK, complete, write_shards
 from bench.run import build_parser
-from bench.scenes import SCENES, Headline, SceneResult
-from bench.sites import BenchRepo, catalogue_yaml
+from bench.scenes import PEER_LABELS, SCENES, Headline, SceneResult, _vs_peers
+from bench.sites import BenchRepo, catalogue_yaml, topology_problem
 from modelget.catalogue import parse_catalogue
+from modelget.loadtest import read_safetensors_header
 from modelget.testing.repos import RepoFile
 
 
@@ -148,6 +150,102 @@ def test_peer_command_lines(tmp_path: Path) -> None:
     assert "HF_HOME" not in shown  # common settings are stated once, not per command
     curl = peers.curl(repo, site, tmp_path / "d", env=env)  # type: ignore[arg-type]
     assert curl.cmd.count("-o") == 2 and "-L" in curl.cmd
+    raw = peers.raw_aria2c(repo, site, tmp_path / "d", env=env, input_file=tmp_path / "in.txt")  # type: ignore[arg-type]
+    assert {"-x16", "-s16", "-k1M", "-j16", "-c"} <= set(raw.cmd) and "-j5" not in raw.cmd
+    assert raw.tool == peers.RAW_ARIA2C_LABEL
+    hft = peers.hf_transfer(repo, site, tmp_path / "d", env=env, input_file=tmp_path / "h.json")  # type: ignore[arg-type]
+    assert hft.cmd[1:] == [str(peers.DRIVER), str(tmp_path / "h.json")]
+    assert json.loads(hft.setup_files[tmp_path / "h.json"]) == [
+        {"url": "http://127.0.0.1:8001/acme/model/resolve/main/model.safetensors",
+         "path": str(tmp_path / "d" / "model.safetensors")},
+        {"url": "http://127.0.0.1:8001/acme/model/resolve/main/sub/config.json",
+         "path": str(tmp_path / "d" / "sub" / "config.json")},
+    ]  # fmt: skip
+    shown = peers.short_display(hft, repo)
+    assert "max_files=16" in shown and "chunk_size=10485760" in shown
+
+
+def test_hf_transfer_driver_follows_the_redirect_itself() -> None:
+    url = "http://hub:1/acme/model/resolve/main/model.safetensors"
+    assert hf_transfer_driver.redirect_target(url, 302, "http://cdn:2/cdn/abc?sig=1") == (
+        "http://cdn:2/cdn/abc?sig=1"
+    )
+    assert hf_transfer_driver.redirect_target(url, 307, "/other/path") == "http://hub:1/other/path"
+    assert hf_transfer_driver.redirect_target(url, 200, None) == url  # a small file: the hub
+    assert hf_transfer_driver.redirect_target(url, 302, None) == url
+    assert hf_transfer_driver.FILES_AT_ONCE == 8 and hf_transfer_driver.MAX_FILES == 16
+    assert hf_transfer_driver.main([]) == 2  # usage, without importing hf_transfer
+
+
+def test_fastest_peer_leaves_out_peers_that_did_not_run() -> None:
+    med = {"a": 3.0, "b": math.nan, "c": 2.0, "modelget (aria2)": 1.0}
+    assert stats.fastest_peer(med, ["a", "b", "c", "d"]) == ("c", 2.0)
+    name, t = stats.fastest_peer(med, ["b", "d"])
+    assert name == "" and math.isnan(t)
+
+
+def test_headlines_against_the_fastest_peer_and_raw_aria2c() -> None:
+    med = dict.fromkeys(PEER_LABELS, 4.0)
+    med[peers.HFD_LABEL] = 2.0
+    med["modelget (aria2)"] = 2.0
+    med["modelget (httpx)"] = 3.0
+    heads = {h.metric: h for h in _vs_peers("S9", "shards", med, capped=True)}
+    h = heads["shards: aria2 ÷ fastest peer"]
+    assert h.value == 1.0 and h.target == stats.Target("<=", 1.05) and peers.HFD_LABEL in h.note
+    assert heads["shards: httpx ÷ fastest peer"].value == 1.5
+    raw = heads["shards: aria2 ÷ raw aria2c -x16 (per-connection cap)"]
+    assert raw.value == 0.5 and raw.target == stats.Target("<=", 0.7)
+    uncapped = _vs_peers("S2", "MiniLM, warm", med, capped=False)
+    assert [x.metric for x in uncapped] == [
+        "MiniLM, warm: aria2 ÷ fastest peer",
+        "MiniLM, warm: httpx ÷ fastest peer",
+    ]
+
+
+def test_topology_problem_is_empty_only_for_a_hub_like_site() -> None:
+    good = {
+        "lfs_resolve": (302, "http://10.0.0.1:9002/cdn/abc?expires=1&sig=x"),
+        "cdn_answer": (200, 10),
+        "lfs_size": 10,
+        "small_resolve": (200, None),
+        "cdn_base": "http://10.0.0.1:9002",
+        "hub_base": "http://10.0.0.1:9001",
+    }
+    assert topology_problem(**good) == ""  # type: ignore[arg-type]
+    bad: list[tuple[str, object, str]] = [
+        ("lfs_resolve", (200, None), "not a 302"),
+        ("lfs_resolve", (302, "http://10.0.0.1:9001/cdn/abc"), "not the CDN"),
+        ("hub_base", "http://10.0.0.1:9002", "same origin"),
+        ("cdn_answer", (404, None), "answered 404"),
+        ("cdn_answer", (200, 9), "9 bytes"),
+        ("small_resolve", (302, "http://x/"), "small file"),
+    ]
+    for key, value, why in bad:
+        assert why in topology_problem(**{**good, key: value})  # type: ignore[arg-type]
+
+
+def test_write_shards_writes_exact_valid_shards(tmp_path: Path) -> None:
+    write_shards(tmp_path / "m", 3, 4096, seed=0)
+    names = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert names == [
+        "config.json",
+        "generation_config.json",
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+        "model.safetensors.index.json",
+    ]
+    shard = tmp_path / "m" / "model-00002-of-00003.safetensors"
+    assert shard.stat().st_size == 4096
+    tensors, size = read_safetensors_header(shard)  # valid safetensors, or it raises
+    assert size == 4096 and len(tensors) == 1 and tensors[0].end == 4096
+    index = json.loads((tmp_path / "m" / "model.safetensors.index.json").read_text())
+    assert index["weight_map"]["layers.1.weight"] == "model-00002-of-00003.safetensors"
+    first = shard.read_bytes()
+    write_shards(tmp_path / "m", 3, 4096, seed=0)  # deterministic
+    assert shard.read_bytes() == first
+    with pytest.raises(ValueError):
+        write_shards(tmp_path / "tiny", 1, 100)
 
 
 def test_complete_checks_every_file_by_size(tmp_path: Path) -> None:
@@ -190,6 +288,8 @@ def test_report_renders_headlines_with_verdicts() -> None:
 def test_parser_and_profiles() -> None:
     args = build_parser().parse_args(["--quick", "--scenes", "S1,S2", "--no-doc"])
     assert args.quick and args.scenes == "S1,S2" and args.no_doc
-    assert set(SCENES) == {"C", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "D"}
+    assert set(SCENES) == {"C", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "D"}
     assert FULL.runs >= 3 and FULL.big_gb >= 4.0 and QUICK.runs == 1
     assert FULL.big_gb / FULL.shard_gb >= 3  # several shards
+    assert (FULL.shards, FULL.shard_bytes, FULL.s9_conn) == (8, 64_000_000, 4_000_000)
+    assert FULL.s10_fast_uplink > FULL.s10_slow_uplink and FULL.s8_connections == 64
