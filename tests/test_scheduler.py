@@ -197,8 +197,10 @@ def test_adaptive_grows_while_the_rate_rises_and_undoes_a_useless_doubling() -> 
         total += min(a.target * per_conn, 40_000_000)
         a.tick(now, total, busy=True)
         history.append(a.target)
-    assert history[:2] == [8, 16]  # 16 MB/s → 32 MB/s: doubling paid twice
-    assert a.target == 16  # 32 → 40 MB/s (1.25×: kept), growth stops or is undone
+    # 16 → 32 MB/s: a doubling that doubled the rate, so the next step quadruples
+    assert history[:2] == [8, 32]
+    # 32 → 40 MB/s (the link): 1.25×, kept; 64 gained nothing and was undone
+    assert a.target == 32
     assert not a.growing
 
 

@@ -34,10 +34,10 @@ MiB = 1024 * 1024
 class Policy:
     """The knobs; the defaults are tuned for multi-GB shards and per-connection-capped CDNs."""
 
-    ceiling: int = 32
+    ceiling: int = 64
     """The most connections to one mirror at once (``--connections``; a mirror entry's own
     ``max_connections`` lowers it for that mirror)."""
-    initial: int = 16
+    initial: int = 32
     """Connections per mirror to start with, before any measurement."""
     small_file: int = 1 * MiB
     """A file up to this size is fetched with one request."""
@@ -51,12 +51,14 @@ class Policy:
     """How long an owner keeps a range before its speed is trusted for a split."""
     hedge_after_s: float = 2.0
     """A range whose owner has sent no byte for this long may be split regardless."""
-    settle_s: float = 0.2
+    settle_s: float = 0.15
     """After a change of target, this long before the rate is measured again."""
-    window_s: float = 0.4
+    window_s: float = 0.35
     """How long the rate is measured at one target."""
     grow_gain: float = 1.25
     """Double again only while doubling raised the mirror's rate at least this much."""
+    leap_gain: float = 1.8
+    """A doubling that nearly doubled the rate (a link capped per connection): quadruple next."""
     keep_gain: float = 1.05
     """A doubling that gained less than this is undone (more connections only cost CPU)."""
     throttle_hold_s: float = 5.0
@@ -182,7 +184,12 @@ class Adaptive:
                 self.growing = False
                 self.level_rate, self.level_target = rate, self.target
                 return False
+            leap = rate >= self.level_rate * p.leap_gain
             self.level_rate, self.level_target = rate, self.target
+            if leap and self.target < self.ceiling and more_work:
+                self.target = min(self.ceiling, self.target * 4)
+                self.window_start = now + p.settle_s
+                return True
         elif self.level_rate is None or self.level_target != self.target:
             self.level_rate, self.level_target = rate, self.target
         else:
