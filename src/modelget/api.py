@@ -51,7 +51,7 @@ from modelget.manifest import agree, check_collisions, merge_digests, select_fil
 from modelget.manifest import check_repo_id as _check_repo_id
 from modelget.manifest import check_revision as _check_revision
 from modelget.plan import make_plan
-from modelget.probe import ProbeReport, load_cached, probe_mirror, store_cached
+from modelget.probe import ProbeReport, load_cached, store_cached
 from modelget.probe import probe as run_probe
 from modelget.rank import rank
 from modelget.sources import get_source
@@ -124,29 +124,17 @@ def probe(
 
 
 def _probe_for_plan(enabled: list[Mirror], repo_id: str, revision: str | None) -> ProbeReport:
-    """Fresh probes, or cached ones plus the manifests (which are never cached)."""
+    """Fresh probes, or cached ones plus the manifests (which are never cached), every mirror
+    at once. No throughput sample where it cannot change the choice: with one usable mirror,
+    or with fresh cached results (which keep the throughput measured then)."""
     timeout = settings.probe_timeout_s()
     cache_file = settings.cache_dir() / "probes.json"
     cached = load_cached(cache_file, enabled, repo_id, settings.probe_ttl_s())
+    report = run_probe(
+        enabled, repo_id, revision, timeout=timeout, sample="unless-alone", cached=cached
+    )
     if cached is None:
-        report = run_probe(enabled, repo_id, revision, timeout=timeout)
         store_cached(cache_file, enabled, repo_id, report.results)
-        return report
-    report = ProbeReport(results=dict(cached), cached=True)
-    for mirror in enabled:
-        if cached[mirror.name].status != "ok":
-            continue
-        try:
-            report.manifests[mirror.name] = get_source(mirror.kind).resolve(
-                mirror, repo_id, revision, timeout=timeout
-            )
-        except ModelgetError as exc:
-            # The mirror changed since it was probed: probe it again, now.
-            result, manifest, error = probe_mirror(mirror, repo_id, revision, timeout)
-            report.results[mirror.name] = result
-            if manifest is not None:
-                report.manifests[mirror.name] = manifest
-            report.errors[mirror.name] = error or exc
     return report
 
 
