@@ -612,9 +612,10 @@ def test_slow_and_unresolvable_mirror_names_do_not_stop_the_pull(
     assert res.returncode == 0, res.stderr
     snapshot = Path(res.stdout.strip())
     assert sha((snapshot / BIG).read_bytes()) == sha(data)
+    # Both names were tried. The slow one (1 s per lookup) stays silent longer than the
+    # probe's grace once the good mirror has answered, so the pull does not wait for it
+    # (docs/pull.md, probe): whether it got as far as the repo call is a race.
     assert {"slow.modelget.test", "dead.modelget.test"} <= set(dns.asked), dns.asked
-    # The slow name did resolve (the mirror was asked for the repo), the dead one never did.
-    assert slow.requests(route="hf-api")
 
 
 # --- no good mirror left -------------------------------------------------------------------------

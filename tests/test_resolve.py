@@ -418,16 +418,27 @@ def test_back_to_back_plans_do_not_reprobe(
     tmp_path: Path, tiny_repo: Path, sims: list[HubSimulator], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MODELGET_CACHE_DIR", str(tmp_path / "mg"))
-    sim = start(sims, name="hub")
-    sim.add_repo(REPO, tiny_repo)
-    cat = write_catalogue(tmp_path / "m.yaml", hf_entry("hub", sim.url))
+    hub = start(sims, name="hub")
+    other = start(sims, name="other")
+    for sim in (hub, other):
+        sim.add_repo(REPO, tiny_repo)
+    cat = write_catalogue(
+        tmp_path / "m.yaml", hf_entry("hub", hub.url), hf_entry("other", other.url)
+    )
+
+    def pings() -> int:  # latency probes: one per mirror per probe
+        return len([r for r in hub.log if r.path == "/api/models"])
+
+    def samples() -> int:
+        return len([r for r in hub.log if r.range])
+
     api.plan(REPO, mirrors=cat, cache_dir=tmp_path / "c")
-    ranged = len([r for r in sim.log if r.range])
+    assert (pings(), samples()) == (1, 1)  # two mirrors: the throughput sample can matter
     api.plan(REPO, mirrors=cat, cache_dir=tmp_path / "c")
-    assert len([r for r in sim.log if r.range]) == ranged  # no second throughput sample
+    assert (pings(), samples()) == (1, 1)  # cached: no second probe, no second sample
     monkeypatch.setenv("MODELGET_PROBE_TTL", "0")
     api.plan(REPO, mirrors=cat, cache_dir=tmp_path / "c")
-    assert len([r for r in sim.log if r.range]) == ranged + 1
+    assert (pings(), samples()) == (2, 2)
 
 
 def test_cdn_mirror_on_real_nginx_agrees_with_the_hub(

@@ -10,7 +10,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -27,7 +27,7 @@ from modelget.datatypes import (
     PullResult,
     RankedMirror,
 )
-from modelget.engines import EngineName, EngineOptions
+from modelget.engines import Engine, EngineName, EngineOptions
 from modelget.errors import (
     AuthRequiredError,
     InsufficientDiskSpaceError,
@@ -51,7 +51,7 @@ from modelget.manifest import agree, check_collisions, merge_digests, select_fil
 from modelget.manifest import check_repo_id as _check_repo_id
 from modelget.manifest import check_revision as _check_revision
 from modelget.plan import make_plan
-from modelget.probe import ProbeReport, load_cached, probe_mirror, store_cached
+from modelget.probe import ProbeReport, load_cached, store_cached
 from modelget.probe import probe as run_probe
 from modelget.rank import rank
 from modelget.sources import get_source
@@ -124,29 +124,17 @@ def probe(
 
 
 def _probe_for_plan(enabled: list[Mirror], repo_id: str, revision: str | None) -> ProbeReport:
-    """Fresh probes, or cached ones plus the manifests (which are never cached)."""
+    """Fresh probes, or cached ones plus the manifests (which are never cached), every mirror
+    at once. No throughput sample where it cannot change the choice: with one usable mirror,
+    or with fresh cached results (which keep the throughput measured then)."""
     timeout = settings.probe_timeout_s()
     cache_file = settings.cache_dir() / "probes.json"
     cached = load_cached(cache_file, enabled, repo_id, settings.probe_ttl_s())
+    report = run_probe(
+        enabled, repo_id, revision, timeout=timeout, sample="unless-alone", cached=cached
+    )
     if cached is None:
-        report = run_probe(enabled, repo_id, revision, timeout=timeout)
         store_cached(cache_file, enabled, repo_id, report.results)
-        return report
-    report = ProbeReport(results=dict(cached), cached=True)
-    for mirror in enabled:
-        if cached[mirror.name].status != "ok":
-            continue
-        try:
-            report.manifests[mirror.name] = get_source(mirror.kind).resolve(
-                mirror, repo_id, revision, timeout=timeout
-            )
-        except ModelgetError as exc:
-            # The mirror changed since it was probed: probe it again, now.
-            result, manifest, error = probe_mirror(mirror, repo_id, revision, timeout)
-            report.results[mirror.name] = result
-            if manifest is not None:
-                report.manifests[mirror.name] = manifest
-            report.errors[mirror.name] = error or exc
     return report
 
 
@@ -250,13 +238,17 @@ def _plan(
     check_space: bool = True,
     verify_tls: bool = True,
     reporter: Reporter | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[Plan, dict[str, Mirror]]:
     _check_repo_id(repo_id)
     if locked is not None:
         revision = locked.commit
     _check_revision(revision)
     enabled = _enabled_mirrors(mirrors, verify_tls)
+    probe_started = time.perf_counter()
     report = _probe_for_plan(enabled, repo_id, revision)
+    if timings is not None:
+        timings["probe"] = time.perf_counter() - probe_started
     ranked = rank(enabled, report.results)
     order = [r.mirror for r in ranked if r.usable and r.mirror.name in report.manifests]
     if locked is not None:
@@ -409,6 +401,54 @@ def lock(
     return Lockfile(tuple(models))
 
 
+class _EngineStarter:
+    """Selects the engine and starts it (``prepare``) in a background thread, so that aria2c
+    comes up while the mirrors are probed and the plan is made. ``engine()`` waits for it
+    (and raises what starting it raised); ``close()`` waits and releases it, on every path."""
+
+    def __init__(self, name: EngineName, options: EngineOptions, reporter: Reporter) -> None:
+        self.seconds = 0.0
+        self._engine: Engine | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._start,
+            args=(name, options, reporter),
+            name="modelget-engine-start",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _start(self, name: EngineName, options: EngineOptions, reporter: Reporter) -> None:
+        from modelget.engines import select_engine
+
+        started = time.perf_counter()
+        engine: Engine | None = None
+        try:
+            engine = select_engine(name, options, reporter)
+            engine.prepare()
+            self._engine = engine
+        except BaseException as exc:  # handed to the pull's thread by engine()
+            if engine is not None:
+                engine.close()
+            self._error = exc
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    def engine(self) -> Engine:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._engine is not None
+        return self._engine
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._engine is not None and not self._closed:
+            self._closed = True
+            self._engine.close()
+
+
 def pull(
     repo_id: str,
     filenames: Sequence[str] = (),
@@ -440,10 +480,10 @@ def pull(
     ``LockMismatchError`` when the mirrors list other bytes. ``repo_id`` must be the locked one;
     ``revision``, ``filenames`` and the globs must be left out.
     """
-    from modelget.engines import select_engine
     from modelget.execute import Executor, Target
 
     started = time.perf_counter()
+    timings: dict[str, float] = {}
     reporter = reporter or NullReporter()
     cancel = cancel or threading.Event()
     if locked is not None and (
@@ -453,6 +493,9 @@ def pull(
             "a locked pull takes its repo, commit and files from the lockfile",
             hint="leave out --revision, file names, --include and --exclude with --lock",
         )
+    # Usage errors first: nothing is started for a pull that cannot run.
+    _check_repo_id(repo_id)
+    _check_revision(locked.commit if locked is not None else revision)
     options = options or EngineOptions()
     verify_tls = verify_tls and options.verify_tls
     if not verify_tls:
@@ -460,33 +503,44 @@ def pull(
 
         reporter.on_message("warning", INSECURE_WARNING)
         options = replace(options, verify_tls=False)
-    the_plan, by_name = _plan(
-        repo_id,
-        filenames,
-        revision=revision,
-        include=include,
-        exclude=exclude,
-        mirrors=mirrors,
-        cache_dir=cache_dir,
-        local_dir=local_dir,
-        locked=locked,
-        verify_tls=verify_tls,
-        reporter=reporter,
-    )
-    plan_s = time.perf_counter() - started
-    hub_cache = _hub_cache(cache_dir)
-    target = Target(hub_cache, repo_id, the_plan.commit, Path(local_dir) if local_dir else None)
-    reporter.on_plan(
-        repo_id, the_plan.commit, len(the_plan.to_fetch), the_plan.fetch_bytes, the_plan.total_bytes
-    )
-    for d in the_plan.disagreements:
-        reporter.on_message(
-            "warning", f"disagreement: {d.mirror} is not used for {d.path}: {d.reason}"
-        )
-    chosen = select_engine(engine, options, reporter)
-    outcomes: list[FileOutcome] = []
-    transfer_started = time.perf_counter()
+    # The engine (aria2c) starts while the mirrors are probed and the plan is made.
+    starter = _EngineStarter(engine, options, reporter)
     try:
+        the_plan, by_name = _plan(
+            repo_id,
+            filenames,
+            revision=revision,
+            include=include,
+            exclude=exclude,
+            mirrors=mirrors,
+            cache_dir=cache_dir,
+            local_dir=local_dir,
+            locked=locked,
+            verify_tls=verify_tls,
+            reporter=reporter,
+            timings=timings,
+        )
+        plan_s = time.perf_counter() - started
+        timings["plan"] = plan_s
+        hub_cache = _hub_cache(cache_dir)
+        target = Target(hub_cache, repo_id, the_plan.commit, Path(local_dir) if local_dir else None)
+        reporter.on_plan(
+            repo_id,
+            the_plan.commit,
+            len(the_plan.to_fetch),
+            the_plan.fetch_bytes,
+            the_plan.total_bytes,
+        )
+        for d in the_plan.disagreements:
+            reporter.on_message(
+                "warning", f"disagreement: {d.mirror} is not used for {d.path}: {d.reason}"
+            )
+        waited = time.perf_counter()
+        chosen = starter.engine()
+        timings["engine_start"] = starter.seconds
+        timings["engine_wait"] = time.perf_counter() - waited
+        outcomes: list[FileOutcome] = []
+        transfer_started = time.perf_counter()
         executor = Executor(the_plan, by_name, target, chosen, reporter, cancel)
         box: list[list[FileOutcome]] = []
         errors: list[BaseException] = []
@@ -511,8 +565,15 @@ def pull(
             raise errors[0]
         outcomes = box[0] if box else []
     finally:
-        chosen.close()
+        starter.close()
     transfer_s = time.perf_counter() - transfer_started
+    timings["transfer"] = transfer_s
+    executor_timings = getattr(executor, "timings", None)
+    if isinstance(executor_timings, Mapping):
+        # The executor's own stages (first byte, verify tail, layout), where it measures them.
+        for key, value in executor_timings.items():
+            if isinstance(value, (int, float)):
+                timings.setdefault(str(key), float(value))
 
     if cancel.is_set():
         raise Interrupted(
@@ -545,6 +606,7 @@ def pull(
         Path(local_dir) if local_dir else layout.snapshot_dir(hub_cache, repo_id, the_plan.commit)
     )
     order = {i.entry.path: n for n, i in enumerate(the_plan.items)}
+    elapsed = time.perf_counter() - started
     return PullResult(
         repo_id=repo_id,
         revision=the_plan.revision,
@@ -555,9 +617,10 @@ def pull(
         files=tuple(sorted(outcomes, key=lambda o: order.get(o.path, 0))),
         bytes_fetched=sum(per_mirror.values()),
         bytes_by_mirror=per_mirror,
-        elapsed_s=time.perf_counter() - started,
+        elapsed_s=elapsed,
         plan_s=plan_s,
         transfer_s=transfer_s,
+        timings={**timings, "total": elapsed},
     )
 
 

@@ -229,8 +229,6 @@ def select_files(
     then ``include``/``exclude`` globs (fnmatch over the whole path, ``dir/`` meaning
     ``dir/*``) narrow them further, exactly as huggingface_hub's ``filter_repo_objects``.
     """
-    from huggingface_hub.utils import filter_repo_objects  # type: ignore[attr-defined]
-
     pool: Sequence[FileEntry] = files
     if filenames:
         by_path = {f.path: f for f in files}
@@ -241,6 +239,12 @@ def select_files(
                 hint="check the file names with `modelget pull REPO --dry-run`",
             )
         pool = [by_path[n] for n in dict.fromkeys(filenames)]
+    if not include and not exclude:
+        # No glob: nothing to filter, and no import of huggingface_hub (0.1 s) for a pull.
+        kept_paths = {f.path for f in pool}
+        return list(pool), [f.path for f in files if f.path not in kept_paths]
+    from huggingface_hub.utils import filter_repo_objects  # type: ignore[attr-defined]
+
     kept = list(
         filter_repo_objects(
             pool,

@@ -11,16 +11,17 @@ so back-to-back pulls do not re-probe.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from modelget.auth import mirror_token, same_host
@@ -55,6 +56,19 @@ class ProbeReport:
     cached: bool = False
 
 
+@functools.lru_cache(maxsize=2)
+def ssl_context(verify_tls: bool = True) -> ssl.SSLContext:
+    """One TLS context per process (and per ``--insecure``), shared by every probe client.
+
+    Building one loads the CA bundle (about 20 ms of CPU); httpx would build a new one for
+    every client, so once per mirror. This is httpx's own default context, so what is trusted
+    does not change.
+    """
+    import httpx
+
+    return httpx.create_ssl_context(verify=verify_tls)
+
+
 def _connect_time(url: str, timeout: float, verify_tls: bool = True) -> float:
     """Seconds for DNS + TCP connect (+ TLS handshake for https) to ``url``'s host."""
     parts = urlsplit(url)
@@ -63,11 +77,7 @@ def _connect_time(url: str, timeout: float, verify_tls: bool = True) -> float:
     start = time.perf_counter()
     with socket.create_connection((host, port), timeout=timeout) as sock:
         if parts.scheme == "https":
-            ctx = ssl.create_default_context()
-            if not verify_tls:  # --insecure
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            with ctx.wrap_socket(sock, server_hostname=host):
+            with ssl_context(verify_tls).wrap_socket(sock, server_hostname=host):
                 pass
     return time.perf_counter() - start
 
@@ -127,9 +137,16 @@ class RangeSample:
 
 
 def range_sample(
-    client: Any, url: str, mirror: Mirror, want: int, *, sample_s: float
+    client: Any,
+    url: str,
+    mirror: Mirror,
+    want: int,
+    *,
+    sample_s: float,
+    keep_going: Callable[[], bool] | None = None,
 ) -> RangeSample | None:
-    """Read at most ``want`` bytes of ``url`` (stopping after ``sample_s`` seconds of body).
+    """Read at most ``want`` bytes of ``url`` (stopping after ``sample_s`` seconds of body,
+    or as soon as ``keep_going``, called after each chunk, returns False).
 
     The token goes only to the mirror's own host: redirects are followed by hand, and each
     hop's headers are built for that hop's URL. None when the 5th answer is still a redirect.
@@ -156,35 +173,197 @@ def range_sample(
                 got += len(chunk)
                 if got >= want or time.perf_counter() - first >= sample_s:
                     break
+                if keep_going is not None and not keep_going():
+                    break
             seconds = time.perf_counter() - first if first is not None else 0.0
             return RangeSample(response.status_code, url, hops, ttfb, got, first_chunk, seconds)
     return None
 
 
-def _throughput(client: Any, url: str, mirror: Mirror, size: int) -> float | None:
-    """Bytes/second over a short Range sample (timed from the first byte; see SAMPLE_S)."""
+def _throughput(
+    client: Any,
+    url: str,
+    mirror: Mirror,
+    size: int,
+    keep_going: Callable[[], bool] | None = None,
+) -> float | None:
+    """Bytes/second over a short Range sample (timed from the first byte; see SAMPLE_S).
+    None when there was no sample, or when ``keep_going`` cut it short."""
     want = min(size, SAMPLE_MAX_BYTES)
     if want <= 0:
         return None
-    sample = range_sample(client, url, mirror, want, sample_s=SAMPLE_S)
-    if sample is None or sample.status not in (200, 206) or sample.bytes == 0:
+    stopped = False
+
+    def more() -> bool:
+        nonlocal stopped
+        stopped = keep_going is not None and not keep_going()
+        return not stopped
+
+    sample = range_sample(client, url, mirror, want, sample_s=SAMPLE_S, keep_going=more)
+    if stopped or sample is None or sample.status not in (200, 206) or sample.bytes == 0:
         return None
     return sample.bytes / max(sample.seconds, SAMPLE_S)
 
 
+# --- when to stop waiting for a mirror -----------------------------------------------------
+
+GRACE_MIN_S = 0.5
+GRACE_FACTOR = 4.0
+"""Once one mirror has answered, a mirror that has shown no progress (connected, first byte,
+metadata, sample bytes) for ``max(GRACE_MIN_S, GRACE_FACTOR * latency)`` is given up on:
+``latency`` is its own time to first byte when it answered one, else the best mirror's. A
+mirror that accepts connections and never answers (a black hole) then costs about half a
+second, not the probe timeout; a far but working mirror, judged by its own latency, is not
+cut. While no mirror has answered, every mirror gets its full timeout."""
+
+SamplePolicy = Literal["always", "unless-alone", "never"]
+"""``always``: sample every mirror that has the repo (``modelget probe``). ``unless-alone``: not
+when no other mirror can be used, since the sample cannot change the choice then (pulls, and
+the sample in flight stops when the others turn out unusable). ``never``: no sample."""
+
+
+@dataclass
+class MirrorClock:
+    """What the probe knows of one mirror's progress (perf_counter seconds)."""
+
+    last: float
+    """When it last made progress (or was started)."""
+    latency_s: float | None = None
+    """Its time to first byte, once measured (or cached)."""
+    answered: bool = False
+    """It is usable: it answered the latency probe and (with a repo id) listed the repo."""
+    done: bool = False
+    """Its probe is over (answered or not)."""
+    cut: bool = False
+    """Given up on: too slow, the probe went on without it."""
+
+
+def grace_s(clock: MirrorClock, best_latency_s: float) -> float:
+    """How long ``clock``'s mirror may stay silent once another mirror has answered."""
+    latency = clock.latency_s if clock.latency_s is not None else best_latency_s
+    return max(GRACE_MIN_S, GRACE_FACTOR * latency)
+
+
+def best_latency(clocks: Mapping[str, MirrorClock]) -> float | None:
+    """The lowest latency of the mirrors that answered; None while none has."""
+    latencies = [c.latency_s for c in clocks.values() if c.answered and c.latency_s is not None]
+    return min(latencies) if latencies else None
+
+
+def overdue(now: float, clocks: Mapping[str, MirrorClock]) -> list[str]:
+    """The mirrors to stop waiting for now (pure): unfinished, not already given up on, and
+    silent for longer than their grace (``grace_s``) while another mirror has answered."""
+    best = best_latency(clocks)
+    if best is None:
+        return []
+    return [
+        name
+        for name, c in clocks.items()
+        if not c.done and not c.cut and now - c.last >= grace_s(c, best)
+    ]
+
+
+def next_check(clocks: Mapping[str, MirrorClock]) -> float | None:
+    """When the next mirror becomes overdue if nothing changes (None: not before an event)."""
+    best = best_latency(clocks)
+    if best is None:
+        return None
+    times = [c.last + grace_s(c, best) for c in clocks.values() if not c.done and not c.cut]
+    return min(times) if times else None
+
+
+def alone(name: str, clocks: Mapping[str, MirrorClock]) -> bool:
+    """No mirror but ``name`` can still be used: every other one is over without answering,
+    or was given up on."""
+    return all(c.cut or (c.done and not c.answered) for n, c in clocks.items() if n != name)
+
+
+Outcome = tuple[ProbeResult, Manifest | None, ModelgetError | None]
+
+
+class _Tracker:
+    """The clocks of one probe, shared by the mirrors' threads and the waiting caller."""
+
+    def __init__(self, mirrors: Sequence[Mirror], policy: SamplePolicy) -> None:
+        now = time.perf_counter()
+        self.cond = threading.Condition()
+        self.policy: SamplePolicy = (
+            policy if len(mirrors) > 1 else ("never" if policy == "unless-alone" else policy)
+        )
+        self.clocks = {m.name: MirrorClock(last=now) for m in mirrors}
+        self.outcomes: dict[str, Outcome] = {}
+        self.provisional: dict[str, Outcome] = {}
+        """A mirror that answered and is sampling: its outcome without a throughput."""
+
+    def progress(self, name: str, latency_s: float | None = None) -> None:
+        with self.cond:
+            clock = self.clocks[name]
+            clock.last = time.perf_counter()
+            if latency_s is not None:
+                clock.latency_s = latency_s
+            self.cond.notify_all()
+
+    def answered(self, name: str, outcome: Outcome) -> None:
+        with self.cond:
+            self.clocks[name].answered = True
+            self.clocks[name].last = time.perf_counter()
+            self.provisional[name] = outcome
+            self.cond.notify_all()
+
+    def finish(self, name: str, outcome: Outcome) -> None:
+        with self.cond:
+            clock = self.clocks[name]
+            clock.done = True
+            clock.answered = outcome[0].status == "ok" and (
+                outcome[1] is not None or outcome[0].has_repo is None
+            )
+            self.outcomes[name] = outcome
+            self.cond.notify_all()
+
+    def should_sample(self, name: str) -> bool:
+        """Whether ``name`` (which has answered) should sample or go on sampling now."""
+        if self.policy == "never":
+            return False
+        with self.cond:
+            if self.clocks[name].cut:
+                return False
+            return self.policy == "always" or not alone(name, self.clocks)
+
+
 def probe_mirror(
-    mirror: Mirror, repo_id: str | None, revision: str | None, timeout: float
-) -> tuple[ProbeResult, Manifest | None, ModelgetError | None]:
-    """Probe one mirror; never raises for the mirror's own faults."""
+    mirror: Mirror,
+    repo_id: str | None,
+    revision: str | None,
+    timeout: float,
+    *,
+    sample: bool = True,
+) -> Outcome:
+    """Probe one mirror on its own; never raises for the mirror's own faults."""
+    tracker = _Tracker([mirror], "always" if sample else "never")
+    return _probe_one(mirror, repo_id, revision, timeout, tracker)
+
+
+def _probe_one(
+    mirror: Mirror,
+    repo_id: str | None,
+    revision: str | None,
+    timeout: float,
+    tracker: _Tracker,
+    *,
+    sample: bool = True,
+) -> Outcome:
+    """Connect and time a first byte while (with a repo id) the repo is resolved in a second
+    thread, then sample throughput if ``tracker`` says so. Reports progress to ``tracker``."""
     import httpx
 
     started = time.time()
     t0 = time.perf_counter()
     source = get_source(mirror.kind)
+    name = mirror.name
 
     def result(status: str, **kw: Any) -> ProbeResult:
         return ProbeResult(
-            mirror=mirror.name,
+            mirror=name,
             kind=mirror.kind,
             endpoint=mirror.endpoint,
             status=status,
@@ -193,38 +372,67 @@ def probe_mirror(
             **kw,
         )
 
+    resolved: list[Manifest | ModelgetError] = []
+    resolver: threading.Thread | None = None
+    if repo_id is not None:
+        # The metadata calls do not wait for the latency probe: both are in flight at once.
+        def resolve() -> None:
+            try:
+                resolved.append(source.resolve(mirror, repo_id, revision, timeout=timeout))
+            except ModelgetError as exc:
+                resolved.append(exc)
+            tracker.progress(name)
+
+        resolver = threading.Thread(target=resolve, name=f"modelget-resolve-{name}", daemon=True)
+        resolver.start()
+
     try:
         connect_s = _connect_time(mirror.endpoint, timeout, mirror.verify_tls)
     except OSError as exc:
         return result("down", error=f"connect failed: {exc}"), None, None
+    tracker.progress(name)
     try:
         with httpx.Client(
-            timeout=timeout, follow_redirects=False, verify=mirror.verify_tls
+            timeout=timeout, follow_redirects=False, verify=ssl_context(mirror.verify_tls)
         ) as client:
             ttfb_s = _ttfb(client, source.ping_url(mirror), mirror)
-            if repo_id is None:
+            tracker.progress(name, latency_s=ttfb_s)
+            if resolver is None:
                 return result("ok", connect_s=connect_s, ttfb_s=ttfb_s), None, None
-            try:
-                manifest = source.resolve(mirror, repo_id, revision, timeout=timeout)
-            except ModelgetError as exc:
-                status = status_of(exc)
+            resolver.join()
+            if not resolved:  # resolve() died of an unexpected error (a bug): not usable
+                return result("error", connect_s=connect_s, ttfb_s=ttfb_s), None, None
+            manifest = resolved[0]
+            if isinstance(manifest, ModelgetError):
+                status = status_of(manifest)
                 return (
                     result(
                         status,
                         connect_s=connect_s,
                         ttfb_s=ttfb_s,
                         has_repo=False if status == "no-repo" else None,
-                        error=exc.message,
+                        error=manifest.message,
                     ),
                     None,
-                    exc,
+                    manifest,
                 )
+            ok = result("ok", connect_s=connect_s, ttfb_s=ttfb_s, has_repo=True)
+            tracker.answered(name, (ok, manifest, None))
             rate: float | None = None
-            if manifest.files:
+            if manifest.files and sample and tracker.should_sample(name):
                 largest = max(manifest.files, key=lambda f: f.size)
+
+                def keep_going() -> bool:
+                    tracker.progress(name)
+                    return tracker.should_sample(name)
+
                 try:
                     rate = _throughput(
-                        client, source.file_url(mirror, manifest, largest), mirror, largest.size
+                        client,
+                        source.file_url(mirror, manifest, largest),
+                        mirror,
+                        largest.size,
+                        keep_going,
                     )
                 except (httpx.HTTPError, ModelgetError):
                     rate = None
@@ -239,55 +447,109 @@ def probe_mirror(
         return result("down", connect_s=connect_s, error=f"{type(exc).__name__}: {exc}"), None, None
 
 
+def _resolve_cached(
+    mirror: Mirror,
+    repo_id: str,
+    revision: str | None,
+    timeout: float,
+    cached: ProbeResult,
+    tracker: _Tracker,
+) -> Outcome:
+    """A mirror with a fresh cached probe result: only its manifest is fetched (manifests are
+    never cached). If that fails, the mirror changed since: it is probed again, now."""
+    if cached.status != "ok":
+        return cached, None, None
+    try:
+        manifest = get_source(mirror.kind).resolve(mirror, repo_id, revision, timeout=timeout)
+    except ModelgetError as exc:
+        result, manifest_, error = _probe_one(
+            mirror, repo_id, revision, timeout, tracker, sample=False
+        )
+        return result, manifest_, error or exc
+    return cached, manifest, None
+
+
 def probe(
     mirrors: Sequence[Mirror],
     repo_id: str | None = None,
     revision: str | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
+    sample: SamplePolicy = "always",
+    cached: Mapping[str, ProbeResult] | None = None,
 ) -> ProbeReport:
     """Probe every mirror at once; the whole call lasts at most about ``2 * timeout``.
 
     Each mirror's own calls are bounded by ``timeout``; a mirror still busy at the overall
-    deadline is reported ``down`` and its thread is left to die on its own (daemon).
+    deadline is reported ``down`` and its thread is left to die on its own (daemon). Once a
+    mirror has answered, one that stays silent too long (see ``GRACE_MIN_S``) is reported
+    ``down`` ("skipped") at once. ``sample``: see ``SamplePolicy``. ``cached``: fresh probe
+    results to keep (with a repo id, those mirrors are only asked for their manifest).
     """
-    report = ProbeReport()
-    slots: dict[str, tuple[ProbeResult, Manifest | None, ModelgetError | None]] = {}
-    lock = threading.Lock()
+    report = ProbeReport(cached=cached is not None)
+    tracker = _Tracker(mirrors, sample)
 
     def work(mirror: Mirror) -> None:
-        outcome = probe_mirror(mirror, repo_id, revision, timeout)
-        with lock:
-            slots[mirror.name] = outcome
+        if cached is not None and mirror.name in cached and repo_id is not None:
+            before = cached[mirror.name]
+            tracker.progress(mirror.name, latency_s=before.ttfb_s)
+            outcome = _resolve_cached(mirror, repo_id, revision, timeout, before, tracker)
+        else:
+            outcome = _probe_one(mirror, repo_id, revision, timeout, tracker)
+        tracker.finish(mirror.name, outcome)
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=work, args=(m,), daemon=True) for m in mirrors]
+    threads = [
+        threading.Thread(target=work, args=(m,), name=f"modelget-probe-{m.name}", daemon=True)
+        for m in mirrors
+    ]
     for t in threads:
         t.start()
     deadline = start + 2 * timeout + 1.0
-    for t in threads:
-        t.join(max(0.0, deadline - time.perf_counter()))
-    now = time.time()
-    with lock:
-        for mirror in mirrors:
-            if mirror.name in slots:
-                res, manifest, error = slots[mirror.name]
-            else:
-                res = ProbeResult(
-                    mirror.name,
-                    mirror.kind,
-                    mirror.endpoint,
-                    "down",
-                    error=f"no answer within {2 * timeout + 1.0:g} s",
-                    probed_at=now,
-                    elapsed_s=time.perf_counter() - start,
+    skipped: dict[str, str] = {}
+    with tracker.cond:
+        while True:
+            now = time.perf_counter()
+            clocks = tracker.clocks
+            if all(c.done or c.cut for c in clocks.values()) or now >= deadline:
+                break
+            late = overdue(now, clocks)
+            for name in late:
+                clocks[name].cut = True
+                best = best_latency(clocks) or 0.0
+                skipped[name] = (
+                    f"slow: nothing for {now - clocks[name].last:.2f} s while the other "
+                    f"mirrors answered (best latency {best * 1000:.0f} ms); skipped"
                 )
-                manifest, error = None, None
-            report.results[mirror.name] = res
-            if manifest is not None:
-                report.manifests[mirror.name] = manifest
-            if error is not None:
-                report.errors[mirror.name] = error
+            if late:
+                tracker.cond.notify_all()
+                continue
+            wake = next_check(clocks)
+            tracker.cond.wait(max(0.0, min(deadline, wake if wake is not None else deadline) - now))
+        outcomes = dict(tracker.outcomes)
+        provisional = dict(tracker.provisional)
+    now = time.time()
+    for mirror in mirrors:
+        if mirror.name in outcomes:
+            res, manifest, error = outcomes[mirror.name]
+        elif mirror.name in provisional:  # answered, then too slow to sample: no throughput
+            res, manifest, error = provisional[mirror.name]
+        else:
+            res = ProbeResult(
+                mirror.name,
+                mirror.kind,
+                mirror.endpoint,
+                "down",
+                error=skipped.get(mirror.name, f"no answer within {2 * timeout + 1.0:g} s"),
+                probed_at=now,
+                elapsed_s=time.perf_counter() - start,
+            )
+            manifest, error = None, None
+        report.results[mirror.name] = res
+        if manifest is not None:
+            report.manifests[mirror.name] = manifest
+        if error is not None:
+            report.errors[mirror.name] = error
     report.elapsed_s = time.perf_counter() - start
     return report
 

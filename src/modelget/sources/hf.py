@@ -188,6 +188,84 @@ def unverified(endpoint: str) -> Iterator[None]:
                 del _UNVERIFIED[key]
 
 
+_Listing = tuple[str, bool, list[tuple[Any, Any, Any, Any]]]
+"""A repo at a revision: its commit, whether it is gated, and per file (path, size, git blob
+id, LFS sha256 or None), values as the mirror sent them (checked by the caller)."""
+
+MAX_TREE_PAGES = 1000
+
+
+def _plain_listing(mirror: Mirror, mirror_repo: str, rev: str, timeout: float) -> _Listing | None:
+    """The same two calls ``HfApi`` makes (model info at ``rev``, then the recursive tree at
+    its commit), made with httpx directly: importing huggingface_hub and building its client
+    cost about 0.12 s of CPU before the first byte of a pull. Only well-formed 200 answers are
+    taken; anything else (an HTTP error, a redirect, an unexpected body, a next page on another
+    origin) gives None, and the caller asks again through ``HfApi``, which maps it exactly as
+    before. A connection failure or timeout is the mirror's answer and raised as such, so a
+    dead mirror does not cost its timeout twice. The token (the mirror's own, never an
+    implicit one) goes to the mirror's endpoint only: no redirect is followed."""
+    import httpx
+
+    from modelget.probe import ssl_context
+
+    headers = {"User-Agent": f"modelget/{__version__}", "Accept-Encoding": "identity"}
+    token = mirror_token(mirror)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    base = mirror.endpoint.rstrip("/")
+    origin = urlsplit(base)[:2]
+    try:
+        with httpx.Client(
+            timeout=timeout,
+            follow_redirects=False,
+            verify=ssl_context(mirror.verify_tls),
+            headers=headers,
+        ) as client:
+            answer = client.get(f"{base}/api/models/{mirror_repo}/revision/{quote(rev, safe='')}")
+            info = answer.json() if answer.status_code == 200 else None
+            if not isinstance(info, dict):
+                return None
+            commit, gated = info.get("sha"), info.get("gated", False)
+            if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+                return None
+            if not isinstance(gated, (bool, str)):
+                return None
+            files: list[tuple[Any, Any, Any, Any]] = []
+            url: str | None = f"{base}/api/models/{mirror_repo}/tree/{commit}"
+            params: dict[str, str] | None = {"recursive": "true", "expand": "false"}
+            for _ in range(MAX_TREE_PAGES):
+                if url is None:
+                    return commit, bool(gated), files
+                answer = client.get(url, params=params)
+                page = answer.json() if answer.status_code == 200 else None
+                if not isinstance(page, list):
+                    return None
+                for e in page:
+                    if not isinstance(e, dict) or e.get("type") not in ("file", "directory"):
+                        return None
+                    if e["type"] != "file":
+                        continue
+                    lfs = e.get("lfs")
+                    if lfs is not None and not (
+                        isinstance(lfs, dict) and isinstance(lfs.get("oid"), str)
+                    ):
+                        return None
+                    files.append(
+                        (e.get("path"), e.get("size"), e.get("oid"), lfs["oid"] if lfs else None)
+                    )
+                following = answer.links.get("next", {}).get("url")
+                if following is not None and urlsplit(following)[:2] != origin:
+                    return None
+                url, params = following, None
+            return None
+    except httpx.TransportError as exc:
+        raise MirrorUnavailableError(
+            f"{mirror.name} ({mirror.endpoint}) is unreachable: {exc}"
+        ) from exc
+    except (httpx.HTTPError, ValueError):  # a body that is not JSON, a bad URL, ...
+        return None
+
+
 class HfSource:
     kind: MirrorKind = "hf"
 
@@ -205,10 +283,57 @@ class HfSource:
     def resolve(
         self, mirror: Mirror, repo_id: str, revision: str | None, *, timeout: float
     ) -> Manifest:
-        from huggingface_hub.hf_api import RepoFile
-
         mirror_repo = mirror.map_repo_id(repo_id)
         rev = revision or DEFAULT_REVISION
+        listing = _plain_listing(mirror, mirror_repo, rev, timeout)
+        if listing is None:
+            listing = self._listing(mirror, repo_id, mirror_repo, rev, timeout)
+        commit, gated, entries = listing
+        try:
+            files = tuple(
+                sorted(
+                    (
+                        FileEntry(
+                            path=check_path(path),
+                            size=check_size(size, path),
+                            sha256=(lfs_sha256.lower() if lfs_sha256 is not None else None),
+                            git_sha1=None if lfs_sha256 is not None else (blob_id or None),
+                            lfs=lfs_sha256 is not None,
+                        )
+                        for path, size, blob_id, lfs_sha256 in entries
+                    ),
+                    key=lambda f: f.path,
+                )
+            )
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type
+            raise UnsafeManifestError(
+                f"{mirror.name} ({repo_id}): malformed file listing: {type(exc).__name__}: {exc}"
+            ) from None
+        if gated and mirror_token(mirror) is None:
+            raise AuthRequiredError(
+                f"{repo_id} is gated on {mirror.name} ({mirror.endpoint}): downloading needs a token",
+                hint=f"accept the model's terms on the hub, then set "
+                f"{mirror.token_env or 'a token_env'} for mirror {mirror.name}",
+            )
+        return check_manifest(
+            Manifest(
+                repo_id=repo_id,
+                revision=rev,
+                commit=commit,
+                files=files,
+                mirror=mirror.name,
+                mirror_repo_id=mirror_repo,
+                gated=gated,
+            )
+        )
+
+    def _listing(
+        self, mirror: Mirror, repo_id: str, mirror_repo: str, rev: str, timeout: float
+    ) -> _Listing:
+        """The commit, the gated flag and the files, through huggingface_hub's ``HfApi``
+        (which maps every error the hub can answer)."""
+        from huggingface_hub.hf_api import RepoFile
+
         api = self._api(mirror)
         tls = contextlib.nullcontext() if mirror.verify_tls else unverified(mirror.endpoint)
         try:
@@ -232,43 +357,15 @@ class HfSource:
         except Exception as exc:
             raise map_hf_error(exc, mirror, repo_id, rev) from exc
         try:
-            files = tuple(
-                sorted(
-                    (
-                        FileEntry(
-                            path=check_path(e.path),
-                            size=check_size(e.size, e.path),
-                            sha256=(e.lfs.sha256.lower() if e.lfs is not None else None),
-                            git_sha1=None if e.lfs is not None else (e.blob_id or None),
-                            lfs=e.lfs is not None,
-                        )
-                        for e in entries
-                    ),
-                    key=lambda f: f.path,
-                )
-            )
-        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type
+            files = [
+                (e.path, e.size, e.blob_id, e.lfs.sha256 if e.lfs is not None else None)
+                for e in entries
+            ]
+        except AttributeError as exc:  # an lfs field of the wrong type
             raise UnsafeManifestError(
                 f"{mirror.name} ({repo_id}): malformed file listing: {type(exc).__name__}: {exc}"
             ) from None
-        gated = bool(getattr(info, "gated", False))
-        if gated and mirror_token(mirror) is None:
-            raise AuthRequiredError(
-                f"{repo_id} is gated on {mirror.name} ({mirror.endpoint}): downloading needs a token",
-                hint=f"accept the model's terms on the hub, then set "
-                f"{mirror.token_env or 'a token_env'} for mirror {mirror.name}",
-            )
-        return check_manifest(
-            Manifest(
-                repo_id=repo_id,
-                revision=rev,
-                commit=commit,
-                files=files,
-                mirror=mirror.name,
-                mirror_repo_id=mirror_repo,
-                gated=gated,
-            )
-        )
+        return commit, bool(getattr(info, "gated", False)), files
 
     def file_url(self, mirror: Mirror, manifest: Manifest, entry: FileEntry) -> str:
         repo = manifest.mirror_repo_id or manifest.repo_id
