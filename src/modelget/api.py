@@ -571,9 +571,12 @@ def pull(
     executor_timings = getattr(executor, "timings", None)
     if isinstance(executor_timings, Mapping):
         # The executor's own stages (first byte, verify tail, layout), where it measures them.
+        # ``first_byte`` and ``last_byte`` are instants: counted from the pull's start here.
+        offset = transfer_started - started
         for key, value in executor_timings.items():
             if isinstance(value, (int, float)):
-                timings.setdefault(str(key), float(value))
+                at = offset if key in ("first_byte", "last_byte") else 0.0
+                timings.setdefault(str(key), float(value) + at)
 
     if cancel.is_set():
         raise Interrupted(
@@ -621,6 +624,7 @@ def pull(
         plan_s=plan_s,
         transfer_s=transfer_s,
         timings={**timings, "total": elapsed},
+        connections=dict(getattr(executor, "connections", {}) or {}),
     )
 
 
