@@ -589,6 +589,23 @@ def load_cached(
     return out
 
 
+CACHE_KEEP_S = 24 * 3600.0
+CACHE_MAX_ENTRIES = 256
+
+
+def _pruned(data: dict[str, Any], now: float) -> dict[str, Any]:
+    """The entries worth keeping: younger than a day, the newest ``CACHE_MAX_ENTRIES``. (Every
+    pull reads and rewrites this file: unpruned, it grew by every mirror ever probed.)"""
+
+    def when(entry: Any) -> float:
+        at = entry.get("probed_at") if isinstance(entry, dict) else None
+        return float(at) if isinstance(at, (int, float)) else 0.0
+
+    fresh = [(k, v) for k, v in data.items() if now - when(v) <= CACHE_KEEP_S]
+    fresh.sort(key=lambda kv: when(kv[1]), reverse=True)
+    return dict(fresh[:CACHE_MAX_ENTRIES])
+
+
 def store_cached(
     path: Path, mirrors: Sequence[Mirror], repo_id: str | None, results: Mapping[str, ProbeResult]
 ) -> None:
@@ -602,6 +619,7 @@ def store_cached(
     for mirror in mirrors:
         if mirror.name in results:
             data[_cache_key(mirror, repo_id)] = asdict(results[mirror.name])
+    data = _pruned(data, time.time())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
