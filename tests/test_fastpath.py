@@ -345,7 +345,7 @@ def test_the_probe_cache_keeps_only_recent_entries(tmp_path: Path) -> None:
     from modelget.probe import CACHE_MAX_ENTRIES, _pruned
 
     now = time.time()
-    data = {f"old{i}": {"probed_at": now - 2 * 86400} for i in range(10)}
+    data: dict[str, Any] = {f"old{i}": {"probed_at": now - 2 * 86400} for i in range(10)}
     data.update({f"new{i}": {"probed_at": now - i} for i in range(CACHE_MAX_ENTRIES + 5)})
     data["junk"] = "x"
     kept = _pruned(data, now)

@@ -61,13 +61,21 @@ class PrefixHasher:
         self.pos = 0
         self._h256 = hashlib.sha256() if sha256 else None
         self._h1 = hashlib.sha1(f"blob {size}\0".encode()) if git_sha1 else None
-        self._buf = bytearray(_CHUNK)
+        self._buf: bytearray | None = None  # allocated on first use, freed when done
 
-    def advance(self, fd: int, upto: int) -> int:
+    def advance(self, fd: int, upto: int, buf: bytearray | None = None) -> int:
         """Hash the file's bytes from where it stopped up to ``upto`` (exclusive); return the
-        new position. Raises ``OSError`` when the file cannot be read."""
+        new position. ``buf``: a read buffer to use (one hashing thread for many files shares
+        one); else the hasher's own, allocated on first use and freed when done. Raises
+        ``OSError`` when the file cannot be read."""
         upto = min(upto, self.size)
-        view = memoryview(self._buf)
+        if self.pos >= upto:
+            return self.pos
+        if buf is None:
+            if self._buf is None:
+                self._buf = bytearray(min(_CHUNK, self.size))
+            buf = self._buf
+        view = memoryview(buf)
         while self.pos < upto:
             want = min(len(view), upto - self.pos)
             n = os.preadv(fd, [view[:want]], self.pos)
@@ -79,6 +87,8 @@ class PrefixHasher:
             if self._h1 is not None:
                 self._h1.update(chunk)
             self.pos += n
+        if self.pos >= self.size:
+            self._buf = None
         return self.pos
 
     @property

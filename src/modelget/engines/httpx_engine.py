@@ -61,6 +61,7 @@ MAX_ATTEMPT_LINES = 20
 MAX_WORKERS = 256
 MAX_RENEWALS = 3
 HASH_STEP = 64 * 1024 * 1024
+HASH_BUFFER = 4 * 1024 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -625,6 +626,7 @@ class _Pull:
 
     def _hash_loop(self) -> None:
         """Hash each file's contiguous prefix as it grows; end the files that are complete."""
+        buf = bytearray(HASH_BUFFER)
         while True:
             self.hash_wake.wait(0.25)
             self.hash_wake.clear()
@@ -639,7 +641,7 @@ class _Pull:
                         complete = f.complete()
                     if f.hasher is not None and not f.hash_failed and f.hasher.pos < prefix:
                         try:
-                            f.hasher.advance(f.fd, min(prefix, f.hasher.pos + HASH_STEP))
+                            f.hasher.advance(f.fd, min(prefix, f.hasher.pos + HASH_STEP), buf)
                         except OSError:
                             f.hash_failed = True  # the executor hashes the file itself
                         worked = True
