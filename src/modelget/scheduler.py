@@ -37,7 +37,7 @@ class Policy:
     ceiling: int = 64
     """The most connections to one mirror at once (``--connections``; a mirror entry's own
     ``max_connections`` lowers it for that mirror)."""
-    initial: int = 32
+    initial: int = 16
     """Connections per mirror to start with, before any measurement."""
     small_file: int = 1 * MiB
     """A file up to this size is fetched with one request."""
@@ -51,9 +51,9 @@ class Policy:
     """How long an owner keeps a range before its speed is trusted for a split."""
     hedge_after_s: float = 2.0
     """A range whose owner has sent no byte for this long may be split regardless."""
-    settle_s: float = 0.15
+    settle_s: float = 0.1
     """After a change of target, this long before the rate is measured again."""
-    window_s: float = 0.35
+    window_s: float = 0.25
     """How long the rate is measured at one target."""
     grow_gain: float = 1.25
     """Double again only while doubling raised the mirror's rate at least this much."""
