@@ -37,7 +37,7 @@ class Policy:
     ceiling: int = 64
     """The most connections to one mirror at once (``--connections``; a mirror entry's own
     ``max_connections`` lowers it for that mirror)."""
-    initial: int = 16
+    initial: int = 8
     """Connections per mirror to start with, before any measurement."""
     small_file: int = 1 * MiB
     """A file up to this size is fetched with one request."""

@@ -80,7 +80,7 @@ class EngineOptions:
     """The most connections to one mirror at once (``--connections``): the ceiling of the
     scheduler's adaptive count, which starts at ``initial_connections`` and doubles while the
     mirror's rate still rises. aria2c allows at most 16 per host for one download."""
-    initial_connections: int = 16
+    initial_connections: int = 8
     """Connections per mirror before any measurement."""
     max_concurrent_files: int = 64
     """Files transferring at once (small files first, then the big ones in plan order)."""
