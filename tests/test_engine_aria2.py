@@ -157,7 +157,11 @@ def test_engine_owns_aria2c_and_close_kills_it(tmp_path: Path) -> None:
 
     eng = aria2()
     assert isinstance(eng, Aria2Engine) and eng.name == "aria2"
-    pid = eng.pid
+    before: int | None = eng.pid
+    assert before is None  # the constructor starts nothing: prepare() (or run()) does
+    eng.prepare()
+    eng.prepare()  # cheap when called twice
+    pid: int | None = eng.pid  # waits for the start under way
     assert pid is not None and alive(pid)
     assert os.getpgid(pid) == pid  # its own process group
     private = eng._tmpdir
@@ -169,6 +173,39 @@ def test_engine_owns_aria2c_and_close_kills_it(tmp_path: Path) -> None:
     eng.close()  # idempotent
 
 
+def test_close_works_before_prepare_and_while_aria2c_starts() -> None:
+    from modelget.engines.aria2 import Aria2Engine
+
+    never = aria2()
+    assert isinstance(never, Aria2Engine)
+    private = never._tmpdir
+    never.close()  # never started: only the private directory to remove
+    assert not private.exists() and never.pid is None
+    never.prepare()  # after close: starts nothing
+    assert never.pid is None
+
+    starting = aria2()
+    assert isinstance(starting, Aria2Engine)
+    starting.prepare()
+    starting.close()  # waits for the start under way, then stops it
+    assert starting.pid is None or not alive(starting.pid)
+    assert not starting._tmpdir.exists()
+
+
+def test_run_waits_for_a_start_under_way(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    from modelget.engines.aria2 import Aria2Engine
+
+    assert isinstance(engine, Aria2Engine)
+    sim = start(sims, repo_dir, name="hub")
+    engine.prepare()
+    small = (repo_dir / "config.json").read_bytes()
+    j = job(tmp_path / "d", src(sim, "hub", "config.json"), name="config.json", size=len(small))
+    [result] = run(engine, [j])
+    assert result.ok and j.dest.read_bytes() == small
+
+
 def _start_slow_download(eng: object, sim: HubSimulator, dest: Path, out: str) -> str:
     """Add a download straight to aria2c (throttled by the caller's fault) and wait until
     it has some bytes; returns its gid."""
@@ -176,7 +213,9 @@ def _start_slow_download(eng: object, sim: HubSimulator, dest: Path, out: str) -
 
     from modelget.engines.aria2 import Aria2Engine
 
-    assert isinstance(eng, Aria2Engine) and eng._client is not None
+    assert isinstance(eng, Aria2Engine)
+    eng._ready()
+    assert eng._client is not None
     gid = eng._client.add_uri(
         [sim.resolve_url(REPO, NAME)], options={"dir": str(dest), "out": out, "split": "2"}
     )
@@ -201,7 +240,9 @@ def test_close_kills_an_idle_aria2c_at_once_and_stopped_downloads_stay_resumable
     sim = start(sims, repo_dir, name="hub")
     sim.add_fault(Fault(route="hf-resolve", rate_bps=1e6))
     eng = aria2()
-    assert isinstance(eng, Aria2Engine) and eng._client is not None and eng._proc is not None
+    assert isinstance(eng, Aria2Engine)
+    eng._ready()
+    assert eng._client is not None and eng._proc is not None
     dest = tmp_path / "d"
     dest.mkdir()
     try:
@@ -228,7 +269,9 @@ def test_close_during_a_download_keeps_its_control_file(
     sim = start(sims, repo_dir, name="hub")
     sim.add_fault(Fault(route="hf-resolve", rate_bps=1e6))
     eng = aria2()
-    assert isinstance(eng, Aria2Engine) and eng._proc is not None
+    assert isinstance(eng, Aria2Engine)
+    eng._ready()
+    assert eng._proc is not None
     dest = tmp_path / "d"
     dest.mkdir()
     try:
@@ -246,19 +289,11 @@ def test_rpc_listens_on_loopback_only_and_no_secret_is_on_a_command_line(
     from modelget.engines.aria2 import Aria2Engine
 
     assert isinstance(engine, Aria2Engine)
-    sim = start(sims, repo_dir, name="hub", token="hf_secret_token")
-    [result] = run(
-        engine,
-        [
-            job(
-                tmp_path / "d",
-                src(sim, "hub", "config.json", "hf_secret_token"),
-                name="config.json",
-                size=(repo_dir / "config.json").stat().st_size,
-            )
-        ],
-    )
+    # A gated LFS file: resolved with the token, fetched by aria2c from the signed CDN URL.
+    sim = start(sims, repo_dir, name="hub", cdn=True, token="hf_secret_token")
+    [result] = run(engine, [job(tmp_path / "d", src(sim, "hub", token="hf_secret_token"))])
     assert result.ok, result
+    assert transfers(sim) and all(r.route == "cdn" for r in transfers(sim))
     cmdline = Path(f"/proc/{engine.pid}/cmdline").read_bytes().decode()
     assert engine._secret not in cmdline
     assert "hf_secret_token" not in cmdline
@@ -291,7 +326,9 @@ def test_aria2c_that_keeps_dying_fails_the_jobs_without_raising(
     sim = start(sims, repo_dir, name="hub")
     sim.add_fault(Fault(route="hf-resolve", rate_bps=100e3))
     eng = aria2()
-    assert isinstance(eng, Aria2Engine) and eng.pid is not None
+    assert isinstance(eng, Aria2Engine)
+    eng.prepare()
+    assert eng.pid is not None
     live: Aria2Engine = eng
     pids: set[int] = set()
 
@@ -418,7 +455,10 @@ def test_cancel_keeps_resumable_state_and_the_next_run_fetches_only_the_rest(
     assert 0 < second.resumed_bytes < SIZE
     assert second.resumed_bytes + sum(second.bytes_by_mirror.values()) == SIZE
     fetched_again = sum(r.bytes_sent for r in transfers(sim))
-    assert fetched_again < SIZE - second.resumed_bytes + 1024 * 1024, (
+    # Slack: aria2's end game may fetch a 1 MiB piece twice (an idle connection takes over a
+    # piece another one is still reading; seen in the server's log with the old engine too,
+    # where the timing of the first connection's cut happened to stay under 1 MiB).
+    assert fetched_again < SIZE - second.resumed_bytes + 2 * 1024 * 1024, (
         fetched_again,
         second.resumed_bytes,
     )
@@ -493,7 +533,8 @@ def test_a_token_reaches_only_its_own_host(
     assert any("official: skipped" in a for a in results[1].attempts)
     assert not transfers(official, "config.json")
 
-    # The token's own mirror alone: aria2c gets the header, and it still goes nowhere else.
+    # The token's own mirror alone: aria2c never gets the token, so the job is handed back
+    # (a pull fetches it with the httpx engine, see test_secrets.py), untouched.
     alone = job(
         tmp_path / "e",
         src(official, "official", "config.json", token="hf_tok"),
@@ -502,6 +543,8 @@ def test_a_token_reaches_only_its_own_host(
     )
     official.clear_log()
     [result] = run(engine, [alone])
-    assert result.ok and alone.dest.read_bytes() == small
-    got = transfers(official, "config.json")
-    assert got and all(r.authorization == "Bearer hf_tok" for r in got)
+    assert not result.ok and result.needs_headers and not result.cancelled
+    assert not alone.dest.exists()
+    assert not transfers(official, "config.json")
+    probes = official.requests(listener="hub")
+    assert probes and all(r.authorization == "Bearer hf_tok" for r in probes)
