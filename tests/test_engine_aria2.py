@@ -548,3 +548,108 @@ def test_a_token_reaches_only_its_own_host(
     assert not transfers(official, "config.json")
     probes = official.requests(listener="hub")
     assert probes and all(r.authorization == "Bearer hf_tok" for r in probes)
+
+
+# --- hashing as the bytes arrive, connections ------------------------------------------------
+
+
+def test_digests_are_computed_while_the_file_downloads(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    sim.add_fault(Fault(route="cdn", rate_bps=2e6))  # several looks while it downloads
+    j = job(tmp_path / "d", src(sim, "hub"))
+    j = FetchJob(j.key, j.path, j.size, j.dest, j.sources, sha256=sha(data))
+    [result] = run(engine, [j])
+    assert result.ok, result
+    assert result.digests is not None
+    assert result.digests.size == SIZE and result.digests.sha256 == sha(data)
+    # A file with only a git blob sha1 known gets that digest instead.
+    small = (repo_dir / "config.json").read_bytes()
+    blob = hashlib.sha1(f"blob {len(small)}\0".encode() + small).hexdigest()
+    k = job(tmp_path / "e", src(sim, "hub", "config.json"), name="config.json", size=len(small))
+    k = FetchJob(k.key, k.path, k.size, k.dest, k.sources, git_sha1=blob)
+    [result] = run(engine, [k])
+    assert result.ok and result.digests is not None
+    assert result.digests.git_sha1 == blob and result.digests.sha256 is None
+
+
+def test_a_corrupted_middle_range_is_caught_with_hashing_on(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    from modelget.datatypes import FileEntry
+    from modelget.errors import VerificationError
+    from modelget.verify import check
+
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    # Bytes in the middle of the file come back flipped, in whatever range covers them.
+    sim.add_fault(Fault(route="cdn", rate_bps=2e6, corrupt_offsets=(SIZE // 2, SIZE // 2 + 7)))
+    j = job(tmp_path / "d", src(sim, "hub"))
+    j = FetchJob(j.key, j.path, j.size, j.dest, j.sources, sha256=sha(data))
+    [result] = run(engine, [j])
+    assert result.ok, result  # the engine moved the bytes; verification judges them
+    assert result.digests is not None and result.digests.sha256 != sha(data)
+    assert result.digests.sha256 == sha(j.dest.read_bytes())  # the digest of what is on disk
+    entry = FileEntry(NAME, SIZE, sha256=sha(data))
+    with pytest.raises(VerificationError, match="sha256"):
+        check(j.dest, entry, result.digests)
+
+
+def test_a_resumed_download_leaves_hashing_to_the_executor(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    # Bytes from an earlier run are not followed piece by piece: no digests, the executor
+    # hashes the finished file.
+    from modelget.engines.aria2 import Aria2Engine
+
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    sim.add_fault(Fault(route="cdn", rate_bps=1e6))
+    cancel = threading.Event()
+
+    class CancelEarly(NullReporter):
+        def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+            cancel.set()
+
+    j = job(tmp_path / "d", src(sim, "hub"))
+    j = FetchJob(j.key, j.path, j.size, j.dest, j.sources, sha256=sha(data))
+    eng = Aria2Engine(FAST)
+    try:
+        [first] = eng.run([j], reporter=CancelEarly(), cancel=cancel)
+        assert first.cancelled
+        sim.clear_faults()
+        [second] = run(eng, [j])
+    finally:
+        eng.close()
+    assert second.ok and second.resumed_bytes > 0
+    assert second.digests is None
+    assert j.dest.read_bytes() == data
+
+
+def test_connections_are_reported_and_the_peak_kept(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    from collections.abc import Mapping
+
+    from modelget.engines.aria2 import Aria2Engine
+
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    sim.add_fault(Fault(route="cdn", rate_bps=2e6))
+    seen: list[dict[str, int]] = []
+
+    class Connections(NullReporter):
+        def on_connections(self, counts: Mapping[str, int]) -> None:
+            seen.append(dict(counts))
+
+    eng = Aria2Engine(EngineOptions(max_connections=6, min_split_bytes=1 << 20))
+    try:
+        [result] = eng.run(
+            [job(tmp_path / "d", src(sim, "hub"))], reporter=Connections(), cancel=threading.Event()
+        )
+    finally:
+        eng.close()
+    assert result.ok, result
+    assert seen and all(set(c) == {"hub"} and 1 <= c["hub"] <= 6 for c in seen)
+    assert eng.connections == {"hub": max(c["hub"] for c in seen)}
+    # The file was split over several connections.
+    ranged = [r for r in transfers(sim) if r.range]
+    assert len(ranged) > 1
