@@ -1625,7 +1625,12 @@ class _Budget:
         for s in states:
             if s.gid is None:
                 continue
-            n = s.per_server if s.job.size > SMALL_FILE else min(1, s.connections)
+            big = s.job.size > SMALL_FILE
+            n = (
+                min(s.per_server, _need(s.job.size - s.last_completed))
+                if big
+                else min(1, s.connections)
+            )
             for m in s.mirrors():
                 chosen[m] = chosen.get(m, 0) + n
         for m, n in chosen.items():
