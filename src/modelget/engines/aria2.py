@@ -1625,10 +1625,9 @@ class _Budget:
         for s in states:
             if s.gid is None:
                 continue
-            big = s.job.size > SMALL_FILE
             n = (
                 min(s.per_server, _need(s.job.size - s.last_completed))
-                if big
+                if s.job.size > SMALL_FILE
                 else min(1, s.connections)
             )
             for m in s.mirrors():
@@ -1636,10 +1635,10 @@ class _Budget:
         for m, n in chosen.items():
             if n > self.peaks.get(m, 0):
                 self.peaks[m] = n
-        big = {m: n for m, n in chosen.items() if n}
-        if big and big != self.reported:
-            self.reported = big
-            report_connections(self.reporter, big)
+        now = {m: n for m, n in chosen.items() if n}
+        if now and now != self.reported:
+            self.reported = now
+            report_connections(self.reporter, now)
 
 
 def _group_sources(
