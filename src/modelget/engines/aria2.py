@@ -751,12 +751,6 @@ class _Run:
         """Resolve every source (concurrently) and split them into the download's URIs and
         held-back groups (token-needing URIs, which aria2c never gets: see the module doc).
 
-        A small file with one source and no headers is not resolved: aria2c may follow its
-        redirect itself (there is nothing to leak), fetches such a file on one connection,
-        and resolving would cost a round trip per file (the cost that dominates a repository
-        of many small files). With several sources, resolving first drops a dead mirror
-        before aria2c tries it (and so never credits it with bytes).
-
         When no source resolves and some were refused with a status worth retrying (429, 5xx),
         those are asked again after their ``Retry-After`` (or a backoff), up to ``max_tries``
         times: a short burst of errors on the only mirror does not fail the file. With a
@@ -764,10 +758,6 @@ class _Run:
         job = state.job
         pending = list(job.sources)
         ok: list[tuple[SourceURL, ResolvedURL]] = []
-        if job.size <= SMALL_FILE and len(pending) == 1 and not pending[0].headers:
-            return _group_sources(
-                [(pending[0], ResolvedURL(job.sources[0].url, pending[0].url, 0, None, 0))], state
-            )
         tries = max(1, self.options.max_tries)
         for attempt in range(1, tries + 1):
             futures = [(s, self.pool.submit(self._resolve_one, s)) for s in pending]
