@@ -157,7 +157,11 @@ def test_engine_owns_aria2c_and_close_kills_it(tmp_path: Path) -> None:
 
     eng = aria2()
     assert isinstance(eng, Aria2Engine) and eng.name == "aria2"
-    pid = eng.pid
+    before: int | None = eng.pid
+    assert before is None  # the constructor starts nothing: prepare() (or run()) does
+    eng.prepare()
+    eng.prepare()  # cheap when called twice
+    pid: int | None = eng.pid  # waits for the start under way
     assert pid is not None and alive(pid)
     assert os.getpgid(pid) == pid  # its own process group
     private = eng._tmpdir
@@ -169,6 +173,39 @@ def test_engine_owns_aria2c_and_close_kills_it(tmp_path: Path) -> None:
     eng.close()  # idempotent
 
 
+def test_close_works_before_prepare_and_while_aria2c_starts() -> None:
+    from modelget.engines.aria2 import Aria2Engine
+
+    never = aria2()
+    assert isinstance(never, Aria2Engine)
+    private = never._tmpdir
+    never.close()  # never started: only the private directory to remove
+    assert not private.exists() and never.pid is None
+    never.prepare()  # after close: starts nothing
+    assert never.pid is None
+
+    starting = aria2()
+    assert isinstance(starting, Aria2Engine)
+    starting.prepare()
+    starting.close()  # waits for the start under way, then stops it
+    assert starting.pid is None or not alive(starting.pid)
+    assert not starting._tmpdir.exists()
+
+
+def test_run_waits_for_a_start_under_way(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    from modelget.engines.aria2 import Aria2Engine
+
+    assert isinstance(engine, Aria2Engine)
+    sim = start(sims, repo_dir, name="hub")
+    engine.prepare()
+    small = (repo_dir / "config.json").read_bytes()
+    j = job(tmp_path / "d", src(sim, "hub", "config.json"), name="config.json", size=len(small))
+    [result] = run(engine, [j])
+    assert result.ok and j.dest.read_bytes() == small
+
+
 def _start_slow_download(eng: object, sim: HubSimulator, dest: Path, out: str) -> str:
     """Add a download straight to aria2c (throttled by the caller's fault) and wait until
     it has some bytes; returns its gid."""
@@ -176,7 +213,9 @@ def _start_slow_download(eng: object, sim: HubSimulator, dest: Path, out: str) -
 
     from modelget.engines.aria2 import Aria2Engine
 
-    assert isinstance(eng, Aria2Engine) and eng._client is not None
+    assert isinstance(eng, Aria2Engine)
+    eng._ready()
+    assert eng._client is not None
     gid = eng._client.add_uri(
         [sim.resolve_url(REPO, NAME)], options={"dir": str(dest), "out": out, "split": "2"}
     )
@@ -201,7 +240,9 @@ def test_close_kills_an_idle_aria2c_at_once_and_stopped_downloads_stay_resumable
     sim = start(sims, repo_dir, name="hub")
     sim.add_fault(Fault(route="hf-resolve", rate_bps=1e6))
     eng = aria2()
-    assert isinstance(eng, Aria2Engine) and eng._client is not None and eng._proc is not None
+    assert isinstance(eng, Aria2Engine)
+    eng._ready()
+    assert eng._client is not None and eng._proc is not None
     dest = tmp_path / "d"
     dest.mkdir()
     try:
@@ -228,7 +269,9 @@ def test_close_during_a_download_keeps_its_control_file(
     sim = start(sims, repo_dir, name="hub")
     sim.add_fault(Fault(route="hf-resolve", rate_bps=1e6))
     eng = aria2()
-    assert isinstance(eng, Aria2Engine) and eng._proc is not None
+    assert isinstance(eng, Aria2Engine)
+    eng._ready()
+    assert eng._proc is not None
     dest = tmp_path / "d"
     dest.mkdir()
     try:
@@ -246,19 +289,11 @@ def test_rpc_listens_on_loopback_only_and_no_secret_is_on_a_command_line(
     from modelget.engines.aria2 import Aria2Engine
 
     assert isinstance(engine, Aria2Engine)
-    sim = start(sims, repo_dir, name="hub", token="hf_secret_token")
-    [result] = run(
-        engine,
-        [
-            job(
-                tmp_path / "d",
-                src(sim, "hub", "config.json", "hf_secret_token"),
-                name="config.json",
-                size=(repo_dir / "config.json").stat().st_size,
-            )
-        ],
-    )
+    # A gated LFS file: resolved with the token, fetched by aria2c from the signed CDN URL.
+    sim = start(sims, repo_dir, name="hub", cdn=True, token="hf_secret_token")
+    [result] = run(engine, [job(tmp_path / "d", src(sim, "hub", token="hf_secret_token"))])
     assert result.ok, result
+    assert transfers(sim) and all(r.route == "cdn" for r in transfers(sim))
     cmdline = Path(f"/proc/{engine.pid}/cmdline").read_bytes().decode()
     assert engine._secret not in cmdline
     assert "hf_secret_token" not in cmdline
@@ -291,7 +326,9 @@ def test_aria2c_that_keeps_dying_fails_the_jobs_without_raising(
     sim = start(sims, repo_dir, name="hub")
     sim.add_fault(Fault(route="hf-resolve", rate_bps=100e3))
     eng = aria2()
-    assert isinstance(eng, Aria2Engine) and eng.pid is not None
+    assert isinstance(eng, Aria2Engine)
+    eng.prepare()
+    assert eng.pid is not None
     live: Aria2Engine = eng
     pids: set[int] = set()
 
@@ -418,7 +455,10 @@ def test_cancel_keeps_resumable_state_and_the_next_run_fetches_only_the_rest(
     assert 0 < second.resumed_bytes < SIZE
     assert second.resumed_bytes + sum(second.bytes_by_mirror.values()) == SIZE
     fetched_again = sum(r.bytes_sent for r in transfers(sim))
-    assert fetched_again < SIZE - second.resumed_bytes + 1024 * 1024, (
+    # Slack: aria2's end game may fetch a 1 MiB piece twice (an idle connection takes over a
+    # piece another one is still reading; seen in the server's log with the old engine too,
+    # where the timing of the first connection's cut happened to stay under 1 MiB).
+    assert fetched_again < SIZE - second.resumed_bytes + 2 * 1024 * 1024, (
         fetched_again,
         second.resumed_bytes,
     )
@@ -493,7 +533,8 @@ def test_a_token_reaches_only_its_own_host(
     assert any("official: skipped" in a for a in results[1].attempts)
     assert not transfers(official, "config.json")
 
-    # The token's own mirror alone: aria2c gets the header, and it still goes nowhere else.
+    # The token's own mirror alone: aria2c never gets the token, so the job is handed back
+    # (a pull fetches it with the httpx engine, see test_secrets.py), untouched.
     alone = job(
         tmp_path / "e",
         src(official, "official", "config.json", token="hf_tok"),
@@ -502,6 +543,113 @@ def test_a_token_reaches_only_its_own_host(
     )
     official.clear_log()
     [result] = run(engine, [alone])
-    assert result.ok and alone.dest.read_bytes() == small
-    got = transfers(official, "config.json")
-    assert got and all(r.authorization == "Bearer hf_tok" for r in got)
+    assert not result.ok and result.needs_headers and not result.cancelled
+    assert not alone.dest.exists()
+    assert not transfers(official, "config.json")
+    probes = official.requests(listener="hub")
+    assert probes and all(r.authorization == "Bearer hf_tok" for r in probes)
+
+
+# --- hashing as the bytes arrive, connections ------------------------------------------------
+
+
+def test_digests_are_computed_while_the_file_downloads(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    sim.add_fault(Fault(route="cdn", rate_bps=2e6))  # several looks while it downloads
+    j = job(tmp_path / "d", src(sim, "hub"))
+    j = FetchJob(j.key, j.path, j.size, j.dest, j.sources, sha256=sha(data))
+    [result] = run(engine, [j])
+    assert result.ok, result
+    assert result.digests is not None
+    assert result.digests.size == SIZE and result.digests.sha256 == sha(data)
+    # A file with only a git blob sha1 known gets that digest instead.
+    small = (repo_dir / "config.json").read_bytes()
+    blob = hashlib.sha1(f"blob {len(small)}\0".encode() + small).hexdigest()
+    k = job(tmp_path / "e", src(sim, "hub", "config.json"), name="config.json", size=len(small))
+    k = FetchJob(k.key, k.path, k.size, k.dest, k.sources, git_sha1=blob)
+    [result] = run(engine, [k])
+    assert result.ok and result.digests is not None
+    assert result.digests.git_sha1 == blob and result.digests.sha256 is None
+
+
+def test_a_corrupted_middle_range_is_caught_with_hashing_on(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    from modelget.datatypes import FileEntry
+    from modelget.errors import VerificationError
+    from modelget.verify import check
+
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    # Bytes in the middle of the file come back flipped, in whatever range covers them.
+    sim.add_fault(Fault(route="cdn", rate_bps=2e6, corrupt_offsets=(SIZE // 2, SIZE // 2 + 7)))
+    j = job(tmp_path / "d", src(sim, "hub"))
+    j = FetchJob(j.key, j.path, j.size, j.dest, j.sources, sha256=sha(data))
+    [result] = run(engine, [j])
+    assert result.ok, result  # the engine moved the bytes; verification judges them
+    assert result.digests is not None and result.digests.sha256 != sha(data)
+    assert result.digests.sha256 == sha(j.dest.read_bytes())  # the digest of what is on disk
+    entry = FileEntry(NAME, SIZE, sha256=sha(data))
+    with pytest.raises(VerificationError, match="sha256"):
+        check(j.dest, entry, result.digests)
+
+
+def test_a_resumed_download_leaves_hashing_to_the_executor(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    # Bytes from an earlier run are not followed piece by piece: no digests, the executor
+    # hashes the finished file.
+    from modelget.engines.aria2 import Aria2Engine
+
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    sim.add_fault(Fault(route="cdn", rate_bps=1e6))
+    cancel = threading.Event()
+
+    class CancelEarly(NullReporter):
+        def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+            cancel.set()
+
+    j = job(tmp_path / "d", src(sim, "hub"))
+    j = FetchJob(j.key, j.path, j.size, j.dest, j.sources, sha256=sha(data))
+    eng = Aria2Engine(FAST)
+    try:
+        [first] = eng.run([j], reporter=CancelEarly(), cancel=cancel)
+        assert first.cancelled
+        sim.clear_faults()
+        [second] = run(eng, [j])
+    finally:
+        eng.close()
+    assert second.ok and second.resumed_bytes > 0
+    assert second.digests is None
+    assert j.dest.read_bytes() == data
+
+
+def test_connections_are_reported_and_the_peak_kept(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    from collections.abc import Mapping
+
+    from modelget.engines.aria2 import Aria2Engine
+
+    sim = start(sims, repo_dir, name="hub", cdn=True)
+    sim.add_fault(Fault(route="cdn", rate_bps=2e6))
+    seen: list[dict[str, int]] = []
+
+    class Connections(NullReporter):
+        def on_connections(self, counts: Mapping[str, int]) -> None:
+            seen.append(dict(counts))
+
+    eng = Aria2Engine(EngineOptions(max_connections=6, min_split_bytes=1 << 20))
+    try:
+        [result] = eng.run(
+            [job(tmp_path / "d", src(sim, "hub"))], reporter=Connections(), cancel=threading.Event()
+        )
+    finally:
+        eng.close()
+    assert result.ok, result
+    assert seen and all(set(c) == {"hub"} and 1 <= c["hub"] <= 6 for c in seen)
+    assert eng.connections == {"hub": max(c["hub"] for c in seen)}
+    # The file was split over several connections.
+    ranged = [r for r in transfers(sim) if r.range]
+    assert len(ranged) > 1

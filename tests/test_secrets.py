@@ -90,13 +90,25 @@ def make_engine(name: EngineName) -> Any:
 
 
 def run_engine(name: EngineName, jobs: list[FetchJob]) -> list[FetchResult]:
+    """The jobs through ``name`` as a pull runs them (``execute.fetch``): aria2c never gets a
+    token, and hands back a file served only with one, which the httpx engine then fetches."""
+    from modelget.engines.httpx_engine import HttpxEngine
+    from modelget.execute import fetch
+
     eng = make_engine(name)
+    fallback = HttpxEngine(FAST)
     try:
-        results: list[FetchResult] = eng.run(
-            jobs, reporter=NullReporter(), cancel=threading.Event()
+        results: list[FetchResult] = fetch(
+            eng,
+            jobs,
+            reporter=NullReporter(),
+            cancel=threading.Event(),
+            on_complete=None,
+            fallback=lambda: fallback,
         )
     finally:
         eng.close()
+        fallback.close()
     return results
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 from modelget import layout
 from modelget.auth import mirror_token
 from modelget.datatypes import FileEntry, FileOutcome, Mirror, Plan, PlanItem
-from modelget.engines import Engine, FetchJob, FetchResult, SourceURL
+from modelget.engines import Engine, EngineOptions, FetchJob, FetchResult, OnComplete, SourceURL
 from modelget.errors import VerificationError
 from modelget.events import Reporter
 from modelget.verify import check
@@ -81,6 +81,37 @@ def place(target: Target, entry: FileEntry) -> None:
         layout.place_in_local_dir(blob, target.local_dir, entry, target.commit)
 
 
+def fetch(
+    engine: Engine,
+    jobs: Sequence[FetchJob],
+    *,
+    reporter: Reporter,
+    cancel: threading.Event,
+    on_complete: OnComplete | None,
+    fallback: Callable[[], Engine],
+) -> list[FetchResult]:
+    """``engine.run(jobs)``, then the jobs it handed back (``FetchResult.needs_headers``: their
+    bytes need a token on its own origin, which aria2c must never get) on ``fallback()`` (the
+    httpx engine, which sends headers to their own origin only).
+
+    One after the other, never at once: each engine holds the pull's whole budget
+    (``--max-rate``, ``--connections``), so the pull holds it too. The handed-back files are
+    the hub's own small files of a gated repository (its LFS files redirect to a CDN and go
+    to aria2c with the signed URL), so running them after the rest costs little."""
+    results = engine.run(jobs, reporter=reporter, cancel=cancel, on_complete=on_complete)
+    back = [i for i, r in enumerate(results) if r.needs_headers and not r.cancelled]
+    if not back or cancel.is_set():
+        return results
+    again = fallback().run(
+        [jobs[i] for i in back], reporter=reporter, cancel=cancel, on_complete=on_complete
+    )
+    for i, result in zip(back, again, strict=True):
+        result.attempts = [*results[i].attempts, *result.attempts]
+        result.seconds += results[i].seconds
+        results[i] = result
+    return results
+
+
 def _is_disk_full(text: str | None) -> bool:
     return bool(text) and (
         "No space left" in (text or "")
@@ -119,6 +150,19 @@ class Executor:
         file complete), and ``verify_tail`` (from then to the end: hashing what was left,
         verification and layout)."""
         self._last_complete: float | None = None
+        self._fallback: Engine | None = None
+
+    def _fallback_engine(self) -> Engine:
+        """The httpx engine, for jobs the engine hands back (see :func:`fetch`), with the same
+        options: made on first use, closed at the end of :meth:`run`."""
+        if self._fallback is None:
+            from modelget.engines.httpx_engine import HttpxEngine
+
+            options = getattr(self.engine, "options", None)
+            self._fallback = HttpxEngine(
+                options if isinstance(options, EngineOptions) else EngineOptions()
+            )
+        return self._fallback
 
     # --- per-file steps ---------------------------------------------------------------------
 
@@ -225,8 +269,13 @@ class Executor:
             self.reporter.on_file_start(
                 s.item.entry.path, s.item.entry.size, tuple(x.mirror for x in job.sources)
             )
-        results = self.engine.run(
-            jobs, reporter=self.reporter, cancel=self.cancel, on_complete=self._on_complete
+        results = fetch(
+            self.engine,
+            jobs,
+            reporter=self.reporter,
+            cancel=self.cancel,
+            on_complete=self._on_complete,
+            fallback=self._fallback_engine,
         )
         seen = set()
         for result in results:
@@ -375,6 +424,8 @@ class Executor:
                     )
         finally:
             self._pool.shutdown(wait=True)
+            if self._fallback is not None:
+                self._fallback.close()
             for state in self.states.values():
                 if state.lock is not None and state.lock.is_locked:
                     state.lock.release(force=True)

@@ -70,6 +70,10 @@ class FetchResult:
     """The file's digests, computed by the engine from the bytes on disk as they arrived
     (:class:`modelget.verify.PrefixHasher`), so verification needs no second read. None: the
     executor hashes the file itself."""
+    needs_headers: bool = False
+    """Not fetched: only sources that need their headers (a token) on their own origin are
+    left, and this engine cannot send headers safely (aria2c sends them on across redirects).
+    The caller fetches the job with an engine that can (``execute.fetch``)."""
 
 
 @dataclass(frozen=True)

@@ -34,14 +34,16 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import aria2p
 import httpx
+import websocket
 
 from modelget.engines import (
     EngineOptions,
@@ -54,26 +56,52 @@ from modelget.engines import (
 from modelget.engines.redirects import (
     ResolvedURL,
     ResolveURLError,
-    origin,
     redact_url,
     resolve_final_url,
 )
 from modelget.errors import EngineUnavailableError
-from modelget.events import Reporter
+from modelget.events import Reporter, report_connections
 from modelget.retry import MAX_RETRY_AFTER_S, status_is_retryable
+from modelget.scheduler import Adaptive, Policy
 from modelget.settings import child_env
+from modelget.verify import Digests, PrefixHasher
 
 READY_TIMEOUT_S = 10.0
 SHUTDOWN_WAIT_S = 2.0
 IDLE_CHECK_TIMEOUT_S = 1.0
 POLL_INTERVAL_S = 0.2
-SMALL_POLL_INTERVAL_S = 0.05
-"""The poll interval while a file too small to split is in flight: aria2 fetches such a file in
-milliseconds, so every poll interval would be added to its time (a model's dozen small JSON
-and tokenizer files took 1.2 s at 0.2 s; the big files keep the slower poll, which costs
-two RPC calls per download)."""
+"""One look at every download costs one RPC round trip for all of them together; aria2c's
+WebSocket notifications (a download started, stopped, completed, failed) wake the loop in
+between, so a small file's end is seen at once rather than at the next look."""
 RPC_TIMEOUT_S = 10.0
-RESOLVE_WORKERS = 8
+RESOLVE_WORKERS = 16
+HASH_WORKERS = 2
+SMALL_FILE = 8 * 1024 * 1024
+"""A file up to this size is one download on one connection, added at once with the others.
+Splitting it costs more than it gains: aria2's first request of a download has no Range, and
+the server sends on until aria2 closes it (on loopback a 6 MB file split in 1 MiB segments
+was fetched 1.7 times over)."""
+MIN_SPLIT = 1024 * 1024
+"""``min-split-size``: aria2's smallest segment (and its piece length)."""
+PER_HOST_MAX = 16
+"""aria2c's hard limit on ``max-connection-per-server`` (per download and host name)."""
+GROW_STEP = 4
+"""A running download gets more connections only when at least this many more are free."""
+GROW_BYTES_PER_CONNECTION = 2 * MIN_SPLIT
+"""... and when it has at least this much left per connection (a change restarts it inside)."""
+MIN_POLL_INTERVAL_S = 0.2
+_KEYS = [
+    "gid",
+    "status",
+    "completedLength",
+    "totalLength",
+    "errorCode",
+    "errorMessage",
+    "connections",
+    "downloadSpeed",
+    "bitfield",
+    "pieceLength",
+]
 MAX_REREOLVES_PER_SOURCE = 3
 MAX_READDS_PER_JOB = 2
 MAX_RESTARTS = 2
@@ -197,7 +225,8 @@ class _Source:
     src: SourceURL
     resolved: ResolvedURL
     header: bool
-    """The download carries ``src.headers`` (every URI of it is on the token's origin)."""
+    """The source needs ``src.headers`` on its own origin (such a source never goes to
+    aria2c: the job is handed back, see the module doc)."""
     rerolves: int = 0
     slow_since: float | None = None
     """Since when its connections together have been slower than ``lowest_speed_bps``."""
@@ -227,12 +256,20 @@ class _Active:
     failed_mirrors: set[str] = field(default_factory=set)
     shares: dict[str, float] = field(default_factory=dict)
     """Each mirror's share of the last measured download speed (for byte attribution)."""
-    delegated: Future[FetchResult] | None = None
-    """The httpx engine fetching this job's token-needing sources (see the module doc)."""
+    pending: list[_Source] | None = None
+    """Resolved sources of a job not yet added to aria2c (waiting for connections)."""
+    per_server: int = 0
+    """The download's ``max-connection-per-server`` (its share of each mirror's target)."""
+    connections: int = 0
+    """Connections aria2 had open for it at the last look."""
+    hashing: _Hashing | None = None
     watched: int = 0
     """``completedLength`` at the watchdog's last look, and since when it has not grown:"""
     progress_at: float = field(default_factory=time.monotonic)
     done: bool = False
+
+    def mirrors(self) -> set[str]:
+        return {s.src.mirror for s in (self.pending or self.sources)}
 
 
 def _idle(client: _Client | None) -> bool:
@@ -295,6 +332,7 @@ class Aria2Engine:
                 "or use --engine httpx",
             )
         self.options = options
+        self._exe = exe
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._tmpdir = Path(tempfile.mkdtemp(prefix="modelget-aria2-"))
@@ -309,24 +347,53 @@ class Aria2Engine:
         self._restarts = 0
         self._client: _Client | None = None
         self._log: IO[bytes] | None = None
-        self._finalizer: weakref.finalize[Any, Any] | None = None
-        try:
-            self._start(exe)
-        except BaseException:
-            self._cleanup_failed_start()
-            raise
-        self.api = aria2p.API(self._client)
+        # Until aria2c runs, only the private directory is there to clean up.
+        self._finalizer: weakref.finalize[Any, Any] | None = weakref.finalize(
+            self, shutil.rmtree, self._tmpdir, ignore_errors=True
+        )
+        self._starter: threading.Thread | None = None
+        self._start_error: BaseException | None = None
+        self._closed = False
+        self.connections: dict[str, int] = {}
+        """The most connections the engine chose for each mirror at once (over its runs)."""
 
     def prepare(self) -> None:
-        """aria2c is started by the constructor; nothing more to do here."""
+        """Start aria2c in a background thread (it takes tens of milliseconds: its process
+        start and the first RPC answer), so that it is ready when the plan is. ``run`` waits
+        for it; calling this again does nothing."""
+        with self._lock:
+            if self._starter is not None or self._closed:
+                return
+            self._starter = threading.Thread(
+                target=self._start_in_background, name="modelget-aria2-start", daemon=True
+            )
+            self._starter.start()
+
+    def _start_in_background(self) -> None:
+        try:
+            self._start(self._exe)
+        except BaseException as exc:  # handed to the thread that waits (run, _ready)
+            self._start_error = exc
+
+    def _ready(self) -> None:
+        """Start aria2c if nobody did, wait until it answers; raise what its start raised."""
+        self.prepare()
+        starter = self._starter
+        if starter is None:
+            raise EngineUnavailableError("the aria2 engine is closed")
+        starter.join()
+        if self._start_error is not None:
+            raise self._start_error
+        if self._client is None:
+            raise EngineUnavailableError("the aria2 engine is closed")
+
+    @property
+    def api(self) -> aria2p.API:
+        """aria2p's API on the running aria2c (started if need be)."""
+        self._ready()
+        return aria2p.API(self._client)
 
     # --- process ------------------------------------------------------------------------------
-
-    def _cleanup_failed_start(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer()
-        else:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
 
     def _command(self, exe: str, port: int) -> list[str]:
         o = self.options
@@ -345,7 +412,10 @@ class Aria2Engine:
             # download is paused with cached blocks and resumed with another URI, which the
             # mirror watchdog does; measured no loss of throughput on a 1 GiB local transfer.
             "--disk-cache=0",
-            f"--max-concurrent-downloads={max(1, o.max_concurrent_files)}",
+            # Every small file goes to aria2c at once; this many transfer together (a
+            # connection each), and big files are added first in the queue as the
+            # connection budget allows (see _Run._schedule).
+            f"--max-concurrent-downloads={max(o.max_connections, o.max_concurrent_files) + 16}",
             f"--check-certificate={'true' if o.verify_tls else 'false'}",
             "--http-accept-gzip=false",
             "--console-log-level=warn",
@@ -402,7 +472,7 @@ class Aria2Engine:
                     return
                 except _RPC_ERRORS as exc:
                     last_error = f"aria2c RPC not ready: {type(exc).__name__}"
-                time.sleep(0.05)
+                time.sleep(0.01)  # aria2c answers within ~20 ms of its start
             else:
                 break
         raise EngineUnavailableError(
@@ -419,16 +489,27 @@ class Aria2Engine:
 
     @property
     def pid(self) -> int | None:
-        """aria2c's process id (None before start)."""
+        """aria2c's process id (None when it was never started); waits for a start under way."""
+        starter = self._starter
+        if starter is not None:
+            starter.join()
         return self._proc.pid if self._proc is not None else None
 
     @property
     def rpc_port(self) -> int:
+        self._ready()
         assert self._client is not None
         port: int = self._client.port
         return port
 
     def close(self) -> None:
+        """Stop aria2c (whether or not it started, or is starting) and remove the private
+        directory. Idempotent."""
+        with self._lock:
+            self._closed = True
+            starter = self._starter
+        if starter is not None:
+            starter.join()
         with self._lock:
             if self._finalizer is not None:
                 self._finalizer()
@@ -450,6 +531,7 @@ class Aria2Engine:
         on_complete: OnComplete | None = None,
     ) -> list[FetchResult]:
         with self._run_lock:
+            self._ready()
             if self._proc is not None and self._proc.poll() is not None:
                 self._restart(reporter, "before a run", len(jobs))
             results = _Run(self, jobs, reporter, cancel, on_complete).go()
@@ -483,12 +565,12 @@ class Aria2Engine:
         finally:
             if old is not None and old is not self._client:
                 old.close()
-        self.api = aria2p.API(self._client)
         return True
 
 
 class _Run:
-    """One ``run()``: a queue of jobs fed to aria2c as slots free up, polled until done."""
+    """One ``run()``: every job handed to the one aria2c (small files at once, big files as the
+    per-mirror connection budget allows), polled in one RPC round trip per look until done."""
 
     def __init__(
         self,
@@ -516,68 +598,113 @@ class _Run:
             trust_env=True,
         )
         self.pool = ThreadPoolExecutor(RESOLVE_WORKERS, thread_name_prefix="modelget-aria2-resolve")
-        concurrent = max(1, min(o.max_concurrent_files, len(self.jobs) or 1))
-        # Up to twice as many jobs as aria2 runs at once are resolved and handed over, so the
-        # next small file is already queued in aria2 when one finishes (aria2's own
-        # max-concurrent-downloads still caps what transfers at once); not all of them, so a
-        # signed URL is not left waiting in a queue for long.
-        slots = max(1, min(2 * o.max_concurrent_files, len(self.jobs) or 1))
         # Jobs wait here for their sources' resolutions (which run on ``pool``).
-        self.jobs_pool = ThreadPoolExecutor(slots, thread_name_prefix="modelget-aria2-job")
-        self.slots = slots
+        self.jobs_pool = ThreadPoolExecutor(
+            RESOLVE_WORKERS, thread_name_prefix="modelget-aria2-job"
+        )
+        self.hash_pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="modelget-aria2-hash")
+        self.finishing: list[Future[None]] = []
         self.wake = threading.Event()
-        # Connections are shared by the files that are big enough to split: one big file among
-        # small ones gets them all.
-        large = sum(1 for j in self.jobs if j.size > 2 * o.min_split_bytes)
-        self.split = max(1, o.max_connections // max(1, min(concurrent, large)))
+        self.budget = _Budget(o, reporter, engine.connections)
+        self.forget: list[str] = []
+        """gids of stopped downloads whose results are to be removed from aria2c."""
 
     # --- lifecycle ---
 
     def go(self) -> list[FetchResult]:
+        listener = _Notifications(self.client.port, self.wake)
         try:
             self._loop()
         finally:
+            listener.stop()
             # Resolutions still in flight (after a cancel) end on their own: don't wait.
             self.jobs_pool.shutdown(wait=False, cancel_futures=True)
             self.pool.shutdown(wait=False, cancel_futures=True)
+            for fut in self.finishing:
+                with contextlib.suppress(Exception):
+                    fut.result()
+            self.hash_pool.shutdown(wait=True)
             self.http.close()
         return self.results
 
+    def _order(self) -> list[int]:
+        """Small files first (each is one quick request, and they go out together), then the
+        big ones, largest first (the last file to finish is then a small one, whose hash left
+        at the end is short)."""
+        small = [i for i, j in enumerate(self.jobs) if j.size <= SMALL_FILE]
+        big = [i for i, j in enumerate(self.jobs) if j.size > SMALL_FILE]
+        small.sort(key=lambda i: self.jobs[i].size)
+        big.sort(key=lambda i: -self.jobs[i].size)
+        return small + big
+
     def _loop(self) -> None:
-        queue = list(range(len(self.jobs)))
-        queue.reverse()
         active: dict[int, _Active] = {}
+        for i in self._order():
+            state = self._begin(i)
+            if state is not None:
+                active[i] = state
         while True:
             if self.proc.poll() is not None:
-                self._engine_died(active, queue)
+                self._engine_died(active, [])
                 return
             if self.cancel.is_set():
-                self._cancel(active, queue)
+                self._cancel(active, [])
                 return
-            while queue and len(active) < self.slots:
-                i = queue.pop()
-                state = self._begin(i)
-                if state is not None:
-                    active[i] = state
-            if not active and not queue:
-                return
-            for i, state in list(active.items()):
+            for state in active.values():
+                self._resolved(state)
+            added = [s for s in active.values() if s.gid is not None and not s.done]
+            try:
+                statuses, servers = self._poll(added)
+            except _RPC_ERRORS as exc:
+                if self.proc.poll() is not None:
+                    continue
+                for state in added:
+                    self._fail(state, f"aria2c RPC error: {type(exc).__name__}: {exc}")
+                statuses, servers = {}, {}
+            for state in added:
+                assert state.gid is not None
                 try:
-                    self._step(state)
+                    self._step(state, statuses.get(state.gid), servers.get(state.gid))
                 except _RPC_ERRORS as exc:
                     if self.proc.poll() is not None:
                         break
                     self._fail(state, f"aria2c RPC error: {type(exc).__name__}: {exc}")
+            self._flush_forget()
+            for i, state in list(active.items()):
                 if state.done:
                     del active[i]
-            small = any(
-                s.gid is not None and s.job.size <= 2 * self.options.min_split_bytes
-                for s in active.values()
-            )
-            # Woken early when a job's sources are resolved (so it is added at once) or a job
-            # ends (so the next one starts at once).
-            if self.wake.wait(SMALL_POLL_INTERVAL_S if small else POLL_INTERVAL_S):
+            try:
+                self._schedule([s for s in active.values() if not s.done])
+            except _RPC_ERRORS as exc:
+                if self.proc.poll() is None:
+                    for state in active.values():
+                        if state.gid is None and state.pending is not None:
+                            self._fail(state, f"aria2c RPC error: {type(exc).__name__}: {exc}")
+            for i, state in list(active.items()):
+                if state.done:
+                    del active[i]
+            if not active:
+                return
+            # Woken early when a job's sources are resolved (so it is added at once).
+            if self.wake.wait(self._interval(active.values(), statuses)):
                 self.wake.clear()
+
+    def _interval(
+        self, states: Iterable[_Active], statuses: Mapping[str, Mapping[str, Any]]
+    ) -> float:
+        """How long until the next look. aria2c's notifications wake the loop at once when a
+        download stops (so a small file's end costs no poll interval); short looks only near
+        a download's end, to hash its last finished pieces before aria2 says it is complete."""
+        wait = POLL_INTERVAL_S
+        for state in states:
+            st = statuses.get(state.gid or "")
+            if st is None:
+                continue
+            speed = int(st.get("downloadSpeed", 0) or 0)
+            left = state.job.size - int(st.get("completedLength", 0) or 0)
+            if speed > 0 and left < speed * 2 * POLL_INTERVAL_S:
+                wait = min(wait, max(MIN_POLL_INTERVAL_S, 0.5 * left / speed))
+        return wait
 
     # --- starting a job ---
 
@@ -622,7 +749,7 @@ class _Run:
 
     def _resolve_all(self, state: _Active) -> tuple[list[_Source], list[list[_Source]]]:
         """Resolve every source (concurrently) and split them into the download's URIs and
-        held-back groups (token-needing URIs that cannot share a download with the others).
+        held-back groups (token-needing URIs, which aria2c never gets: see the module doc).
 
         When no source resolves and some were refused with a status worth retrying (429, 5xx),
         those are asked again after their ``Retry-After`` (or a backoff), up to ``max_tries``
@@ -678,6 +805,37 @@ class _Run:
         state.failed_mirrors.add(mirror)
         self.reporter.on_mirror_failed(state.job.path, mirror, reason)
 
+    def _resolved(self, state: _Active) -> bool:
+        """Take a finished resolution: True when the job's sources are ready to be added."""
+        if state.resolving is None or not state.resolving.done():
+            return False
+        fut, state.resolving = state.resolving, None
+        try:
+            sources, held = fut.result()
+        except Exception as exc:
+            self._fail(state, f"could not resolve its sources: {type(exc).__name__}: {exc}")
+            return False
+        state.held_back = held
+        if not sources and held:
+            self._hand_back(state)
+            return False
+        if not sources:
+            self._fail(state, _no_mirror_left(state.result.attempts))
+            return False
+        state.pending = sources
+        return True
+
+    def _hand_back(self, state: _Active) -> None:
+        """The job's bytes are served only where its token must go with every request: aria2c
+        never gets a token (it would send it on across any redirect), so the job goes back to
+        the caller to be fetched by an engine that sends it to its own origin only."""
+        result = state.result
+        result.ok = False
+        result.needs_headers = True
+        result.error = "its mirrors serve it only with their token, which aria2c never gets"
+        result.seconds = time.perf_counter() - state.started
+        state.done = True
+
     def _prepare_dest(self, job: FetchJob) -> int:
         """Make ``dest`` safe to hand to aria2c; return the bytes it will resume from."""
         control = Path(f"{job.dest}{CONTROL_SUFFIX}")
@@ -702,33 +860,119 @@ class _Run:
         _unlink(Path(f"{job.dest}.ranges"))  # the httpx engine's sidecar describes dest too
         return 0
 
-    def _add(self, state: _Active, sources: list[_Source]) -> None:
-        if any(s.header for s in sources):
-            self._delegate(state, sources)
+    # --- the connection budget and adding downloads ---
+
+    def _schedule(self, states: Sequence[_Active]) -> None:
+        """Grow the connection targets while they pay, give the big downloads their share of
+        each mirror's target (more to a running one when one ends), and add what is ready:
+        every small file at once, big files while their mirrors have connections to spare."""
+        now = time.monotonic()
+        big = [s for s in states if s.gid is not None and s.job.size > SMALL_FILE]
+        waiting = [s for s in states if s.gid is None and s.pending is not None]
+        self.budget.tick(now, self.results, big, waiting)
+        free = dict(self.budget.targets())
+        grow: list[tuple[_Active, int]] = []
+        for s in big:
+            mirrors = s.mirrors()
+            avail = min((free.get(m, 0) for m in mirrors), default=0)
+            left = s.job.size - s.last_completed
+            want = max(1, min(PER_HOST_MAX, avail))
+            per = s.per_server
+            if want >= per + max(GROW_STEP, per // 2) and left >= want * GROW_BYTES_PER_CONNECTION:
+                grow.append((s, want))
+                per = want
+            used = min(per, _need(left))
+            for m in mirrors:
+                free[m] = free.get(m, 0) - used
+        if grow:
+            self._grow(grow)
+        adds: list[tuple[_Active, int]] = []
+        for s in waiting:
+            if s.job.size <= SMALL_FILE:
+                adds.append((s, 1))
+                continue
+            mirrors = {x.src.mirror for x in s.pending or []}
+            for m in mirrors:
+                free.setdefault(m, self.budget.target(m, s))
+            avail = min(free[m] for m in mirrors)
+            busy = any(m in s2.mirrors() for s2 in big for m in mirrors)
+            if busy and avail < min(GROW_STEP, *(self.budget.target(m, s) for m in mirrors)):
+                continue
+            per = max(1, min(PER_HOST_MAX, avail))
+            adds.append((s, per))
+            for m in mirrors:
+                free[m] -= min(per, _need(s.job.size))
+        if adds:
+            self._add_many(adds)
+        self.budget.report(states)
+
+    def _grow(self, grow: Sequence[tuple[_Active, int]]) -> None:
+        """More connections for running downloads (``aria2.changeOption``: aria2 restarts the
+        download inside, keeping every finished piece; measured ~0.1 s of lost transfer)."""
+        calls = []
+        for s, per in grow:
+            calls.append(("aria2.changeOption", [s.gid, self._split_options(s, per)]))
+        answers = _multicall(self.client, calls)
+        for (s, per), answer in zip(grow, answers, strict=True):
+            if not isinstance(answer, Exception):
+                s.per_server = per
+
+    def _split_options(self, state: _Active, per_server: int) -> dict[str, str]:
+        hosts = {urlsplit(x.resolved.url).hostname for x in state.sources} or {None}
+        return {
+            "split": str(max(1, per_server * len(hosts))),
+            "max-connection-per-server": str(per_server),
+        }
+
+    def _add_many(self, adds: Sequence[tuple[_Active, int]]) -> None:
+        """Add downloads to aria2c, in one RPC round trip."""
+        calls: list[tuple[str, list[Any]]] = []
+        added: list[_Active] = []
+        for state, per in adds:
+            sources, state.pending = state.pending or [], None
+            call = self._add_call(state, sources, per)
+            if call is not None:
+                calls.append(call)
+                added.append(state)
+        if not calls:
             return
+        answers = _multicall(self.client, calls)
+        for state, answer in zip(added, answers, strict=True):
+            if isinstance(answer, Exception):
+                self._fail(state, f"aria2c refused the download: {answer}")
+                continue
+            state.gid = str(answer)
+
+    def _add_call(
+        self, state: _Active, sources: list[_Source], per_server: int
+    ) -> tuple[str, list[Any]] | None:
+        """The ``aria2.addUri`` call for a job (None: its bytes are all on disk already)."""
         job = state.job
         have = self._prepare_dest(job)
         if have and state.readds == 0:
             state.result.resumed_bytes = have
             self.reporter.on_file_resumed(job.path, have)
+        if state.hashing is not None:
+            state.hashing.doubt()
+        # Hashing as the bytes arrive only for a download that starts from nothing: bytes
+        # resumed from an earlier run are hashed from the finished file instead.
+        state.hashing = _Hashing.for_job(job) if have == 0 else None
         if have == job.size and job.size > 0:
             state.result.ok = True  # every byte is there already: on to verification
             self._completed(state)
-            return
+            return None
         state.baseline = state.last_completed = state.watched = have
         state.progress_at = time.monotonic()
         state.sources = sources
+        state.per_server = per_server
         state.uri_mirror = {s.resolved.url: s.src.mirror for s in sources}
         uris = [s.resolved.url for s in sources]
         o = self.options
-        per_server = min(16, max(1, max(s.src.max_connections or 16 for s in sources)))
-        split = max(1, min(self.split, sum(min(16, s.src.max_connections or 16) for s in sources)))
         opts: dict[str, Any] = {
             "dir": str(job.dest.parent),
             "out": job.dest.name,
-            "split": str(split),
-            "max-connection-per-server": str(per_server),
-            "min-split-size": str(max(1024 * 1024, min(1024**3, o.min_split_bytes))),
+            **self._split_options(state, per_server),
+            "min-split-size": str(MIN_SPLIT),
             "continue": "true",
             "always-resume": "true",
             "allow-overwrite": "false",
@@ -747,122 +991,57 @@ class _Run:
             "max-file-not-found": str(max(1, len(uris))),
             "http-accept-gzip": "false",
         }
-        headers = [s for s in sources if s.header]
-        if headers:
-            opts["header"] = [f"{k}: {v}" for k, v in headers[0].src.headers.items()]
-        gid = self.client.add_uri(uris, options=opts)
-        state.gid = str(gid)
-
-    def _delegate(self, state: _Active, sources: list[_Source]) -> None:
-        """Fetch with the httpx engine: these sources need their token, which aria2c would
-        also send to any host the server redirects it to."""
-        job = state.job
-        _unlink(Path(f"{job.dest}{CONTROL_SUFFIX}"))  # httpx resumes from its own sidecar
-        state.sources = sources
-        state.uri_mirror = {}
-        sub = FetchJob(
-            job.key, job.path, job.size, job.dest, tuple(s.src for s in sources), job.sha256
-        )
-        state.delegated = self.jobs_pool.submit(self._fetch_with_httpx, sub)
-
-    def _fetch_with_httpx(self, job: FetchJob) -> FetchResult:
-        from modelget.engines.httpx_engine import HttpxEngine
-
-        engine = HttpxEngine(self.options)
-        try:
-            [result] = engine.run([job], reporter=self.reporter, cancel=self.cancel)
-        finally:
-            engine.close()
-        return result
-
-    def _delegated_done(self, state: _Active, fut: Future[FetchResult]) -> None:
-        try:
-            sub = fut.result()
-        except Exception as exc:  # a bug or an unexpected library error
-            sub = FetchResult(
-                state.job.key, state.job.path, False, error=f"{type(exc).__name__}: {exc}"
-            )
-        result = state.result
-        for mirror, n in sub.bytes_by_mirror.items():
-            result.bytes_by_mirror[mirror] = result.bytes_by_mirror.get(mirror, 0) + n
-        result.attempts.extend(sub.attempts)
-        if sub.resumed_bytes and not result.resumed_bytes:
-            result.resumed_bytes = sub.resumed_bytes
-        if sub.ok:
-            result.ok = True
-            self._completed(state)
-            return
-        for s in state.sources:
-            state.failed_mirrors.add(s.src.mirror)
-        if state.held_back and not sub.cancelled:
-            self._add(state, state.held_back.pop(0))
-            return
-        self._fail(state, sub.error or "the download failed")
+        # A big download goes before the small ones still waiting in aria2's queue.
+        params: list[Any] = [uris, opts] + ([0] if job.size > SMALL_FILE else [])
+        return ("aria2.addUri", params)
 
     # --- polling ---
 
-    def _step(self, state: _Active) -> None:
-        if state.delegated is not None:
-            if not state.delegated.done():
-                return
-            delegated, state.delegated = state.delegated, None
-            self._delegated_done(state, delegated)
-            return
-        if state.resolving is not None:
-            if not state.resolving.done():
-                return
-            fut, state.resolving = state.resolving, None
-            try:
-                sources, held = fut.result()
-            except Exception as exc:
-                self._fail(state, f"could not resolve its sources: {type(exc).__name__}: {exc}")
-                return
-            state.held_back = held
-            if not sources and held:
-                sources = held.pop(0)
-            if not sources:
-                self._fail(state, _no_mirror_left(state.result.attempts))
-                return
-            self._add(state, sources)
-            return
-        if state.gid is None:
-            return
-        status = self.client.tell_status(
-            state.gid,
-            ["status", "completedLength", "totalLength", "errorCode", "errorMessage", "files"],
+    def _poll(
+        self, added: Sequence[_Active]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, tuple[int, float]]]]:
+        """Every download's status in one round trip (``tellActive`` + ``tellStopped``; one
+        that is in neither is waiting in aria2's queue), then the servers of the running
+        downloads that have more than one mirror (a second round trip, only then)."""
+        if not added:
+            return {}, {}
+        active, stopped = _multicall(
+            self.client,
+            [("aria2.tellActive", [_KEYS]), ("aria2.tellStopped", [0, 1 << 20, _KEYS])],
         )
-        completed = int(status.get("completedLength", 0) or 0)
-        st = status.get("status")
-        if st != "active":
-            # Waiting in aria2's queue is not stalling: the watchdog's clock starts when the
-            # download does.
-            state.progress_at = time.monotonic()
-        servers = self._servers(state) if st == "active" else None
-        self._account(state, completed, servers)
-        if st == "complete":
-            self._account(state, state.job.size)
-            self._forget(state)
-            state.result.ok = True
-            self._completed(state)
-            return
-        if st in ("error", "removed"):
-            code = str(status.get("errorCode", "") or "")
-            message = _QUERY.sub("?...", str(status.get("errorMessage", "") or "download failed"))
-            self._forget(state)
-            self._errored(state, code, message)
-            return
-        if servers is not None:
-            self._watch(state, servers, status, completed)
+        statuses: dict[str, dict[str, Any]] = {}
+        for group in (active, stopped):
+            if isinstance(group, Exception):
+                raise aria2p.ClientException(1, str(group))
+            for st in group:
+                statuses[str(st.get("gid"))] = st
+        servers: dict[str, dict[str, tuple[int, float]]] = {}
+        multi = [
+            s
+            for s in added
+            if s.gid in statuses
+            and statuses[s.gid].get("status") == "active"
+            and len(s.sources) > 1
+        ]
+        if multi:
+            answers = _multicall(self.client, [("aria2.getServers", [s.gid]) for s in multi])
+            for s, answer in zip(multi, answers, strict=True):
+                assert s.gid is not None
+                servers[s.gid] = {} if isinstance(answer, Exception) else self._by_mirror(s, answer)
+        for s in added:
+            st = statuses.get(s.gid or "")
+            if st is not None and st.get("status") == "active" and len(s.sources) == 1:
+                servers[str(s.gid)] = {
+                    s.sources[0].src.mirror: (
+                        int(st.get("connections", 0) or 0),
+                        float(st.get("downloadSpeed", 0) or 0),
+                    )
+                }
+        return statuses, servers
 
-    def _servers(self, state: _Active) -> dict[str, tuple[int, float]]:
+    def _by_mirror(self, state: _Active, entries: Any) -> dict[str, tuple[int, float]]:
         """Per mirror of the download: (connections open, their download speed in B/s)."""
         out: dict[str, tuple[int, float]] = {}
-        if state.gid is None:
-            return out
-        try:
-            entries: Any = self.client.get_servers(state.gid)
-        except _RPC_ERRORS:
-            return out
         for entry in entries or []:
             for server in entry.get("servers", []):
                 mirror = state.uri_mirror.get(str(server.get("uri", "")))
@@ -871,6 +1050,79 @@ class _Run:
                 n, speed = out.get(mirror, (0, 0.0))
                 out[mirror] = (n + 1, speed + float(server.get("downloadSpeed", 0) or 0))
         return out
+
+    def _flush_forget(self) -> None:
+        if self.forget:
+            gids, self.forget = self.forget, []
+            with contextlib.suppress(*_RPC_ERRORS):
+                _multicall(self.client, [("aria2.removeDownloadResult", [g]) for g in gids])
+
+    def _step(
+        self,
+        state: _Active,
+        status: Mapping[str, Any] | None,
+        servers: Mapping[str, tuple[int, float]] | None,
+    ) -> None:
+        if state.gid is None:
+            return
+        if status is None:  # waiting in aria2's queue (or paused)
+            state.progress_at = time.monotonic()
+            return
+        completed = int(status.get("completedLength", 0) or 0)
+        st = status.get("status")
+        if st != "active":
+            # Waiting in aria2's queue is not stalling: the watchdog's clock starts when the
+            # download does.
+            state.progress_at = time.monotonic()
+        state.connections = int(status.get("connections", 0) or 0)
+        self._account(state, completed, servers)
+        if st == "complete":
+            self._account(state, state.job.size)
+            self._forget(state)
+            self._finish(state)
+            return
+        if st in ("error", "removed"):
+            code = str(status.get("errorCode", "") or "")
+            message = _QUERY.sub("?...", str(status.get("errorMessage", "") or "download failed"))
+            self._forget(state)
+            self._errored(state, code, message)
+            return
+        self._follow(state, status)
+        if servers is not None and st == "active":
+            self._watch(state, servers, completed)
+
+    # --- hashing as the bytes arrive ---
+
+    def _follow(self, state: _Active, status: Mapping[str, Any]) -> None:
+        """Hash the download's contiguous run of finished pieces in the background."""
+        h = state.hashing
+        if h is None or not h.valid:
+            return
+        pieces = _leading_pieces(str(status.get("bitfield", "") or ""))
+        if pieces < h.pieces:
+            h.doubt()  # a finished piece is unfinished again: aria2 may write it anew
+            return
+        h.pieces = pieces
+        upto = min(state.job.size, pieces * int(status.get("pieceLength", 0) or 0))
+        if upto > h.hasher.pos and (h.future is None or h.future.done()):
+            h.future = self.hash_pool.submit(h.advance, state.job.dest, upto)
+
+    def _finish(self, state: _Active) -> None:
+        """aria2 has every byte: hash what is left (in the background) and hand it over."""
+        state.result.ok = True
+        h = state.hashing
+        if h is None or not h.valid:
+            self._completed(state)
+            return
+        state.done = True  # the loop lets go of it; the hash pool finishes it
+        self.finishing.append(self.hash_pool.submit(self._hash_rest, state, h))
+
+    def _hash_rest(self, state: _Active, h: _Hashing) -> None:
+        try:
+            h.advance(state.job.dest, state.job.size)
+            state.result.digests = h.digests()
+        finally:
+            self._completed(state)
 
     def _account(
         self, state: _Active, completed: int, servers: Mapping[str, tuple[int, float]] | None = None
@@ -909,7 +1161,6 @@ class _Run:
         self,
         state: _Active,
         servers: Mapping[str, tuple[int, float]],
-        status: Mapping[str, Any],
         completed: int,
     ) -> None:
         """modelget's own watchdog over the mirrors of one download, beside aria2's.
@@ -945,7 +1196,7 @@ class _Run:
                 s.slow_since = None
         if completed > state.watched:
             state.watched, state.progress_at = completed, now
-        self._swap_resolved(state, status)
+        self._swap_resolved(state)
         if len(state.sources) < 2:
             return
         # aria2 averages a connection's speed over many seconds, so one that stalls after a
@@ -956,9 +1207,7 @@ class _Run:
         connected = [s for s in state.sources if servers.get(s.src.mirror, (0, 0.0))[0]]
         if stalled >= opts.stall_timeout_s and connected and len(connected) < len(state.sources):
             for s in connected:
-                self._remove_uris(
-                    state, s, f"stalled: no bytes for {stalled:.0f} s", status, pause=True
-                )
+                self._remove_uris(state, s, f"stalled: no bytes for {stalled:.0f} s", pause=True)
             state.progress_at = now
             return
         if limit <= 0:
@@ -977,7 +1226,6 @@ class _Run:
                     s,
                     f"too slow: {speed / 1024:.0f} KiB/s for {seconds:.0f} s "
                     f"(below {limit / 1024:.0f} KiB/s)",
-                    status,
                     pause=True,
                 )
             return
@@ -992,7 +1240,7 @@ class _Run:
                 s.idle_since = now
                 state.rerolve[s.src.mirror] = self.pool.submit(self._recheck, s)
 
-    def _swap_resolved(self, state: _Active, status: Mapping[str, Any]) -> None:
+    def _swap_resolved(self, state: _Active) -> None:
         """Put the fresh URLs of sources resolved again into the download."""
         for s in list(state.sources):
             pending = state.rerolve.get(s.src.mirror)
@@ -1002,14 +1250,11 @@ class _Run:
             try:
                 fresh = pending.result()
             except Exception as exc:
-                self._remove_uris(state, s, f"its URL stopped working: {exc}", status)
+                self._remove_uris(state, s, f"its URL stopped working: {exc}")
                 continue
             if fresh is None:  # idle by aria2's choice: its URL still works
                 continue
             if fresh.url == s.resolved.url or fresh.url in state.uri_mirror or state.gid is None:
-                continue
-            if s.header and not fresh.same_origin:
-                self._remove_uris(state, s, "its URL now redirects to another host", status)
                 continue
             s.rerolves += 1
             self._replace_uri(state, s, fresh)
@@ -1022,6 +1267,8 @@ class _Run:
             return
         old = s.resolved.url
         try:
+            if state.hashing is not None:
+                state.hashing.doubt()  # a pause and resume: see _Hashing
             if not self._pause(gid):
                 return
             count = _uri_count(self.client.tell_status(gid, ["files"]), old)
@@ -1059,7 +1306,6 @@ class _Run:
         state: _Active,
         s: _Source,
         reason: str,
-        status: Mapping[str, Any],
         *,
         pause: bool = False,
     ) -> None:
@@ -1070,12 +1316,13 @@ class _Run:
         if gid is None:
             return
         uri = s.resolved.url
-        count = _uri_count(status, uri)
         try:
             if pause:
+                if state.hashing is not None:
+                    state.hashing.doubt()  # a pause and resume: see _Hashing
                 if not self._pause(gid):
                     return  # it completed or failed meanwhile: the next poll sees it
-                count = _uri_count(self.client.tell_status(gid, ["files"]), uri)
+            count = _uri_count(self.client.tell_status(gid, ["files"]), uri)
             if count:
                 self.client.change_uri(gid, 1, [uri] * count, [])
         except _RPC_ERRORS:
@@ -1092,8 +1339,7 @@ class _Run:
 
     def _forget(self, state: _Active) -> None:
         if state.gid is not None:
-            with contextlib.suppress(*_RPC_ERRORS):
-                self.client.remove_download_result(state.gid)
+            self.forget.append(state.gid)  # removed in one round trip, after this look
         state.gid = None
 
     def _errored(self, state: _Active, code: str, message: str) -> None:
@@ -1115,7 +1361,7 @@ class _Run:
             return
         state.readds += 1
         if state.held_back:
-            self._add(state, state.held_back.pop(0))
+            self._hand_back(state)  # its token-needing sources are left: another engine's
             return
         # Fresh URLs (a signed one may have expired), resuming from the control file.
         state.failed_mirrors.clear()
@@ -1157,17 +1403,11 @@ class _Run:
     # --- endings ---
 
     def _cancel(self, active: dict[int, _Active], queue: list[int]) -> None:
+        gids = [s.gid for s in active.values() if s.gid is not None]
+        if gids:
+            with contextlib.suppress(*_RPC_ERRORS):
+                _multicall(self.client, [("aria2.forceRemove", [g]) for g in gids])
         for state in active.values():
-            if state.gid is not None:
-                with contextlib.suppress(*_RPC_ERRORS):
-                    self.client.force_remove(state.gid)
-        for state in active.values():
-            if state.delegated is not None:
-                # The httpx engine sees the same cancel event and stops soon; wait, so it is
-                # not still writing when the caller looks at the file.
-                with contextlib.suppress(Exception):
-                    state.delegated.result()
-                state.delegated = None
             self._wait_stopped(state)
             self._forget(state)
             state.result.cancelled = True
@@ -1177,6 +1417,7 @@ class _Run:
         for i in queue:
             self.results[i].cancelled = True
             self.results[i].error = "cancelled"
+        self._flush_forget()
 
     def _engine_died(self, active: dict[int, _Active], queue: list[int]) -> None:
         error = f"{_DIED} (code {self.proc.returncode})"
@@ -1186,34 +1427,229 @@ class _Run:
             result.error = error
 
 
+class _Notifications:
+    """aria2c's JSON-RPC notifications over WebSocket (``aria2.onDownloadComplete`` and the
+    like), each of which sets ``wake``. They carry only a download's gid; connecting needs no
+    secret. Without them (a refused connection) the loop polls as before."""
+
+    def __init__(self, port: int, wake: threading.Event) -> None:
+        self.wake = wake
+        self.ws: websocket.WebSocket | None = None
+        try:
+            self.ws = websocket.create_connection(
+                f"ws://127.0.0.1:{port}/jsonrpc",
+                timeout=RPC_TIMEOUT_S,
+                http_no_proxy=["127.0.0.1"],
+                enable_multithread=True,
+            )
+        except (OSError, websocket.WebSocketException):
+            return
+        self.ws.settimeout(None)
+        threading.Thread(target=self._listen, name="modelget-aria2-events", daemon=True).start()
+
+    def _listen(self) -> None:
+        ws = self.ws
+        while ws is not None:
+            try:
+                message = ws.recv()
+            except (OSError, websocket.WebSocketException):
+                return
+            if not message:
+                return
+            self.wake.set()
+
+    def stop(self) -> None:
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            with contextlib.suppress(OSError, websocket.WebSocketException):
+                ws.shutdown()  # type: ignore[no-untyped-call]
+
+
+def _need(left: int) -> int:
+    """Connections a download with ``left`` bytes to go can still use (aria2 cuts no segment
+    below ``min-split-size``)."""
+    return max(1, -(-left // MIN_SPLIT))
+
+
+def _leading_pieces(bitfield: str) -> int:
+    """How many pieces from the first one on are finished, from ``tellStatus``'s ``bitfield``
+    (hex, the first piece in the high bit of the first digit)."""
+    n = 0
+    for ch in bitfield:
+        if ch in "fF":
+            n += 4
+            continue
+        v = int(ch, 16)
+        for bit in (8, 4, 2, 1):
+            if not v & bit:
+                return n
+            n += 1
+        return n
+    return n
+
+
+def _multicall(client: _Client, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+    """``system.multicall``: one round trip for many calls. Each answer is the call's result,
+    or an ``aria2p.ClientException`` for a call aria2c refused."""
+    answers: Any = client.multicall2(list(calls))
+    out: list[Any] = []
+    for answer in answers:
+        if isinstance(answer, list) and answer:
+            out.append(answer[0])
+        elif isinstance(answer, dict):
+            out.append(
+                aria2p.ClientException(
+                    int(answer.get("code", 1) or 1), str(answer.get("message", ""))
+                )
+            )
+        else:
+            out.append(answer)
+    return out
+
+
+class _Hashing:
+    """One download's digests, computed from its finished pieces as they arrive.
+
+    Only pieces aria2 marks finished in its bitfield are read (from the file, with ``pread``:
+    from the page cache), and only the contiguous run from the start (sha256 is computed in
+    order). aria2 never writes a finished piece again within a download's life (``continue``
+    and ``always-resume`` are on, ``allow-overwrite`` is off: it aborts rather than start
+    over; a ``changeOption`` restart reloads the bitfield). When that cannot be taken for
+    granted (a piece turned unfinished, the download paused for a URI swap, re-added after an
+    error, resumed from an earlier run) the hash is given up: :meth:`doubt`, and the executor
+    hashes the finished file instead."""
+
+    def __init__(self, hasher: PrefixHasher) -> None:
+        self.hasher = hasher
+        self.lock = threading.Lock()
+        self.valid = True
+        self.pieces = 0
+        self.future: Future[None] | None = None
+
+    @classmethod
+    def for_job(cls, job: FetchJob) -> _Hashing | None:
+        if not job.sha256 and not job.git_sha1:
+            return None
+        return cls(
+            PrefixHasher(
+                job.size, sha256=bool(job.sha256), git_sha1=not job.sha256 and bool(job.git_sha1)
+            )
+        )
+
+    def doubt(self) -> None:
+        self.valid = False
+
+    def advance(self, path: Path, upto: int) -> None:
+        with self.lock:
+            if not self.valid:
+                return
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    self.hasher.advance(fd, upto)
+                finally:
+                    os.close(fd)
+            except OSError:
+                self.valid = False
+
+    def digests(self) -> Digests | None:
+        with self.lock:
+            if not self.valid or not self.hasher.done:
+                return None
+            return self.hasher.digests()
+
+
+class _Budget:
+    """The pull-wide connection targets, one per mirror (``scheduler.Adaptive``: grown while
+    the mirror's rate still rises, up to ``max_connections``), and what was chosen."""
+
+    def __init__(self, options: EngineOptions, reporter: Reporter, peaks: dict[str, int]) -> None:
+        self.ceiling = max(1, options.max_connections)
+        self.reporter = reporter
+        self.adapt: dict[str, Adaptive] = {}
+        self.peaks = peaks
+        self.reported: dict[str, int] = {}
+
+    def _adaptive(self, mirror: str, cap: int | None) -> Adaptive:
+        a = self.adapt.get(mirror)
+        if a is None:
+            ceiling = max(1, min(self.ceiling, cap) if cap else self.ceiling)
+            a = Adaptive(ceiling, Policy(ceiling=ceiling, initial=min(PER_HOST_MAX, ceiling)))
+            self.adapt[mirror] = a
+        return a
+
+    def target(self, mirror: str, state: _Active) -> int:
+        caps = [
+            s.src.max_connections
+            for s in (state.pending or state.sources)
+            if s.src.mirror == mirror
+        ]
+        return self._adaptive(mirror, caps[0] if caps else None).target
+
+    def targets(self) -> dict[str, int]:
+        return {m: a.target for m, a in self.adapt.items()}
+
+    def tick(
+        self,
+        now: float,
+        results: Sequence[FetchResult],
+        big: Sequence[_Active],
+        waiting: Sequence[_Active],
+    ) -> None:
+        for s in [*big, *waiting]:
+            for x in s.pending or s.sources:
+                self._adaptive(x.src.mirror, x.src.max_connections)
+        totals: dict[str, int] = {}
+        for r in results:
+            for m, n in r.bytes_by_mirror.items():
+                totals[m] = totals.get(m, 0) + n
+        for m, a in self.adapt.items():
+            using = sum(s.per_server for s in big if m in s.mirrors())
+            more = any(m in s.mirrors() for s in waiting if s.job.size > SMALL_FILE) or any(
+                m in s.mirrors()
+                and s.job.size - s.last_completed > a.target * GROW_BYTES_PER_CONNECTION
+                for s in big
+            )
+            a.tick(now, totals.get(m, 0), busy=using >= a.target, more_work=more)
+
+    def report(self, states: Sequence[_Active]) -> None:
+        """Tell the reporter when the connections chosen per mirror change; keep the peaks."""
+        chosen: dict[str, int] = {}
+        for s in states:
+            if s.gid is None:
+                continue
+            n = (
+                min(s.per_server, _need(s.job.size - s.last_completed))
+                if s.job.size > SMALL_FILE
+                else min(1, s.connections)
+            )
+            for m in s.mirrors():
+                chosen[m] = chosen.get(m, 0) + n
+        for m, n in chosen.items():
+            if n > self.peaks.get(m, 0):
+                self.peaks[m] = n
+        now = {m: n for m, n in chosen.items() if n}
+        if now and now != self.reported:
+            self.reported = now
+            report_connections(self.reporter, now)
+
+
 def _group_sources(
     ok: Sequence[tuple[SourceURL, ResolvedURL]], state: _Active
 ) -> tuple[list[_Source], list[list[_Source]]]:
-    """The URIs of one download, and held-back groups, so that a token is never sent to a
-    host other than its own (aria2c sends ``header`` to every URI of a download)."""
+    """The URIs of the aria2 download (sources that need no header where their bytes are),
+    and the sources held back because they do (aria2c never gets a header: it would send it
+    to every URI of the download and on across redirects). With no URI for aria2, the job
+    is handed back (:meth:`_Run._hand_back`); otherwise the held-back sources are used only
+    if the download fails."""
     free = [_Source(s, r, False) for s, r in ok if not (s.headers and r.same_origin)]
     needy = [_Source(s, r, True) for s, r in ok if s.headers and r.same_origin]
-    if not needy:
-        return free, []
-    by_origin: dict[tuple[str, str, int | None], list[_Source]] = {}
-    for n in needy:
-        by_origin.setdefault(origin(n.resolved.url), []).append(n)
-    groups: list[list[_Source]] = []
-    for group in by_origin.values():
-        # Sources on one origin share one header set: keep those that agree with the first.
-        first = dict(group[0].src.headers)
-        groups.append([g for g in group if dict(g.src.headers) == first])
-    free_origins = {origin(f.resolved.url) for f in free}
-    if len(groups) == 1 and free_origins <= {origin(groups[0][0].resolved.url)}:
-        return [*groups[0], *free], []
-    for group in groups:
-        for g in group:
+    if needy and free:
+        for g in needy:
             state.result.attempts.append(
-                f"{g.src.mirror}: skipped, its token cannot be sent to the other mirrors' hosts"
+                f"{g.src.mirror}: skipped, its token cannot go to aria2c; the other mirrors serve it"
             )
-    if free:
-        return free, groups
-    return groups[0], groups[1:]
+    return free, [needy] if needy else []
 
 
 def _merge(first: FetchResult, second: FetchResult) -> FetchResult:
