@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from modelget import settings
+from modelget.engines import EngineName
 from modelget.errors import FixtureError
+from modelget.testing.hubsim import HubSimulator
 
 # huggingface_hub reads its environment once, at import time: give it a safe one before any
 # test imports it (the per-test values are patched into its constants by hermetic_env).
@@ -57,6 +59,8 @@ def hermetic_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELSCOPE_HOME", str(home / "modelscope-home"))
     monkeypatch.setenv("MODELSCOPE_DOWNLOAD_INTRA_CLOUD", "false")
     monkeypatch.setenv("MODELGET_CONFIG_DIR", str(home / "config"))
+    # The probe cache too: a test that pulls must not read (or grow) the user's one.
+    monkeypatch.setenv("MODELGET_CACHE_DIR", str(home / "modelget-cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
     from huggingface_hub import constants as hf_constants
@@ -147,3 +151,26 @@ def whisper_dir() -> Path:
     from modelget.testing import fixtures
 
     return _fixture_or_skip(fixtures.whisper_dir)
+
+
+@pytest.fixture(params=["httpx", "aria2"])
+def engine(request: pytest.FixtureRequest) -> EngineName:
+    """Each engine in turn (a module may define its own ``engine`` instead). aria2 needs
+    aria2c: a skip on a developer machine, a failure in CI."""
+    from modelget.engines import aria2c_path
+
+    name: EngineName = request.param
+    if name == "aria2" and aria2c_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
+        pytest.skip("aria2c not installed")
+    return name
+
+
+@pytest.fixture
+def sims() -> Iterator[list[HubSimulator]]:
+    """Hub simulators a test starts (append them); stopped at the end."""
+    started: list[HubSimulator] = []
+    yield started
+    for sim in started:
+        sim.stop()

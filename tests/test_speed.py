@@ -7,41 +7,17 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modelget import api
-from modelget.engines import EngineName, EngineOptions, aria2c_path
+from modelget.engines import EngineName, EngineOptions
 from modelget.testing.hubsim import HubSimulator
 
 REPO = "acme/budget"
 TOKEN = "hf_SPEEDtestTOKEN0123456789abcdef"
 MB = 1024 * 1024
-
-
-@pytest.fixture(autouse=True)
-def private_probe_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODELGET_CACHE_DIR", str(tmp_path / "_mg"))
-
-
-@pytest.fixture(params=["httpx", "aria2"])
-def engine(request: pytest.FixtureRequest) -> EngineName:
-    name: EngineName = request.param
-    if name == "aria2" and aria2c_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
-        pytest.skip("aria2c not installed")
-    return name
-
-
-@pytest.fixture
-def sims() -> Iterator[list[HubSimulator]]:
-    started: list[HubSimulator] = []
-    yield started
-    for sim in started:
-        sim.stop()
 
 
 def test_max_rate_holds_for_the_whole_pull_token_files_included(
