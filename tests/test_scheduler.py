@@ -197,10 +197,11 @@ def test_adaptive_grows_while_the_rate_rises_and_undoes_a_useless_doubling() -> 
         total += min(a.target * per_conn, 40_000_000)
         a.tick(now, total, busy=True)
         history.append(a.target)
-    # 16 → 32 MB/s: a doubling that doubled the rate, so the next step quadruples
-    assert history[:2] == [8, 32]
-    # 32 → 40 MB/s (the link): 1.25×, kept; 64 gained nothing and was undone
-    assert a.target == 32
+    # 4 MB/s per connection at the first look: a link capped per connection, so the first
+    # step quadruples (4 → 16); 16 → 40 MB/s (the link) is a leap, quadrupled again to 64,
+    # which gained nothing and was undone
+    assert history[:2] == [16, 64]
+    assert a.target == 16
     assert not a.growing
 
 
@@ -247,9 +248,9 @@ def test_scheduler_grows_the_target_of_a_busy_mirror() -> None:
     assert not s.tick(0.0)
     for r in ranges:
         s.wrote(r, 1 * MiB, 0.5)
-    assert s.tick(0.5)  # measured at 2, doubling
-    assert s.targets()["a"] == 4
-    assert len(_drain(s, 0.5)) == 2
+    assert s.tick(0.5)  # measured at 2: 2 MB/s a connection, so quadrupled (capped at 8)
+    assert s.targets()["a"] == 8
+    assert len(_drain(s, 0.5)) == 6
 
 
 def test_mirror_cap_from_the_catalogue_lowers_the_ceiling() -> None:
@@ -269,3 +270,26 @@ def test_at_most_max_files_under_way() -> None:
     s.wrote(taken[0], 8 * MiB, 1.0)
     s.release(taken[0], 1.0)
     assert [r.file for r in _drain(s, 1.0)] == ["f2"]
+
+
+def test_adaptive_first_step_doubles_when_connections_are_fast() -> None:
+    p = Policy(initial=8, ceiling=64, settle_s=0.0, window_s=1.0)
+    a = Adaptive(64, p)
+    a.tick(0.0, 0, busy=True)
+    assert a.tick(1.0, 8 * 40_000_000, busy=True)  # 40 MB/s a connection: no per-flow cap
+    assert a.target == 16
+
+
+def test_a_slow_mirror_gets_smaller_chunks_than_a_fast_one() -> None:
+    p = Policy(initial=1, ceiling=1, min_chunk=1 * MiB, max_chunk=256 * MiB, small_file=0)
+    s = Scheduler(
+        [("f", 1024 * MiB, [(0, 1024 * MiB)], ["fast", "slow"])],
+        [("fast", None), ("slow", None)],
+        p,
+    )
+    rf, rs = _take(s), _take(s)
+    assert (rf.mirror, rs.mirror) == ("fast", "slow")
+    s.wrote(rf, 40 * MiB, 1.0)  # 40 MiB/s
+    s.wrote(rs, 10 * MiB, 1.0)  # 10 MiB/s
+    base = s.chunk_size()
+    assert s.chunk_size("slow", 1.0) < base < s.chunk_size("fast", 1.0)

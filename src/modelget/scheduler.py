@@ -59,6 +59,9 @@ class Policy:
     """Double again only while doubling raised the mirror's rate at least this much."""
     leap_gain: float = 1.8
     """A doubling that nearly doubled the rate (a link capped per connection): quadruple next."""
+    slow_connection_bps: float = 16_000_000
+    """Below this per connection at the first measurement, the first step quadruples: a CDN
+    that caps each flow (or a long path) needs many connections, and the ramp is the cost."""
     keep_gain: float = 1.05
     """A doubling that gained less than this is undone (more connections only cost CPU)."""
     throttle_hold_s: float = 5.0
@@ -191,7 +194,17 @@ class Adaptive:
                 self.window_start = now + p.settle_s
                 return True
         elif self.level_rate is None or self.level_target != self.target:
+            first = self.level_rate is None
             self.level_rate, self.level_target = rate, self.target
+            if (
+                first
+                and rate / self.target < p.slow_connection_bps
+                and self.target < self.ceiling
+                and more_work
+            ):
+                self.target = min(self.ceiling, self.target * 4)
+                self.window_start = now + p.settle_s
+                return True
         else:
             # Measured again at the same target (no work for more connections until now).
             self.level_rate = rate
@@ -363,13 +376,21 @@ class Scheduler:
         m.peak = max(m.peak, m.active)
         return r
 
-    def chunk_size(self) -> int:
+    def chunk_size(self, mirror: str | None = None, now: float = 0.0) -> int:
         """How much one new request takes: the unassigned bytes over twice the connections,
-        within ``[min_chunk, max_chunk]`` (so chunks shrink toward the end)."""
+        within ``[min_chunk, max_chunk]`` (so chunks shrink toward the end). Once speeds are
+        known, a connection to ``mirror`` gets that times its speed over the mean connection's:
+        a slow mirror's requests are small, so its last one does not end long after the rest."""
         p = self.policy
         queued = sum(f.queued() for f in self.files.values() if f.size > p.small_file)
         conns = max(1, sum(m.target for m in self.mirrors.values()))
-        return max(p.min_chunk, min(p.max_chunk, queued // (2 * conns)))
+        size = queued // (2 * conns)
+        if mirror is not None:
+            mine = self.connection_rate(mirror, now)
+            mean = self.connection_rate(None, now)
+            if mine > 0 and mean > 0:
+                size = int(size * min(2.0, mine / mean))
+        return max(p.min_chunk, min(p.max_chunk, size))
 
     def _chunk(self, m: _MirrorState, now: float) -> Range | None:
         p = self.policy
@@ -379,7 +400,7 @@ class Scheduler:
             if not self._may_start(f):
                 continue
             a, b = f.queue[0]
-            size = self.chunk_size()
+            size = self.chunk_size(m.name, now)
             if b - a <= size + p.min_chunk // 2:  # no crumb left behind
                 f.queue.pop(0)
             else:
@@ -424,12 +445,15 @@ class Scheduler:
         f = self.files[best.file]
         return self._open(f, m, cut, tail, now, small=f.size <= p.small_file)
 
-    def connection_rate(self, mirror: str, now: float) -> float:
-        """Mean bytes/s of one connection to ``mirror`` now (0 when unknown)."""
+    def connection_rate(self, mirror: str | None, now: float) -> float:
+        """Mean bytes/s of one connection to ``mirror`` (None: to any mirror) now; 0 when
+        unknown."""
         rates = [
             r.rate(now)
             for r in self.active.values()
-            if r.mirror == mirror and now - r.since >= self.policy.observe_s
+            if (mirror is None or r.mirror == mirror)
+            and not r.small
+            and now - r.since >= self.policy.observe_s
         ]
         rates = [x for x in rates if x > 0]
         return sum(rates) / len(rates) if rates else 0.0
