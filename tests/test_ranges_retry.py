@@ -15,10 +15,8 @@ from modelget.engines.ranges import (
     remove_sidecar,
     save_sidecar,
     sidecar_path,
-    split,
-    steal_point,
 )
-from modelget.retry import AttemptError, is_retryable, parse_retry_after, transfer_wait
+from modelget.retry import AttemptError, backoff_s, parse_retry_after, transfer_wait
 
 MiB = 1024 * 1024
 
@@ -39,27 +37,6 @@ def test_rangeset_missing_is_the_complement_within_the_size() -> None:
     assert RangeSet().missing(7) == [(0, 7)]
     assert RangeSet([(0, 7)]).covers(7)
     assert not RangeSet([(1, 7)]).covers(7)
-
-
-def test_split_cuts_missing_ranges_into_about_n_parts_never_below_the_minimum() -> None:
-    parts = split([(0, 64 * MiB)], 8, MiB)
-    assert len(parts) == 8
-    assert parts[0][0] == 0 and parts[-1][1] == 64 * MiB
-    assert all(b - a == 8 * MiB for a, b in parts)
-    # Never smaller than min_bytes: 10 MiB in 16 parts of at least 4 MiB gives 2 parts.
-    assert [b - a for a, b in split([(0, 10 * MiB)], 16, 4 * MiB)] == [5 * MiB, 5 * MiB]
-    # Several holes: each is covered exactly, contiguous segments.
-    holes = [(0, MiB), (5 * MiB, 20 * MiB)]
-    got = split(holes, 4, MiB)
-    assert RangeSet(got) == RangeSet(holes)
-    assert sum(b - a for a, b in got) == 16 * MiB
-    assert split([], 4, MiB) == []
-
-
-def test_steal_point_halves_what_is_left_only_when_both_halves_are_big_enough() -> None:
-    assert steal_point(0, 8 * MiB, MiB) == 4 * MiB
-    assert steal_point(6 * MiB, 8 * MiB, MiB) == 7 * MiB
-    assert steal_point(7 * MiB, 8 * MiB, MiB) is None
 
 
 def test_sidecar_round_trips_and_rejects_what_does_not_belong(tmp_path: Path) -> None:
@@ -113,7 +90,12 @@ def test_transfer_wait_backs_off_exponentially_with_jitter_and_obeys_retry_after
     assert wait(_state_after(AttemptError("x", retry_after=10_000), 1)) == 120.0
 
 
-def test_only_retryable_transfer_errors_are_retried() -> None:
-    assert is_retryable(AttemptError("reset"))
-    assert not is_retryable(AttemptError("HTTP 404", retryable=False))
-    assert not is_retryable(ValueError("bug"))
+def test_the_schedulers_backoff_is_transfer_waits() -> None:
+    """The pull-wide scheduler waits tenacity's exponential backoff with jitter between a
+    mirror's failures in a row on one file (Retry-After is applied by the scheduler itself)."""
+    first = [backoff_s(0.5, 1) for _ in range(50)]
+    third = [backoff_s(0.5, 3) for _ in range(50)]
+    assert all(0.5 <= w <= 1.0 for w in first)
+    assert all(2.0 <= w <= 2.5 for w in third)
+    assert len(set(first)) > 1  # jitter: connections to one mirror do not retry in step
+    assert backoff_s(0.5, 40) <= 30.5

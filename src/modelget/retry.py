@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.utils
 import time
 
-from tenacity import RetryCallState, wait_exponential, wait_random
+from tenacity import RetryCallState, Retrying, wait_exponential, wait_random
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 120.0
@@ -78,5 +78,10 @@ class transfer_wait:  # a tenacity-style wait strategy, named like theirs
         return backoff
 
 
-def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, AttemptError) and exc.retryable
+def backoff_s(base: float, attempt: int, cap: float = 30.0) -> float:
+    """:class:`transfer_wait`'s wait before the ``attempt``-th retry in a row when the server
+    gave no ``Retry-After`` (exponential from ``base`` with jitter, up to ``cap``): what the
+    pull-wide scheduler waits before a mirror may try a file again."""
+    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = max(1, attempt)
+    return float(transfer_wait(base, cap)(state))

@@ -88,8 +88,9 @@ class EngineOptions:
     """Connections per mirror before any measurement."""
     max_concurrent_files: int = 64
     """Files transferring at once (small files first, then the big ones in plan order)."""
-    min_split_bytes: int = 8 * 1024 * 1024
-    """Segments are never smaller than this (except a file's last one)."""
+    min_split_bytes: int = 1024 * 1024
+    """The httpx engine's smallest request of a big file (except its last bytes). aria2 always
+    uses ``min-split-size=1M``, the smallest it accepts."""
     lowest_speed_bps: int = 64 * 1024
     """A connection slower than this for ``stall_timeout_s`` is dropped and its segment
     goes back to the pool (from another mirror when there is one)."""

@@ -50,7 +50,13 @@ from modelget.engines.ranges import (
 )
 from modelget.engines.redirects import redact_url, same_origin
 from modelget.events import Reporter, report_connections
-from modelget.retry import AttemptError, parse_retry_after, status_is_retryable
+from modelget.retry import (
+    MAX_RETRY_AFTER_S,
+    AttemptError,
+    backoff_s,
+    parse_retry_after,
+    status_is_retryable,
+)
 from modelget.scheduler import Assign, Policy, Range, Scheduler
 from modelget.verify import PrefixHasher
 
@@ -107,7 +113,8 @@ def policy_for(options: EngineOptions) -> Policy:
         initial=max(1, min(options.max_connections, options.initial_connections)),
         max_tries=max(1, options.max_tries),
         max_files=max(1, options.max_concurrent_files),
-        retry_wait=lambda n: min(30.0, options.retry_wait_s * 2 ** (n - 1)),
+        min_chunk=max(64 * 1024, options.min_split_bytes),
+        retry_wait=lambda n: backoff_s(options.retry_wait_s, n),
     )
 
 
@@ -422,7 +429,9 @@ class _Pull:
                 exc.message,
                 permanent=not exc.retryable,
                 throttled=exc.throttled,
-                retry_after=exc.retry_after,
+                retry_after=None
+                if exc.retry_after is None
+                else min(max(exc.retry_after, 0.0), MAX_RETRY_AFTER_S),
             )
             self._note(f, src.name, exc.message)
             self.lock.notify_all()

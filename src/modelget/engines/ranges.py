@@ -85,38 +85,6 @@ class RangeSet:
         return f"RangeSet({self._ranges!r})"
 
 
-def split(missing: Iterable[tuple[int, int]], parts: int, min_bytes: int) -> list[tuple[int, int]]:
-    """Cut the missing ranges into about ``parts`` segments, none under ``min_bytes`` (except
-    where a missing range is itself smaller). Larger ranges get proportionally more segments."""
-    ranges = [(a, b) for a, b in missing if b > a]
-    total = sum(b - a for a, b in ranges)
-    if not ranges:
-        return []
-    parts = max(1, parts)
-    target = max(min_bytes, -(-total // parts))
-    out = []
-    for a, b in ranges:
-        n = max(1, (b - a) // target)
-        step = -(-(b - a) // n)
-        pos = a
-        while pos < b:
-            end = min(b, pos + step)
-            if b - end < min_bytes // 2:  # do not leave a sliver at the end
-                end = b
-            out.append((pos, end))
-            pos = end
-    return out
-
-
-def steal_point(pos: int, end: int, min_bytes: int) -> int | None:
-    """Where an idle worker may split an active segment whose next byte is ``pos``: the middle
-    of what is left, when both halves are at least ``min_bytes``; else None."""
-    left = end - pos
-    if left < 2 * max(1, min_bytes):
-        return None
-    return pos + left // 2
-
-
 @dataclass
 class Sidecar:
     """What the ``.ranges`` file records about one ``.incomplete`` file."""
