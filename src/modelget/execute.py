@@ -158,10 +158,9 @@ class Executor:
         if self._fallback is None:
             from modelget.engines.httpx_engine import HttpxEngine
 
+            # Not isinstance(options, EngineOptions): a test may stand in for the class.
             options = getattr(self.engine, "options", None)
-            self._fallback = HttpxEngine(
-                options if isinstance(options, EngineOptions) else EngineOptions()
-            )
+            self._fallback = HttpxEngine(options if options is not None else EngineOptions())
         return self._fallback
 
     # --- per-file steps ---------------------------------------------------------------------

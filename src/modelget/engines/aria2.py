@@ -1347,20 +1347,32 @@ class _Run:
         text = f"{message} (aria2 error {code})" if code else message
         mirrors = "+".join(s.src.mirror for s in state.sources) or "aria2"
         state.result.attempts.append(f"{mirrors}: {text}")
-        for s in state.sources:
-            if s.src.mirror not in state.failed_mirrors:
-                state.failed_mirrors.add(s.src.mirror)
-                self.reporter.on_mirror_failed(job.path, s.src.mirror, text)
+
+        def report() -> None:
+            # Only when the mirrors are really left behind: a download added again with fresh
+            # URLs (below) keeps them, and saying "failed" then would be false (an expired
+            # signed URL ends an aria2 download with "No URI available").
+            for s in state.sources:
+                if s.src.mirror not in state.failed_mirrors:
+                    state.failed_mirrors.add(s.src.mirror)
+                    self.reporter.on_mirror_failed(job.path, s.src.mirror, text)
+
         if state.last_completed > state.baseline:
             state.readds = 0  # it made progress: a fresh try is worth it (e.g. short-lived URLs)
-        if code in _LOCAL_ERRORS:
+        # aria2c 1.36 ends a download whose every URI was refused (an expired signed URL,
+        # say) with code 17, its I/O-error code, and the message "No URI available.": that is
+        # a mirror problem, fixed by fresh URLs, not a local one.
+        if code in _LOCAL_ERRORS and not message.startswith("No URI available"):
+            report()
             self._fail(state, text)
             return
         if state.readds >= MAX_READDS_PER_JOB:
+            report()
             self._fail(state, _no_mirror_left(state.result.attempts))
             return
         state.readds += 1
         if state.held_back:
+            report()
             self._hand_back(state)  # its token-needing sources are left: another engine's
             return
         # Fresh URLs (a signed one may have expired), resuming from the control file.
