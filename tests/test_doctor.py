@@ -376,14 +376,6 @@ def tiny_repo(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.fixture
-def sims() -> Iterator[list[HubSimulator]]:
-    started: list[HubSimulator] = []
-    yield started
-    for sim in started:
-        sim.stop()
-
-
 def start(sims: list[HubSimulator], **kw: object) -> HubSimulator:
     sim = HubSimulator(**kw).start()  # type: ignore[arg-type]
     sims.append(sim)

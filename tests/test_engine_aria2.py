@@ -53,14 +53,6 @@ def repo_dir(tmp_path: Path, data: bytes) -> Path:
     return root
 
 
-@pytest.fixture
-def sims() -> Iterator[list[HubSimulator]]:
-    started: list[HubSimulator] = []
-    yield started
-    for sim in started:
-        sim.stop()
-
-
 def start(sims: list[HubSimulator], repo_dir: Path, **kw: object) -> HubSimulator:
     token = kw.pop("token", None)
     sim = HubSimulator(**kw).start()  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -49,14 +49,6 @@ def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "weights.bin").write_bytes(os.urandom(SIZE))
     (d / "empty.txt").write_bytes(b"")
     return d
-
-
-@pytest.fixture
-def sims() -> Iterator[list[HubSimulator]]:
-    started: list[HubSimulator] = []
-    yield started
-    for sim in started:
-        sim.stop()
 
 
 def start(sims: list[HubSimulator], repo_dir: Path, **kw: object) -> HubSimulator:

@@ -103,14 +103,6 @@ def tiny_repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def sims() -> Iterator[list[HubSimulator]]:
-    started: list[HubSimulator] = []
-    yield started
-    for sim in started:
-        sim.stop()
-
-
-@pytest.fixture
 def black_hole() -> Iterator[str]:
     """A loopback port that accepts TCP connections and never answers a request."""
     hole = socket.socket()

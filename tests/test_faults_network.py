@@ -74,14 +74,6 @@ def own_probe_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELGET_CACHE_DIR", str(tmp_path / "_mgcache"))
 
 
-@pytest.fixture
-def sims() -> Iterator[list[HubSimulator]]:
-    started: list[HubSimulator] = []
-    yield started
-    for sim in started:
-        sim.stop()
-
-
 def start(sims: list[HubSimulator], repo_dir: Path, **kw: object) -> HubSimulator:
     sim = HubSimulator(**kw).start()  # type: ignore[arg-type]
     sims.append(sim)

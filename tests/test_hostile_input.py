@@ -14,7 +14,7 @@ import os
 import shutil
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from modelget import api, cli, manifest
 from modelget.catalogue import load_catalogue, parse_catalogue
-from modelget.engines import EngineName, EngineOptions, aria2c_path
+from modelget.engines import EngineName, EngineOptions
 from modelget.errors import (
     ConfigError,
     InsufficientDiskSpaceError,
@@ -56,24 +56,6 @@ def tiny_repo(tmp_path: Path) -> Path:
     (d / "sub" / "notes.txt").write_text("hello\n")
     (d / "model.safetensors").write_bytes(os.urandom(300_000))
     return d
-
-
-@pytest.fixture
-def sims() -> Iterator[list[HubSimulator]]:
-    started: list[HubSimulator] = []
-    yield started
-    for sim in started:
-        sim.stop()
-
-
-@pytest.fixture(params=["httpx", "aria2"])
-def engine(request: pytest.FixtureRequest) -> EngineName:
-    name: EngineName = request.param
-    if name == "aria2" and aria2c_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
-        pytest.skip("aria2c not installed")
-    return name
 
 
 def start(sims: list[HubSimulator], **kw: Any) -> HubSimulator:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -151,14 +150,6 @@ def test_check_entries_verifies_against_the_locks_sha256_when_a_mirror_gives_onl
 
 
 # --- against the hub simulator ------------------------------------------------------------------
-
-
-@pytest.fixture
-def sims() -> Iterator[list[HubSimulator]]:
-    started: list[HubSimulator] = []
-    yield started
-    for sim in started:
-        sim.stop()
 
 
 def _model_dir(root: Path, version: int) -> Path:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,14 +38,6 @@ def engine(request: pytest.FixtureRequest) -> EngineName:
             pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
         pytest.skip("aria2c not installed")
     return name
-
-
-@pytest.fixture
-def sims() -> Iterator[list[HubSimulator]]:
-    started: list[HubSimulator] = []
-    yield started
-    for sim in started:
-        sim.stop()
 
 
 def start(sims: list[HubSimulator], **kw: object) -> HubSimulator:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,14 +53,6 @@ def tiny_repo(tmp_path: Path) -> Path:
     (d / "sub" / "notes.txt").write_text("hello\n")
     (d / "model.safetensors").write_bytes(os.urandom(300_000))
     return d
-
-
-@pytest.fixture
-def sims() -> Iterator[list[HubSimulator]]:
-    started: list[HubSimulator] = []
-    yield started
-    for sim in started:
-        sim.stop()
 
 
 def start(sims: list[HubSimulator], **kw: object) -> HubSimulator:

@@ -40,16 +40,6 @@ def private_probe_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("MODELGET_CACHE_DIR", str(tmp_path / "_mg"))
 
 
-@pytest.fixture(params=["httpx", "aria2"])
-def engine(request: pytest.FixtureRequest) -> EngineName:
-    name: EngineName = request.param
-    if name == "aria2" and aria2c_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
-        pytest.skip("aria2c not installed")
-    return name
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     d = tmp_path / "src" / "tiny"
@@ -57,14 +47,6 @@ def repo(tmp_path: Path) -> Path:
     (d / "config.json").write_text('{"hidden": 8}\n')  # small: served by the hub itself
     (d / "model.safetensors").write_bytes(os.urandom(3 << 20))  # LFS: via the CDN redirect
     return d
-
-
-@pytest.fixture
-def sims() -> Iterator[list[HubSimulator]]:
-    started: list[HubSimulator] = []
-    yield started
-    for sim in started:
-        sim.stop()
 
 
 def start(sims: list[HubSimulator], **kw: Any) -> HubSimulator:
