@@ -10,7 +10,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -568,15 +568,11 @@ def pull(
         starter.close()
     transfer_s = time.perf_counter() - transfer_started
     timings["transfer"] = transfer_s
-    executor_timings = getattr(executor, "timings", None)
-    if isinstance(executor_timings, Mapping):
-        # The executor's own stages (first byte, verify tail, layout), where it measures them.
-        # ``first_byte`` and ``last_byte`` are instants: counted from the pull's start here.
-        offset = transfer_started - started
-        for key, value in executor_timings.items():
-            if isinstance(value, (int, float)):
-                at = offset if key in ("first_byte", "last_byte") else 0.0
-                timings.setdefault(str(key), float(value) + at)
+    # The executor's own stages; ``first_byte`` and ``last_byte`` are instants in its run,
+    # counted here from the pull's start.
+    offset = transfer_started - started
+    for key, value in executor.timings.items():
+        timings.setdefault(key, value + (offset if key in ("first_byte", "last_byte") else 0.0))
 
     if cancel.is_set():
         raise Interrupted(
@@ -624,7 +620,7 @@ def pull(
         plan_s=plan_s,
         transfer_s=transfer_s,
         timings={**timings, "total": elapsed},
-        connections=dict(getattr(executor, "connections", {}) or {}),
+        connections=executor.connections,
     )
 
 

@@ -326,18 +326,17 @@ class Executor:
         """The most connections the engine's scheduler gave each mirror at once."""
         return dict(getattr(self.engine, "connections", {}) or {})
 
-    def _record_timings(self, started: float) -> None:
+    def _record_timings(self, started: float, started_mono: float) -> None:
         end = time.perf_counter()
-        first = getattr(self.engine, "first_byte", None)
+        first = getattr(self.engine, "first_byte", None)  # engines that track it (monotonic)
         if isinstance(first, float):
-            # The engine's clock is time.monotonic(); carry it over to perf_counter's.
-            self.timings["first_byte"] = max(0.0, first - (time.monotonic() - (end - started)))
+            self.timings["first_byte"] = max(0.0, first - started_mono)
         if self._last_complete is not None:
             self.timings["last_byte"] = self._last_complete - started
             self.timings["verify_tail"] = end - self._last_complete
 
     def run(self) -> list[FileOutcome]:
-        started = time.perf_counter()
+        started, started_mono = time.perf_counter(), time.monotonic()
         try:
             todo: list[_State] = []
             waiting: list[_State] = []
@@ -428,5 +427,5 @@ class Executor:
             for state in self.states.values():
                 if state.lock is not None and state.lock.is_locked:
                     state.lock.release(force=True)
-            self._record_timings(started)
+            self._record_timings(started, started_mono)
         return [s.outcome for s in self.states.values() if s.outcome is not None]

@@ -177,6 +177,7 @@ class Adaptive:
         self.last_rate = rate
         if not self.growing or now < self.hold_until or not busy:
             return False
+        factor = 2
         if self.level_rate is not None and self.level_target < self.target:
             # The first measurement since a doubling: did it pay?
             if rate < self.level_rate * p.keep_gain:
@@ -187,30 +188,19 @@ class Adaptive:
                 self.growing = False
                 self.level_rate, self.level_target = rate, self.target
                 return False
-            leap = rate >= self.level_rate * p.leap_gain
+            if rate >= self.level_rate * p.leap_gain:
+                factor = 4  # it nearly doubled the rate: a link capped per connection
             self.level_rate, self.level_target = rate, self.target
-            if leap and self.target < self.ceiling and more_work:
-                self.target = min(self.ceiling, self.target * 4)
-                self.window_start = now + p.settle_s
-                return True
         elif self.level_rate is None or self.level_target != self.target:
-            first = self.level_rate is None
+            if self.level_rate is None and rate / self.target < p.slow_connection_bps:
+                factor = 4  # slow connections at the first look: the ramp is the cost
             self.level_rate, self.level_target = rate, self.target
-            if (
-                first
-                and rate / self.target < p.slow_connection_bps
-                and self.target < self.ceiling
-                and more_work
-            ):
-                self.target = min(self.ceiling, self.target * 4)
-                self.window_start = now + p.settle_s
-                return True
         else:
             # Measured again at the same target (no work for more connections until now).
             self.level_rate = rate
         if self.target >= self.ceiling or not more_work:
             return False
-        self.target = min(self.ceiling, self.target * 2)
+        self.target = min(self.ceiling, self.target * factor)
         self.window_start = now + p.settle_s
         return True
 
