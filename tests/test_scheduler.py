@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from modelget.scheduler import Adaptive, Assign, MiB, Policy, Range, Scheduler, Wait
 
 
@@ -82,12 +84,12 @@ def test_idle_connection_steals_the_tail_of_the_slowest_range() -> None:
         s.wrote(r, r.left(), 1.0)
         s.release(r, 1.0)
     victim = slow[0]
-    s.wrote(victim, 1 * MiB, 2.0)  # 0.5 MiB/s
+    s.wrote(victim, 2 * MiB, 1.0)  # 2 MiB/s, against 4 MiB/s for a fast connection
     for r in slow[1:]:
-        s.wrote(r, r.left(), 2.0)
-        s.release(r, 2.0)
+        s.wrote(r, r.left(), 1.0)
+        s.release(r, 1.0)
     before_end = victim.end
-    stolen = _take(s, 2.0)
+    stolen = _take(s, 1.0)
     assert stolen.mirror == "fast"
     assert stolen.file == "big"
     assert stolen.end == before_end
@@ -95,6 +97,32 @@ def test_idle_connection_steals_the_tail_of_the_slowest_range() -> None:
     assert victim.left() >= p.steal_min
     # the owner now stops at the cut: bytes past it are not its own any more
     assert s.allowed(victim, victim.left() + 100) == victim.left()
+
+
+def test_an_owner_too_slow_for_its_smallest_share_loses_the_whole_rest() -> None:
+    """0.5 MiB/s against 4 MiB/s: the owner's smallest share (steal_min, 2 s) would end long
+    after the fast connection could fetch all 3 MiB (0.75 s), so it takes them all."""
+    p = Policy(initial=2, ceiling=2, min_chunk=4 * MiB, steal_min=1 * MiB, small_file=0)
+    s = Scheduler(
+        [("big", 16 * MiB, [(0, 16 * MiB)], ["fast", "slow"])],
+        [("fast", None), ("slow", None)],
+        p,
+    )
+    ranges = _drain(s)
+    for r in ranges:
+        if r.mirror == "fast":
+            s.wrote(r, r.left(), 1.0)
+            s.release(r, 1.0)
+    slow = [r for r in ranges if r.mirror == "slow"]
+    victim = slow[0]
+    s.wrote(victim, 1 * MiB, 2.0)
+    for r in slow[1:]:
+        s.wrote(r, r.left(), 2.0)
+        s.release(r, 2.0)
+    pos, end = victim.pos, victim.end
+    stolen = _take(s, 2.0)
+    assert (stolen.mirror, stolen.start, stolen.end) == ("fast", pos, end)
+    assert victim.left() == 0 and s.allowed(victim, 100) == 0
 
 
 def test_steal_split_follows_the_speeds() -> None:
@@ -126,9 +154,53 @@ def test_a_silent_owner_is_hedged_after_a_while() -> None:
     s = Scheduler([("f", 64 * MiB, [(0, 64 * MiB)], ["a", "b"])], [("a", None), ("b", None)], p)
     r = _take(s)
     assert isinstance(s.next(1.0), Wait)  # too early to tell
-    stolen = _take(s, 2.5)
+    stolen = _take(s, 2.5)  # no sign of life for 2.5 s (no latency measured yet: 2 s)
     assert stolen.mirror == "b"
-    assert stolen.start == 32 * MiB and r.end == 32 * MiB
+    assert (stolen.start, stolen.end) == (0, 64 * MiB)  # the whole range: a hedge
+    assert r.left() == 0
+    # a is suspect now: while b serves the file, a gets no new work ...
+    assert s.mirrors["a"].suspect_until > 2.5
+    s.wrote(stolen, 1 * MiB, 3.0)
+    s.release(r, 3.0)  # a's request ends (cut); nothing of it goes back to the pool
+    assert s.files["f"].queue == []
+    # ... and any byte from it clears that.
+    s.answered(stolen, 2.6)
+    assert s.mirrors["b"].latency() == pytest.approx(0.1)
+
+
+def test_the_silence_budget_follows_the_measured_latency() -> None:
+    p = Policy(hedge_after_s=2.0, hedge_factor=4.0, hedge_min_s=1.0, hedge_max_s=10.0)
+    s = Scheduler([("f", 64 * MiB, [(0, 64 * MiB)], ["a", "b"])], [("a", None), ("b", None)], p)
+    assert s.silence_budget("a") == 2.0  # nothing measured yet
+    r = _take(s)
+    s.answered(r, 0.01)
+    assert s.silence_budget("a") == 1.0  # 4 × 10 ms, but never under a second
+    assert s.silence_budget("b") == 1.0  # b has none of its own: the best mirror's
+    far = _take(s, 0.0)
+    s.answered(far, 0.5)
+    assert s.silence_budget(far.mirror) == pytest.approx(2.0 if far.mirror == "b" else 1.0)
+
+
+def test_a_slow_mirror_gets_no_new_chunk_in_the_endgame() -> None:
+    """A mirror at 128 KB/s per connection beside one at 40 MB/s: once the fast one could end
+    everything left before one of the slow one's chunks, the slow one gets nothing new."""
+    p = Policy(initial=1, ceiling=1, min_chunk=1 * MiB, max_chunk=1 * MiB, small_file=0)
+    s = Scheduler(
+        [("f", 32 * MiB, [(0, 32 * MiB)], ["slow", "fast"])], [("slow", None), ("fast", None)], p
+    )
+    a = _take(s)
+    b = _take(s)
+    assert {a.mirror, b.mirror} == {"slow", "fast"}
+    slow, fast = (a, b) if a.mirror == "slow" else (b, a)
+    s.wrote(fast, 1 * MiB, 0.3)
+    s.release(fast, 0.3)
+    s.wrote(slow, 256 * 1024, 2.0)
+    s.mirrors["fast"].adapt.last_rate = 40e6
+    s.mirrors["slow"].adapt.last_rate = 128e3
+    s.release(slow, 2.0)
+    assert s.mirrors["slow"].conn_rate == pytest.approx(128 * 1024)
+    got = _drain(s, 2.0)
+    assert got and all(r.mirror == "fast" for r in got)
 
 
 def test_a_failure_hands_the_range_to_another_mirror_at_once() -> None:

@@ -50,7 +50,19 @@ class Policy:
     observe_s: float = 0.3
     """How long an owner keeps a range before its speed is trusted for a split."""
     hedge_after_s: float = 2.0
-    """A range whose owner has sent no byte for this long may be split regardless."""
+    """Before any first-byte latency is measured: a range whose owner has given no sign of
+    life for this long is taken over whole by another connection (a hedge)."""
+    hedge_factor: float = 4.0
+    """Once latencies are measured, the silence budget is this many times a mirror's typical
+    time to first byte (the owner's own, else the best mirror's) ..."""
+    hedge_min_s: float = 1.0
+    hedge_max_s: float = 10.0
+    """... within these bounds."""
+    suspect_s: float = 2.0
+    """A mirror whose request was taken over for silence gets no new work for this long
+    (doubling with each new silence, up to ``suspect_max_s``) while another mirror serves
+    the file; any byte from it clears this."""
+    suspect_max_s: float = 30.0
     settle_s: float = 0.1
     """After a change of target, this long before the rate is measured again."""
     window_s: float = 0.25
@@ -88,6 +100,10 @@ class Range:
     base: int
     """``pos`` when the current owner took it (speed = (pos - base) / (now - since))."""
     small: bool = False
+    last: float = 0.0
+    """The owner's last sign of life: the request, its response headers, or a byte."""
+    answered: bool = False
+    """The response headers came (the first-byte latency is measured then)."""
 
     def left(self) -> int:
         return max(0, self.end - self.pos)
@@ -102,6 +118,21 @@ class Assign:
     """Fetch ``range`` from ``range.mirror`` now."""
 
     range: Range
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """The rest of a range went whole to another connection: its owner on ``mirror`` was
+    ``silent`` beyond the budget, or too slow (``rate`` bytes/s since it took the range,
+    against ``thief_rate`` for the connection that took it); ``quiet_s``: since its last
+    byte."""
+
+    file: str
+    mirror: str
+    silent: bool
+    quiet_s: float
+    rate: float
+    thief_rate: float
 
 
 @dataclass(frozen=True)
@@ -216,6 +247,20 @@ class _MirrorState:
     not_before: float = 0.0
     """Retry-After / 429 back-off for the whole mirror."""
     total_bytes: int = 0
+    latencies: list[float] = field(default_factory=list)
+    """The last few times from a request to its response headers (seconds)."""
+    conn_rate: float = 0.0
+    """Bytes/s of one connection, from its finished requests (a moving average)."""
+    suspect_until: float = 0.0
+    suspect_for: float = 0.0
+    """The last suspicion's length (doubles with each silence, cleared by a byte)."""
+
+    def latency(self) -> float | None:
+        """The median of the recent first-byte latencies, None before any."""
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[len(ordered) // 2]
 
     @property
     def ceiling(self) -> int:
@@ -254,6 +299,9 @@ class Scheduler:
         """Files started and not finished (see ``Policy.max_files``)."""
         self._ids = itertools.count(1)
         self.started = now
+        self.taken_over: list[Takeover] = []
+        """Each range taken over whole; the engine takes them (to tell the user) and clears
+        the list."""
 
     # --- questions ------------------------------------------------------------------------------
 
@@ -297,7 +345,10 @@ class Scheduler:
         candidates = []
         for m in self.mirrors.values():
             if m.not_before > now:
-                soonest = _min(soonest, m.not_before - now)
+                if any(
+                    self._takeable(f) and m.name in f.live_mirrors() for f in self.files.values()
+                ):
+                    soonest = _min(soonest, m.not_before - now)
                 continue
             candidates.append(m)
         # Small files first, all at once: they only need a free slot under the ceiling.
@@ -340,8 +391,23 @@ class Scheduler:
         return None
 
     def _may_use(self, f: _FileState, mirror: str, now: float) -> bool:
+        if not self._may_ask(f, mirror, now):
+            return False
+        if self.mirrors[mirror].suspect_until <= now:
+            return True
+        # A suspect mirror (its last request went silent) serves only files nobody else can.
+        return not any(
+            self._may_ask(f, other, now) and self.mirrors[other].suspect_until <= now
+            for other in f.mirrors
+            if other != mirror
+        )
+
+    def _may_ask(self, f: _FileState, mirror: str, now: float) -> bool:
         return (
-            mirror in f.mirrors and mirror not in f.dropped and f.not_before.get(mirror, 0.0) <= now
+            mirror in f.mirrors
+            and mirror not in f.dropped
+            and f.not_before.get(mirror, 0.0) <= now
+            and self.mirrors[mirror].not_before <= now
         )
 
     def _may_start(self, f: _FileState) -> bool:
@@ -356,7 +422,7 @@ class Scheduler:
     def _open(
         self, f: _FileState, m: _MirrorState, a: int, b: int, now: float, *, small: bool = False
     ) -> Range:
-        r = Range(next(self._ids), f.key, a, a, b, m.name, now, a, small)
+        r = Range(next(self._ids), f.key, a, a, b, m.name, now, a, small, last=now)
         f.started = True
         self.under_way.add(f.key)
         self.active[r.id] = r
@@ -391,6 +457,8 @@ class Scheduler:
                 continue
             a, b = f.queue[0]
             size = self.chunk_size(m.name, now)
+            if self._too_slow_for(m, f, min(size, b - a), now):
+                continue
             if b - a <= size + p.min_chunk // 2:  # no crumb left behind
                 f.queue.pop(0)
             else:
@@ -399,41 +467,108 @@ class Scheduler:
             return self._open(f, m, a, b, now, small=f.size <= p.small_file)
         return None
 
+    def _too_slow_for(self, m: _MirrorState, f: _FileState, size: int, now: float) -> bool:
+        """The endgame: a request of ``size`` bytes to ``m`` would end after the faster mirrors
+        could finish everything left, so ``m`` gets no new work (one of them serves ``f``)."""
+        mine = self._conn_rate(m, now)
+        if mine <= 0:
+            return False
+        faster = [
+            o
+            for o in self.mirrors.values()
+            if o is not m and self._may_use(f, o.name, now) and self._conn_rate(o, now) > mine
+        ]
+        if not faster:
+            return False
+        total = sum(o.adapt.last_rate for o in self.mirrors.values())
+        if total <= 0:
+            return False
+        left = sum(x.queued() for x in self.files.values())
+        left += sum(r.left() for r in self.active.values())
+        return size / mine > max(self.policy.steal_after_s, 2.0 * left / total)
+
     def _steal(self, m: _MirrorState, now: float) -> Range | None:
-        """The tail of the range that would finish last, for a connection to ``m``."""
+        """For a connection to ``m``: the tail of the range that would finish last, split in
+        proportion to the two connections' speeds; or the whole rest of a range whose owner
+        went silent (a hedge) or is so slow that ``m`` would finish it all sooner than the
+        owner its smallest share."""
         p = self.policy
         best: Range | None = None
         best_eta = p.steal_after_s
+        best_whole = False
+        mine = self._conn_rate(m, now)
         for r in self.active.values():
+            left = r.left()
+            if left <= 0:
+                continue
             f = self.files[r.file]
-            if r.left() < 2 * p.steal_min or not self._may_use(f, m.name, now):
+            if not self._may_use(f, m.name, now):
                 continue
-            held = now - r.since
-            rate = r.rate(now)
-            if rate > 0:
-                if held < p.observe_s:
-                    continue
-                eta = r.left() / rate
-            elif held >= p.hedge_after_s:
-                eta = float("inf")
+            whole = False
+            if now - r.last >= self.silence_budget(r.mirror):
+                if r.mirror == m.name and any(
+                    o != m.name and self._may_use(f, o, now) for o in f.mirrors
+                ):
+                    continue  # another mirror hedges it
+                eta, whole = float("inf"), True
             else:
-                continue
+                rate = r.rate(now)
+                if rate <= 0 or now - r.since < p.observe_s:
+                    continue
+                eta = left / rate
+                thief = mine or rate
+                if p.steal_min / rate > left / thief:
+                    whole = True  # the owner's smallest share would end after all of it here
+                elif left < 2 * p.steal_min:
+                    continue
             if eta > best_eta:
-                best, best_eta = r, eta
+                best, best_eta, best_whole = r, eta, whole
         if best is None:
             return None
-        owner_rate = best.rate(now)
-        mine = self.connection_rate(m.name, now) or owner_rate
-        if owner_rate > 0 and mine > 0:
-            keep = int(best.left() * owner_rate / (owner_rate + mine))
+        f = self.files[best.file]
+        if best_whole:
+            cut = best.pos
+            silent = best_eta == float("inf")
+            self.taken_over.append(
+                Takeover(best.file, best.mirror, silent, now - best.last, best.rate(now), mine)
+            )
+            if silent and best.mirror != m.name:
+                self._suspect(self.mirrors[best.mirror], now)
         else:
-            keep = best.left() // 2
-        keep = max(p.steal_min, min(best.left() - p.steal_min, keep))
-        cut = best.pos + keep
+            owner_rate = best.rate(now)
+            thief = mine or owner_rate
+            keep = int(best.left() * owner_rate / (owner_rate + thief))
+            keep = max(p.steal_min, min(best.left() - p.steal_min, keep))
+            cut = best.pos + keep
         tail = best.end
         best.end = cut
-        f = self.files[best.file]
         return self._open(f, m, cut, tail, now, small=f.size <= p.small_file)
+
+    def silence_budget(self, mirror: str) -> float:
+        """How long a request to ``mirror`` may give no sign of life before another connection
+        takes its range over: ``hedge_factor`` times its typical first-byte latency (or the
+        best mirror's, before it has one of its own), within ``[hedge_min_s, hedge_max_s]``;
+        ``hedge_after_s`` before any latency is known."""
+        p = self.policy
+        own = self.mirrors[mirror].latency()
+        if own is None:
+            known = [x for x in (o.latency() for o in self.mirrors.values()) if x is not None]
+            if not known:
+                return p.hedge_after_s
+            own = min(known)
+        return max(p.hedge_min_s, min(p.hedge_max_s, p.hedge_factor * own))
+
+    def _suspect(self, m: _MirrorState, now: float) -> None:
+        p = self.policy
+        m.suspect_for = min(p.suspect_max_s, m.suspect_for * 2 if m.suspect_for else p.suspect_s)
+        m.suspect_until = now + m.suspect_for
+
+    def _conn_rate(self, m: _MirrorState, now: float) -> float:
+        """One connection to ``m``: its speed now, else from its finished requests, else its
+        last measured rate over its target."""
+        return (
+            self.connection_rate(m.name, now) or m.conn_rate or m.adapt.last_rate / max(1, m.target)
+        )
 
     def connection_rate(self, mirror: str | None, now: float) -> float:
         """Mean bytes/s of one connection to ``mirror`` (None: to any mirror) now; 0 when
@@ -450,11 +585,23 @@ class Scheduler:
 
     # --- what the connection reports ------------------------------------------------------------
 
+    def answered(self, r: Range, now: float) -> None:
+        """The response headers for ``r`` came: its mirror's first-byte latency."""
+        if r.answered:
+            return
+        r.answered = True
+        r.last = now
+        m = self.mirrors[r.mirror]
+        m.latencies.append(now - r.since)
+        del m.latencies[:-8]
+
     def wrote(self, r: Range, n: int, now: float) -> None:
         """``n`` bytes of ``r`` landed at ``r.pos``."""
         r.pos += n
+        r.last = now
         m = self.mirrors[r.mirror]
         m.total_bytes += n
+        m.suspect_until, m.suspect_for = 0.0, 0.0
         f = self.files[r.file]
         f.failures.pop(r.mirror, None)  # bytes came: the mirror is healthy for this file
 
@@ -470,6 +617,10 @@ class Scheduler:
         m.active -= 1
         if r.small:
             m.active_small -= 1
+        held = now - r.since
+        if not r.small and held > 0 and r.pos - r.base >= self.policy.steal_min:
+            rate = (r.pos - r.base) / held
+            m.conn_rate = rate if m.conn_rate <= 0 else 0.7 * m.conn_rate + 0.3 * rate
         if r.pos < r.end:
             self._requeue(self.files[r.file], r.pos, r.end)
         self._settle(self.files[r.file])

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -57,7 +58,7 @@ from modelget.retry import (
     parse_retry_after,
     status_is_retryable,
 )
-from modelget.scheduler import Assign, Policy, Range, Scheduler
+from modelget.scheduler import Assign, Policy, Range, Scheduler, Takeover
 from modelget.verify import PrefixHasher
 
 MAX_REDIRECTS = 5
@@ -104,6 +105,23 @@ class RateLimiter:
                 raise _Cancelled()
             return wait
         return 0.0
+
+
+TAKEN = "its range went to another connection"
+STALLED_S = 0.25
+"""A range taken over after this long without a byte was stalled, not merely slow."""
+WORKER_GRACE_S = 0.5
+"""When every file has ended, how long the run waits for workers still in a request."""
+
+
+def _cut(response: httpx.Response) -> None:
+    """Shut down the socket under ``response`` (from another thread: the blocked read in the
+    worker then ends at once). Best effort: a response without a reachable socket is left."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def policy_for(options: EngineOptions) -> Policy:
@@ -193,6 +211,10 @@ class _Pull:
         self.workers: list[threading.Thread] = []
         self.idle = 0
         self.first_byte: float | None = None
+        self.streams: dict[int, httpx.Response] = {}
+        """The response each range is being read from (to cut a silent one's socket)."""
+        self.over = False
+        """The run has returned: a worker still stuck in a read reports nothing any more."""
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -285,8 +307,18 @@ class _Pull:
             self.hash_wake.set()
             with self.lock:
                 self.lock.notify_all()
+                if all(f.finished for f in self.files.values()):
+                    # Every file ended: a worker still waiting on a silent mirror (its range
+                    # taken over) holds nothing; cut what can be cut and do not wait on it.
+                    self.over = True
+                    streams = list(self.streams.values())
+                else:
+                    streams = []
+            for response in streams:
+                _cut(response)
+            deadline = time.monotonic() + (WORKER_GRACE_S if self.over else float("inf"))
             for t in self.workers:
-                t.join()
+                t.join(max(0.0, deadline - time.monotonic()) if self.over else None)
             self._stop_hashing = True
             self.hash_wake.set()
             hasher.join()
@@ -325,8 +357,9 @@ class _Pull:
                 with self.lock:
                     self.lock.notify_all()
                 return
-            if not alive and not unhashed:
-                return
+            if not unhashed:
+                return  # every file ended (a worker may still wait on a silent mirror)
+            self._cut_silent(now)
             if not alive:
                 with self.lock:
                     if sched.finished():
@@ -336,6 +369,22 @@ class _Pull:
                                 self._end_file(f)
                 self.hash_wake.set()
             time.sleep(TICK_S)
+
+    def _cut_silent(self, now: float) -> None:
+        """Close the connection of a request whose range was taken over whole because it went
+        silent: its worker is freed now (and counts the failure), not at the read timeout."""
+        sched = self.sched
+        assert sched is not None
+        with self.lock:
+            cut = [
+                resp
+                for rid, resp in self.streams.items()
+                if (r := sched.active.get(rid)) is not None
+                and r.left() == 0
+                and now - r.last >= sched.silence_budget(r.mirror)
+            ]
+        for response in cut:
+            _cut(response)
 
     def _spawn(self, sched: Scheduler) -> None:
         """Enough workers for the mirrors' targets and the small files waiting (lock held)."""
@@ -377,6 +426,9 @@ class _Pull:
                 r = action.range
                 f = self.files[r.file]
                 src = f.srcs[r.mirror]
+                taken, sched.taken_over = sched.taken_over, []
+            for t in taken:
+                self._taken_over(t)
             try:
                 if f.fd < 0:
                     try:
@@ -385,6 +437,8 @@ class _Pull:
                         raise _FileFatal(_describe_os_error(exc, f.job)) from None
                 self._fetch(f, src, r)
             except AttemptError as exc:
+                if self.over:
+                    return  # the run is over: nothing to tell (its range was served elsewhere)
                 self._failed(f, src, r, exc)
             except _FileFatal as exc:
                 with self.lock:
@@ -433,7 +487,8 @@ class _Pull:
                 if exc.retry_after is None
                 else min(max(exc.retry_after, 0.0), MAX_RETRY_AFTER_S),
             )
-            self._note(f, src.name, exc.message)
+            if exc.message != TAKEN:  # told when its range was taken over
+                self._note(f, src.name, exc.message)
             self.lock.notify_all()
         if dropped is not None:
             f.reported.add(src.name)
@@ -446,6 +501,23 @@ class _Pull:
             f.reported.add(src.name)
             self.reporter.on_mirror_failed(f.job.path, src.name, exc.message)
         self._maybe_end(f)
+
+    def _taken_over(self, t: Takeover) -> None:
+        """Another connection took over the rest of a range of ``t.mirror``: say why."""
+        f = self.files[t.file]
+        if t.silent or t.quiet_s >= STALLED_S:
+            message = f"stalled: no byte for {t.quiet_s:.1f} s; {TAKEN}"
+        else:
+            message = (
+                f"too slow: {t.rate / 1024:.0f} KiB/s on a connection "
+                f"(another does {t.thief_rate / 1024:.0f} KiB/s); {TAKEN}"
+            )
+        with self.lock:
+            self._note(f, t.mirror, message)
+            first = t.mirror not in f.reported
+            f.reported.add(t.mirror)
+        if first:
+            self.reporter.on_mirror_failed(f.job.path, t.mirror, message)
 
     def _note(self, f: _File, mirror: str, message: str) -> None:
         line = f"{mirror}: {message}"
@@ -471,6 +543,9 @@ class _Pull:
             try:
                 with self.client.stream("GET", url, headers=headers) as response:
                     status = response.status_code
+                    with self.lock:
+                        self.sched.answered(r, time.monotonic())  # type: ignore[union-attr]
+                        self.streams[r.id] = response
                     if status in _REDIRECTS:
                         location = response.headers.get("Location")
                         if not location:
@@ -489,7 +564,13 @@ class _Pull:
                     f"stalled: {type(exc).__name__} after {_timeout_of(self.options)} s"
                 ) from None
             except httpx.HTTPError as exc:
+                if r.left() == 0:
+                    # Its range was taken over (it had gone silent) and the socket cut.
+                    raise AttemptError(TAKEN) from None
                 raise AttemptError(f"{type(exc).__name__}: {exc}") from None
+            finally:
+                with self.lock:
+                    self.streams.pop(r.id, None)
         raise AttemptError(f"more than {MAX_REDIRECTS} redirects", retryable=False)
 
     def _check_response(
