@@ -1,0 +1,165 @@
+"""A bad mirror ranked first and one good mirror, with the engines' DEFAULT timeouts (issue 15).
+
+The best-ranked mirror goes bad after the probe: it hangs, stalls, trickles, is slow, or
+answers 429 with a long Retry-After. The pull must finish from the good mirror with the right
+bytes, abandon the bad one (from the requests it served and the events), and do it through the
+scheduler's hedging and take-overs, not by waiting out a read timeout (30 s) or the
+Retry-After: each test bounds the pull well below that wait (a generous bound, many times
+what it takes: a guard against waiting, not a speed test).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from modelget import api
+from modelget.datatypes import PullResult
+from modelget.engines import EngineName, EngineOptions, aria2c_path
+from modelget.testing.hubsim import Fault, HubSimulator
+from test_faults_network import (
+    BIG,
+    REPO,
+    Recorder,
+    assert_complete,
+    catalogue,
+    start,
+    transfer_bytes,
+)
+
+@pytest.fixture(params=["httpx"])
+def engine(request: pytest.FixtureRequest) -> EngineName:
+    name: EngineName = request.param
+    if name == "aria2" and aria2c_path() is None:
+        pytest.skip("aria2c not installed")
+    return name
+
+
+SIZE = 24 * 1024 * 1024 + 4321
+"""Big enough for many ranges at the default chunk sizes."""
+
+
+@pytest.fixture(scope="module")
+def data() -> bytes:
+    return random.Random(15).randbytes(SIZE)
+
+
+@pytest.fixture
+def repo_dir(tmp_path: Path, data: bytes) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / BIG).write_bytes(data)
+    (root / "config.json").write_text('{"hidden_size": 8}\n')
+    return root
+
+
+@pytest.fixture(autouse=True)
+def own_probe_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELGET_CACHE_DIR", str(tmp_path / "_mgcache"))
+
+
+def bad_first(
+    sims: list[HubSimulator], repo_dir: Path, tmp_path: Path
+) -> tuple[HubSimulator, HubSimulator, Path]:
+    bad = start(sims, repo_dir, name="bad")
+    good = start(sims, repo_dir, name="good", host_name="localhost")
+    cat = catalogue(tmp_path / "m.yaml", good, bad)  # catalogue order is not the ranking
+    slower = good.add_fault(Fault(route="hf-api", latency_s=0.1))
+    ranking = api.probe(REPO, mirrors=cat)
+    assert [r.mirror.name for r in ranking.ranked][:2] == ["bad", "good"]
+    good.remove_fault(slower)
+    return bad, good, cat
+
+
+def pull(engine: EngineName, cat: Path, cache: Path, reporter: Recorder) -> PullResult:
+    # Default options: no short read or stall timeout to lean on.
+    return api.pull(
+        REPO,
+        mirrors=cat,
+        cache_dir=cache,
+        engine=engine,
+        options=EngineOptions(),
+        reporter=reporter,
+    )
+
+
+WAIT_BOUND_S = 20.0
+"""Under the default read timeout (30 s): a pull that waited a timeout out fails the bound."""
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(route="hf-resolve", latency_s=120),  # no answer at all, HEAD or GET
+        Fault(route="hf-resolve", path_glob=BIG, stall_after_bytes=64 * 1024, stall_s=120),
+    ],
+    ids=["hung", "stalled"],
+)
+def test_a_silent_first_mirror_is_hedged_onto_the_good_one(
+    fault: Fault,
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    data: bytes,
+    sims: list[HubSimulator],
+) -> None:
+    bad, good, cat = bad_first(sims, repo_dir, tmp_path)
+    handle = bad.add_fault(fault)
+    reporter = Recorder()
+
+    t0 = time.monotonic()
+    result = pull(engine, cat, tmp_path / "cache", reporter)
+    took = time.monotonic() - t0
+
+    assert_complete(result, data)
+    assert bad.fault_hits(handle) > 0, "the fault never met a request of the pull"
+    assert transfer_bytes(good) >= SIZE - transfer_bytes(bad)
+    assert any("stalled" in r for r in reporter.reasons("bad")), reporter.failed
+    assert not reporter.reasons("good")
+    assert took < WAIT_BOUND_S, f"{took:.1f} s: the pull waited the silent mirror out"
+
+
+def test_a_slow_first_mirror_loses_its_share(
+    engine: EngineName, tmp_path: Path, repo_dir: Path, data: bytes, sims: list[HubSimulator]
+) -> None:
+    """64 KB/s per connection against loopback: at that speed the bad mirror would need
+    minutes for its share; the good one takes its ranges over and the slow one gets no new
+    ones."""
+    bad, good, cat = bad_first(sims, repo_dir, tmp_path)
+    handle = bad.add_fault(Fault(route="hf-resolve", path_glob=BIG, rate_bps=64_000))
+    reporter = Recorder()
+
+    t0 = time.monotonic()
+    result = pull(engine, cat, tmp_path / "cache", reporter)
+    took = time.monotonic() - t0
+
+    assert_complete(result, data)
+    assert bad.fault_hits(handle) > 0
+    big = next(f for f in result.files if f.path == BIG)
+    from_bad = big.bytes_by_mirror.get("bad", 0)
+    assert from_bad < SIZE // 8, big.bytes_by_mirror
+    assert not reporter.reasons("good")
+    assert took < WAIT_BOUND_S, f"{took:.1f} s: the slow mirror kept its share"
+
+
+def test_a_long_retry_after_from_the_first_mirror_does_not_hold_the_pull(
+    engine: EngineName, tmp_path: Path, repo_dir: Path, data: bytes, sims: list[HubSimulator]
+) -> None:
+    """429 with Retry-After: 120 on every file request: the good mirror serves everything, and
+    the pull ends when its files do, not when the bad mirror's back-off ends."""
+    bad, good, cat = bad_first(sims, repo_dir, tmp_path)
+    handle = bad.add_fault(Fault(route="hf-resolve", status=429, retry_after=120))
+    reporter = Recorder()
+
+    t0 = time.monotonic()
+    result = pull(engine, cat, tmp_path / "cache", reporter)
+    took = time.monotonic() - t0
+
+    assert_complete(result, data)
+    assert bad.fault_hits(handle) > 0
+    big = next(f for f in result.files if f.path == BIG)
+    assert set(big.bytes_by_mirror) == {"good"}, big.bytes_by_mirror
+    assert took < WAIT_BOUND_S, f"{took:.1f} s: the pull waited for the Retry-After"
