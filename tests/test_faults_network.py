@@ -532,6 +532,46 @@ def test_a_best_ranked_mirror_that_lists_a_wrong_size_does_not_block_the_pull(
         assert "already here" in again.disagreements[0].reason
 
 
+def test_a_tie_on_the_digest_fetches_the_other_copy_and_names_the_mirror_the_bytes_disprove(
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    data: bytes,
+    sims: list[HubSimulator],
+) -> None:
+    """Two mirrors; the best-ranked one lists another sha256 for the big file (same size)
+    and serves the real bytes. Its copy fails verification and is quarantined; the other
+    mirror's copy (another blob name, another lock) is fetched, verified and placed."""
+    liar = start(sims, repo_dir, name="liar")
+    good = start(sims, repo_dir, name="good", host_name="localhost")
+    cat = catalogue(tmp_path / "m.yaml", liar, good)
+    good.add_fault(Fault(route="hf-api", latency_s=0.1))
+    assert api.probe(REPO, mirrors=cat).ranked[0].mirror.name == "liar"
+    fake = "f" * 64
+
+    def other_digest(route: str, path: str, items: Any) -> Any:
+        if route == "hf-api" and isinstance(items, list):
+            return [
+                {**i, "lfs": {**i["lfs"], "oid": fake}} if i.get("path") == BIG else i
+                for i in items
+            ]
+        return items
+
+    liar.tamper(other_digest)
+    reporter = Recorder()
+
+    result = pull(engine, cat, tmp_path / "cache", reporter)
+
+    assert_complete(result, data)
+    assert [(d.mirror, d.standby) for d in result.disagreements] == [("liar", False)]
+    assert "sha256 ffffffffffff" in result.disagreements[0].reason
+    big = result.files[[f.path for f in result.files].index(BIG)]
+    assert big.bad_mirrors == ("liar",)  # its bytes failed the digest it listed
+    repo = tmp_path / "cache" / "models--acme--faulty"
+    assert not (repo / "blobs" / fake).exists()
+    assert any(q.name.startswith(fake) for q in (repo / ".quarantine").iterdir())
+
+
 # --- slow DNS ----------------------------------------------------------------------------------
 
 
