@@ -505,6 +505,12 @@ def test_a_best_ranked_mirror_that_lists_a_wrong_size_does_not_block_the_pull(
     ranked = api.probe(REPO, mirrors=cat).ranked  # healthy; this ranking is cached
     assert ranked[0].mirror.name == "liar"
     liar.tamper(size_lie(delta))
+    if mirrors == 2:
+        # The plan keeps both copies, the liar's first; the other is held in reserve.
+        item = next(i for i in api.plan(REPO, mirrors=cat).items if i.entry.path == BIG)
+        assert item.entry.size == SIZE + delta and [s.mirror for s in item.sources] == ["liar"]
+        (alt,) = item.alternatives
+        assert alt.entry.size == SIZE and [s.mirror for s in alt.sources] == ["good"]
     liar.clear_log()
     reporter = Recorder()
 

@@ -816,11 +816,21 @@ def _plan_dict(plan: Any) -> dict[str, Any]:
                 "lfs": i.entry.lfs,
                 "present": i.present,
                 "sources": [{"mirror": s.mirror, "url": s.url} for s in i.sources],
+                "alternatives": [
+                    {
+                        "size": a.entry.size,
+                        "sha256": a.entry.sha256,
+                        "git_sha1": a.entry.git_sha1,
+                        "sources": [{"mirror": s.mirror, "url": s.url} for s in a.sources],
+                    }
+                    for a in i.alternatives
+                ],
             }
             for i in plan.items
         ],
         "disagreements": [
-            {"mirror": d.mirror, "path": d.path, "reason": d.reason} for d in plan.disagreements
+            {"mirror": d.mirror, "path": d.path, "reason": d.reason, "standby": d.standby}
+            for d in plan.disagreements
         ],
         "excluded": list(plan.excluded),
     }
