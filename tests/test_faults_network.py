@@ -20,8 +20,9 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -449,6 +450,132 @@ def test_a_mirror_whose_manifest_disagrees_is_not_used_for_that_file_and_is_name
     assert transfer_bytes(good) + transfer_bytes(also) >= SIZE
     named = [t for level, t in reporter.messages if level == "warning" and "disagreement" in t]
     assert any("odd" in t and BIG in t for t in named), reporter.messages
+    # Outvoted, and named in the result too (the Python API and --json).
+    assert [(d.mirror, d.path, d.standby) for d in result.disagreements] == [("odd", BIG, False)]
+
+
+def size_lie(delta: int) -> Callable[[str, str, Any], Any]:
+    """A tamper: the mirror lists the big file ``delta`` bytes bigger (or smaller) than it is,
+    with the right sha256, in its tree listing and in the model info's siblings."""
+
+    def lie(item: dict[str, Any], key: str) -> dict[str, Any]:
+        item = dict(item)
+        if item.get(key) == BIG:
+            if "size" in item:
+                item["size"] += delta
+            if "lfs" in item:
+                item["lfs"] = {**item["lfs"], "size": item["lfs"]["size"] + delta}
+        return item
+
+    def tamper(route: str, path: str, data: Any) -> Any:
+        if route != "hf-api":
+            return data
+        if isinstance(data, list):
+            return [lie(i, "path") for i in data]
+        if isinstance(data, dict) and "siblings" in data:
+            return {**data, "siblings": [lie(i, "rfilename") for i in data["siblings"]]}
+        return data
+
+    return tamper
+
+
+@pytest.mark.parametrize("mirrors", [2, 3])
+@pytest.mark.parametrize("delta", [4096, -4096], ids=["size-too-big", "size-too-small"])
+def test_a_best_ranked_mirror_that_lists_a_wrong_size_does_not_block_the_pull(
+    delta: int,
+    mirrors: int,
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    data: bytes,
+    sims: list[HubSimulator],
+) -> None:
+    """The best-ranked mirror lists the big file 4096 bytes too big or too small (same
+    sha256). With three mirrors the two that agree outvote it: it is never used for the file.
+    With two there is no majority: its copy is tried first, fails, and the other mirror's
+    copy is fetched and verified. Either way the pull completes with the right bytes and the
+    result names the liar; a second pull transfers nothing and still names it."""
+    liar = start(sims, repo_dir, name="liar")
+    honest = [start(sims, repo_dir, name="good", host_name="localhost")]
+    if mirrors == 3:
+        honest.append(start(sims, repo_dir, name="also"))
+    cat = catalogue(tmp_path / "m.yaml", liar, *honest)
+    for sim in honest:
+        sim.add_fault(Fault(route="hf-api", latency_s=0.1))
+    ranked = api.probe(REPO, mirrors=cat).ranked  # healthy; this ranking is cached
+    assert ranked[0].mirror.name == "liar"
+    liar.tamper(size_lie(delta))
+    if mirrors == 2:
+        # The plan keeps both copies, the liar's first; the other is held in reserve.
+        item = next(i for i in api.plan(REPO, mirrors=cat).items if i.entry.path == BIG)
+        assert item.entry.size == SIZE + delta and [s.mirror for s in item.sources] == ["liar"]
+        (alt,) = item.alternatives
+        assert alt.entry.size == SIZE and [s.mirror for s in alt.sources] == ["good"]
+    liar.clear_log()
+    reporter = Recorder()
+
+    result = pull(engine, cat, tmp_path / "cache", reporter)
+
+    assert_complete(result, data)
+    assert [(d.mirror, d.path, d.standby) for d in result.disagreements] == [
+        ("liar", BIG, False)
+    ], result.disagreements
+    (named,) = result.disagreements
+    assert f"size {SIZE + delta}" in named.reason, named.reason
+    warnings = [t for level, t in reporter.messages if level == "warning"]
+    assert any(t.startswith("disagreement: liar") and BIG in t for t in warnings), warnings
+    if mirrors == 3:
+        assert transfer_bytes(liar) == 0, "an outvoted mirror was used for the file"
+    else:
+        # Its copy was tried first (and could not be fetched and verified) ...
+        assert any("could not be fetched and verified" in t for t in warnings), warnings
+        assert f"verified, from {honest[0].name}" in named.reason, named.reason
+        assert result.files[[f.path for f in result.files].index(BIG)].bytes_by_mirror["good"] > 0
+        # ... and the cache keeps what the bytes decided: nothing moves the second time.
+        again = pull(engine, cat, tmp_path / "cache")
+        assert again.status == "ok" and again.bytes_fetched == 0
+        assert [(d.mirror, d.standby) for d in again.disagreements] == [("liar", False)]
+        assert "already here" in again.disagreements[0].reason
+
+
+def test_a_tie_on_the_digest_fetches_the_other_copy_and_names_the_mirror_the_bytes_disprove(
+    engine: EngineName,
+    tmp_path: Path,
+    repo_dir: Path,
+    data: bytes,
+    sims: list[HubSimulator],
+) -> None:
+    """Two mirrors; the best-ranked one lists another sha256 for the big file (same size)
+    and serves the real bytes. Its copy fails verification and is quarantined; the other
+    mirror's copy (another blob name, another lock) is fetched, verified and placed."""
+    liar = start(sims, repo_dir, name="liar")
+    good = start(sims, repo_dir, name="good", host_name="localhost")
+    cat = catalogue(tmp_path / "m.yaml", liar, good)
+    good.add_fault(Fault(route="hf-api", latency_s=0.1))
+    assert api.probe(REPO, mirrors=cat).ranked[0].mirror.name == "liar"
+    fake = "f" * 64
+
+    def other_digest(route: str, path: str, items: Any) -> Any:
+        if route == "hf-api" and isinstance(items, list):
+            return [
+                {**i, "lfs": {**i["lfs"], "oid": fake}} if i.get("path") == BIG else i
+                for i in items
+            ]
+        return items
+
+    liar.tamper(other_digest)
+    reporter = Recorder()
+
+    result = pull(engine, cat, tmp_path / "cache", reporter)
+
+    assert_complete(result, data)
+    assert [(d.mirror, d.standby) for d in result.disagreements] == [("liar", False)]
+    assert "sha256 ffffffffffff" in result.disagreements[0].reason
+    big = result.files[[f.path for f in result.files].index(BIG)]
+    assert big.bad_mirrors == ("liar",)  # its bytes failed the digest it listed
+    repo = tmp_path / "cache" / "models--acme--faulty"
+    assert not (repo / "blobs" / fake).exists()
+    assert any(q.name.startswith(fake) for q in (repo / ".quarantine").iterdir())
 
 
 # --- slow DNS ----------------------------------------------------------------------------------

@@ -6,7 +6,15 @@ import pytest
 
 from modelget.datatypes import FileEntry, Manifest
 from modelget.errors import UnsafeManifestError, UsageError
-from modelget.manifest import agree, check_path, merge_digests, select_files
+from modelget.manifest import (
+    Copy,
+    agree,
+    check_path,
+    copies,
+    merge_digests,
+    select_files,
+    settle,
+)
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -132,3 +140,72 @@ def test_the_copy_most_mirrors_agree_on_wins_over_the_best_ranked_one() -> None:
     # Two mirrors that disagree: a tie, the better-ranked one wins.
     candidates, _ = agree(m2, [m3])
     assert candidates["b.bin"] == ["m2"]
+
+
+@pytest.mark.parametrize("delta", [4096, -4096])
+def test_two_mirrors_that_tie_keep_both_copies_and_the_bytes_decide(delta: int) -> None:
+    """The best-ranked mirror lists a wrong size (same sha256): with only two mirrors there is
+    no majority, so both copies are kept, its own first; the other's disagreement is
+    standby (kept in reserve), not a verdict."""
+    liar = _manifest("a", FileEntry("m.bin", 10_000 + delta, SHA_A), FileEntry("c", 1, SHA_B))
+    honest = _manifest("b", FileEntry("m.bin", 10_000, SHA_A), FileEntry("c", 1, SHA_B))
+    found, disagreements = copies(liar, [honest])
+    assert found["m.bin"] == [
+        Copy(FileEntry("m.bin", 10_000 + delta, SHA_A), ("a",)),
+        Copy(FileEntry("m.bin", 10_000, SHA_A), ("b",)),
+    ]
+    assert found["c"] == [Copy(FileEntry("c", 1, SHA_B), ("a", "b"))]
+    (d,) = disagreements
+    assert (d.mirror, d.path, d.standby) == ("b", "m.bin", True)
+    assert f"size 10000 != {10_000 + delta}" in d.reason and "no majority" in d.reason
+    # agree() still answers with the first copy's mirrors.
+    assert agree(liar, [honest])[0] == {"m.bin": ["a"], "c": ["a", "b"]}
+
+
+def test_a_majority_keeps_one_copy_and_names_the_odd_mirror_outright() -> None:
+    liar = _manifest("a", FileEntry("m.bin", 14_096, SHA_A))
+    b = _manifest("b", FileEntry("m.bin", 10_000, SHA_A))
+    c = _manifest("c", FileEntry("m.bin", 10_000, SHA_A))
+    found, disagreements = copies(liar, [b, c])
+    assert found == {"m.bin": [Copy(FileEntry("m.bin", 10_000, SHA_A), ("b", "c"))]}
+    (d,) = disagreements
+    assert (d.mirror, d.standby) == ("a", False)
+    assert d.reason == "size 14096 != 10000"
+
+
+def test_ties_among_more_mirrors_keep_every_copy_biggest_group_first() -> None:
+    """2-2-1: no copy has more mirrors than every other; all three are kept, by the number of
+    mirrors behind them, then rank. A mirror missing the file is no copy."""
+    ms = [
+        _manifest("m1", FileEntry("x", 3, SHA_A)),
+        _manifest("m2", FileEntry("x", 4, SHA_A)),
+        _manifest("m3", FileEntry("x", 4, SHA_A)),
+        _manifest("m4", FileEntry("x", 3, SHA_A)),
+        _manifest("m5", FileEntry("x", 3, SHA_B)),
+        _manifest("m6"),
+    ]
+    found, disagreements = copies(ms[0], ms[1:])
+    assert [c.mirrors for c in found["x"]] == [("m1", "m4"), ("m2", "m3"), ("m5",)]
+    standby = {d.mirror for d in disagreements if d.standby}
+    assert standby == {"m2", "m3", "m5"}
+    assert [(d.mirror, d.reason) for d in disagreements if not d.standby] == [
+        ("m6", "file missing")
+    ]
+    # 3-1-1 is a majority (a plurality): one copy.
+    found, _ = copies(ms[1], [ms[2], _manifest("m7", FileEntry("x", 4, SHA_A)), ms[0], ms[4]])
+    assert [c.mirrors for c in found["x"]] == [("m2", "m3", "m7")]
+
+
+def test_settle_names_every_mirror_of_every_copy_the_bytes_proved_wrong() -> None:
+    tried = [
+        Copy(FileEntry("m.bin", 14_096, SHA_A), ("a",)),
+        Copy(FileEntry("m.bin", 10_000, SHA_A), ("b",)),
+        Copy(FileEntry("m.bin", 10_000, SHA_B), ("c", "d")),
+    ]
+    found = settle("m.bin", tried, 1, "verified, from b")
+    assert [(d.mirror, d.standby) for d in found] == [("a", False), ("c", False), ("d", False)]
+    assert found[0].reason == (
+        "it lists size 14096, but the bytes (verified, from b) have size 10000"
+    )
+    assert "sha256 bbbbbbbbbbbb" in found[1].reason and "aaaaaaaaaaaa" in found[1].reason
+    assert settle("m.bin", tried[:1], 0, "verified") == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelget.datatypes import FileEntry, FileSource, Manifest
+from modelget.datatypes import Alternative, FileEntry, FileSource, Manifest
 from modelget.errors import InsufficientDiskSpaceError, NoMirrorError
 from modelget.plan import MIN_RESERVE_BYTES, make_plan, required_bytes
 
@@ -59,3 +59,16 @@ def test_a_file_with_no_agreeing_mirror_is_an_error() -> None:
 def test_reserve_is_at_least_the_minimum() -> None:
     assert required_bytes(1) == 1 + MIN_RESERVE_BYTES
     assert required_bytes(10**12) == 10**12 + 10**10
+
+
+def test_alternatives_of_a_tie_go_into_the_item_in_order() -> None:
+    """Where the mirrors tie on a file, its other copies ride along in the plan item (the
+    executor tries them in order); files without a tie have none."""
+    other = FileEntry(BIG.path, BIG.size - 4096, BIG.sha256, lfs=True)
+    alt = Alternative(other, (FileSource("mirror", "http://mirror/big"),))
+    sources = {BIG.path: [FileSource("hub", "http://hub/big")], SMALL.path: SOURCES[SMALL.path]}
+    plan = make_plan(REF, [BIG, SMALL], sources, alternatives={BIG.path: [alt]})
+    by_path = {i.entry.path: i for i in plan.items}
+    assert by_path[BIG.path].alternatives == (alt,)
+    assert [s.mirror for s in by_path[BIG.path].sources] == ["hub"]
+    assert by_path[SMALL.path].alternatives == ()

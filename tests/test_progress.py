@@ -83,3 +83,22 @@ def test_rate_parsing(text: str, value: int) -> None:
 def test_bad_rates_are_usage_errors(text: str) -> None:
     with pytest.raises(UsageError):
         _rate(text)
+
+
+def test_mirror_failures_are_shown_once_per_kind_unless_verbose() -> None:
+    """A mirror that is down fails every file the same way: one short note (no URL) without
+    -v, every note in full with it."""
+    url = "http://127.0.0.1:9/acme/m/resolve/" + "c" * 40
+    quiet, loud = io.StringIO(), io.StringIO()
+    for out, verbose in ((quiet, False), (loud, True)):
+        rep = TextReporter(out, verbose=verbose)
+        for name in ("a.bin", "b.bin"):
+            rep.on_mirror_failed(name, "bad", f"HTTP 404 from {url}/{name}")
+        rep.on_mirror_failed("b.bin", "bad", "too slow")
+        rep.on_mirror_failed("b.bin", "other", f"HTTP 404 from {url}/b.bin")
+    assert quiet.getvalue().splitlines() == [
+        "a.bin: mirror bad: HTTP 404",
+        "b.bin: mirror bad: too slow",
+        "b.bin: mirror other: HTTP 404",
+    ]
+    assert len(loud.getvalue().splitlines()) == 4 and url in loud.getvalue()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from modelget import layout, settings
 from modelget.catalogue import load_catalogue
 from modelget.datatypes import (
+    Alternative,
     FileEntry,
     FileOutcome,
     FileSource,
@@ -47,7 +48,7 @@ from modelget.events import NullReporter, Reporter
 from modelget.export import ExportResult
 from modelget.layout import free_bytes, scan
 from modelget.lockfile import LockedModel, Lockfile, agree_with_lock, check_entries
-from modelget.manifest import agree, check_collisions, merge_digests, select_files
+from modelget.manifest import Copy, check_collisions, copies, merge_digests, select_files, settle
 from modelget.manifest import check_repo_id as _check_repo_id
 from modelget.manifest import check_revision as _check_revision
 from modelget.plan import make_plan
@@ -279,12 +280,19 @@ def _plan(
         order, lock_entries = _reference_for_lock(locked, order, report.manifests)
     reference = report.manifests[order[0].name]
     others = [report.manifests[m.name] for m in order[1:]]
+    by_name = {m.name: m for m in order}
+    files_of = {m.name: report.manifests[m.name].by_path() for m in order}
+    groups: dict[str, list[Copy]]
     if locked is not None:
         candidates, disagreements = agree_with_lock(
             locked, [(m.name, report.manifests[m.name].by_path()) for m in order]
         )
+        # The locked copy; every source matches it.
+        groups = {
+            p: [Copy(lock_entries[p], tuple(names))] for p, names in candidates.items() if names
+        }
     else:
-        candidates, disagreements = agree(reference, others)
+        groups, disagreements = copies(reference, others)
     if locked is not None:
         wanted = [lock_entries[p] for p in locked.paths]
         excluded = sorted({f.path for f in reference.files} - set(locked.paths))
@@ -293,40 +301,74 @@ def _plan(
             reference.files, filenames=filenames, include=include, exclude=exclude
         )
     check_collisions(wanted)
-    by_name = {m.name: m for m in order}
-    files_of = {m.name: report.manifests[m.name].by_path() for m in order}
-    entries = []
-    sources: dict[str, list[FileSource]] = {}
-    for wanted_entry in wanted:
-        agreeing = candidates.get(wanted_entry.path, [])
-        # The copy most mirrors agree on (it may not be the reference mirror's); in a locked
-        # pull, the locked copy (every source matches it).
-        entry = (
-            files_of[agreeing[0]][wanted_entry.path]
-            if agreeing and locked is None
-            else wanted_entry
+
+    def sourced(copy: Copy) -> Alternative:
+        """The copy's entry (with a sha256 borrowed from its other mirrors if it lacks one)
+        and each of its mirrors' URLs, built from that mirror's own entry (a cdn addresses
+        bytes by sha256)."""
+        names = copy.mirrors
+        entry = merge_digests(copy.entry, (files_of[n][copy.entry.path] for n in names[1:]))
+        return Alternative(
+            entry,
+            tuple(
+                FileSource(
+                    name,
+                    get_source(by_name[name].kind).file_url(
+                        by_name[name], report.manifests[name], files_of[name][entry.path]
+                    ),
+                )
+                for name in names
+            ),
         )
-        entries.append(merge_digests(entry, (files_of[n][entry.path] for n in agreeing[1:])))
-        # Each mirror's URL is built from its own entry (a cdn addresses bytes by sha256).
-        sources[entry.path] = [
-            FileSource(
-                name,
-                get_source(by_name[name].kind).file_url(
-                    by_name[name], report.manifests[name], files_of[name][entry.path]
-                ),
-            )
-            for name in agreeing
-        ]
+
+    tries: dict[str, list[Alternative]] = {}
+    for wanted_entry in wanted:
+        found = groups.get(wanted_entry.path)
+        # Where the mirrors tie, every copy, best first; else the one most mirrors agree on
+        # (it may not be the reference mirror's).
+        tries[wanted_entry.path] = (
+            [sourced(c) for c in found] if found else [Alternative(wanted_entry, ())]
+        )
 
     hub_cache = _hub_cache(cache_dir)
     dest = Path(local_dir) if local_dir is not None else hub_cache
-    present = scan(
-        entries,
-        repo_id=repo_id,
-        commit=reference.commit,
-        cache_dir=hub_cache,
-        local_dir=Path(local_dir) if local_dir is not None else None,
-    )
+
+    def here(entries: Sequence[FileEntry]) -> set[str]:
+        return scan(
+            entries,
+            repo_id=repo_id,
+            commit=reference.commit,
+            cache_dir=hub_cache,
+            local_dir=Path(local_dir) if local_dir is not None else None,
+        )
+
+    present = here([t[0].entry for t in tries.values()])
+    for path, tried in tries.items():
+        if len(tried) < 2:
+            continue
+        # A tie already settled by an earlier pull: the copy here was verified when it landed.
+        k = next(
+            (
+                k
+                for k, alt in enumerate(tried)
+                if (path in present if k == 0 else here([alt.entry]))
+            ),
+            None,
+        )
+        if k is None:
+            continue
+        present.add(path)
+        settled = settle(
+            path,
+            [Copy(a.entry, tuple(s.mirror for s in a.sources)) for a in tried],
+            k,
+            "already here, verified when fetched",
+        )
+        disagreements = [d for d in disagreements if not (d.path == path and d.standby)] + settled
+        tries[path] = [tried[k], *tried[:k], *tried[k + 1 :]]
+    entries = [t[0].entry for t in tries.values()]
+    sources = {path: list(t[0].sources) for path, t in tries.items()}
+    alternatives = {path: t[1:] for path, t in tries.items() if len(t) > 1}
     throughput = {name: r.throughput_bps for name, r in report.results.items() if r.throughput_bps}
     result = make_plan(
         reference,
@@ -337,6 +379,7 @@ def _plan(
         throughput_bps=throughput,
         disagreements=disagreements,
         excluded=excluded,
+        alternatives=alternatives,
     )
     return result, by_name
 
@@ -533,7 +576,10 @@ def pull(
         )
         for d in the_plan.disagreements:
             reporter.on_message(
-                "warning", f"disagreement: {d.mirror} is not used for {d.path}: {d.reason}"
+                "warning",
+                f"disagreement: {d.mirror} lists another copy of {d.path}: {d.reason}"
+                if d.standby
+                else f"disagreement: {d.mirror} is not used for {d.path}: {d.reason}",
             )
         waited = time.perf_counter()
         chosen = starter.engine()
@@ -605,6 +651,17 @@ def pull(
         Path(local_dir) if local_dir else layout.snapshot_dir(hub_cache, repo_id, the_plan.commit)
     )
     order = {i.entry.path: n for n, i in enumerate(the_plan.items)}
+    # Outvoted mirrors (the plan's), and where the mirrors tied, those the bytes proved wrong
+    # (the executor's); a tie on a file that failed with every copy stays standby.
+    settled = {d.path for d in executor.disagreements}
+    disagreements = (
+        *(
+            d
+            for d in the_plan.disagreements
+            if d.path in order and not (d.standby and d.path in settled)
+        ),
+        *executor.disagreements,
+    )
     elapsed = time.perf_counter() - started
     return PullResult(
         repo_id=repo_id,
@@ -621,6 +678,7 @@ def pull(
         transfer_s=transfer_s,
         timings={**timings, "total": elapsed},
         connections=executor.connections,
+        disagreements=disagreements,
     )
 
 

@@ -614,12 +614,48 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
                 "timings: " + ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items()),
                 file=sys.stderr,
             )
-    for f in failed:
-        print(f"error: {f.path}: {f.error}", file=sys.stderr)
+    for line in failure_summary(
+        [(f.path, f.error or "failed") for f in failed], len(result.files), args.verbose
+    ):
+        print(line, file=sys.stderr)
     if load_report is not None:
         _print_load_report(load_report)
     print(result.path)
     return code
+
+
+SUMMARY_GROUPS = 3
+"""Reasons shown in a failure summary; files failing for other reasons are counted."""
+
+
+def failure_summary(failed: Sequence[tuple[str, str]], total: int, verbose: bool) -> list[str]:
+    """The lines a pull prints about its failed files (``(path, error)`` pairs): one file,
+    one line; several, one ``error:`` line and a line per reason (how many files, which),
+    at most ``SUMMARY_GROUPS`` of them. ``verbose``: every file's full error first."""
+    from modelget.progress import short_error
+
+    if not failed:
+        return []
+    lines = [f"  {path}: {error}" for path, error in failed] if verbose else []
+    if len(failed) == 1:
+        path, error = failed[0]
+        return [
+            f"error: {path}: {error if verbose else short_error(path, error, 400, digests=True)}"
+        ]
+    groups: dict[str, list[str]] = {}
+    for path, error in failed:
+        groups.setdefault(short_error(path, error), []).append(path)
+    ranked = sorted(groups.items(), key=lambda g: -len(g[1]))
+    lines.append(f"error: {len(failed)} of {total} files failed:")
+    for reason, paths in ranked[:SUMMARY_GROUPS]:
+        shown = ", ".join(paths[:3]) + (f", +{len(paths) - 3} more" if len(paths) > 3 else "")
+        lines.append(f"  {len(paths)} × {reason} ({shown})")
+    rest = sum(len(paths) for _, paths in ranked[SUMMARY_GROUPS:])
+    if rest:
+        lines.append(f"  {rest} more with other errors")
+    if not verbose:
+        lines.append("  (each file's full error: -v, or the result of --json)")
+    return lines
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -780,11 +816,21 @@ def _plan_dict(plan: Any) -> dict[str, Any]:
                 "lfs": i.entry.lfs,
                 "present": i.present,
                 "sources": [{"mirror": s.mirror, "url": s.url} for s in i.sources],
+                "alternatives": [
+                    {
+                        "size": a.entry.size,
+                        "sha256": a.entry.sha256,
+                        "git_sha1": a.entry.git_sha1,
+                        "sources": [{"mirror": s.mirror, "url": s.url} for s in a.sources],
+                    }
+                    for a in i.alternatives
+                ],
             }
             for i in plan.items
         ],
         "disagreements": [
-            {"mirror": d.mirror, "path": d.path, "reason": d.reason} for d in plan.disagreements
+            {"mirror": d.mirror, "path": d.path, "reason": d.reason, "standby": d.standby}
+            for d in plan.disagreements
         ],
         "excluded": list(plan.excluded),
     }

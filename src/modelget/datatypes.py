@@ -172,11 +172,27 @@ class FileSource:
 
 @dataclass(frozen=True)
 class Disagreement:
-    """A mirror whose copy of a file differs from the manifest: never used for that file."""
+    """A mirror whose listing of a file differs from the copy used: never used for that file.
+
+    ``standby``: the mirrors tied (no copy had more mirrors behind it than every other), so
+    this mirror's copy is kept in reserve (``PlanItem.alternatives``) and the bytes decide:
+    it is tried if the chosen copy cannot be fetched and verified. After a pull, a
+    disagreement the bytes settled has ``standby`` False and a reason naming the verified
+    copy; one still ``standby`` was never settled (the file failed with every copy)."""
 
     mirror: str
     path: str
     reason: str
+    standby: bool = False
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """Another copy of a file (its entry as some mirrors list it, and those mirrors' URLs),
+    kept when the mirrors tie on the file: tried, in order, when the chosen copy fails."""
+
+    entry: FileEntry
+    sources: tuple[FileSource, ...]
 
 
 @dataclass(frozen=True)
@@ -184,6 +200,9 @@ class PlanItem:
     entry: FileEntry
     sources: tuple[FileSource, ...]
     present: bool
+    alternatives: tuple[Alternative, ...] = ()
+    """Other copies to try, in order, when ``entry`` cannot be fetched from ``sources`` and
+    verified (only where the mirrors tie on this file; see ``Disagreement.standby``)."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +268,10 @@ class PullResult:
     ``verify_tail``, ``layout``, ``total``; those measured), for ``--json`` and ``-v``."""
     connections: Mapping[str, int] = field(default_factory=dict, hash=False)
     """The most connections the scheduler gave each mirror at once during the pull."""
+    disagreements: tuple[Disagreement, ...] = ()
+    """Every mirror whose listing of a planned file differed from the copy that was used
+    (outvoted by the others, or proved wrong by the verified bytes where the mirrors tied),
+    with the reason; ``standby`` ones were never settled (that file failed)."""
 
     @property
     def failed(self) -> tuple[FileOutcome, ...]:

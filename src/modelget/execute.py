@@ -6,6 +6,11 @@ a job writing ``blobs/<etag>.incomplete``, verify the bytes as soon as the engin
 is complete (in a small thread pool, overlapped with the other transfers), then rename into
 ``blobs/<etag>`` and link it from the snapshot (and the ``--local-dir``). A file that fails its
 digest is quarantined, its mirror is named, and it is fetched again from the others.
+
+Where the mirrors tie on a file (``PlanItem.alternatives``), a copy that cannot be fetched
+and verified from its own mirrors gives way to the next copy, with its own mirrors, until one
+verifies; the mirrors whose listing did not match the verified bytes are then named
+(``Executor.disagreements`` and a warning).
 """
 
 from __future__ import annotations
@@ -22,10 +27,19 @@ from filelock import FileLock, Timeout
 
 from modelget import layout
 from modelget.auth import mirror_token
-from modelget.datatypes import FileEntry, FileOutcome, Mirror, Plan, PlanItem
+from modelget.datatypes import (
+    Alternative,
+    Disagreement,
+    FileEntry,
+    FileOutcome,
+    Mirror,
+    Plan,
+    PlanItem,
+)
 from modelget.engines import Engine, EngineOptions, FetchJob, FetchResult, OnComplete, SourceURL
 from modelget.errors import VerificationError
 from modelget.events import Reporter
+from modelget.manifest import Copy, settle
 from modelget.verify import check
 
 VERIFY_WORKERS = 2
@@ -50,6 +64,14 @@ class _State:
     retry_single: bool = False
     transfer_retries: int = 0
     """Extra rounds given to a file whose transfer failed after making progress."""
+    rounds: int = 0
+    """Rounds run for the current copy."""
+    copies: tuple[Alternative, ...] = ()
+    """Every copy to try (the plan's entry first, then its alternatives); ``item`` holds the
+    one being tried, ``copy`` its index."""
+    copy: int = 0
+    copy_errors: list[str] = field(default_factory=list)
+    """Why each copy tried before the current one failed."""
 
 
 @dataclass(frozen=True)
@@ -139,8 +161,16 @@ class Executor:
         self.reporter = reporter
         self.cancel = cancel
         self.states: dict[str, _State] = {
-            i.entry.path: _State(i, source_urls(i, mirrors)) for i in plan.items
+            i.entry.path: _State(
+                i,
+                source_urls(i, mirrors),
+                copies=(Alternative(i.entry, i.sources), *i.alternatives),
+            )
+            for i in plan.items
         }
+        self.disagreements: list[Disagreement] = []
+        """Mirrors the bytes proved wrong, where the mirrors tied on a file (see
+        ``manifest.settle``)."""
         self._pool = ThreadPoolExecutor(VERIFY_WORKERS, thread_name_prefix="modelget-verify")
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
@@ -235,6 +265,10 @@ class Executor:
             job.dest, layout.blob_path(self.target.cache_dir, self.target.repo_id, entry)
         )
         place(self.target, entry)
+        got_from = [m for m, n in result.bytes_by_mirror.items() if n > 0] or [
+            s.mirror for s in job.sources
+        ]
+        self._settle(state, f"verified, from {'+'.join(got_from)}")
         state.outcome = FileOutcome(
             entry.path,
             entry.size,
@@ -244,6 +278,98 @@ class Executor:
             bad_mirrors=tuple(state.bad_mirrors),
         )
         self.reporter.on_file_done(entry.path, entry.size, state.seconds, False)
+
+    def _settle(self, state: _State, how: str) -> None:
+        """The current copy of a file the mirrors tied on is verified and in place: name every
+        mirror whose listing said otherwise."""
+        if len(state.copies) < 2:
+            return
+        tried = [Copy(c.entry, tuple(s.mirror for s in c.sources)) for c in state.copies]
+        found = settle(state.item.entry.path, tried, state.copy, how)
+        with self._lock:
+            self.disagreements.extend(found)
+        for d in found:
+            self.reporter.on_message(
+                "warning", f"disagreement: {d.mirror} listed {d.path} wrongly: {d.reason}"
+            )
+
+    def _next_copy(self, state: _State) -> bool:
+        """The current copy of a file could not be fetched and verified: switch to the next
+        copy the mirrors listed (a tie), with its own mirrors. False when none is left. The
+        file may be done at once (another process fetched that copy's blob)."""
+        if state.copy + 1 >= len(state.copies):
+            return False
+        old = state.item.entry
+        old_from = "+".join(s.mirror for s in state.copies[state.copy].sources)
+        if state.outcome is not None and state.outcome.error:
+            why = state.outcome.error.removeprefix("; ".join(state.copy_errors) + "; ")
+        else:
+            why = "; ".join(state.attempts) or "no mirror left that serves correct bytes"
+        state.copy_errors.append(f"{old_from}'s copy ({old.size} bytes): {why}")
+        state.attempts = []
+        state.copy += 1
+        alt = state.copies[state.copy]
+        new = alt.entry
+        new_from = "+".join(s.mirror for s in alt.sources)
+        self.reporter.on_message(
+            "warning",
+            f"{old.path}: {old_from}'s copy ({old.size} bytes, {old.digest[0]} "
+            f"{old.digest[1][:12]}…) could not be fetched and verified; the mirrors tied on "
+            f"this file, so {new_from}'s copy is tried ({new.size} bytes, {new.digest[0]} "
+            f"{new.digest[1][:12]}…)",
+        )
+        state.item = PlanItem(new, alt.sources, False, state.item.alternatives)
+        state.sources = source_urls(state.item, self.mirrors)
+        state.outcome = None
+        state.retry_single = False
+        state.transfer_retries = 0
+        state.rounds = 0
+        cache, repo = self.target.cache_dir, self.target.repo_id
+        old_tmp, new_tmp = (
+            layout.incomplete_path(cache, repo, old),
+            layout.incomplete_path(cache, repo, new),
+        )
+        if old_tmp == new_tmp:
+            # Same blob name, another size: what is there was written for the other copy.
+            for leftover in (
+                new_tmp,
+                new_tmp.with_name(new_tmp.name + ".ranges"),
+                new_tmp.with_name(new_tmp.name + ".aria2"),
+            ):
+                leftover.unlink(missing_ok=True)
+        if layout.lock_path(cache, repo, old) != layout.lock_path(cache, repo, new):
+            # Never hold one blob's lock while waiting for another's (two pulls would
+            # deadlock); the partial download of the other copy stays for a later resume.
+            if state.lock is not None and state.lock.is_locked:
+                state.lock.release(force=True)
+            lock_file = layout.lock_path(cache, repo, new)
+            lock_file.parent.mkdir(parents=True, exist_ok=True)
+            state.lock = FileLock(lock_file)
+            while not self.cancel.is_set():
+                try:
+                    state.lock.acquire(timeout=0.5)
+                    break
+                except Timeout:
+                    continue
+            if self.cancel.is_set():
+                return False
+        if self._blob_ok(new):
+            self._reuse(state, time.perf_counter())
+            self._settle(state, "verified, already in the cache")
+        return True
+
+    def _failure(self, state: _State, error: str, seconds: float) -> FileOutcome:
+        """A failed outcome for ``state``'s file, with why every copy tried before failed."""
+        entry = state.item.entry
+        return FileOutcome(
+            entry.path,
+            entry.size,
+            "failed",
+            bytes_by_mirror=dict(state.bytes_by_mirror),
+            seconds=seconds,
+            error="; ".join([*state.copy_errors, error]),
+            bad_mirrors=tuple(state.bad_mirrors),
+        )
 
     def _on_complete(self, job: FetchJob, result: FetchResult) -> None:
         with self._lock:
@@ -302,14 +428,10 @@ class Executor:
                     f"({result.error or 'transfer failed'})",
                 )
                 continue
-            state.outcome = FileOutcome(
-                result.path,
-                state.item.entry.size,
-                "failed",
-                bytes_by_mirror=dict(state.bytes_by_mirror),
-                seconds=state.seconds + result.seconds,
-                error=result.error or "; ".join(result.attempts) or "transfer failed",
-                bad_mirrors=tuple(state.bad_mirrors),
+            state.outcome = self._failure(
+                state,
+                result.error or "; ".join(result.attempts) or "transfer failed",
+                state.seconds + result.seconds,
             )
         self._drain()
         for path in by_path:
@@ -320,6 +442,27 @@ class Executor:
                     "failed",
                     error="the engine returned no result",
                 )
+
+    def _rounds(self, todo: list[_State], *, once: bool = False) -> None:
+        """Rounds until every file in ``todo`` is done or out of mirrors (``once``: one round
+        per copy: a file another process was fetching). A file out of mirrors for its copy
+        moves on to the next copy the mirrors listed, if they tied on it."""
+        cap = 0 if once else len(self.mirrors) + 1 + TRANSFER_RETRIES
+        while todo and not self.cancel.is_set():
+            self._round(todo)
+            if self.cancel.is_set():
+                break
+            again = []
+            for s in todo:
+                s.rounds += 1
+                if s.outcome is None and s.sources and s.rounds <= cap:
+                    again.append(s)
+                    continue
+                out_of_mirrors = s.outcome is None or s.outcome.status == "failed"
+                # (After a switch the file may be done at once: another process fetched it.)
+                if out_of_mirrors and not self.disk_full and self._next_copy(s) and not s.outcome:
+                    again.append(s)
+            todo = again
 
     @property
     def connections(self) -> dict[str, int]:
@@ -362,19 +505,7 @@ class Executor:
                 else:
                     todo.append(state)
 
-            rounds = 0
-            while todo and not self.cancel.is_set():
-                rounds += 1
-                self._round(todo)
-                todo = [
-                    s
-                    for s in todo
-                    if s.outcome is None
-                    and s.sources
-                    and rounds <= len(self.mirrors) + 1 + TRANSFER_RETRIES
-                ]
-                if self.cancel.is_set():
-                    break
+            self._rounds(todo)
 
             # Our own files are done (or failed): release their locks before waiting for the
             # other process's. Holding them while waiting deadlocks two pulls that each locked
@@ -405,21 +536,12 @@ class Executor:
                 if self._blob_ok(entry):
                     self._reuse(state, started)
                 else:
-                    self._round([state])
+                    self._rounds([state], once=True)
 
             for state in self.states.values():
                 if state.outcome is None and not self.cancel.is_set():
-                    entry = state.item.entry
                     why = "; ".join(state.attempts) or "no mirror left that serves correct bytes"
-                    state.outcome = FileOutcome(
-                        entry.path,
-                        entry.size,
-                        "failed",
-                        bytes_by_mirror=dict(state.bytes_by_mirror),
-                        seconds=state.seconds,
-                        error=why,
-                        bad_mirrors=tuple(state.bad_mirrors),
-                    )
+                    state.outcome = self._failure(state, why, state.seconds)
         finally:
             self._pool.shutdown(wait=True)
             if self._fallback is not None:

@@ -17,6 +17,7 @@ import posixpath
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from modelget.datatypes import Disagreement, FileEntry, Manifest
 from modelget.errors import UnsafeManifestError, UsageError
@@ -150,17 +151,87 @@ def check_collisions(files: Sequence[FileEntry]) -> None:
                 )
 
 
-def _compare(ref: FileEntry, other: FileEntry) -> str | None:
-    """None when ``other`` agrees with ``ref``, else the reason it does not."""
+def _difference(ref: FileEntry, other: FileEntry) -> tuple[str, str, str] | None:
+    """None when ``other`` agrees with ``ref``, else what differs: (field, ``other``'s value,
+    ``ref``'s value)."""
     if ref.size != other.size:
-        return f"size {other.size} != {ref.size}"
+        return "size", str(other.size), str(ref.size)
     if ref.sha256 and other.sha256:
         if ref.sha256.lower() != other.sha256.lower():
-            return f"sha256 {other.sha256[:12]}… != {ref.sha256[:12]}…"
+            return "sha256", f"{other.sha256[:12]}…", f"{ref.sha256[:12]}…"
         return None
     if ref.git_sha1 and other.git_sha1 and ref.git_sha1.lower() != other.git_sha1.lower():
-        return f"git sha1 {other.git_sha1[:12]}… != {ref.git_sha1[:12]}…"
+        return "git sha1", f"{other.git_sha1[:12]}…", f"{ref.git_sha1[:12]}…"
     return None
+
+
+def _compare(ref: FileEntry, other: FileEntry) -> str | None:
+    """None when ``other`` agrees with ``ref``, else the reason it does not."""
+    diff = _difference(ref, other)
+    return None if diff is None else f"{diff[0]} {diff[1]} != {diff[2]}"
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One copy of a file as mirrors list it: the entry of its best-ranked holder, and every
+    mirror whose entry agrees with it (that holder first, then in rank order)."""
+
+    entry: FileEntry
+    mirrors: tuple[str, ...]
+
+
+def copies(
+    reference: Manifest, others: Sequence[Manifest]
+) -> tuple[dict[str, list[Copy]], list[Disagreement]]:
+    """For each file of ``reference``, the copies to try, in order, and every disagreement.
+
+    The mirrors (``reference`` first, then ``others``, in rank order) are grouped by the copy
+    they list: the copy most of them agree on first (the best-ranked one's on a tie), then
+    the same among the rest. When the first copy has more mirrors behind it than any other,
+    it is the only one: the others are outvoted, named, and never used for the file. When
+    it does not (a tie: two mirrors that disagree, say), every copy is kept, best first, and
+    the bytes decide: the next one is tried when the one before cannot be fetched and
+    verified; its mirrors' disagreements are ``standby`` until then (see :func:`settle`).
+    """
+    manifests = [reference, *others]
+    listings = [m.by_path() for m in manifests]
+    result: dict[str, list[Copy]] = {}
+    disagreements: list[Disagreement] = []
+    for ref in reference.files:
+        listed = [
+            (m.mirror, files.get(ref.path)) for m, files in zip(manifests, listings, strict=True)
+        ]
+        left = [(name, e) for name, e in listed if e is not None]
+        groups: list[Copy] = []
+        while left:
+            best: tuple[str, FileEntry, list[str]] | None = None
+            for holder, copy in left:
+                agreeing = [name for name, other in left if _compare(copy, other) is None]
+                if best is None or len(agreeing) > len(best[2]):
+                    best = (holder, copy, agreeing)
+            assert best is not None
+            holder, copy, agreeing = best
+            # Digests without a common kind make agreement non-transitive; the holder of the
+            # copy goes first whatever happens (with transitive agreement it is first).
+            groups.append(Copy(copy, (holder, *(n for n in agreeing if n != holder))))
+            left = [(name, e) for name, e in left if name not in agreeing]
+        if not groups:  # pragma: no cover - the reference itself lists every one of its files
+            continue
+        tie = len(groups) > 1 and len(groups[1].mirrors) >= len(groups[0].mirrors)
+        result[ref.path] = groups if tie else groups[:1]
+        chosen = groups[0]
+        for name, maybe in listed:
+            if maybe is None:
+                disagreements.append(Disagreement(name, ref.path, "file missing"))
+            elif name not in chosen.mirrors:
+                reason = _compare(chosen.entry, maybe) or "disagrees with the other mirrors"
+                if tie:
+                    reason += (
+                        f"; no majority: its copy is tried if {'+'.join(chosen.mirrors)}'s "
+                        "cannot be fetched and verified"
+                    )
+                disagreements.append(Disagreement(name, ref.path, reason, standby=tie))
+    return result, disagreements
 
 
 def agree(
@@ -168,33 +239,29 @@ def agree(
 ) -> tuple[dict[str, list[str]], list[Disagreement]]:
     """For each file of ``reference``: the mirrors (in the order given, ``reference`` first)
     whose copy agrees with the copy most mirrors agree on (on a tie, the earliest mirror's);
-    plus every disagreement found. The first mirror listed for a file holds the chosen copy."""
-    manifests = [reference, *others]
-    listings = [m.by_path() for m in manifests]
-    candidates: dict[str, list[str]] = {}
-    disagreements: list[Disagreement] = []
-    for ref in reference.files:
-        copies = [
-            (m.mirror, files.get(ref.path)) for m, files in zip(manifests, listings, strict=True)
-        ]
-        present = [(name, e) for name, e in copies if e is not None]
-        chosen: FileEntry = ref
-        chosen_by = reference.mirror
-        group: list[str] = []
-        for holder, copy in present:
-            agreeing = [name for name, other in present if _compare(copy, other) is None]
-            if len(agreeing) > len(group):
-                chosen, chosen_by, group = copy, holder, agreeing
-        # Digests without a common kind make agreement non-transitive; the holder of the
-        # chosen copy goes first whatever happens (with transitive agreement it is first).
-        candidates[ref.path] = [chosen_by, *(n for n in group if n != chosen_by)]
-        for name, maybe in copies:
-            if maybe is None:
-                disagreements.append(Disagreement(name, ref.path, "file missing"))
-            elif name not in group:
-                reason = _compare(chosen, maybe) or "disagrees with the other mirrors"
-                disagreements.append(Disagreement(name, ref.path, reason))
-    return candidates, disagreements
+    plus every disagreement found. The first mirror listed for a file holds the chosen copy.
+    (:func:`copies` also gives the other copies to try where the mirrors tie.)"""
+    found, disagreements = copies(reference, others)
+    return {path: list(groups[0].mirrors) for path, groups in found.items()}, disagreements
+
+
+def settle(path: str, tried: Sequence[Copy], verified: int, how: str) -> list[Disagreement]:
+    """Where the mirrors tied on ``path`` and copy ``tried[verified]`` turned out right
+    (``how``: "verified, from B", say): every mirror of every other copy listed the file
+    wrongly. One disagreement per such mirror, not standby, saying what it got wrong."""
+    right = tried[verified].entry
+    out: list[Disagreement] = []
+    for k, copy in enumerate(tried):
+        if k == verified:
+            continue
+        diff = _difference(right, copy.entry)
+        reason = (
+            f"it lists {diff[0]} {diff[1]}, but the bytes ({how}) have {diff[0]} {diff[2]}"
+            if diff is not None
+            else f"it lists another copy than the bytes ({how})"
+        )
+        out.extend(Disagreement(mirror, path, reason) for mirror in copy.mirrors)
+    return out
 
 
 def merge_digests(reference: FileEntry, others: Iterable[FileEntry]) -> FileEntry:

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-from modelget.datatypes import Disagreement, FileEntry, FileSource, Manifest, Plan, PlanItem
+from modelget.datatypes import (
+    Alternative,
+    Disagreement,
+    FileEntry,
+    FileSource,
+    Manifest,
+    Plan,
+    PlanItem,
+)
 from modelget.errors import InsufficientDiskSpaceError, NoMirrorError
 
 #: Space kept free beyond the bytes to fetch: control files, metadata, a little slack.
@@ -48,12 +56,15 @@ def make_plan(
     throughput_bps: Mapping[str, float] | None = None,
     disagreements: Sequence[Disagreement] = (),
     excluded: Sequence[str] = (),
+    alternatives: Mapping[str, Sequence[Alternative]] | None = None,
 ) -> Plan:
     """Build the plan for ``wanted`` files of ``reference``.
 
     ``sources[path]`` lists the agreeing mirrors' URLs for that file, best first.
     ``present`` holds the paths already complete and verified at the destination.
     ``throughput_bps`` maps mirror name to measured bytes/second (for the ETA).
+    ``alternatives[path]``: other copies of that file to try, in order, when the mirrors tie
+    on it (``manifest.copies``); they go into the item as they are.
     Raises ``NoMirrorError`` when a file to fetch has no source, and
     ``InsufficientDiskSpaceError`` when ``free_bytes`` cannot hold the fetch.
     """
@@ -67,7 +78,8 @@ def make_plan(
                 f"{reference.commit[:12]}: every mirror that has it disagrees with the manifest",
                 hint="run `modelget probe REPO_ID` to see which mirrors disagree",
             )
-        items.append(PlanItem(entry, srcs, is_present))
+        alts = tuple(alternatives.get(entry.path, ())) if alternatives else ()
+        items.append(PlanItem(entry, srcs, is_present, alts))
 
     total = sum(i.entry.size for i in items)
     fetch = sum(i.entry.size for i in items if not i.present)

@@ -7,11 +7,52 @@ the library never draws anything itself.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from typing import IO, Any
+
+_URL = re.compile(r"(\s+from)?\s*https?://[^\s;,]+")
+_HEX = re.compile(r"\b(?=[0-9]*[a-fA-F])[0-9a-fA-F]{12,}…?")
+
+
+def short_error(path: str, error: str, width: int = 160, *, digests: bool = False) -> str:
+    """A file's error for a summary line: without URLs (the mirror names stay), the file's
+    own name, parts said twice, or digests (unless ``digests``: they differ from file to
+    file, and a summary groups files by reason); at most ``width`` characters."""
+    text = _URL.sub("", error)
+    text = text.replace(f"{path}: ", "")
+    if not digests:
+        text = _HEX.sub("…", text)
+    kept: list[str] = []
+    for part in (p.strip() for p in text.split(";")):
+        if part and not any(k == part or k.endswith(": " + part) for k in kept):
+            kept.append(part)
+    text = re.sub(r"\s+", " ", "; ".join(kept))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class _MirrorNotes:
+    """Which mirror failures a terminal shows: every one, in full, with ``-v``; else the
+    first of each kind per mirror, shortened (a mirror that is down fails every file the
+    same way: one line says so, the pull's summary counts the files)."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def line(self, path: str, mirror: str, reason: str) -> str | None:
+        if self.verbose:
+            return f"{path}: mirror {mirror}: {reason}"
+        short = short_error(path, reason)
+        with self._lock:
+            if (mirror, short) in self._seen:
+                return None
+            self._seen.add((mirror, short))
+        return f"{path}: mirror {mirror}: {short}"
 
 
 class JsonLinesReporter:
@@ -97,6 +138,7 @@ class TqdmReporter:
         self.stream = stream or sys.stderr
         self.verbose = verbose
         self.max_file_bars = max_file_bars
+        self._mirror_notes = _MirrorNotes(verbose)
         self._lock = threading.RLock()
         self._total: Any = None
         self._bars: dict[str, Any] = {}
@@ -164,7 +206,9 @@ class TqdmReporter:
         self._write(f"{path}: resuming, {have_bytes:,} bytes already here")
 
     def on_mirror_failed(self, path: str, mirror: str, reason: str) -> None:
-        self._write(f"{path}: mirror {mirror}: {reason}")
+        line = self._mirror_notes.line(path, mirror, reason)
+        if line is not None:
+            self._write(line)
 
     def on_verify_failed(self, path: str, mirrors: tuple[str, ...], reason: str) -> None:
         self._write(
@@ -202,6 +246,7 @@ class TextReporter:
     def __init__(self, stream: IO[str] | None = None, *, verbose: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.verbose = verbose
+        self._mirror_notes = _MirrorNotes(verbose)
         self._lock = threading.Lock()
 
     def _line(self, text: str) -> None:
@@ -226,7 +271,9 @@ class TextReporter:
         self._line(f"{path}: resuming, {have_bytes:,} bytes already here")
 
     def on_mirror_failed(self, path: str, mirror: str, reason: str) -> None:
-        self._line(f"{path}: mirror {mirror}: {reason}")
+        line = self._mirror_notes.line(path, mirror, reason)
+        if line is not None:
+            self._line(line)
 
     def on_verify_failed(self, path: str, mirrors: tuple[str, ...], reason: str) -> None:
         self._line(
