@@ -30,6 +30,7 @@ from test_faults_network import (
     transfer_bytes,
 )
 
+
 @pytest.fixture(params=["httpx"])
 def engine(request: pytest.FixtureRequest) -> EngineName:
     name: EngineName = request.param
@@ -128,7 +129,7 @@ def test_a_slow_first_mirror_loses_its_share(
     """64 KB/s per connection against loopback: at that speed the bad mirror would need
     minutes for its share; the good one takes its ranges over and the slow one gets no new
     ones."""
-    bad, good, cat = bad_first(sims, repo_dir, tmp_path)
+    bad, _good, cat = bad_first(sims, repo_dir, tmp_path)
     handle = bad.add_fault(Fault(route="hf-resolve", path_glob=BIG, rate_bps=64_000))
     reporter = Recorder()
 
@@ -150,7 +151,7 @@ def test_a_long_retry_after_from_the_first_mirror_does_not_hold_the_pull(
 ) -> None:
     """429 with Retry-After: 120 on every file request: the good mirror serves everything, and
     the pull ends when its files do, not when the bad mirror's back-off ends."""
-    bad, good, cat = bad_first(sims, repo_dir, tmp_path)
+    bad, _good, cat = bad_first(sims, repo_dir, tmp_path)
     handle = bad.add_fault(Fault(route="hf-resolve", status=429, retry_after=120))
     reporter = Recorder()
 
