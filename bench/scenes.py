@@ -1527,6 +1527,13 @@ def run_stdout_last_line(run: Run) -> str:
     return str(run.detail.get("stdout_tail", "")).strip().splitlines()[-1]
 
 
+def s11(b: Bench) -> SceneResult:
+    """The fault matrix (bench/faults.py, which builds on this module)."""
+    from bench.faults import s11 as fault_matrix
+
+    return fault_matrix(b)
+
+
 SCENES: dict[str, Callable[[Bench], SceneResult]] = {
     "C": ceilings,
     "S1": s1,
@@ -1539,5 +1546,6 @@ SCENES: dict[str, Callable[[Bench], SceneResult]] = {
     "S8": s8,
     "S9": s9,
     "S10": s10,
+    "S11": s11,
     "D": diagnose,
 }
