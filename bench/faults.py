@@ -92,7 +92,9 @@ def _repo(b: Bench) -> Path:
 
 
 def _big_bytes(sim: HubSimulator) -> int:
-    return sum(r.bytes_sent for r in sim.log if r.method == "GET" and BIG in r.path)
+    """Body bytes of the big file the mirror has really sent (a throttled response is logged
+    up front with what it was about to send)."""
+    return sim.file_bytes_sent(BIG)
 
 
 def _one(b: Bench, engine: str, case: str | None, repo: Path, r: int, res: SceneResult) -> Run:
@@ -118,6 +120,9 @@ def _one(b: Bench, engine: str, case: str | None, repo: Path, r: int, res: Scene
                 timeout=60,
             )
             good.remove_fault(slower)
+            for sim in (bad, good):
+                sim.wait_idle(5)
+                sim.clear_log()  # the probe's sample is not the pull's
             spec = CASES[case][1]
             if callable(spec):
                 bad.tamper(spec)
