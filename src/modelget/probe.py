@@ -11,11 +11,9 @@ so back-to-back pulls do not re-probe.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +32,7 @@ from modelget.errors import (
     RateLimitedError,
     RevisionNotFoundError,
 )
+from modelget.http import ssl_context
 from modelget.sources import get_source
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -54,19 +53,6 @@ class ProbeReport:
     errors: dict[str, ModelgetError] = field(default_factory=dict)
     elapsed_s: float = 0.0
     cached: bool = False
-
-
-@functools.lru_cache(maxsize=2)
-def ssl_context(verify_tls: bool = True) -> ssl.SSLContext:
-    """One TLS context per process (and per ``--insecure``), shared by every probe client.
-
-    Building one loads the CA bundle (about 20 ms of CPU); httpx would build a new one for
-    every client, so once per mirror. This is httpx's own default context, so what is trusted
-    does not change.
-    """
-    import httpx
-
-    return httpx.create_ssl_context(verify=verify_tls)
 
 
 def _connect_time(url: str, timeout: float, verify_tls: bool = True) -> float:

@@ -51,6 +51,7 @@ from modelget.engines.ranges import (
 )
 from modelget.engines.redirects import redact_url, same_origin
 from modelget.events import Reporter, report_connections
+from modelget.http import ssl_context
 from modelget.retry import (
     MAX_RETRY_AFTER_S,
     AttemptError,
@@ -883,7 +884,7 @@ class HttpxEngine:
         self.client = httpx.Client(
             timeout=httpx.Timeout(_timeout_of(options), connect=options.connect_timeout_s),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=MAX_WORKERS),
-            verify=options.verify_tls,
+            verify=ssl_context(options.verify_tls),
             follow_redirects=False,  # by hand: headers must not cross to another origin
             headers={"User-Agent": f"modelget/{__version__}", "Accept-Encoding": "identity"},
             transport=transport,

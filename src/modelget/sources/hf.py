@@ -206,7 +206,7 @@ def _plain_listing(mirror: Mirror, mirror_repo: str, rev: str, timeout: float) -
     implicit one) goes to the mirror's endpoint only: no redirect is followed."""
     import httpx
 
-    from modelget.probe import ssl_context
+    from modelget.http import ssl_context
 
     headers = {"User-Agent": f"modelget/{__version__}", "Accept-Encoding": "identity"}
     token = mirror_token(mirror)
