@@ -30,6 +30,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import tempfile
@@ -142,6 +143,13 @@ CONTROL_SUFFIX = ".aria2"
 _BLOCK = 16 * 1024
 """aria2's block size inside a piece (its control file tracks in-flight pieces by block)."""
 
+TMP_PREFIX = "modelget-aria2-"
+"""The private directory's name prefix (in the temporary directory: ``$TMPDIR``)."""
+PIDS_FILE = "pids"
+"""In the private directory: the owner's and aria2c's process ids, and the owner's pid
+namespace (``owner=``, ``aria2c=``, ``pidns=`` lines), so that a later engine can tell a
+directory left by a killed pull (its ``aria2.conf`` holds an RPC secret) from a live one."""
+
 # aria2 exit/error codes for which re-adding the same download cannot help (local problems).
 _LOCAL_ERRORS = frozenset({"9", "13", "15", "16", "17", "18", "28"})
 _QUERY = re.compile(r"\?\S*")
@@ -166,6 +174,77 @@ def aria2_version() -> str | None:
     first = out.stdout.splitlines()[0] if out.stdout else ""
     match = re.match(r"aria2 version (\S+)", first.strip())
     return match.group(1) if match else None
+
+
+def _pid_namespace() -> str:
+    """This process's pid namespace (``pid:[4026531836]``; empty where /proc has none)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _write_pids(tmpdir: Path, aria2c: int | None) -> None:
+    """Record who owns the private directory (atomically, owner-only)."""
+    body = f"owner={os.getpid()}\naria2c={aria2c or 0}\npidns={_pid_namespace()}\n"
+    tmp = tmpdir / f".{PIDS_FILE}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(body)
+    os.replace(tmp, tmpdir / PIDS_FILE)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        # A zombie (killed, not yet reaped: in a container whose init reaps nothing it stays)
+        # is gone for our purpose.
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def remove_stale_dirs(root: Path) -> list[Path]:
+    """Remove the private directories in ``root`` that engines killed before their
+    ``close`` left behind (kill -9): ours only (the ``TMP_PREFIX`` prefix, a real directory
+    owned by this uid), and only when its pid file says that neither its owner nor its aria2c
+    is alive, in this pid namespace. A directory without a pid file (an engine that is just
+    creating it, or one from an older modelget) or from another pid namespace is left alone:
+    a live one is never removed. Returns what was removed."""
+    removed: list[Path] = []
+    uid = os.getuid()
+    ns = _pid_namespace()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+                continue
+            fields = dict(
+                line.split("=", 1)
+                for line in (Path(entry.path) / PIDS_FILE).read_text().splitlines()
+                if "=" in line
+            )
+            owner, aria2c = int(fields["owner"]), int(fields.get("aria2c", "0") or 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        if fields.get("pidns", "") != ns or _alive(owner) or _alive(aria2c):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    return removed
 
 
 def _free_port() -> int:
@@ -472,7 +551,9 @@ class Aria2Engine:
         self._exe = exe
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
-        self._tmpdir = Path(tempfile.mkdtemp(prefix="modelget-aria2-"))
+        # Owner-only (mkdtemp's 0700; its files 0600): the conf holds the RPC secret.
+        self._tmpdir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+        _write_pids(self._tmpdir, None)
         self._secret = secrets.token_urlsafe(32)
         self._log_path = self._tmpdir / "aria2c.log"
         conf = self._tmpdir / "aria2.conf"
@@ -511,6 +592,10 @@ class Aria2Engine:
             self._start(self._exe)
         except BaseException as exc:  # handed to the thread that waits (run, _ready)
             self._start_error = exc
+            return
+        # Off the critical path: what killed pulls left behind (their RPC secrets).
+        with contextlib.suppress(OSError):
+            remove_stale_dirs(self._tmpdir.parent)
 
     def _ready(self) -> None:
         """Start aria2c if nobody did, wait until it answers; raise what its start raised."""
@@ -581,7 +666,8 @@ class Aria2Engine:
             port = _free_port()
             if self._log is not None:
                 self._log.close()
-            self._log = self._log_path.open("ab")
+            fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._log = os.fdopen(fd, "ab")
             proc = subprocess.Popen(
                 self._command(exe, port),
                 stdin=subprocess.DEVNULL,
@@ -594,6 +680,8 @@ class Aria2Engine:
             )
             client = _Client(port, self._secret)
             self._proc, self._client = proc, client
+            with contextlib.suppress(OSError):
+                _write_pids(self._tmpdir, proc.pid)
             if self._finalizer is not None:
                 self._finalizer.detach()
             self._finalizer = weakref.finalize(
@@ -2066,4 +2154,4 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
-__all__ = ["Aria2Engine", "aria2_version", "redact_url"]
+__all__ = ["Aria2Engine", "aria2_version", "redact_url", "remove_stale_dirs"]
