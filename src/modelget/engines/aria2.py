@@ -1520,7 +1520,9 @@ class _Run:
         it at both looks, times the time between; the bytes beyond that go to the mirrors
         whose connections closed in between (they finished their segments: on a fast link a
         mirror can fetch its whole share between two looks, never seen at speed), in
-        proportion to their connections; the result is scaled to ``delta``. None before
+        proportion to their connections, or else to the download's mirrors that had no
+        connection at either look (theirs opened and closed in between); the result is
+        scaled to ``delta``. None before
         anything can be said (the first look; no speed and no closed connection)."""
         now = time.monotonic()
         last, state.look = state.look, (now, dict(servers))
@@ -1535,6 +1537,15 @@ class _Run:
             if n:
                 got[m] = (speed + prev.get(m, (0, 0.0))[1]) / 2 * dt
         gone = {m: n for m, (n, _) in prev.items() if n and not servers.get(m, (0, 0.0))[0]}
+        if not gone:
+            # Connections can open and close between two looks, never seen: those of the
+            # download's mirrors that had none at either look.
+            gone = {
+                s.src.mirror: 1
+                for s in state.sources
+                if not prev.get(s.src.mirror, (0, 0.0))[0]
+                and not servers.get(s.src.mirror, (0, 0.0))[0]
+            }
         expected = sum(got.values())
         if delta > expected and gone:
             rest, conns = delta - expected, sum(gone.values())
@@ -1598,6 +1609,11 @@ class _Run:
         stalled = now - state.progress_at
         connected = [s for s in state.sources if servers.get(s.src.mirror, (0, 0.0))[0]]
         stall_s = min(opts.stall_timeout_s, max(STALL_HEDGE_MIN_S, self._hedge_s()))
+        if stalled >= stall_s and not connected and state.connections:
+            # Connections that have had no answer yet are not among aria2's servers (the
+            # first request of a download, sent to one URI to learn the size, is such a one
+            # while its mirror does not answer): the URIs aria2 marks used are theirs.
+            connected = self._used(state)
         if stalled >= stall_s and connected and len(connected) < len(state.sources):
             for s in connected:
                 self._remove_uris(state, s, f"stalled: no bytes for {stalled:.1f} s", pause=True)
@@ -1638,6 +1654,22 @@ class _Run:
                     s.src.mirror, functools.partial(self._recheck, s)
                 )
 
+    def _used(self, state: _Active) -> list[_Source]:
+        """The download's sources whose URIs aria2 lists as used."""
+        if state.gid is None:
+            return []
+        try:
+            status = self.client.tell_status(state.gid, ["files"])
+        except _RPC_ERRORS:
+            return []
+        used = {
+            str(u.get("uri"))
+            for f in status.get("files") or []
+            for u in f.get("uris") or []
+            if u.get("status") == "used"
+        }
+        return [s for s in state.sources if s.resolved.url in used]
+
     def _behind(self, state: _Active, servers: Mapping[str, tuple[int, float]], now: float) -> bool:
         """Take out of the download the mirrors whose connections have been far behind
         another mirror's for the hedge budget; True when some were.
@@ -1676,18 +1708,15 @@ class _Run:
             best_m = max((m for m in refs if m != s.src.mirror), key=lambda m: refs[m], default="?")
             best = refs.get(best_m, 0.0)
             seconds = now - (s.behind_since or now)
+            behind = f"while {best_m} sends {best / 1024:.0f} KiB/s per connection"
             if speed <= 0:
-                why = (
-                    f"stalled: no bytes for {seconds:.1f} s on {conns} connection(s) while "
-                    f"{best_m} sends {best / 1024:.0f} KiB/s per connection"
-                )
+                why = f"stalled: no bytes for {seconds:.1f} s on {conns} connection(s), {behind}"
             else:
                 # aria2's speed is an average over seconds: a connection that stalled after a
                 # burst looks slow, not stalled, so the reason says both.
                 why = (
                     f"too slow or stalled: {speed / conns / 1024:.0f} KiB/s per connection "
-                    f"for {seconds:.1f} s, under 1/{BEHIND_RATIO} of {best_m}'s "
-                    f"{best / 1024:.0f} KiB/s"
+                    f"for {seconds:.1f} s, {behind} (over {BEHIND_RATIO} times more)"
                 )
             self._remove_uris(state, s, why, pause=True)
         return True
