@@ -4,7 +4,14 @@ The engine starts and owns one ``aria2c`` process. Its RPC secret is random and 
 only to a ``0600`` conf file in a private temporary directory (never on a command line, never
 in a session file); the RPC port is bound to loopback only. ``aria2c`` dies with us
 (``--stop-with-process``), and :meth:`Aria2Engine.close` (also run by a finalizer) shuts it
-down, kills its process group if it lingers, and removes the private directory.
+down, kills its process group if it lingers, and removes the private directory. A directory
+left by a process killed before that (kill -9) records who owned it (:data:`PIDS_FILE`) and is
+removed by the next engine's start once its owner and aria2c are gone
+(:func:`remove_stale_dirs`).
+
+A mirror that is bad costs seconds: a file's sources are resolved at once and the first good
+answer starts the download; a mirror far behind another on a download loses its URIs there
+after the hedge budget (:meth:`_Run._behind`).
 
 Credentials: a source's headers (``Authorization``) may only reach the source's own origin.
 aria2c sends a download's ``header`` option to *every* URI of that download and on to any
