@@ -744,3 +744,23 @@ def test_a_private_dir_left_by_kill_9_is_removed_at_the_next_start_and_live_ones
         assert eng._tmpdir.exists()
     finally:
         eng.close()
+
+
+def test_a_mirror_that_resolves_late_joins_the_running_download(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    a = start(sims, repo_dir, name="a")
+    b = start(sims, repo_dir, name="b", host_name="localhost")  # aria2 limits per host name
+    for sim in (a, b):
+        sim.add_fault(Fault(route="hf-resolve", rate_bps=250e3))  # per connection
+    # b's resolution (its first request) answers well after a's: the download starts on a.
+    b.add_fault(Fault(route="hf-resolve", latency_s=0.5, times=1))
+    j = job(tmp_path / "d", src(a, "a"), src(b, "b"))
+    [result] = run(engine, [j])
+    assert result.ok, result
+    assert sha(j.dest.read_bytes()) == sha(data)
+    first_a = min(r.ts for r in transfers(a))
+    ranged_b = [r for r in transfers(b) if r.range and r.range.startswith("bytes=")]
+    assert ranged_b, "b never joined the download"
+    assert min(r.ts for r in ranged_b) > first_a  # it joined a download under way
+    assert sum(result.bytes_by_mirror.values()) == SIZE
