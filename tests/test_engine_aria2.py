@@ -10,7 +10,11 @@ import os
 import random
 import signal
 import stat
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -645,3 +649,118 @@ def test_connections_are_reported_and_the_peak_kept(
     # The file was split over several connections.
     ranged = [r for r in transfers(sim) if r.range]
     assert len(ranged) > 1
+
+
+# --- the private directory after kill -9 -----------------------------------------------------
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _pids(owner: int, aria2c: int = 0, pidns: str | None = None) -> str:
+    from modelget.engines.aria2 import _pid_namespace
+
+    ns = _pid_namespace() if pidns is None else pidns
+    return f"owner={owner}\naria2c={aria2c}\npidns={ns}\n"
+
+
+def test_a_private_dir_left_by_kill_9_is_removed_at_the_next_start_and_live_ones_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelget.engines.aria2 import Aria2Engine
+
+    root = tmp_path / "tmp"
+    root.mkdir()
+    # A pull's engine in another process, killed with SIGKILL (and its aria2c with it).
+    code = (
+        "import time\n"
+        "from modelget.engines import EngineOptions\n"
+        "from modelget.engines.aria2 import Aria2Engine\n"
+        "e = Aria2Engine(EngineOptions())\n"
+        "e.prepare()\n"
+        "print(e._tmpdir, e.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(root)}
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True
+    )
+    try:
+        assert owner.stdout is not None
+        left_s, pid_s = owner.stdout.readline().split()
+        left, aria2c = Path(left_s), int(pid_s)
+        # Owner-only, and it says who owns it.
+        assert stat.S_IMODE(left.stat().st_mode) == 0o700
+        for name in ("aria2.conf", "aria2c.log", "pids"):
+            assert stat.S_IMODE((left / name).stat().st_mode) == 0o600, name
+        assert f"owner={owner.pid}\n" in (left / "pids").read_text()
+        assert f"aria2c={aria2c}\n" in (left / "pids").read_text()
+    finally:
+        owner.kill()
+        owner.wait()
+        assert owner.stdout is not None
+        owner.stdout.close()
+    os.kill(aria2c, signal.SIGKILL)
+    assert left.exists() and "rpc-secret=" in (left / "aria2.conf").read_text()
+
+    live = root / "modelget-aria2-live"  # this very process owns it
+    live.mkdir()
+    (live / "pids").write_text(_pids(os.getpid()))
+    live_aria2c = root / "modelget-aria2-child"  # its owner is gone, its aria2c is not
+    live_aria2c.mkdir()
+    (live_aria2c / "pids").write_text(_pids(_dead_pid(), aria2c=os.getpid()))
+    starting = root / "modelget-aria2-starting"  # no pid file yet (or an older modelget)
+    starting.mkdir()
+    elsewhere = root / "modelget-aria2-otherns"  # another pid namespace: cannot tell
+    elsewhere.mkdir()
+    (elsewhere / "pids").write_text(_pids(_dead_pid(), pidns="pid:[1]"))
+    other = root / "other-prefix"
+    other.mkdir()
+    (other / "pids").write_text(_pids(_dead_pid()))
+    target = tmp_path / "not-ours"
+    target.mkdir()
+    (target / "pids").write_text(_pids(_dead_pid()))
+    (root / "modelget-aria2-link").symlink_to(target)
+
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    deadline = time.monotonic() + 30
+    eng = Aria2Engine(FAST)
+    try:
+        while True:  # the killed aria2c may take a moment to be reaped
+            eng.prepare()
+            assert eng.pid is not None  # waits for the start, and the clean-up after it
+            if not left.exists() or time.monotonic() > deadline:
+                break
+            eng.close()
+            time.sleep(0.2)
+            eng = Aria2Engine(FAST)
+        assert not left.exists(), "the dead pull's directory (with its RPC secret) is still there"
+        for kept in (live, live_aria2c, starting, elsewhere, other, target):
+            assert kept.exists(), kept
+        assert (root / "modelget-aria2-link").is_symlink()
+        assert eng._tmpdir.exists()
+    finally:
+        eng.close()
+
+
+def test_a_mirror_that_resolves_late_joins_the_running_download(
+    engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    a = start(sims, repo_dir, name="a")
+    b = start(sims, repo_dir, name="b", host_name="localhost")  # aria2 limits per host name
+    for sim in (a, b):
+        sim.add_fault(Fault(route="hf-resolve", rate_bps=250e3))  # per connection
+    # b's resolution (its first request) answers well after a's: the download starts on a.
+    b.add_fault(Fault(route="hf-resolve", latency_s=0.5, times=1))
+    j = job(tmp_path / "d", src(a, "a"), src(b, "b"))
+    [result] = run(engine, [j])
+    assert result.ok, result
+    assert sha(j.dest.read_bytes()) == sha(data)
+    first_a = min(r.ts for r in transfers(a))
+    ranged_b = [r for r in transfers(b) if r.range and r.range.startswith("bytes=")]
+    assert ranged_b, "b never joined the download"
+    assert min(r.ts for r in ranged_b) > first_a  # it joined a download under way
+    assert sum(result.bytes_by_mirror.values()) == SIZE

@@ -4,7 +4,14 @@ The engine starts and owns one ``aria2c`` process. Its RPC secret is random and 
 only to a ``0600`` conf file in a private temporary directory (never on a command line, never
 in a session file); the RPC port is bound to loopback only. ``aria2c`` dies with us
 (``--stop-with-process``), and :meth:`Aria2Engine.close` (also run by a finalizer) shuts it
-down, kills its process group if it lingers, and removes the private directory.
+down, kills its process group if it lingers, and removes the private directory. A directory
+left by a process killed before that (kill -9) records who owned it (:data:`PIDS_FILE`) and is
+removed by the next engine's start once its owner and aria2c are gone
+(:func:`remove_stale_dirs`).
+
+A mirror that is bad costs seconds: a file's sources are resolved at once and the first good
+answer starts the download; a mirror far behind another on a download loses its URIs there
+after the hedge budget (:meth:`_Run._behind`).
 
 Credentials: a source's headers (``Authorization``) may only reach the source's own origin.
 aria2c sends a download's ``header`` option to *every* URI of that download and on to any
@@ -21,20 +28,23 @@ can serve the file, and used only if those fail.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
+import queue
 import re
 import secrets
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +85,33 @@ WebSocket notifications (a download started, stopped, completed, failed) wake th
 between, so a small file's end is seen at once rather than at the next look."""
 RPC_TIMEOUT_S = 10.0
 RESOLVE_WORKERS = 16
+"""Resolutions under way at once, per mirror (each mirror has its own threads: one that
+never answers cannot hold another's resolutions up)."""
+RESOLVE_GRACE_MIN_S = 0.05
+"""Once a job's first source has resolved, the others still out get this long, or as long
+as that first answer took if more (never more than the hedge budget), to join the download
+before it starts; a later answer is added to the running download."""
+HEDGE_MIN_S = 1.0
+HEDGE_LATENCIES = 4
+"""The hedge budget: max(``HEDGE_MIN_S``, ``HEDGE_LATENCIES`` × the quickest resolution
+seen in the run). A mirror whose connections to a download fall behind for that long is
+taken out of it (see :meth:`_Run._watch`)."""
+STALL_HEDGE_MIN_S = 2.0
+"""A download whose connections (all on some of its mirrors) deliver no byte for
+max(this, the hedge budget) loses those mirrors to its others (at most ``stall_timeout_s``)."""
+BEHIND_RATIO = 8
+"""A mirror whose connections bring less than 1/``BEHIND_RATIO`` of the best other mirror's
+rate per connection is behind (aria2c never re-splits a running segment: its share of the
+file would hold the download's end)."""
+MIN_REFERENCE_BPS = 64 * 1024
+"""A rate per connection below this is no yardstick for another mirror's."""
+YARDSTICK_BYTES = 1024 * 1024
+YARDSTICK_CONN_S = 0.1
+"""A mirror's rate per connection (its bytes over its connection-seconds, estimated from each
+download's progress between looks: :meth:`_Run._observe`) is a yardstick for the others'
+once it rests on this many bytes and connection-seconds."""
+RATE_HALF_LIFE_S = 5.0
+"""Those totals count for half after this long: a yardstick follows the mirror's rate now."""
 HASH_WORKERS = 2
 SMALL_FILE = 8 * 1024 * 1024
 """A file up to this size is one download on one connection, added at once with the others.
@@ -113,6 +150,13 @@ CONTROL_SUFFIX = ".aria2"
 _BLOCK = 16 * 1024
 """aria2's block size inside a piece (its control file tracks in-flight pieces by block)."""
 
+TMP_PREFIX = "modelget-aria2-"
+"""The private directory's name prefix (in the temporary directory: ``$TMPDIR``)."""
+PIDS_FILE = "pids"
+"""In the private directory: the owner's and aria2c's process ids, and the owner's pid
+namespace (``owner=``, ``aria2c=``, ``pidns=`` lines), so that a later engine can tell a
+directory left by a killed pull (its ``aria2.conf`` holds an RPC secret) from a live one."""
+
 # aria2 exit/error codes for which re-adding the same download cannot help (local problems).
 _LOCAL_ERRORS = frozenset({"9", "13", "15", "16", "17", "18", "28"})
 _QUERY = re.compile(r"\?\S*")
@@ -137,6 +181,77 @@ def aria2_version() -> str | None:
     first = out.stdout.splitlines()[0] if out.stdout else ""
     match = re.match(r"aria2 version (\S+)", first.strip())
     return match.group(1) if match else None
+
+
+def _pid_namespace() -> str:
+    """This process's pid namespace (``pid:[4026531836]``; empty where /proc has none)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _write_pids(tmpdir: Path, aria2c: int | None) -> None:
+    """Record who owns the private directory (atomically, owner-only)."""
+    body = f"owner={os.getpid()}\naria2c={aria2c or 0}\npidns={_pid_namespace()}\n"
+    tmp = tmpdir / f".{PIDS_FILE}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(body)
+    os.replace(tmp, tmpdir / PIDS_FILE)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        # A zombie (killed, not yet reaped: in a container whose init reaps nothing it stays)
+        # is gone for our purpose.
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def remove_stale_dirs(root: Path) -> list[Path]:
+    """Remove the private directories in ``root`` that engines killed before their
+    ``close`` left behind (kill -9): ours only (the ``TMP_PREFIX`` prefix, a real directory
+    owned by this uid), and only when its pid file says that neither its owner nor its aria2c
+    is alive, in this pid namespace. A directory without a pid file (an engine that is just
+    creating it, or one from an older modelget) or from another pid namespace is left alone:
+    a live one is never removed. Returns what was removed."""
+    removed: list[Path] = []
+    uid = os.getuid()
+    ns = _pid_namespace()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+                continue
+            fields = dict(
+                line.split("=", 1)
+                for line in (Path(entry.path) / PIDS_FILE).read_text().splitlines()
+                if "=" in line
+            )
+            owner, aria2c = int(fields["owner"]), int(fields.get("aria2c", "0") or 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        if fields.get("pidns", "") != ns or _alive(owner) or _alive(aria2c):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    return removed
 
 
 def _free_port() -> int:
@@ -232,6 +347,112 @@ class _Source:
     """Since when its connections together have been slower than ``lowest_speed_bps``."""
     idle_since: float | None = None
     """Since when aria2 has had no connection open to it."""
+    behind_since: float | None = None
+    """Since when its connections have been far behind another mirror's (``BEHIND_RATIO``)."""
+
+
+class _DaemonPool:
+    """A few daemon threads that run calls and hand back futures.
+
+    Unlike ``ThreadPoolExecutor``, whose threads the interpreter joins at exit, a call that
+    hangs here (a mirror that never answers, until the read timeout) holds nothing: not the
+    run, which takes the first good answer, and not the process's exit."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self.workers = max(1, workers)
+        self.name = name
+        self.tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.threads = 0
+        self.pending = 0
+        """Calls submitted and not finished (threads are started up to this many)."""
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        with self.lock:
+            if self.closed:
+                fut.cancel()
+                return fut
+            self.pending += 1
+            self.tasks.put((fut, fn))
+            if self.threads < min(self.workers, self.pending):
+                self.threads += 1
+                threading.Thread(
+                    target=self._work, name=f"{self.name}-{self.threads}", daemon=True
+                ).start()
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            task = self.tasks.get()
+            if task is None:
+                return
+            fut, fn = task
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # handed to whoever reads the future
+                    fut.set_exception(exc)
+            with self.lock:
+                self.pending -= 1
+
+    def shutdown(self) -> None:
+        """Cancel what has not started; the threads end (a hung call: when it returns)."""
+        with self.lock:
+            self.closed = True
+            threads = self.threads
+        while True:
+            try:
+                task = self.tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task[0].cancel()
+        for _ in range(threads):
+            self.tasks.put(None)
+
+
+@dataclass
+class _Resolving:
+    """One round of resolving a job's sources: all of them at once, each on its mirror's
+    threads; the first good answer starts the download (``RESOLVE_GRACE_MIN_S``)."""
+
+    attempt: int
+    waiting: dict[int, Future[tuple[ResolvedURL, float]]]
+    """Source index (in ``job.sources``) -> its resolution (the URL and seconds it took)."""
+    ok: list[tuple[int, ResolvedURL]] = field(default_factory=list)
+    busy: list[tuple[int, ResolveURLError]] = field(default_factory=list)
+    """Sources refused with a status worth asking again (429, 5xx)."""
+    first_ok_at: float | None = None
+    grace_s: float = 0.0
+    retry_at: float | None = None
+    """When the busy sources are asked again (none of the round's sources resolved)."""
+    started: bool = False
+    """The download has its sources (or the job was handed back or failed): an answer that
+    comes later is added to it."""
+
+
+@dataclass
+class _Delivered:
+    """One mirror's bytes and connection-seconds (both decaying: ``RATE_HALF_LIFE_S``)."""
+
+    bytes: float = 0.0
+    conn_s: float = 0.0
+    at: float = 0.0
+    """When they were last updated."""
+    flowing_at: float = -math.inf
+    """When it last brought bytes."""
+
+    def add(self, now: float, nbytes: float, conn_s: float) -> None:
+        keep = 0.5 ** (max(0.0, now - self.at) / RATE_HALF_LIFE_S) if self.at else 1.0
+        self.bytes = self.bytes * keep + nbytes
+        self.conn_s = self.conn_s * keep + conn_s
+        self.at = now
+        if nbytes > 0:
+            self.flowing_at = now
 
 
 @dataclass
@@ -250,10 +471,12 @@ class _Active:
     """Groups of sources tried only if the current download fails (token-needing ones)."""
     uri_mirror: dict[str, str] = field(default_factory=dict)
     readds: int = 0
-    resolving: Future[tuple[list[_Source], list[list[_Source]]]] | None = None
+    resolving: _Resolving | None = None
     rerolve: dict[str, Future[ResolvedURL | None]] = field(default_factory=dict)
     """Per mirror: a check of its idle redirect URL (None: it still works; else a fresh one)."""
     failed_mirrors: set[str] = field(default_factory=set)
+    look: tuple[float, dict[str, tuple[int, float]]] | None = None
+    """The last look at its servers: when, and per mirror (connections, B/s)."""
     shares: dict[str, float] = field(default_factory=dict)
     """Each mirror's share of the last measured download speed (for byte attribution)."""
     pending: list[_Source] | None = None
@@ -262,6 +485,8 @@ class _Active:
     """The download's ``max-connection-per-server`` (its share of each mirror's target)."""
     connections: int = 0
     """Connections aria2 had open for it at the last look."""
+    speed: float = 0.0
+    """Its download speed at the last look (B/s)."""
     hashing: _Hashing | None = None
     watched: int = 0
     """``completedLength`` at the watchdog's last look, and since when it has not grown:"""
@@ -335,7 +560,9 @@ class Aria2Engine:
         self._exe = exe
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
-        self._tmpdir = Path(tempfile.mkdtemp(prefix="modelget-aria2-"))
+        # Owner-only (mkdtemp's 0700; its files 0600): the conf holds the RPC secret.
+        self._tmpdir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+        _write_pids(self._tmpdir, None)
         self._secret = secrets.token_urlsafe(32)
         self._log_path = self._tmpdir / "aria2c.log"
         conf = self._tmpdir / "aria2.conf"
@@ -374,6 +601,10 @@ class Aria2Engine:
             self._start(self._exe)
         except BaseException as exc:  # handed to the thread that waits (run, _ready)
             self._start_error = exc
+            return
+        # Off the critical path: what killed pulls left behind (their RPC secrets).
+        with contextlib.suppress(OSError):
+            remove_stale_dirs(self._tmpdir.parent)
 
     def _ready(self) -> None:
         """Start aria2c if nobody did, wait until it answers; raise what its start raised."""
@@ -444,7 +675,8 @@ class Aria2Engine:
             port = _free_port()
             if self._log is not None:
                 self._log.close()
-            self._log = self._log_path.open("ab")
+            fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._log = os.fdopen(fd, "ab")
             proc = subprocess.Popen(
                 self._command(exe, port),
                 stdin=subprocess.DEVNULL,
@@ -457,6 +689,8 @@ class Aria2Engine:
             )
             client = _Client(port, self._secret)
             self._proc, self._client = proc, client
+            with contextlib.suppress(OSError):
+                _write_pids(self._tmpdir, proc.pid)
             if self._finalizer is not None:
                 self._finalizer.detach()
             self._finalizer = weakref.finalize(
@@ -597,11 +831,14 @@ class _Run:
             timeout=httpx.Timeout(o.read_timeout_s, connect=o.connect_timeout_s),
             trust_env=True,
         )
-        self.pool = ThreadPoolExecutor(RESOLVE_WORKERS, thread_name_prefix="modelget-aria2-resolve")
-        # Jobs wait here for their sources' resolutions (which run on ``pool``).
-        self.jobs_pool = ThreadPoolExecutor(
-            RESOLVE_WORKERS, thread_name_prefix="modelget-aria2-job"
-        )
+        self.pools: dict[str, _DaemonPool] = {}
+        """Per mirror: the threads that resolve its URLs."""
+        self.best_latency: float | None = None
+        """The quickest resolution seen in this run (seconds): the yardstick of the hedge
+        budget (:meth:`_hedge_s`)."""
+        self.delivered: dict[str, _Delivered] = {}
+        """Per mirror: the bytes it brought and its connection-seconds, over all its
+        downloads (estimated; :meth:`_observe`)."""
         self.hash_pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="modelget-aria2-hash")
         self.finishing: list[Future[None]] = []
         self.wake = threading.Event()
@@ -617,9 +854,10 @@ class _Run:
             self._loop()
         finally:
             listener.stop()
-            # Resolutions still in flight (after a cancel) end on their own: don't wait.
-            self.jobs_pool.shutdown(wait=False, cancel_futures=True)
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            # Resolutions still in flight (a mirror that never answered, a cancel) end on
+            # their own, in daemon threads: nothing waits for them.
+            for pool in self.pools.values():
+                pool.shutdown()
             for fut in self.finishing:
                 with contextlib.suppress(Exception):
                     fut.result()
@@ -651,7 +889,7 @@ class _Run:
                 self._cancel(active, [])
                 return
             for state in active.values():
-                self._resolved(state)
+                self._resolution(state)
             added = [s for s in active.values() if s.gid is not None and not s.done]
             try:
                 statuses, servers = self._poll(added)
@@ -696,7 +934,13 @@ class _Run:
         download stops (so a small file's end costs no poll interval); short looks only near
         a download's end, to hash its last finished pieces before aria2 says it is complete."""
         wait = POLL_INTERVAL_S
+        now = time.monotonic()
         for state in states:
+            r = state.resolving
+            if r is not None and r.retry_at is not None:
+                wait = min(wait, max(0.0, r.retry_at - now))
+            elif r is not None and not r.started and r.first_ok_at is not None:
+                wait = min(wait, max(0.0, r.first_ok_at + r.grace_s - now))
             st = statuses.get(state.gid or "")
             if st is None:
                 continue
@@ -728,9 +972,36 @@ class _Run:
         self._resolve_later(state)
         return state
 
-    def _resolve_later(self, state: _Active) -> None:
-        state.resolving = self.jobs_pool.submit(self._resolve_all, state)
-        state.resolving.add_done_callback(lambda _f: self.wake.set())
+    def _hedge_s(self) -> float:
+        """The hedge budget: how long a mirror may lag before the others take its work."""
+        best = self.best_latency
+        return max(HEDGE_MIN_S, HEDGE_LATENCIES * best) if best is not None else HEDGE_MIN_S
+
+    def _submit(self, mirror: str, fn: Callable[[], Any]) -> Future[Any]:
+        pool = self.pools.get(mirror)
+        if pool is None:
+            pool = self.pools[mirror] = _DaemonPool(RESOLVE_WORKERS, "modelget-aria2-resolve")
+        fut = pool.submit(fn)
+        fut.add_done_callback(lambda _f: self.wake.set())
+        return fut
+
+    def _resolve_later(self, state: _Active, indexes: Iterable[int] | None = None) -> None:
+        """Start a round of resolving the job's sources (all of them, or ``indexes``), each at
+        once on its mirror's threads; :meth:`_resolution` takes the answers as they come."""
+        prev = state.resolving
+        attempt = prev.attempt + 1 if prev is not None and indexes is not None else 1
+        todo = range(len(state.job.sources)) if indexes is None else indexes
+        sources = state.job.sources
+        waiting = {
+            i: self._submit(sources[i].mirror, functools.partial(self._timed_resolve, sources[i]))
+            for i in todo
+        }
+        state.resolving = _Resolving(attempt, waiting)
+
+    def _timed_resolve(self, src: SourceURL) -> tuple[ResolvedURL, float]:
+        t = time.monotonic()
+        res = self._resolve_one(src)
+        return res, time.monotonic() - t
 
     def _resolve_one(self, src: SourceURL) -> ResolvedURL:
         return resolve_final_url(self.http, src.url, src.headers)
@@ -747,83 +1018,163 @@ class _Run:
             return None
         return self._resolve_one(s.src)
 
-    def _resolve_all(self, state: _Active) -> tuple[list[_Source], list[list[_Source]]]:
-        """Resolve every source (concurrently) and split them into the download's URIs and
-        held-back groups (token-needing URIs, which aria2c never gets: see the module doc).
+    def _resolution(self, state: _Active) -> None:
+        """Take the answers of the job's resolution round that have come in.
+
+        Every source is resolved at once. The first good answer starts the download (after
+        a grace of ``RESOLVE_GRACE_MIN_S``, or that answer's own time, for the others to
+        join); a source that answers later is added to the download (:meth:`_add_late`), and
+        one that never answers holds nothing. Token-needing sources are held back (aria2c
+        never gets a header: see the module doc); with no other source, the job is handed
+        back.
 
         When no source resolves and some were refused with a status worth retrying (429, 5xx),
         those are asked again after their ``Retry-After`` (or a backoff), up to ``max_tries``
-        times: a short burst of errors on the only mirror does not fail the file. With a
-        source that did resolve, the download starts at once without the refused ones."""
+        rounds: a short burst of errors on the only mirror does not fail the file. With a
+        source that did resolve, the download starts without the refused ones."""
+        r = state.resolving
+        if r is None or state.done:
+            return
         job = state.job
-        pending = list(job.sources)
-        ok: list[tuple[SourceURL, ResolvedURL]] = []
+        now = time.monotonic()
+        if r.retry_at is not None:
+            if self.cancel.is_set():
+                r.retry_at = None
+                self._give_up_resolving(state, r)
+            elif now >= r.retry_at:
+                self._resolve_later(state, [i for i, _ in r.busy])
+            return
+        fresh: list[tuple[int, ResolvedURL]] = []
+        for i, fut in list(r.waiting.items()):
+            if not fut.done():
+                continue
+            del r.waiting[i]
+            src = job.sources[i]
+            try:
+                res, seconds = fut.result()
+            except ResolveURLError as exc:
+                if exc.status is not None and status_is_retryable(exc.status) and not r.started:
+                    r.busy.append((i, exc))
+                else:
+                    self._mirror_failed(state, src.mirror, exc.message)
+                continue
+            except Exception as exc:  # a bug, a cancelled call, an unexpected library error
+                self._mirror_failed(state, src.mirror, f"{type(exc).__name__}: {exc}")
+                continue
+            if res.size is not None and res.size != job.size:
+                self._mirror_failed(
+                    state, src.mirror, f"size mismatch: it serves {res.size} bytes, not {job.size}"
+                )
+                continue
+            if self.best_latency is None or seconds < self.best_latency:
+                self.best_latency = seconds
+            fresh.append((i, res))
+            if r.first_ok_at is None:
+                r.first_ok_at = now
+                r.grace_s = min(self._hedge_s(), max(RESOLVE_GRACE_MIN_S, seconds))
+        if r.started:
+            if fresh:
+                self._add_late(state, fresh)
+        else:
+            r.ok.extend(fresh)
+            free = [(i, x) for i, x in r.ok if not self._needs_header(job.sources[i], x)]
+            due = r.first_ok_at is not None and now >= r.first_ok_at + r.grace_s
+            if free and (not r.waiting or due):
+                self._start_sources(state, r)
+            elif not r.waiting:
+                self._give_up_resolving(state, r)
+        if not r.waiting and state.resolving is r and r.retry_at is None:
+            state.resolving = None
+
+    def _needs_header(self, src: SourceURL, res: ResolvedURL) -> bool:
+        return bool(src.headers) and res.same_origin
+
+    def _start_sources(self, state: _Active, r: _Resolving) -> None:
+        """The round has a source for aria2: the job's download gets what resolved so far."""
+        r.started = True
+        for i, error in r.busy:
+            self._mirror_failed(state, state.job.sources[i].mirror, error.message)
+        r.busy.clear()
+        ok = sorted(r.ok)
+        sources, state.held_back = _group_sources(
+            [(state.job.sources[i], res) for i, res in ok], state
+        )
+        state.pending = sources
+
+    def _give_up_resolving(self, state: _Active, r: _Resolving) -> None:
+        """Every source of the round has answered and none can go to aria2c: hand the job
+        back (token-needing sources), ask the refused ones again, or fail it."""
+        job = state.job
+        if r.ok:  # only token-needing sources resolved
+            _, state.held_back = _group_sources([(job.sources[i], x) for i, x in r.ok], state)
+            r.started = True
+            self._hand_back(state)
+            return
         tries = max(1, self.options.max_tries)
-        for attempt in range(1, tries + 1):
-            futures = [(s, self.pool.submit(self._resolve_one, s)) for s in pending]
-            busy: list[tuple[SourceURL, ResolveURLError]] = []
-            for src, fut in futures:
-                try:
-                    res = fut.result()
-                except ResolveURLError as exc:
-                    if exc.status is not None and status_is_retryable(exc.status):
-                        busy.append((src, exc))
-                    else:
-                        self._mirror_failed(state, src.mirror, exc.message)
-                    continue
-                except Exception as exc:  # a bug or an unexpected library error: drop the source
-                    self._mirror_failed(state, src.mirror, f"{type(exc).__name__}: {exc}")
-                    continue
-                if res.size is not None and res.size != job.size:
-                    self._mirror_failed(
-                        state,
-                        src.mirror,
-                        f"size mismatch: it serves {res.size} bytes, not {job.size}",
-                    )
-                    continue
-                ok.append((src, res))
-            if ok or not busy or attempt == tries or self.cancel.is_set():
-                for src, error in busy:
-                    self._mirror_failed(state, src.mirror, error.message)
-                break
-            backoff = self.options.retry_wait_s * 2 ** (attempt - 1)
+        if r.busy and r.attempt < tries and not self.cancel.is_set():
+            backoff = self.options.retry_wait_s * 2 ** (r.attempt - 1)
             wait = max(
                 backoff if e.retry_after is None else min(e.retry_after, MAX_RETRY_AFTER_S)
-                for _, e in busy
+                for _, e in r.busy
             )
-            for src, error in busy:
+            for i, error in r.busy:
                 state.result.attempts.append(
-                    f"{src.mirror}: {error.message}; asking again in {wait:.1f} s"
+                    f"{job.sources[i].mirror}: {error.message}; asking again in {wait:.1f} s"
                 )
-            if self.cancel.wait(wait):
-                break
-            pending = [src for src, _ in busy]
-        return _group_sources(ok, state)
+            r.retry_at = time.monotonic() + wait
+            return
+        r.started = True
+        for i, error in r.busy:
+            self._mirror_failed(state, job.sources[i].mirror, error.message)
+        r.busy.clear()
+        self._fail(state, _no_mirror_left(state.result.attempts))
+
+    def _add_late(self, state: _Active, fresh: Sequence[tuple[int, ResolvedURL]]) -> None:
+        """Sources that resolved after the download started join it: a token-needing one is
+        held back with the others; a free one is added to aria2's URI list and, for a big file
+        with enough left, the download gets connections for it (``changeOption``: aria2
+        restarts it inside, keeping every finished piece; it opens no connection to a URI
+        added to a running download otherwise)."""
+        job = state.job
+        new: list[_Source] = []
+        for i, res in fresh:
+            src = job.sources[i]
+            if src.mirror in state.failed_mirrors:
+                continue
+            if self._needs_header(src, res):
+                state.held_back.append([_Source(src, res, True)])
+                continue
+            known = state.pending if state.pending is not None else state.sources
+            if any(x.src.mirror == src.mirror or x.resolved.url == res.url for x in known):
+                continue
+            new.append(_Source(src, res, False))
+        if not new:
+            return
+        if state.pending is not None:  # not handed to aria2c yet
+            state.pending.extend(new)
+            return
+        gid = state.gid
+        if gid is None:
+            return
+        state.sources.extend(new)
+        for x in new:
+            state.uri_mirror[x.resolved.url] = x.src.mirror
+        calls: list[tuple[str, list[Any]]] = [
+            ("aria2.changeUri", [gid, 1, [], [x.resolved.url for x in new]])
+        ]
+        left = job.size - state.last_completed
+        # The restart costs about 0.1 s of transfer: worth it with half a second left.
+        if job.size > SMALL_FILE and left >= GROW_BYTES_PER_CONNECTION and left > state.speed / 2:
+            calls.append(
+                ("aria2.changeOption", [gid, self._split_options(state, state.per_server)])
+            )
+        with contextlib.suppress(*_RPC_ERRORS):
+            _multicall(self.client, calls)
 
     def _mirror_failed(self, state: _Active, mirror: str, reason: str) -> None:
         state.result.attempts.append(f"{mirror}: {reason}")
         state.failed_mirrors.add(mirror)
         self.reporter.on_mirror_failed(state.job.path, mirror, reason)
-
-    def _resolved(self, state: _Active) -> bool:
-        """Take a finished resolution: True when the job's sources are ready to be added."""
-        if state.resolving is None or not state.resolving.done():
-            return False
-        fut, state.resolving = state.resolving, None
-        try:
-            sources, held = fut.result()
-        except Exception as exc:
-            self._fail(state, f"could not resolve its sources: {type(exc).__name__}: {exc}")
-            return False
-        state.held_back = held
-        if not sources and held:
-            self._hand_back(state)
-            return False
-        if not sources:
-            self._fail(state, _no_mirror_left(state.result.attempts))
-            return False
-        state.pending = sources
-        return True
 
     def _hand_back(self, state: _Active) -> None:
         """The job's bytes are served only where its token must go with every request: aria2c
@@ -1039,6 +1390,17 @@ class _Run:
                 }
         return statuses, servers
 
+    def _yardstick(self, mirror: str, now: float) -> float | None:
+        """The mirror's rate per connection (B/s) over its recent downloads, while bytes came
+        from it lately (within twice the hedge budget: a mirror that finished its segments has
+        no connection, but was fast a moment ago); None when it rests on too little."""
+        d = self.delivered.get(mirror)
+        if d is None or now - d.flowing_at > 2 * self._hedge_s():
+            return None
+        if d.bytes < YARDSTICK_BYTES or d.conn_s < YARDSTICK_CONN_S:
+            return None
+        return d.bytes / d.conn_s
+
     def _by_mirror(self, state: _Active, entries: Any) -> dict[str, tuple[int, float]]:
         """Per mirror of the download: (connections open, their download speed in B/s)."""
         out: dict[str, tuple[int, float]] = {}
@@ -1075,6 +1437,7 @@ class _Run:
             # download does.
             state.progress_at = time.monotonic()
         state.connections = int(status.get("connections", 0) or 0)
+        state.speed = float(status.get("downloadSpeed", 0) or 0)
         self._account(state, completed, servers)
         if st == "complete":
             self._account(state, state.job.size)
@@ -1129,19 +1492,19 @@ class _Run:
     ) -> None:
         """Report the bytes that arrived since the last poll and attribute them to mirrors.
 
-        aria2 does not count bytes per URI. The split is an estimate: each poll's new bytes are
-        shared among the mirrors in proportion to the download speed aria2 reports for each
-        of their connections (``aria2.getServers``), or all to the mirror with the most
-        connections (the first source) when aria2 reports no speed. The shares always add up
-        to the bytes transferred in this run."""
+        aria2 does not count bytes per URI. The split is an estimate: at a look at the
+        download's servers, :meth:`_observe`'s (the speeds aria2 reports for each mirror's
+        connections over the time since the last look; the rest to the mirrors whose
+        connections closed meanwhile), else the last shares (or an even split before there
+        are any). The shares always add up to the bytes transferred in this run."""
         delta = completed - state.last_completed
+        split = self._observe(state, max(0, delta), servers) if servers is not None else None
         if delta <= 0:
             return
         state.last_completed = completed
-        speeds = {m: speed for m, (_, speed) in (servers or {}).items()}
-        total = sum(speeds.values())
-        if total > 0:
-            state.shares = {m: v / total for m, v in speeds.items() if v > 0}
+        total = sum(split.values()) if split else 0.0
+        if split and total > 0:
+            state.shares = {m: v / total for m, v in split.items() if v > 0}
         # Before aria2 reports any speed: an even split over the download's mirrors.
         even = {s.src.mirror: 1.0 / len(state.sources) for s in state.sources}
         shares = state.shares or even
@@ -1156,6 +1519,57 @@ class _Run:
             by = state.result.bytes_by_mirror
             by[mirror] = by.get(mirror, 0) + n
             self.reporter.on_bytes(state.job.path, n, mirror)
+
+    def _observe(
+        self, state: _Active, delta: int, servers: Mapping[str, tuple[int, float]]
+    ) -> dict[str, float] | None:
+        """Which mirror brought the download's ``delta`` new bytes since the last look, and
+        each mirror's connection-seconds meanwhile (added to :attr:`delivered`, the
+        yardsticks of :meth:`_behind`).
+
+        A mirror still connected is credited with the mean of the speeds aria2 reported for
+        it at both looks, times the time between; the bytes beyond that go to the mirrors
+        whose connections closed in between (they finished their segments: on a fast link a
+        mirror can fetch its whole share between two looks, never seen at speed), in
+        proportion to their connections, or else to the download's mirrors that had no
+        connection at either look (theirs opened and closed in between); the result is
+        scaled to ``delta``. None before
+        anything can be said (the first look; no speed and no closed connection)."""
+        now = time.monotonic()
+        last, state.look = state.look, (now, dict(servers))
+        if last is None:
+            return None
+        at, prev = last
+        dt = now - at
+        if dt <= 0:
+            return None
+        got: dict[str, float] = {}
+        for m, (n, speed) in servers.items():
+            if n:
+                got[m] = (speed + prev.get(m, (0, 0.0))[1]) / 2 * dt
+        gone = {m: n for m, (n, _) in prev.items() if n and not servers.get(m, (0, 0.0))[0]}
+        if not gone:
+            # Connections can open and close between two looks, never seen: those of the
+            # download's mirrors that had none at either look.
+            gone = {
+                s.src.mirror: 1
+                for s in state.sources
+                if not prev.get(s.src.mirror, (0, 0.0))[0]
+                and not servers.get(s.src.mirror, (0, 0.0))[0]
+            }
+        expected = sum(got.values())
+        if delta > expected and gone:
+            rest, conns = delta - expected, sum(gone.values())
+            for m, n in gone.items():
+                got[m] = got.get(m, 0.0) + rest * n / conns
+        total = sum(got.values())
+        split = {m: v * delta / total for m, v in got.items()} if total > 0 else None
+        for m in {*prev, *servers}:
+            conn_s = (prev.get(m, (0, 0.0))[0] + servers.get(m, (0, 0.0))[0]) / 2 * dt
+            nbytes = split.get(m, 0.0) if split else 0.0
+            if conn_s > 0 or nbytes > 0:
+                self.delivered.setdefault(m, _Delivered()).add(now, nbytes, conn_s)
+        return split
 
     def _watch(
         self,
@@ -1205,9 +1619,18 @@ class _Run:
         # means every mirror they are on is stalled. Drop those when another mirror is left.
         stalled = now - state.progress_at
         connected = [s for s in state.sources if servers.get(s.src.mirror, (0, 0.0))[0]]
-        if stalled >= opts.stall_timeout_s and connected and len(connected) < len(state.sources):
+        stall_s = min(opts.stall_timeout_s, max(STALL_HEDGE_MIN_S, self._hedge_s()))
+        if stalled >= stall_s and not connected and state.connections:
+            # Connections that have had no answer yet are not among aria2's servers (the
+            # first request of a download, sent to one URI to learn the size, is such a one
+            # while its mirror does not answer): the URIs aria2 marks used are theirs.
+            connected = self._used(state)
+        if stalled >= stall_s and connected and len(connected) < len(state.sources):
             for s in connected:
-                self._remove_uris(state, s, f"stalled: no bytes for {stalled:.0f} s", pause=True)
+                self._remove_uris(state, s, f"stalled: no bytes for {stalled:.1f} s", pause=True)
+            state.progress_at = now
+            return
+        if self._behind(state, servers, now):
             state.progress_at = now
             return
         if limit <= 0:
@@ -1238,7 +1661,76 @@ class _Run:
                 and s.src.mirror not in state.rerolve
             ):
                 s.idle_since = now
-                state.rerolve[s.src.mirror] = self.pool.submit(self._recheck, s)
+                state.rerolve[s.src.mirror] = self._submit(
+                    s.src.mirror, functools.partial(self._recheck, s)
+                )
+
+    def _used(self, state: _Active) -> list[_Source]:
+        """The download's sources whose URIs aria2 lists as used."""
+        if state.gid is None:
+            return []
+        try:
+            status = self.client.tell_status(state.gid, ["files"])
+        except _RPC_ERRORS:
+            return []
+        used = {
+            str(u.get("uri"))
+            for f in status.get("files") or []
+            for u in f.get("uris") or []
+            if u.get("status") == "used"
+        }
+        return [s for s in state.sources if s.resolved.url in used]
+
+    def _behind(self, state: _Active, servers: Mapping[str, tuple[int, float]], now: float) -> bool:
+        """Take out of the download the mirrors whose connections have been far behind
+        another mirror's for the hedge budget; True when some were.
+
+        aria2c never re-splits a running segment, and checks its own ``lowest-speed-limit``
+        only on connections older than 10 s: a mirror that is slow (not below that floor),
+        trickling, stalled after a burst, or that has sent no byte yet keeps the segments
+        it took while the others finish theirs and wait. So a mirror whose rate per
+        connection on this download stays under 1/``BEHIND_RATIO`` of another mirror's
+        (:meth:`_yardstick`, over all that one's downloads) at every look for
+        the hedge budget (:meth:`_hedge_s`) loses its URIs for this download; aria2 then
+        hands its unfinished segments, minus what is on disk, to the others. A look without
+        such a yardstick starts the clock again. The best mirror is never behind, so the
+        last one is never dropped this way."""
+        refs: dict[str, float] = {}
+        for s in state.sources:
+            rate = self._yardstick(s.src.mirror, now)
+            if rate is not None:
+                refs[s.src.mirror] = rate
+        for s in state.sources:
+            conns, speed = servers.get(s.src.mirror, (0, 0.0))
+            others = [v for m, v in refs.items() if m != s.src.mirror]
+            best = max(others, default=0.0)
+            if conns and best >= MIN_REFERENCE_BPS and speed / conns < best / BEHIND_RATIO:
+                s.behind_since = s.behind_since or now
+            else:
+                s.behind_since = None
+        hedge = self._hedge_s()
+        late = [
+            s for s in state.sources if s.behind_since is not None and now - s.behind_since >= hedge
+        ]
+        if not late or len(late) >= len(state.sources):
+            return False
+        for s in late:
+            conns, speed = servers.get(s.src.mirror, (0, 0.0))
+            best_m = max((m for m in refs if m != s.src.mirror), key=lambda m: refs[m], default="?")
+            best = refs.get(best_m, 0.0)
+            seconds = now - (s.behind_since or now)
+            behind = f"while {best_m} sends {best / 1024:.0f} KiB/s per connection"
+            if speed <= 0:
+                why = f"stalled: no bytes for {seconds:.1f} s on {conns} connection(s), {behind}"
+            else:
+                # aria2's speed is an average over seconds: a connection that stalled after a
+                # burst looks slow, not stalled, so the reason says both.
+                why = (
+                    f"too slow or stalled: {speed / conns / 1024:.0f} KiB/s per connection "
+                    f"for {seconds:.1f} s, {behind} (over {BEHIND_RATIO} times more)"
+                )
+            self._remove_uris(state, s, why, pause=True)
+        return True
 
     def _swap_resolved(self, state: _Active) -> None:
         """Put the fresh URLs of sources resolved again into the download."""
@@ -1702,4 +2194,4 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
-__all__ = ["Aria2Engine", "aria2_version", "redact_url"]
+__all__ = ["Aria2Engine", "aria2_version", "redact_url", "remove_stale_dirs"]
