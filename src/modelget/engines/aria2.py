@@ -71,6 +71,7 @@ from modelget.engines.redirects import (
 )
 from modelget.errors import EngineUnavailableError
 from modelget.events import Reporter, report_connections
+from modelget.http import ssl_context
 from modelget.retry import MAX_RETRY_AFTER_S, status_is_retryable
 from modelget.scheduler import Adaptive, Policy
 from modelget.settings import child_env
@@ -827,7 +828,7 @@ class _Run:
         o = self.options
         self.http = httpx.Client(
             follow_redirects=False,
-            verify=o.verify_tls,
+            verify=ssl_context(o.verify_tls),
             timeout=httpx.Timeout(o.read_timeout_s, connect=o.connect_timeout_s),
             trust_env=True,
         )
