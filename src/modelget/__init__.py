@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from modelget.engines import EngineOptions
     from modelget.lockfile import LockedModel, Lockfile
 
-__version__ = "0.1.0.dev0"
+from modelget._version import __version__
 
 __all__ = [
     "Catalogue",

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelget import __version__
+from modelget._version import __version__
 from modelget.errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,

@@ -35,9 +35,24 @@ from modelget.datatypes import (
     Mirror,
     Plan,
     PlanItem,
+    PullResult,
 )
-from modelget.engines import Engine, EngineOptions, FetchJob, FetchResult, OnComplete, SourceURL
-from modelget.errors import VerificationError
+from modelget.engines import (
+    Engine,
+    EngineName,
+    EngineOptions,
+    FetchJob,
+    FetchResult,
+    OnComplete,
+    SourceURL,
+)
+from modelget.errors import (
+    InsufficientDiskSpaceError,
+    Interrupted,
+    LayoutError,
+    ModelgetError,
+    VerificationError,
+)
 from modelget.events import Reporter
 from modelget.manifest import Copy, settle
 from modelget.verify import check
@@ -551,3 +566,218 @@ class Executor:
                     state.lock.release(force=True)
             self._record_timings(started, started_mono)
         return [s.outcome for s in self.states.values() if s.outcome is not None]
+
+
+# --- the pull supervisor ------------------------------------------------------------------------
+
+
+class EngineStarter:
+    """Selects the engine and starts it (``prepare``) in a background thread, so that aria2c
+    comes up while the mirrors are probed and the plan is made. ``engine()`` waits for it
+    (and raises what starting it raised); ``close()`` waits and releases it, on every path."""
+
+    def __init__(self, name: EngineName, options: EngineOptions, reporter: Reporter) -> None:
+        self.seconds = 0.0
+        self._engine: Engine | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._start,
+            args=(name, options, reporter),
+            name="modelget-engine-start",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _start(self, name: EngineName, options: EngineOptions, reporter: Reporter) -> None:
+        from modelget.engines import select_engine
+
+        started = time.perf_counter()
+        engine: Engine | None = None
+        try:
+            engine = select_engine(name, options, reporter)
+            engine.prepare()
+            self._engine = engine
+        except BaseException as exc:  # handed to the pull's thread by engine()
+            if engine is not None:
+                engine.close()
+            self._error = exc
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    def engine(self) -> Engine:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._engine is not None
+        return self._engine
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._engine is not None and not self._closed:
+            self._closed = True
+            self._engine.close()
+
+
+def carry_out(
+    plan: Plan,
+    by_name: Mapping[str, Mirror],
+    target: Target,
+    starter: EngineStarter,
+    reporter: Reporter,
+    cancel: threading.Event,
+    *,
+    ref: str,
+    main_too: bool,
+    started: float,
+    timings: dict[str, float],
+) -> PullResult:
+    """Run ``plan`` to the end with the engine ``starter`` brings up, and say what happened.
+
+    Points ``refs/<ref>`` (and ``refs/main`` too with ``main_too``: huggingface_hub and
+    transformers look it up when given no revision) at the commit when any file is in place.
+    Raises ``Interrupted`` when ``cancel`` is set (or on Ctrl-C), and
+    ``InsufficientDiskSpaceError`` when the disk filled."""
+    plan_s = time.perf_counter() - started
+    timings["plan"] = plan_s
+    _announce(plan, target.repo_id, reporter)
+    waited = time.perf_counter()
+    chosen = starter.engine()
+    timings["engine_start"] = starter.seconds
+    timings["engine_wait"] = time.perf_counter() - waited
+    transfer_started = time.perf_counter()
+    executor = Executor(plan, by_name, target, chosen, reporter, cancel)
+    outcomes = _supervise(executor, target, cancel)
+    transfer_s = time.perf_counter() - transfer_started
+    timings["transfer"] = transfer_s
+    # The executor's own stages; ``first_byte`` and ``last_byte`` are instants in its run,
+    # counted here from the pull's start.
+    offset = transfer_started - started
+    for key, value in executor.timings.items():
+        timings.setdefault(key, value + (offset if key in ("first_byte", "last_byte") else 0.0))
+    repo_id = target.repo_id
+    if cancel.is_set():
+        raise Interrupted(
+            f"pull of {repo_id} interrupted; what was downloaded is kept",
+            hint="run the same command again to resume",
+        )
+    if executor.disk_full:
+        raise InsufficientDiskSpaceError(
+            f"the disk filled up while pulling {repo_id}; nothing incomplete was put in place",
+            hint="free some space and run the same command again: it resumes where it stopped",
+        )
+    if any(o.status != "failed" for o in outcomes) or not outcomes:
+        try:
+            layout.write_ref(target.cache_dir, repo_id, ref, plan.commit)
+            if main_too and ref != "main":
+                layout.write_ref(target.cache_dir, repo_id, "main", plan.commit)
+        except OSError as exc:
+            raise local_error(exc, repo_id, target.cache_dir) from exc
+    return _result(
+        plan, target, chosen.name, executor, outcomes, plan_s, transfer_s, started, timings
+    )
+
+
+def _announce(plan: Plan, repo_id: str, reporter: Reporter) -> None:
+    reporter.on_plan(repo_id, plan.commit, len(plan.to_fetch), plan.fetch_bytes, plan.total_bytes)
+    for d in plan.disagreements:
+        reporter.on_message(
+            "warning",
+            f"disagreement: {d.mirror} lists another copy of {d.path}: {d.reason}"
+            if d.standby
+            else f"disagreement: {d.mirror} is not used for {d.path}: {d.reason}",
+        )
+
+
+def _supervise(executor: Executor, target: Target, cancel: threading.Event) -> list[FileOutcome]:
+    """``executor.run()`` in a worker thread, so that Ctrl-C in this one cancels it (and waits
+    for it to stop, keeping what was fetched); its errors are raised here."""
+    box: list[list[FileOutcome]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            box.append(executor.run())
+        except BaseException as exc:  # handed to the caller's thread below
+            errors.append(exc)
+
+    worker = threading.Thread(target=work, name="modelget-pull", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        cancel.set()
+        worker.join()
+    if errors:
+        if isinstance(errors[0], OSError):
+            raise local_error(errors[0], target.repo_id, target.cache_dir) from errors[0]
+        raise errors[0]
+    return box[0] if box else []
+
+
+def _result(
+    plan: Plan,
+    target: Target,
+    engine: str,
+    executor: Executor,
+    outcomes: list[FileOutcome],
+    plan_s: float,
+    transfer_s: float,
+    started: float,
+    timings: dict[str, float],
+) -> PullResult:
+    per_mirror: dict[str, int] = {}
+    for o in outcomes:
+        for m, n in o.bytes_by_mirror.items():
+            per_mirror[m] = per_mirror.get(m, 0) + n
+    failed = [o for o in outcomes if o.status == "failed"]
+    status = "ok" if not failed else ("error" if len(failed) == len(outcomes) else "partial")
+    where = target.local_dir or layout.snapshot_dir(target.cache_dir, target.repo_id, plan.commit)
+    order = {i.entry.path: n for n, i in enumerate(plan.items)}
+    # Outvoted mirrors (the plan's), and where the mirrors tied, those the bytes proved wrong
+    # (the executor's); a tie on a file that failed with every copy stays standby.
+    settled = {d.path for d in executor.disagreements}
+    disagreements = (
+        *(
+            d
+            for d in plan.disagreements
+            if d.path in order and not (d.standby and d.path in settled)
+        ),
+        *executor.disagreements,
+    )
+    elapsed = time.perf_counter() - started
+    return PullResult(
+        repo_id=target.repo_id,
+        revision=plan.revision,
+        commit=plan.commit,
+        path=str(where),
+        status=status,
+        engine=engine,
+        files=tuple(sorted(outcomes, key=lambda o: order.get(o.path, 0))),
+        bytes_fetched=sum(per_mirror.values()),
+        bytes_by_mirror=per_mirror,
+        elapsed_s=elapsed,
+        plan_s=plan_s,
+        transfer_s=transfer_s,
+        timings={**timings, "total": elapsed},
+        connections=executor.connections,
+        disagreements=disagreements,
+    )
+
+
+def local_error(exc: OSError, repo_id: str, hub_cache: Path) -> ModelgetError:
+    """A local write that failed (the cache's file system), as the error the user can act on."""
+    where = exc.filename or hub_cache
+    elsewhere = "pull into a writable cache: --cache-dir DIR (or HF_HUB_CACHE=DIR)"
+    if exc.errno == errno.ENOSPC:
+        return InsufficientDiskSpaceError(
+            f"the disk filled up while pulling {repo_id} (writing {where}); nothing "
+            "incomplete was put in place",
+            hint="free some space and run the same command again: it resumes where it stopped",
+        )
+    if exc.errno == errno.EROFS:
+        return LayoutError(f"cannot write to {where}: the file system is read-only", hint=elsewhere)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return LayoutError(f"cannot write to {where}: permission denied", hint=elsewhere)
+    return LayoutError(f"cannot write to {where}: {exc.strerror or exc}", hint=elsewhere)

@@ -1,5 +1,10 @@
 """Pure planning: what a pull will fetch, from where, and whether it fits on disk.
 
+``assemble`` takes the manifests of the mirrors that can serve the repo (best first) and
+decides, per wanted file, which copies to try in which order and from which mirrors;
+``settle_present`` puts first a copy an earlier pull already verified here (the check of what
+is here is handed in);
+
 ``make_plan`` takes everything it needs as arguments (the agreed manifest, the ordered
 sources of each file, what is already complete locally, the free space, the measured
 throughput) and returns a ``Plan``; it does no I/O, so ``--dry-run`` and the tests see exactly
@@ -8,7 +13,8 @@ what a pull would do.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 from modelget.datatypes import (
     Alternative,
@@ -20,10 +26,110 @@ from modelget.datatypes import (
     PlanItem,
 )
 from modelget.errors import InsufficientDiskSpaceError, NoMirrorError
+from modelget.lockfile import LockedModel, agree_with_lock
+from modelget.manifest import Copy, check_collisions, copies, merge_digests, select_files, settle
 
 #: Space kept free beyond the bytes to fetch: control files, metadata, a little slack.
 MIN_RESERVE_BYTES = 64 * 1024 * 1024
 RESERVE_FRACTION = 0.01
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """Per wanted file (in manifest order) the copies to try, best first, each with its own
+    mirrors' URLs; the disagreements found; the paths the filters left out."""
+
+    reference: Manifest
+    tries: dict[str, list[Alternative]]
+    disagreements: list[Disagreement]
+    excluded: list[str]
+
+
+def assemble(
+    manifests: Sequence[Manifest],
+    file_url: Callable[[str, FileEntry], str],
+    *,
+    locked: LockedModel | None = None,
+    lock_entries: Mapping[str, FileEntry] | None = None,
+    filenames: Sequence[str] = (),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> Assembly:
+    """``manifests``: one per usable mirror, best first (the first is the reference: its
+    commit and file list). ``file_url(mirror, entry)``: that mirror's URL for the file.
+    With ``locked``, the locked entries (``lock_entries``, by path) are the ones to pull."""
+    reference, others = manifests[0], list(manifests[1:])
+    files_of = {m.mirror: m.by_path() for m in manifests}
+    groups: dict[str, list[Copy]]
+    if locked is not None:
+        entries = lock_entries or {}
+        candidates, disagreements = agree_with_lock(
+            locked, [(m.mirror, files_of[m.mirror]) for m in manifests]
+        )
+        # The locked copy; every source matches it.
+        groups = {p: [Copy(entries[p], tuple(names))] for p, names in candidates.items() if names}
+        wanted = [entries[p] for p in locked.paths]
+        excluded = sorted({f.path for f in reference.files} - set(locked.paths))
+    else:
+        groups, disagreements = copies(reference, others)
+        wanted, excluded = select_files(
+            reference.files, filenames=filenames, include=include, exclude=exclude
+        )
+    check_collisions(wanted)
+
+    def sourced(copy: Copy) -> Alternative:
+        """The copy's entry (with a sha256 borrowed from its other mirrors if it lacks one)
+        and each of its mirrors' URLs."""
+        names = copy.mirrors
+        entry = merge_digests(copy.entry, (files_of[n][copy.entry.path] for n in names[1:]))
+        return Alternative(entry, tuple(FileSource(n, file_url(n, entry)) for n in names))
+
+    tries: dict[str, list[Alternative]] = {}
+    for wanted_entry in wanted:
+        found = groups.get(wanted_entry.path)
+        # Where the mirrors tie, every copy, best first; else the one most mirrors agree on
+        # (it may not be the reference mirror's).
+        tries[wanted_entry.path] = (
+            [sourced(c) for c in found] if found else [Alternative(wanted_entry, ())]
+        )
+    return Assembly(reference, tries, list(disagreements), list(excluded))
+
+
+def settle_present(
+    tries: Mapping[str, list[Alternative]],
+    disagreements: Sequence[Disagreement],
+    here: Callable[[Sequence[FileEntry]], set[str]],
+) -> tuple[set[str], dict[str, list[Alternative]], list[Disagreement]]:
+    """What is already here (``here(entries)``: the paths of those entries complete and
+    verified on disk), with each tie an earlier pull settled put in order: the copy found
+    here first, the mirrors its bytes disproved named."""
+    out = {path: list(t) for path, t in tries.items()}
+    found = list(disagreements)
+    present = here([t[0].entry for t in out.values()])
+    for path, tried in out.items():
+        if len(tried) < 2:
+            continue
+        # A tie already settled by an earlier pull: the copy here was verified when it landed.
+        k = next(
+            (
+                k
+                for k, alt in enumerate(tried)
+                if (path in present if k == 0 else here([alt.entry]))
+            ),
+            None,
+        )
+        if k is None:
+            continue
+        present.add(path)
+        settled = settle(
+            path,
+            [Copy(a.entry, tuple(s.mirror for s in a.sources)) for a in tried],
+            k,
+            "already here, verified when fetched",
+        )
+        found = [d for d in found if not (d.path == path and d.standby)] + settled
+        out[path] = [tried[k], *tried[:k], *tried[k + 1 :]]
+    return present, out, found
 
 
 def required_bytes(fetch_bytes: int) -> int:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from modelget import __version__
+from modelget._version import __version__
 from modelget.engines import EngineOptions, FetchJob, FetchResult, OnComplete, SourceURL
 from modelget.engines.ranges import (
     RangeSet,

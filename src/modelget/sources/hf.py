@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from modelget import __version__
+from modelget._version import __version__
 from modelget.auth import mirror_token
 from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind
 from modelget.errors import (
