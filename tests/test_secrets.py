@@ -568,3 +568,37 @@ def test_cli_insecure_warns_on_stderr_and_in_json(
     out, err = capsys.readouterr()
     assert code == 0 and "warning: TLS certificate checks are OFF" in err
     assert "self-signed" in out and " ok " in out
+
+
+# --- one origin rule -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoint", "same"),
+    [
+        ("https://hub.example/api/x", "https://hub.example", True),
+        ("https://hub.example:443/api/x", "https://hub.example", True),  # the default port
+        ("https://HUB.example/x", "https://hub.example:443", True),
+        ("http://hub.example:80/x", "http://hub.example", True),
+        ("http://hub.example/x", "https://hub.example", False),  # another scheme
+        ("https://hub.example:8443/x", "https://hub.example", False),  # another port
+        ("https://hub.example.evil.test/x", "https://hub.example", False),
+        ("https://hub.example@evil.test/x", "https://hub.example", False),  # userinfo trick
+        ("https://evil.test/hub.example", "https://hub.example", False),
+    ],
+)
+def test_every_token_check_applies_one_origin_rule(url: str, endpoint: str, same: bool) -> None:
+    """The token scoping of the sources (``auth.same_host``), the redirect follower and the
+    engines (``http.same_origin``) and the probe's TLS exceptions (``http.origin``) agree on
+    what an origin is: before ``http.py``, ``same_host`` compared ``netloc`` strings, so
+    ``https://hub:443`` and ``https://hub`` were two origins for it and one for the engines."""
+    from modelget.auth import same_host
+    from modelget.datatypes import Mirror
+    from modelget.engines.redirects import same_origin as redirects_same_origin
+    from modelget.http import origin, same_origin
+
+    mirror = Mirror(name="m", kind="hf", endpoint=endpoint)
+    assert same_host(url, mirror) is same
+    assert same_origin(url, endpoint) is same
+    assert redirects_same_origin(url, endpoint) is same
+    assert (origin(url) == origin(endpoint)) is same

@@ -7,9 +7,8 @@ to the mirror endpoint's own host; adapters drop it on redirects to any other ho
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from modelget.datatypes import Mirror
+from modelget.http import same_origin
 from modelget.settings import read_token
 
 
@@ -28,6 +27,6 @@ def mirror_token(mirror: Mirror) -> str | None:
 
 
 def same_host(url: str, mirror: Mirror) -> bool:
-    """Whether ``url`` points at the mirror endpoint's own scheme, host and port."""
-    a, b = urlsplit(url), urlsplit(mirror.endpoint)
-    return (a.scheme, a.netloc.lower()) == (b.scheme, b.netloc.lower())
+    """Whether ``url`` is on the mirror endpoint's own origin (scheme, host and port; the
+    one rule of :func:`modelget.http.same_origin`)."""
+    return same_origin(url, mirror.endpoint)

@@ -1,8 +1,14 @@
 """HTTP policy shared by every client modelget makes (the start of one place for it).
 
-Today: the TLS context. Building one loads the CA bundle (20-80 ms of CPU, more when two
-threads do it at once on a small machine); httpx would build a new one for every client, so
-every client of a process shares one, built once under a lock.
+* **The origin rule**, one implementation: a URL's origin is its scheme, host and port, lower-
+  cased, with the scheme's default port filled in (``https://hub`` and ``https://hub:443``
+  are one origin; userinfo is never part of the host). Credentials go only to their own
+  origin: the token scoping of ``auth``, the redirect follower of ``engines.redirects`` and
+  the engines all ask :func:`same_origin`.
+* :func:`redact_url`: a URL fit for messages (no query, no credentials).
+* **The TLS context.** Building one loads the CA bundle (20-80 ms of CPU, more when two
+  threads do it at once on a small machine); httpx would build a new one for every client,
+  so every client of a process shares one, built once under a lock.
 """
 
 from __future__ import annotations
@@ -10,8 +16,42 @@ from __future__ import annotations
 import functools
 import ssl
 import threading
+from urllib.parse import urlsplit
 
 _LOCK = threading.Lock()
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Origin = tuple[str, str, int | None]
+
+
+def origin_of(scheme: str, host: str, port: int | None) -> Origin:
+    """The origin of these URL parts: lower-cased, the scheme's default port filled in."""
+    scheme = scheme.lower()
+    return scheme, host.lower(), port or DEFAULT_PORTS.get(scheme)
+
+
+def origin(url: str) -> Origin:
+    """``(scheme, host, port)`` of ``url`` (see :func:`origin_of`); an invalid port is None."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return origin_of(parts.scheme, parts.hostname or "", port)
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Whether two URLs share scheme, host and port (so the same credentials may go to both)."""
+    return origin(a) == origin(b)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its query and credentials (signed URLs carry secrets in the query)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}" + ("?..." if parts.query else "")
 
 
 def ssl_context(verify_tls: bool = True) -> ssl.SSLContext:

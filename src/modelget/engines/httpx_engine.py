@@ -49,9 +49,8 @@ from modelget.engines.ranges import (
     remove_sidecar,
     save_sidecar,
 )
-from modelget.engines.redirects import redact_url, same_origin
 from modelget.events import Reporter, report_connections
-from modelget.http import ssl_context
+from modelget.http import redact_url, same_origin, ssl_context
 from modelget.retry import (
     MAX_RETRY_AFTER_S,
     AttemptError,

@@ -22,36 +22,23 @@ from urllib.parse import urlsplit
 import httpx
 
 from modelget.errors import MirrorUnavailableError
+from modelget.http import origin, redact_url, same_origin
 from modelget.retry import parse_retry_after
+
+__all__ = [
+    "DEFAULT_MAX_HOPS",
+    "ResolveURLError",
+    "ResolvedURL",
+    "origin",
+    "redact_url",
+    "resolve_final_url",
+    "same_origin",
+]
+"""``origin``, ``same_origin`` and ``redact_url`` live in :mod:`modelget.http`; they are
+re-exported here for one release."""
 
 DEFAULT_MAX_HOPS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def origin(url: str) -> tuple[str, str, int | None]:
-    """``(scheme, host, port)`` of ``url``, lower-cased, with the scheme's default port filled in."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
-
-
-def same_origin(a: str, b: str) -> bool:
-    """Whether two URLs share scheme, host and port (so the same credentials may go to both)."""
-    return origin(a) == origin(b)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its query and credentials (signed URLs carry secrets in the query)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}" + ("?..." if parts.query else "")
 
 
 @dataclass(frozen=True)

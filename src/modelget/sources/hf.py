@@ -34,6 +34,7 @@ from modelget.errors import (
     UnsafeManifestError,
     UsageError,
 )
+from modelget.http import Origin, origin, origin_of
 from modelget.manifest import check_manifest, check_path, check_size
 
 DEFAULT_REVISION = "main"
@@ -110,16 +111,10 @@ def map_hf_error(exc: Exception, mirror: Mirror, repo_id: str, revision: str) ->
     return ResolveError(f"{where}: unexpected answer for {repo_id}: {exc!r}")
 
 
-_Origin = tuple[str, str, int | None]
-_UNVERIFIED: Counter[_Origin] = Counter()
+_UNVERIFIED: Counter[Origin] = Counter()
 """Origins whose certificates are not checked right now (count of resolves in flight)."""
 _UNVERIFIED_LOCK = threading.Lock()
 _installed = False
-
-
-def _origin(scheme: str, host: str, port: int | None) -> _Origin:
-    scheme = scheme.lower()
-    return scheme, host.lower(), port or {"http": 80, "https": 443}.get(scheme)
 
 
 def prepare_unverified() -> None:
@@ -150,7 +145,7 @@ def prepare_unverified() -> None:
         class ByOrigin(http.BaseTransport):  # type: ignore[misc,name-defined]
             def handle_request(self, request: Any) -> Any:
                 url = request.url
-                skip = _UNVERIFIED.get(_origin(url.scheme, url.host, url.port), 0) > 0
+                skip = _UNVERIFIED.get(origin_of(url.scheme, url.host, url.port), 0) > 0
                 return (unverified_ if skip else verified).handle_request(request)
 
             def close(self) -> None:
@@ -175,8 +170,7 @@ def unverified(endpoint: str) -> Iterator[None]:
     """huggingface_hub skips TLS certificate checks for ``endpoint``'s origin (and no other)
     while inside this block (``--insecure``)."""
     prepare_unverified()
-    parts = urlsplit(endpoint)
-    key = _origin(parts.scheme, parts.hostname or "", parts.port)
+    key = origin(endpoint)
     with _UNVERIFIED_LOCK:
         _UNVERIFIED[key] += 1
     try:
