@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from modelget.auth import mirror_token, same_host
@@ -34,6 +34,9 @@ from modelget.errors import (
 )
 from modelget.http import ssl_context
 from modelget.sources import get_source
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_TIMEOUT_S = 5.0
 #: The throughput sample: a Range of at most SAMPLE_MAX_BYTES, read for at most SAMPLE_S.
@@ -404,24 +407,7 @@ def _probe_one(
                 )
             ok = result("ok", connect_s=connect_s, ttfb_s=ttfb_s, has_repo=True)
             tracker.answered(name, (ok, manifest, None))
-            rate: float | None = None
-            if manifest.files and sample and tracker.should_sample(name):
-                largest = max(manifest.files, key=lambda f: f.size)
-
-                def keep_going() -> bool:
-                    tracker.progress(name)
-                    return tracker.should_sample(name)
-
-                try:
-                    rate = _throughput(
-                        client,
-                        source.file_url(mirror, manifest, largest),
-                        mirror,
-                        largest.size,
-                        keep_going,
-                    )
-                except (httpx.HTTPError, ModelgetError):
-                    rate = None
+            rate = _sample(client, mirror, manifest, tracker) if sample else None
             return (
                 result(
                     "ok", connect_s=connect_s, ttfb_s=ttfb_s, throughput_bps=rate, has_repo=True
@@ -431,6 +417,34 @@ def _probe_one(
             )
     except httpx.HTTPError as exc:
         return result("down", connect_s=connect_s, error=f"{type(exc).__name__}: {exc}"), None, None
+
+
+def _sample(
+    client: httpx.Client, mirror: Mirror, manifest: Manifest, tracker: _Tracker
+) -> float | None:
+    """The mirror's throughput on its largest file, when ``tracker`` wants a sample; None
+    without one (or when it failed: a sample is a hint, never a reason to drop a mirror)."""
+    import httpx
+
+    name = mirror.name
+    if not manifest.files or not tracker.should_sample(name):
+        return None
+    largest = max(manifest.files, key=lambda f: f.size)
+
+    def keep_going() -> bool:
+        tracker.progress(name)
+        return tracker.should_sample(name)
+
+    try:
+        return _throughput(
+            client,
+            get_source(mirror.kind).file_url(mirror, manifest, largest),
+            mirror,
+            largest.size,
+            keep_going,
+        )
+    except (httpx.HTTPError, ModelgetError):
+        return None
 
 
 def _resolve_cached(
@@ -491,27 +505,8 @@ def probe(
     ]
     for t in threads:
         t.start()
-    deadline = start + 2 * timeout + 1.0
-    skipped: dict[str, str] = {}
+    skipped = _wait(tracker, start + 2 * timeout + 1.0)
     with tracker.cond:
-        while True:
-            now = time.perf_counter()
-            clocks = tracker.clocks
-            if all(c.done or c.cut for c in clocks.values()) or now >= deadline:
-                break
-            late = overdue(now, clocks)
-            for name in late:
-                clocks[name].cut = True
-                best = best_latency(clocks) or 0.0
-                skipped[name] = (
-                    f"slow: nothing for {now - clocks[name].last:.2f} s while the other "
-                    f"mirrors answered (best latency {best * 1000:.0f} ms); skipped"
-                )
-            if late:
-                tracker.cond.notify_all()
-                continue
-            wake = next_check(clocks)
-            tracker.cond.wait(max(0.0, min(deadline, wake if wake is not None else deadline) - now))
         outcomes = dict(tracker.outcomes)
         provisional = dict(tracker.provisional)
     now = time.time()
@@ -538,6 +533,31 @@ def probe(
             report.errors[mirror.name] = error
     report.elapsed_s = time.perf_counter() - start
     return report
+
+
+def _wait(tracker: _Tracker, deadline: float) -> dict[str, str]:
+    """Until every mirror is done or given up on, or ``deadline``: give up on the mirrors
+    silent too long while the others answered (see :func:`overdue`); returns why, by name."""
+    skipped: dict[str, str] = {}
+    with tracker.cond:
+        while True:
+            now = time.perf_counter()
+            clocks = tracker.clocks
+            if all(c.done or c.cut for c in clocks.values()) or now >= deadline:
+                return skipped
+            late = overdue(now, clocks)
+            for name in late:
+                clocks[name].cut = True
+                best = best_latency(clocks) or 0.0
+                skipped[name] = (
+                    f"slow: nothing for {now - clocks[name].last:.2f} s while the other "
+                    f"mirrors answered (best latency {best * 1000:.0f} ms); skipped"
+                )
+            if late:
+                tracker.cond.notify_all()
+                continue
+            wake = next_check(clocks)
+            tracker.cond.wait(max(0.0, min(deadline, wake if wake is not None else deadline) - now))
 
 
 # --- cache ---------------------------------------------------------------------------------
