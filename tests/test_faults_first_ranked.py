@@ -11,7 +11,6 @@ what it takes: a guard against waiting, not a speed test).
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -21,15 +20,19 @@ from modelget import api
 from modelget.datatypes import PullResult
 from modelget.engines import EngineName, EngineOptions, aria2c_path
 from modelget.testing.hubsim import Fault, HubSimulator
-from test_faults_network import (
+from test_faults_aria2 import (  # the aria2 fault tests' set-up, shared
     BIG,
     REPO,
+    SIZE,
     Recorder,
     assert_complete,
-    catalogue,
-    start,
-    transfer_bytes,
+    bad_first,
+    data,
+    repo_dir,
 )
+from test_faults_aria2 import sent as transfer_bytes
+
+__all__ = ["data", "repo_dir"]  # fixtures, imported for pytest
 
 
 @pytest.fixture(params=["httpx", "aria2"])
@@ -38,42 +41,6 @@ def engine(request: pytest.FixtureRequest) -> EngineName:
     if name == "aria2" and aria2c_path() is None:
         pytest.skip("aria2c not installed")
     return name
-
-
-SIZE = 24 * 1024 * 1024 + 4321
-"""Big enough for many ranges at the default chunk sizes."""
-
-
-@pytest.fixture(scope="module")
-def data() -> bytes:
-    return random.Random(15).randbytes(SIZE)
-
-
-@pytest.fixture
-def repo_dir(tmp_path: Path, data: bytes) -> Path:
-    root = tmp_path / "repo"
-    root.mkdir()
-    (root / BIG).write_bytes(data)
-    (root / "config.json").write_text('{"hidden_size": 8}\n')
-    return root
-
-
-@pytest.fixture(autouse=True)
-def own_probe_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODELGET_CACHE_DIR", str(tmp_path / "_mgcache"))
-
-
-def bad_first(
-    sims: list[HubSimulator], repo_dir: Path, tmp_path: Path
-) -> tuple[HubSimulator, HubSimulator, Path]:
-    bad = start(sims, repo_dir, name="bad")
-    good = start(sims, repo_dir, name="good", host_name="localhost")
-    cat = catalogue(tmp_path / "m.yaml", good, bad)  # catalogue order is not the ranking
-    slower = good.add_fault(Fault(route="hf-api", latency_s=0.1))
-    ranking = api.probe(REPO, mirrors=cat)
-    assert [r.mirror.name for r in ranking.ranked][:2] == ["bad", "good"]
-    good.remove_fault(slower)
-    return bad, good, cat
 
 
 def pull(engine: EngineName, cat: Path, cache: Path, reporter: Recorder) -> PullResult:
