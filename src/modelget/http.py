@@ -9,9 +9,10 @@ every client of a process shares one, built once under a lock (once more only if
 from __future__ import annotations
 
 import functools
-import os
 import ssl
 import threading
+
+from modelget.settings import tls_trust_env
 
 _LOCK = threading.Lock()
 
@@ -19,7 +20,7 @@ _LOCK = threading.Lock()
 def ssl_context(verify_tls: bool = True) -> ssl.SSLContext:
     """The process's TLS context for ``verify_tls`` (httpx's own default context, so what is
     trusted does not change), built on first use; callers racing for it wait for one build."""
-    env = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")) if verify_tls else None
+    env = tls_trust_env() if verify_tls else None
     with _LOCK:
         return _build(verify_tls, env)
 
