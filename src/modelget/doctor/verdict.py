@@ -161,35 +161,28 @@ def mirror_findings(
 ) -> list[Finding]:
     """Blocking problems with the mirrors: none enabled, none reachable, the repo on none."""
     if not mirrors:
-        return [
-            Finding(
-                "fail",
-                "no-mirror-enabled",
-                "No mirror is enabled in the catalogue: enable one (enabled: true), see "
-                "docs/mirrors.md.",
-            )
-        ]
-    if not pool.reachable:
+        code = "no-mirror-enabled"
+        message = (
+            "No mirror is enabled in the catalogue: enable one (enabled: true), see "
+            "docs/mirrors.md."
+        )
+    elif not pool.reachable:
+        code = "no-mirror-reachable"
         reasons = "; ".join(f"{m.name} ({first_failure(m)})" for m in pool.unreachable)
-        return [
-            Finding(
-                "fail",
-                "no-mirror-reachable",
-                f"No mirror is reachable: {reasons}. Check the network, the proxy settings and "
-                "the endpoints in the catalogue (`modelget mirrors`).",
-            )
-        ]
-    if repo_id is not None and not pool.candidates:
+        message = (
+            f"No mirror is reachable: {reasons}. Check the network, the proxy settings and "
+            "the endpoints in the catalogue (`modelget mirrors`)."
+        )
+    elif repo_id is not None and not pool.candidates:
+        code = "repo-missing"
         reasons = "; ".join(f"{m.name} ({_repo_word(m)})" for m in pool.reachable)
-        return [
-            Finding(
-                "fail",
-                "repo-missing",
-                f"{repo_id} is on no reachable mirror: {reasons}. Check the repo id (and "
-                "--revision), set the token a mirror needs, or add a mirror that has it.",
-            )
-        ]
-    return []
+        message = (
+            f"{repo_id} is on no reachable mirror: {reasons}. Check the repo id (and "
+            "--revision), set the token a mirror needs, or add a mirror that has it."
+        )
+    else:
+        return []
+    return [Finding("fail", code, message)]
 
 
 def space_findings(
