@@ -697,3 +697,24 @@ def test_https_to_a_plain_http_server_fails_the_handshake(
     tls = rep.mirror("wrong").get("tls")
     assert tls is not None and tls.status == "fail" and "handshake failed" in tls.detail
     assert rep.mirror("wrong").get("ttfb") == Check("ttfb", "skip", detail="no TLS session")
+
+
+def test_the_tls_check_trusts_what_pulls_trust_even_after_a_context_was_built(
+    tmp_path: Path, tls_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The doctor uses the process's shared TLS context (modelget.http), which follows
+    SSL_CERT_FILE even when a client built the context before the variable was set."""
+    from modelget.http import ssl_context
+
+    url, cert = tls_server
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    before = ssl_context()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    assert ssl_context() is not before and ssl_context() is ssl_context()
+    cat = catalogue(tmp_path / "m.yaml", ("secure", "hf", url))
+    rep = api.doctor(mirrors=cat, cache_dir=tmp_path / "c", timeout=3.0)
+    tls = rep.mirror("secure").get("tls")
+    assert tls is not None and tls.status == "ok", tls
+    monkeypatch.delenv("SSL_CERT_FILE")
+    assert ssl_context() is before

@@ -108,6 +108,13 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in _CHILD_ENV or k.startswith("LC_")}
 
 
+def tls_trust_env() -> tuple[str | None, str | None]:
+    """``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` (None when unset or empty). httpx and OpenSSL
+    read them themselves when they build a TLS context; ``http.ssl_context`` reads them to know
+    when its shared context no longer matches them."""
+    return os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None
+
+
 def _xdg(var: str, default: str) -> Path:
     base = env(var)
     return Path(base) if base else Path.home() / default
