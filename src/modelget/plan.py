@@ -28,6 +28,7 @@ from modelget.datatypes import (
 from modelget.errors import InsufficientDiskSpaceError, NoMirrorError
 from modelget.lockfile import LockedModel, agree_with_lock
 from modelget.manifest import Copy, check_collisions, copies, merge_digests, select_files, settle
+from modelget.sizes import fmt_bytes
 
 #: Space kept free beyond the bytes to fetch: control files, metadata, a little slack.
 MIN_RESERVE_BYTES = 64 * 1024 * 1024
@@ -143,15 +144,6 @@ def required_bytes(fetch_bytes: int) -> int:
     return fetch_bytes + max(MIN_RESERVE_BYTES, int(fetch_bytes * RESERVE_FRACTION))
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1000
-    return f"{n} B"  # pragma: no cover - loop always returns
-
-
 def make_plan(
     reference: Manifest,
     wanted: Sequence[FileEntry],
@@ -192,8 +184,8 @@ def make_plan(
     need = required_bytes(fetch)
     if free_bytes is not None and free_bytes < need:
         raise InsufficientDiskSpaceError(
-            f"not enough disk space: the pull needs {_human(need)} "
-            f"({_human(fetch)} of files + temporary space), the destination has {_human(free_bytes)}",
+            f"not enough disk space: the pull needs {fmt_bytes(need)} "
+            f"({fmt_bytes(fetch)} of files + temporary space), the destination has {fmt_bytes(free_bytes)}",
             hint="free some space, or choose another destination with --cache-dir or --local-dir",
         )
 
