@@ -43,6 +43,38 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageExit(self, message)
 
 
+_INSECURE_HELP = (
+    "do not check the mirrors' TLS certificates (self-signed or private CA); warns. "
+    "Only on a network you trust: tokens and bytes can then be read or changed on the way "
+    "(files are still checked against their digests)"
+)
+
+
+def _add_cache_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)")
+
+
+def _add_json(p: argparse.ArgumentParser, what: str = "one JSON line instead of text") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} (docs/json.md)")
+
+
+def _add_insecure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insecure", action="store_true", help=_INSECURE_HELP)
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only files matching GLOB (repeatable; same meaning as hf download)",
+    )
+    p.add_argument(
+        "--exclude", action="append", default=[], metavar="GLOB", help="skip files matching GLOB"
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="modelget",
@@ -58,7 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "Exit code 2 when the catalogue is invalid.",
     )
     mirrors.add_argument("--mirrors", metavar="FILE", help="catalogue file (default: see docs)")
-    mirrors.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_json(mirrors)
     mirrors.set_defaults(func=commands.mirrors)
 
     probe = sub.add_parser(
@@ -74,14 +106,8 @@ def _build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--revision", help="branch, tag or commit (default: the mirror's default)")
     probe.add_argument("--mirrors", metavar="FILE", help="catalogue file")
     probe.add_argument("--timeout", type=float, metavar="S", help="per-mirror timeout (default 5)")
-    probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    probe.add_argument(
-        "--insecure",
-        action="store_true",
-        help="do not check the mirrors' TLS certificates (self-signed or private CA); warns. "
-        "Only on a network you trust: tokens and bytes can then be read or changed on the way "
-        "(files are still checked against their digests)",
-    )
+    _add_json(probe)
+    _add_insecure(probe)
     probe.set_defaults(func=commands.probe)
 
     doctor = sub.add_parser(
@@ -100,13 +126,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--revision", help="branch, tag or commit (default: the mirror's default)")
     doctor.add_argument("--mirrors", metavar="FILE", help="catalogue file")
-    doctor.add_argument(
-        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
-    )
+    _add_cache_dir(doctor)
     doctor.add_argument(
         "--timeout", type=float, metavar="S", help="per-step network timeout (default 5)"
     )
-    doctor.add_argument("--json", action="store_true", help="print one JSON document")
+    _add_json(doctor)
     doctor.set_defaults(func=commands.doctor)
 
     pull = sub.add_parser(
@@ -128,20 +152,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="pull exactly the commits and files a lockfile pins (all its models, or REPO_ID)",
     )
     pull.add_argument("--revision", help="branch, tag or commit (default: main / master)")
-    pull.add_argument(
-        "--include",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="only files matching GLOB (repeatable; same meaning as hf download)",
-    )
-    pull.add_argument(
-        "--exclude", action="append", default=[], metavar="GLOB", help="skip files matching GLOB"
-    )
+    _add_filters(pull)
     pull.add_argument("--mirrors", metavar="FILE", help="catalogue file")
-    pull.add_argument(
-        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
-    )
+    _add_cache_dir(pull)
     pull.add_argument("--local-dir", metavar="DIR", help="also put real files in DIR")
     pull.add_argument(
         "--engine",
@@ -156,13 +169,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-rate", metavar="RATE", help="overall bandwidth cap, e.g. 50M or 800K (bytes/s)"
     )
     pull.add_argument("--dry-run", action="store_true", help="print the plan and stop")
-    pull.add_argument(
-        "--insecure",
-        action="store_true",
-        help="do not check the mirrors' TLS certificates (self-signed or private CA); warns. "
-        "Only on a network you trust: tokens and bytes can then be read or changed on the way "
-        "(files are still checked against their digests)",
-    )
+    _add_insecure(pull)
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     pull.add_argument(
         "--verbose",
@@ -171,9 +178,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also show the connections per mirror as the scheduler changes them, and the "
         "time each stage took",
     )
-    pull.add_argument(
-        "--json", action="store_true", help="JSON: the plan (--dry-run), or events as JSON lines"
-    )
+    _add_json(pull, "JSON lines: progress events, then the result (the plan with --dry-run)")
     pull.add_argument(
         "--load-test",
         action="store_true",
@@ -196,21 +201,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     lock.add_argument("targets", nargs="+", metavar="REPO_ID[@REVISION]")
     lock.add_argument("--revision", help="branch, tag or commit for targets without @REVISION")
-    lock.add_argument(
-        "--include", action="append", default=[], metavar="GLOB", help="only files matching GLOB"
-    )
-    lock.add_argument(
-        "--exclude", action="append", default=[], metavar="GLOB", help="skip files matching GLOB"
-    )
+    _add_filters(lock)
     lock.add_argument("--mirrors", metavar="FILE", help="catalogue file")
     lock.add_argument(
         "--output", "-o", metavar="FILE", help="write the lockfile to FILE instead of stdout"
     )
-    lock.add_argument(
-        "--insecure",
-        action="store_true",
-        help="do not check the mirrors' TLS certificates (see pull --insecure); warns",
-    )
+    _add_insecure(lock)
     lock.set_defaults(func=commands.lock)
 
     verify = sub.add_parser(
@@ -225,10 +221,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "target", metavar="REPO_ID|PATH", help="a repo id, a snapshot dir or a --local-dir"
     )
     verify.add_argument("--revision", help="only this branch, tag or commit (default: all)")
-    verify.add_argument(
-        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
-    )
-    verify.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_cache_dir(verify)
+    _add_json(verify)
     verify.set_defaults(func=commands.verify)
 
     ls = sub.add_parser(
@@ -237,10 +231,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="List the models in the cache: id, revisions (refs and commits), size on "
         "disk and when each was last used.",
     )
-    ls.add_argument(
-        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
-    )
-    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_cache_dir(ls)
+    _add_json(ls)
     ls.set_defaults(func=commands.ls)
 
     rm = sub.add_parser(
@@ -253,11 +245,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     rm.add_argument("repo_id", metavar="REPO_ID")
     rm.add_argument("--revision", help="only this branch, tag or commit (default: all)")
-    rm.add_argument(
-        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
-    )
+    _add_cache_dir(rm)
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask")
-    rm.add_argument("--json", action="store_true", help="print JSON")
+    _add_json(rm)
     rm.set_defaults(func=commands.rm)
 
     lt = sub.add_parser(
@@ -270,12 +260,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     lt.add_argument("target", metavar="REPO_ID|PATH", help="a repo id in the cache, or a dir")
     lt.add_argument("--revision", help="with a repo id: branch, tag or commit (default main)")
-    lt.add_argument(
-        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
-    )
+    _add_cache_dir(lt)
     lt.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     lt.add_argument("--warm", action="store_true", help="read the files into the page cache first")
-    lt.add_argument("--json", action="store_true", help="the report as JSON")
+    _add_json(lt)
     lt.set_defaults(func=commands.load_test)
 
     export = sub.add_parser(
@@ -290,10 +278,8 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("repo_id", metavar="REPO_ID")
     export.add_argument("--to", required=True, metavar="DIR", help="root of the cdn tree")
     export.add_argument("--revision", help="branch, tag or commit in the cache (default: main)")
-    export.add_argument(
-        "--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)"
-    )
-    export.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_cache_dir(export)
+    _add_json(export)
     export.set_defaults(func=commands.export)
     return parser
 
