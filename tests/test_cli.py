@@ -172,3 +172,142 @@ def test_a_pull_whose_every_file_fails_prints_one_short_error(
     assert len(result["files"]) == 13
     for f in result["files"]:
         assert f["status"] == "failed" and f"/{f['path']}" in f["error"] and "404" in f["error"]
+
+
+# --- the --json envelope (docs/json.md) ----------------------------------------------------
+
+
+def json_lines(res: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    """stdout as JSON lines: every line one object; the last one the final envelope, whose
+    ``exit_code`` is the process's."""
+    lines = res.stdout.splitlines()
+    assert lines, res.stderr
+    objects = [json.loads(line) for line in lines]
+    assert all(isinstance(o, dict) and "event" in o for o in objects), res.stdout
+    last = objects[-1]
+    assert last["event"] in ("result", "error", "summary"), last
+    assert last["schema"] == 1 and last["exit_code"] == res.returncode, (last, res.stderr)
+    assert "command" in last
+    return objects
+
+
+def test_every_command_with_json_prints_json_lines_ending_in_one_envelope(
+    tmp_path: Path, sims: list[Any]
+) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from modelget.testing.hubsim import HubSimulator
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "config.json").write_text('{"hidden": 4}\n')
+    save_file({"w": np.arange(16, dtype=np.float32).reshape(4, 4)}, str(repo / "model.safetensors"))
+    sim = HubSimulator(name="hub").start()
+    sims.append(sim)
+    sim.add_repo("acme/tiny", repo)
+    sim.add_repo("acme/other", repo)
+    cat = tmp_path / "m.yaml"
+    cat.write_text(f"version: 1\nmirrors:\n  - name: hub\n    kind: hf\n    endpoint: {sim.url}\n")
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    where = ["--mirrors", str(cat), *cache]
+    lockfile = tmp_path / "models.lock"
+    locked = run_cli("lock", "acme/tiny", "acme/other", "--mirrors", str(cat), "-o", str(lockfile))
+    assert locked.returncode == 0, locked.stderr
+    runs = {
+        "mirrors": ["mirrors", "--mirrors", str(cat)],
+        "probe": ["probe", "acme/tiny", "--mirrors", str(cat)],
+        "doctor": ["doctor", "acme/tiny", *where, "--timeout", "3"],
+        "plan": ["pull", "acme/tiny", "--dry-run", *where],
+        "pull": ["pull", "acme/tiny", *where, "--engine", "httpx"],
+        "verify": ["verify", "acme/tiny", *cache],
+        "ls": ["ls", *cache],
+        "load-test": ["load-test", "acme/tiny", *cache, "--device", "cpu"],
+        "export": ["export", "acme/tiny", "--to", str(tmp_path / "tree"), *cache],
+        "rm": ["rm", "acme/tiny", "--yes", *cache],
+        "verify-gone": ["verify", "acme/tiny", *cache],
+    }
+    finals = {}
+    for name, argv in runs.items():
+        res = run_cli(*argv, "--json")
+        objects = json_lines(res)
+        finals[name] = objects[-1]
+        assert finals[name]["command"] == argv[0]
+        if name == "pull":  # progress events stream first, the result last
+            assert {"plan", "file_done"} <= {o["event"] for o in objects[:-1]}
+            assert all("schema" not in o for o in objects[:-1])
+        else:
+            assert len(objects) == 1, res.stdout
+    assert all(finals[n]["exit_code"] == 0 for n in runs if n not in ("doctor", "verify-gone"))
+    assert finals["mirrors"]["mirrors"][0]["name"] == "hub"
+    assert finals["plan"]["plan"]["repo_id"] == "acme/tiny"
+    assert finals["pull"]["event"] == "result" and finals["pull"]["status"] == "ok"
+    assert finals["verify"]["counts"]["ok"] == 2 and finals["ls"]["models"]
+    assert finals["load-test"]["ok"] is True
+    assert finals["rm"]["dry_run"] is False
+    gone = finals["verify-gone"]
+    assert gone["event"] == "error" and gone["exit_code"] == gone["error"]["exit_code"] == 1
+
+    # Several models (--lock): a result line each, then a summary with the worst exit code.
+    res = run_cli("pull", "--lock", str(lockfile), "--dry-run", *where, "--json")
+    *results, summary = json_lines(res)
+    assert [r["plan"]["repo_id"] for r in results] == ["acme/other", "acme/tiny"]
+    assert summary["event"] == "summary" and res.returncode == 0
+    assert summary["results"] == [
+        {"repo_id": "acme/other", "exit_code": 0},
+        {"repo_id": "acme/tiny", "exit_code": 0},
+    ]
+
+
+def test_an_error_with_json_is_one_line(tmp_path: Path) -> None:
+    """A bad repo id, a bad flag, a bad catalogue: exit 2 and one JSON line, not a
+    pretty-printed document over many lines."""
+    bad = tmp_path / "mirrors.yaml"
+    bad.write_text("version: 1\nmirrors:\n  - name: x\n    kind: hf\n")
+    for argv, code in (
+        (["pull", "../etc", "--dry-run"], "usage"),
+        (["probe", "not a repo"], "usage"),
+        (["ls", "--no-such-flag"], "usage"),
+        (["mirrors", "--mirrors", str(bad)], "config-invalid"),
+    ):
+        res = run_cli(*argv, "--json")
+        assert res.returncode == 2, res.stderr
+        assert len(res.stdout.splitlines()) == 1, res.stdout
+        (error,) = json_lines(res)
+        assert error["event"] == "error" and error["command"] == argv[0]
+        assert error["error"]["code"] == code and error["error"]["exit_code"] == 2
+        assert f"error: {code}" in res.stderr  # and the person at the terminal is told too
+
+
+def test_an_interrupt_with_json_ends_in_an_error_envelope(
+    monkeypatch: Any, capsys: Any, tmp_path: Path
+) -> None:
+    from modelget import cli
+    from modelget.cli import commands
+
+    def interrupted(args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "ls", interrupted)
+    assert cli.main(["ls", "--cache-dir", str(tmp_path), "--json"]) == 130
+    out, err = capsys.readouterr()
+    (line,) = out.splitlines()
+    error = json.loads(line)
+    assert error["error"]["code"] == "interrupted" and error["exit_code"] == 130
+    assert err.strip() == "error: interrupted"
+
+
+def test_a_payload_cannot_overwrite_the_envelope() -> None:
+    import pytest
+
+    from modelget.cli.render import envelope
+
+    assert json.loads(envelope("result", "ls", {"models": []}, 0)) == {
+        "event": "result",
+        "schema": 1,
+        "command": "ls",
+        "models": [],
+        "exit_code": 0,
+    }
+    with pytest.raises(ValueError, match="exit_code"):
+        envelope("result", "ls", {"exit_code": 3}, 0)

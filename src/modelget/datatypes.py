@@ -1,4 +1,5 @@
-"""Plain, frozen records shared by every stage. No I/O; imports nothing from modelget."""
+"""Plain, frozen records shared by every stage. No I/O; imports nothing from modelget but
+the exit codes of ``errors`` (a leaf as well)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 from urllib.parse import urlsplit
+
+from modelget.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_VERIFY
 
 MirrorKind = Literal["hf", "modelscope", "cdn"]
 MIRROR_KINDS: tuple[MirrorKind, ...] = ("hf", "modelscope", "cdn")
@@ -276,3 +279,13 @@ class PullResult:
     @property
     def failed(self) -> tuple[FileOutcome, ...]:
         return tuple(f for f in self.files if f.status == "failed")
+
+    @property
+    def exit_code(self) -> int:
+        """The process exit code this result stands for: 0 ok, 3 partial, 4 when every failed
+        file failed verification (no good mirror left for it), else 1."""
+        if self.status == "ok":
+            return EXIT_OK
+        if self.status == "partial":
+            return EXIT_PARTIAL
+        return EXIT_VERIFY if all(f.bad_mirrors for f in self.failed) else EXIT_ERROR

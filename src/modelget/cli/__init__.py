@@ -1,0 +1,335 @@
+"""The command line: parse, call the library through one handler per command, render.
+The only package that prints.
+
+- ``__init__``: the argparse parser, :func:`main`, the error report;
+- ``commands``: one handler per command (calls the API, returns payload + exit code + text);
+- ``render``: :func:`~modelget.cli.render.emit`, text tables or ONE JSON envelope a line;
+- ``progress``: the pull's reporters (tqdm bars, text lines, JSON-lines events).
+
+Data goes to stdout (tables or ``--json``, docs/json.md); errors, hints and progress go to
+stderr. Exit codes are those of ``modelget.errors`` (0 ok, 1 error, 2 usage/config,
+3 partial, 4 verification failed, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from modelget._version import __version__
+from modelget.cli import commands, render
+from modelget.cli.commands import rate as _rate  # noqa: F401  (re-exported for one release)
+from modelget.cli.render import JSON_SCHEMA_VERSION, Outcome, failure_summary
+from modelget.errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, ModelgetError, UsageError
+
+__all__ = ["JSON_SCHEMA_VERSION", "failure_summary", "main"]
+
+
+class _UsageExit(SystemExit):
+    """A usage error argparse found; ``main`` reports it like every other error."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors with exit code 2 in our own format."""
+
+    def error(self, message: str) -> Any:  # argparse's signature returns NoReturn
+        raise _UsageExit(self, message)
+
+
+_INSECURE_HELP = (
+    "do not check the mirrors' TLS certificates (self-signed or private CA); warns. "
+    "Only on a network you trust: tokens and bytes can then be read or changed on the way "
+    "(files are still checked against their digests)"
+)
+
+
+def _add_cache_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)")
+
+
+def _add_json(p: argparse.ArgumentParser, what: str = "one JSON line instead of text") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} (docs/json.md)")
+
+
+def _add_insecure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insecure", action="store_true", help=_INSECURE_HELP)
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only files matching GLOB (repeatable; same meaning as hf download)",
+    )
+    p.add_argument(
+        "--exclude", action="append", default=[], metavar="GLOB", help="skip files matching GLOB"
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="modelget",
+        description="Get a model's files onto this machine fast, intact and ready to load.",
+    )
+    parser.add_argument("--version", action="version", version=f"modelget {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    mirrors = sub.add_parser(
+        "mirrors",
+        help="show (and validate) the mirror catalogue in use",
+        description="Load and validate the mirror catalogue, then list its mirrors. "
+        "Exit code 2 when the catalogue is invalid.",
+    )
+    mirrors.add_argument("--mirrors", metavar="FILE", help="catalogue file (default: see docs)")
+    _add_json(mirrors)
+    mirrors.set_defaults(func=commands.mirrors)
+
+    probe = sub.add_parser(
+        "probe",
+        help="probe the enabled mirrors and show their ranking",
+        description="Probe every enabled mirror concurrently (connect, time to first byte and, "
+        "with a repo id, presence of the repo and throughput on a small range of its largest "
+        "file), then rank them. Refreshes the probe cache used by pull.",
+    )
+    probe.add_argument(
+        "repo_id", nargs="?", metavar="REPO_ID", help="e.g. Qwen/Qwen2.5-0.5B-Instruct"
+    )
+    probe.add_argument("--revision", help="branch, tag or commit (default: the mirror's default)")
+    probe.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    probe.add_argument("--timeout", type=float, metavar="S", help="per-mirror timeout (default 5)")
+    _add_json(probe)
+    _add_insecure(probe)
+    probe.set_defaults(func=commands.probe)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="diagnose slow or stuck pulls: mirrors, network, disk, aria2c, GPU",
+        description="Check every enabled mirror (DNS, TCP connect, TLS, time to first byte, "
+        "Range support and, with a repo id, whether it has the repo and a short throughput "
+        "sample on one of its files) and this machine (free space and filesystem at the "
+        "cache, memory, CPUs, a write/read test of the cache disk, aria2c, GPU), all at once "
+        "under a time budget, then say in plain words what is wrong and which link is the "
+        "slowest. Exit codes: 0 no check failed, 1 a check failed or nothing can serve the "
+        "pull (see docs/doctor.md), 2 usage/config.",
+    )
+    doctor.add_argument(
+        "repo_id", nargs="?", metavar="REPO_ID", help="also check this repo on every mirror"
+    )
+    doctor.add_argument("--revision", help="branch, tag or commit (default: the mirror's default)")
+    doctor.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    _add_cache_dir(doctor)
+    doctor.add_argument(
+        "--timeout", type=float, metavar="S", help="per-step network timeout (default 5)"
+    )
+    _add_json(doctor)
+    doctor.set_defaults(func=commands.doctor)
+
+    pull = sub.add_parser(
+        "pull",
+        help="download a model, verified, into the Hugging Face cache (or --local-dir)",
+        description="Resolve REPO_ID on the ranked mirrors into one agreed manifest, fetch the "
+        "files in parallel from every mirror that agrees, verify each digest before it lands, "
+        "and lay them out in the Hugging Face cache so transformers, vLLM and huggingface_hub "
+        "find the model offline. Prints the model's path on stdout. Exit codes: 0 ok, "
+        "1 error, 2 usage/config, 3 some files failed, 4 verification failed, 130 interrupted.",
+    )
+    pull.add_argument(
+        "repo_id", nargs="?", metavar="REPO_ID", help="the model (with --lock: one of the lock's)"
+    )
+    pull.add_argument("filenames", nargs="*", metavar="FILE", help="only these files")
+    pull.add_argument(
+        "--lock",
+        metavar="FILE",
+        help="pull exactly the commits and files a lockfile pins (all its models, or REPO_ID)",
+    )
+    pull.add_argument("--revision", help="branch, tag or commit (default: main / master)")
+    _add_filters(pull)
+    pull.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    _add_cache_dir(pull)
+    pull.add_argument("--local-dir", metavar="DIR", help="also put real files in DIR")
+    pull.add_argument(
+        "--engine",
+        choices=["auto", "aria2", "httpx"],
+        default="auto",
+        help="transfer engine (default auto: aria2 when aria2c is installed, else httpx)",
+    )
+    pull.add_argument(
+        "--connections", type=int, metavar="N", help="connections in flight (default 16)"
+    )
+    pull.add_argument(
+        "--max-rate", metavar="RATE", help="overall bandwidth cap, e.g. 50M or 800K (bytes/s)"
+    )
+    pull.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    _add_insecure(pull)
+    pull.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    pull.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="also show the connections per mirror as the scheduler changes them, and the "
+        "time each stage took",
+    )
+    _add_json(pull, "JSON lines: progress events, then the result (the plan with --dry-run)")
+    pull.add_argument(
+        "--load-test",
+        action="store_true",
+        help="after the pull, check every file and load every tensor (see load-test)",
+    )
+    pull.add_argument(
+        "--warm",
+        action="store_true",
+        help="after the pull, read the files into the page cache so the first load is fast",
+    )
+    pull.set_defaults(func=commands.pull)
+
+    lock = sub.add_parser(
+        "lock",
+        help="pin models to commits with every file's digest (a lockfile, on stdout)",
+        description="Resolve each REPO_ID (or REPO_ID@REVISION) on the ranked mirrors and write "
+        "a lockfile: repo id -> commit -> files -> sizes and digests, as JSON on stdout. "
+        "`modelget pull --lock FILE` then reproduces exactly those bytes on any machine, and "
+        "fails clearly when no mirror has the commit any more. Nothing is downloaded.",
+    )
+    lock.add_argument("targets", nargs="+", metavar="REPO_ID[@REVISION]")
+    lock.add_argument("--revision", help="branch, tag or commit for targets without @REVISION")
+    _add_filters(lock)
+    lock.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    lock.add_argument(
+        "--output", "-o", metavar="FILE", help="write the lockfile to FILE instead of stdout"
+    )
+    _add_insecure(lock)
+    lock.set_defaults(func=commands.lock)
+
+    verify = sub.add_parser(
+        "verify",
+        help="re-hash a cached model (or a --local-dir download) against its digests",
+        description="Re-hash every file on disk against the digest recorded for it (the blob "
+        "name in the cache, the etag in a local dir's .cache/huggingface metadata) and name "
+        "every missing, extra or corrupted file, including shards an index.json names that "
+        "are absent. Exit codes: 0 all good, 4 something missing or corrupted, 1 not cached.",
+    )
+    verify.add_argument(
+        "target", metavar="REPO_ID|PATH", help="a repo id, a snapshot dir or a --local-dir"
+    )
+    verify.add_argument("--revision", help="only this branch, tag or commit (default: all)")
+    _add_cache_dir(verify)
+    _add_json(verify)
+    verify.set_defaults(func=commands.verify)
+
+    ls = sub.add_parser(
+        "ls",
+        help="list the models in the Hugging Face cache",
+        description="List the models in the cache: id, revisions (refs and commits), size on "
+        "disk and when each was last used.",
+    )
+    _add_cache_dir(ls)
+    _add_json(ls)
+    ls.set_defaults(func=commands.ls)
+
+    rm = sub.add_parser(
+        "rm",
+        help="remove a model (or one revision) from the Hugging Face cache",
+        description="Remove a model's snapshot (one revision, or all), the blobs no remaining "
+        "snapshot uses, partial downloads and refs to removed commits, then print what was "
+        "freed. Never follows a symbolic link, never deletes outside models--ORG--NAME. "
+        "Without --yes: show what would go and ask (refused when stdin is not a terminal).",
+    )
+    rm.add_argument("repo_id", metavar="REPO_ID")
+    rm.add_argument("--revision", help="only this branch, tag or commit (default: all)")
+    _add_cache_dir(rm)
+    rm.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    _add_json(rm)
+    rm.set_defaults(func=commands.rm)
+
+    lt = sub.add_parser(
+        "load-test",
+        help="check a model's files and load every tensor onto the GPU (or CPU); report GB/s",
+        description="Check every safetensors header, the shard index and config.json, then "
+        "load every tensor onto the device (CUDA when torch sees a GPU, else the CPU; numpy "
+        "without torch) and report bytes, seconds, GB/s, time to the first tensor and where "
+        "the bytes came from. Exit codes: 0 loads, 4 the model would not load, 1 error.",
+    )
+    lt.add_argument("target", metavar="REPO_ID|PATH", help="a repo id in the cache, or a dir")
+    lt.add_argument("--revision", help="with a repo id: branch, tag or commit (default main)")
+    _add_cache_dir(lt)
+    lt.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    lt.add_argument("--warm", action="store_true", help="read the files into the page cache first")
+    _add_json(lt)
+    lt.set_defaults(func=commands.load_test)
+
+    export = sub.add_parser(
+        "export",
+        help="publish a cached model as a static cdn tree (for nginx or a bucket)",
+        description="Write REPO_ID, already pulled into the Hugging Face cache, into DIR as a "
+        "modelget.cdn/1 tree (refs.json, manifests/, content-addressed blobs/): every blob is "
+        "verified first, then hardlinked (same filesystem) or copied. Serve DIR with any static "
+        "server or sync it to a bucket, and add it to the catalogue as a `cdn` mirror whose "
+        "endpoint is DIR's URL. Running it again adds revisions and skips what is there.",
+    )
+    export.add_argument("repo_id", metavar="REPO_ID")
+    export.add_argument("--to", required=True, metavar="DIR", help="root of the cdn tree")
+    export.add_argument("--revision", help="branch, tag or commit in the cache (default: main)")
+    _add_cache_dir(export)
+    _add_json(export)
+    export.set_defaults(func=commands.export)
+    return parser
+
+
+def _run(command: str, result: Outcome | Iterable[Outcome], as_json: bool) -> int:
+    """Render a handler's outcome (or each of several, as they come) and return the exit
+    code: the outcome's, or the worst of several (then ``--json`` ends with a summary)."""
+    outcomes = [result] if isinstance(result, Outcome) else result
+    done: list[Outcome] = []
+    for outcome in outcomes:
+        render.emit(command, outcome, as_json)
+        done.append(outcome)
+    code = max((o.exit_code for o in done), default=0)
+    if as_json and len(done) > 1:
+        render.emit_summary(command, done, code)
+    return code
+
+
+def _command_of(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The command a command line names, if it names one (for an error's envelope)."""
+    names = {
+        name
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    }
+    return next((a for a in argv if a in names), None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageExit as exc:
+        exc.parser.print_usage(sys.stderr)
+        command = _command_of(parser, argv)
+        error = UsageError(f"{exc.parser.prog}: {exc.message}")
+        render.emit_error(command, error, "--json" in argv)
+        raise
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    as_json = bool(getattr(args, "json", False))
+    try:
+        return _run(args.command, args.func(args), as_json)
+    except ModelgetError as exc:
+        render.emit_error(args.command, exc, as_json)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        stop = Interrupted("interrupted", hint="run the same command again to resume")
+        render.emit_error(args.command, stop, as_json, brief=True)
+        return EXIT_INTERRUPTED

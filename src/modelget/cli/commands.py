@@ -1,0 +1,383 @@
+"""One handler per command: check the arguments, call the API, hand back an ``Outcome``
+(the JSON fields, the exit code, the text renderer). No handler prints its result or
+decides how it looks; ``render.emit`` does. ``pull`` yields one outcome per model.
+
+The library is imported inside each handler: ``modelget --help`` loads none of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, replace
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelget.cli import render
+from modelget.cli.render import Outcome
+from modelget.errors import EXIT_ERROR, EXIT_OK, EXIT_VERIFY
+
+if TYPE_CHECKING:
+    from modelget.engines import EngineOptions
+    from modelget.lockfile import LockedModel
+
+
+def _warn_insecure(args: argparse.Namespace) -> None:
+    """``--insecure`` always says so on stderr (a pull's reporter says it in its own way)."""
+    if args.insecure:
+        from modelget.api import INSECURE_WARNING
+
+        render.note(f"warning: {INSECURE_WARNING}")
+
+
+def mirrors(args: argparse.Namespace) -> Outcome:
+    from modelget.catalogue import catalogue_path_and_origin, load_catalogue
+    from modelget.settings import read_token
+
+    location = catalogue_path_and_origin(args.mirrors)
+    catalogue = load_catalogue(args.mirrors)
+    payload = {
+        "version": catalogue.version,
+        "sources": list(catalogue.sources),
+        "origin": location.origin,
+        "mirrors": [
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "endpoint": m.endpoint,
+                "enabled": m.enabled,
+                "weight": m.weight,
+                "max_connections": m.max_connections,
+                "token_env": m.token_env,
+                # Only whether a token is set, never the token itself.
+                "token_set": bool(m.token_env and read_token(m.token_env)),
+                "id_map": dict(m.id_map),
+                "source": m.source,
+                "line": m.line,
+            }
+            for m in catalogue.mirrors
+        ],
+    }
+    return Outcome(payload, EXIT_OK, partial(render.mirrors_text, payload))
+
+
+def probe(args: argparse.Namespace) -> Outcome:
+    from modelget.api import probe
+
+    _warn_insecure(args)
+    summary = probe(
+        args.repo_id,
+        revision=args.revision,
+        mirrors=args.mirrors,
+        timeout=args.timeout,
+        verify_tls=not args.insecure,
+    )
+    payload = {
+        "repo_id": summary.repo_id,
+        "elapsed_s": summary.report.elapsed_s,
+        "mirrors": [
+            {
+                "rank": r.rank,
+                "usable": r.usable,
+                "score": r.score,
+                **(asdict(r.probe) if r.probe else {"mirror": r.mirror.name}),
+            }
+            for r in summary.ranked
+        ],
+    }
+    return Outcome(payload, EXIT_OK, partial(render.probe_text, summary))
+
+
+def doctor(args: argparse.Namespace) -> Outcome:
+    from modelget.api import doctor
+
+    report = doctor(
+        args.repo_id,
+        revision=args.revision,
+        mirrors=args.mirrors,
+        cache_dir=args.cache_dir,
+        timeout=args.timeout,
+    )
+    code = EXIT_OK if report.ok else EXIT_ERROR
+    return Outcome(report.to_dict(), code, partial(render.doctor_text, report))
+
+
+def rate(text: str) -> int:
+    """``--max-rate``: bytes per second from ``50M``, ``800K``, ``1.5G``, ``2000``."""
+    from modelget.errors import UsageError
+
+    units = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}
+    raw = text.strip().upper().removesuffix("/S").removesuffix("B")
+    unit = raw[-1:] if raw[-1:] in units and raw[-1:] else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)]) * units[unit]
+    except ValueError:
+        raise UsageError(
+            f"not a rate: {text!r}", hint="use bytes per second, e.g. 50M or 800K"
+        ) from None
+    if value <= 0:
+        raise UsageError(f"--max-rate must be positive, not {text!r}")
+    return int(value)
+
+
+def lock(args: argparse.Namespace) -> Outcome:
+    from modelget.api import lock
+    from modelget.lockfile import dumps
+
+    _warn_insecure(args)
+    result = lock(
+        args.targets,
+        revision=args.revision,
+        include=args.include,
+        exclude=args.exclude,
+        mirrors=args.mirrors,
+        verify_tls=not args.insecure,
+    )
+    text = dumps(result)
+    if args.output:
+        import os
+
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    shown = None if args.output else text
+    return Outcome({}, EXIT_OK, partial(render.lock_text, shown, result.models))
+
+
+def _pull_jobs(args: argparse.Namespace) -> list[tuple[str, LockedModel | None]]:
+    """(repo id, locked model or None) for each model this pull command asks for."""
+    from modelget.errors import UsageError
+
+    if not args.lock:
+        if args.repo_id is None:
+            raise UsageError("pull needs a REPO_ID", hint="or --lock FILE to pull a lockfile")
+        return [(args.repo_id, None)]
+    from modelget.lockfile import load
+
+    if args.filenames or args.revision or args.include or args.exclude:
+        raise UsageError(
+            "--lock takes the commit and the files from the lockfile",
+            hint="leave out --revision, file names, --include and --exclude",
+        )
+    models = load(args.lock).select([] if args.repo_id is None else [args.repo_id])
+    if args.local_dir and len(models) > 1:
+        raise UsageError(
+            f"--local-dir takes one model; the lockfile has {len(models)}",
+            hint="name the model: modelget pull REPO_ID --lock FILE --local-dir DIR",
+        )
+    return [(m.repo_id, m) for m in models]
+
+
+def pull(args: argparse.Namespace) -> Iterator[Outcome]:
+    """One outcome per model (several with ``--lock``), each as soon as it is done."""
+    for repo_id, locked in _pull_jobs(args):
+        if args.dry_run:
+            yield _dry_run(args, repo_id, locked)
+        else:
+            yield _pull_one(args, repo_id, locked)
+
+
+def _dry_run(args: argparse.Namespace, repo_id: str, locked: LockedModel | None) -> Outcome:
+    from modelget.api import plan
+
+    _warn_insecure(args)
+    result = plan(
+        repo_id,
+        args.filenames,
+        revision=args.revision,
+        include=args.include,
+        exclude=args.exclude,
+        mirrors=args.mirrors,
+        cache_dir=args.cache_dir,
+        local_dir=args.local_dir,
+        locked=locked,
+        verify_tls=not args.insecure,
+    )
+    payload = {"plan": plan_dict(result)}
+    return Outcome(payload, EXIT_OK, partial(render.plan_text, result), subject=repo_id)
+
+
+def plan_dict(plan: Any) -> dict[str, Any]:
+    """A ``Plan`` as JSON: the files in order, with their digests and sources."""
+    return {
+        "repo_id": plan.repo_id,
+        "revision": plan.revision,
+        "commit": plan.commit,
+        "manifest_mirror": plan.manifest_mirror,
+        "total_bytes": plan.total_bytes,
+        "fetch_bytes": plan.fetch_bytes,
+        "required_bytes": plan.required_bytes,
+        "free_bytes": plan.free_bytes,
+        "eta_s": plan.eta_s,
+        "files": [
+            {
+                "path": i.entry.path,
+                "size": i.entry.size,
+                "sha256": i.entry.sha256,
+                "git_sha1": i.entry.git_sha1,
+                "lfs": i.entry.lfs,
+                "present": i.present,
+                "sources": [{"mirror": s.mirror, "url": s.url} for s in i.sources],
+                "alternatives": [
+                    {
+                        "size": a.entry.size,
+                        "sha256": a.entry.sha256,
+                        "git_sha1": a.entry.git_sha1,
+                        "sources": [{"mirror": s.mirror, "url": s.url} for s in a.sources],
+                    }
+                    for a in i.alternatives
+                ],
+            }
+            for i in plan.items
+        ],
+        "disagreements": [
+            {"mirror": d.mirror, "path": d.path, "reason": d.reason, "standby": d.standby}
+            for d in plan.disagreements
+        ],
+        "excluded": list(plan.excluded),
+    }
+
+
+def _engine_options(args: argparse.Namespace) -> EngineOptions:
+    from modelget.engines import EngineOptions
+    from modelget.errors import UsageError
+
+    opts = EngineOptions()
+    if args.connections is not None:
+        if not 1 <= args.connections <= 256:
+            raise UsageError("--connections must be between 1 and 256")
+        opts = replace(opts, max_connections=args.connections)
+    if args.max_rate:
+        opts = replace(opts, max_rate_bps=rate(args.max_rate))
+    return opts
+
+
+def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None) -> Outcome:
+    from modelget.api import pull
+    from modelget.cli.progress import TqdmReporter, reporter_for
+
+    opts = _engine_options(args)
+    if args.json or args.quiet:
+        _warn_insecure(args)  # else the reporter prints the API's warning
+    reporter = reporter_for(json=args.json, quiet=args.quiet, verbose=args.verbose)
+    try:
+        result = pull(
+            repo_id,
+            args.filenames,
+            revision=args.revision,
+            include=args.include,
+            exclude=args.exclude,
+            mirrors=args.mirrors,
+            cache_dir=args.cache_dir,
+            local_dir=args.local_dir,
+            engine=args.engine,
+            options=opts,
+            reporter=reporter,
+            locked=locked,
+            verify_tls=not args.insecure,
+        )
+    finally:
+        if isinstance(reporter, TqdmReporter):
+            reporter.close()
+    code = result.exit_code
+    load_report = None
+    if code == EXIT_OK and (args.load_test or args.warm):
+        load_report = _after_pull(result.path, load_test=args.load_test, warm=args.warm)
+        if load_report is not None and not load_report.ok:
+            code = EXIT_VERIFY
+    payload = asdict(result)
+    if load_report is not None:
+        payload["load_test"] = load_report_dict(load_report)
+    text = partial(render.pull_text, result, load_report, quiet=args.quiet, verbose=args.verbose)
+    return Outcome(payload, code, text, subject=repo_id)
+
+
+def _after_pull(path: str, *, load_test: bool, warm: bool) -> Any:
+    """``pull --load-test`` / ``--warm``: the load report, or None when only warming."""
+    from modelget.api import load_test as run_load_test
+    from modelget.loadtest import warm as warm_files
+
+    if not load_test:
+        warm_files(Path(path))
+        return None
+    return run_load_test(path, warm=warm)
+
+
+def load_report_dict(report: Any) -> dict[str, Any]:
+    out = asdict(report)
+    out["gbps"] = report.gbps
+    out["problems"] = report.problems
+    return out
+
+
+def load_test(args: argparse.Namespace) -> Outcome:
+    from modelget.api import load_test
+
+    report = load_test(
+        args.target,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        warm=args.warm,
+    )
+    code = EXIT_OK if report.ok else EXIT_VERIFY
+    return Outcome(load_report_dict(report), code, partial(render.load_report_text, report))
+
+
+def verify(args: argparse.Namespace) -> Outcome:
+    from modelget.api import verify
+
+    result = verify(args.target, revision=args.revision, cache_dir=args.cache_dir)
+    code = EXIT_OK if result.ok else EXIT_VERIFY
+    counts = {s: result.count(s) for s in ("ok", "missing", "corrupted", "extra")}
+    payload = {
+        "target": result.target,
+        "kind": result.kind,
+        "path": result.path,
+        "repo_id": result.repo_id,
+        "commits": list(result.commits),
+        "ok": result.ok,
+        "counts": counts,
+        "files": [asdict(f) for f in result.files],
+    }
+    return Outcome(payload, code, partial(render.verify_text, result, counts))
+
+
+def ls(args: argparse.Namespace) -> Outcome:
+    from modelget.api import list_models
+
+    models = list_models(cache_dir=args.cache_dir)
+    payload = {"models": [asdict(m) for m in models]}
+    return Outcome(payload, EXIT_OK, partial(render.ls_text, models))
+
+
+def rm(args: argparse.Namespace) -> Outcome:
+    """Without ``--yes``: show what would go (stderr) and ask; declined, the preview is the
+    result (``dry_run`` true, nothing removed)."""
+    from modelget.api import remove
+    from modelget.errors import UsageError
+
+    if not args.yes:
+        preview = remove(
+            args.repo_id, revision=args.revision, cache_dir=args.cache_dir, dry_run=True
+        )
+        render.note(render.rm_summary(preview))
+        if not sys.stdin.isatty():
+            raise UsageError("rm needs confirmation", hint="pass --yes to remove without asking")
+        # The question goes to stderr: stdout carries only the result (--json: one line).
+        sys.stderr.write("remove? [y/N] ")
+        sys.stderr.flush()
+        if input().strip().lower() not in ("y", "yes"):
+            return Outcome(asdict(preview), EXIT_OK, partial(render.rm_text, preview))
+    result = remove(args.repo_id, revision=args.revision, cache_dir=args.cache_dir)
+    return Outcome(asdict(result), EXIT_OK, partial(render.rm_text, result))
+
+
+def export(args: argparse.Namespace) -> Outcome:
+    from modelget.api import export
+
+    result = export(args.repo_id, args.to, revision=args.revision, cache_dir=args.cache_dir)
+    return Outcome(asdict(result), EXIT_OK, partial(render.export_text, result))
