@@ -1,8 +1,8 @@
 """Progress and outcome events. The core reports; it never draws.
 
 Engines and ``api.pull`` call a ``Reporter`` from worker threads; implementations must be
-thread-safe. the CLI (``cli/progress.py``) draws them with tqdm or prints them as JSON lines; the Python API
-takes any object with these methods (``NullReporter`` ignores everything).
+thread-safe. The CLI (``cli/progress.py``) draws them with tqdm or prints them as JSON
+lines; the Python API takes any object with these methods (``NullReporter`` ignores everything).
 """
 
 from __future__ import annotations
