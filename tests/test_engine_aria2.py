@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -764,3 +765,69 @@ def test_a_mirror_that_resolves_late_joins_the_running_download(
     assert ranged_b, "b never joined the download"
     assert min(r.ts for r in ranged_b) > first_a  # it joined a download under way
     assert sum(result.bytes_by_mirror.values()) == SIZE
+
+
+# --- scheduling big files over two mirrors (S10: no timing needed) ----------------------------
+
+
+def _scheduler(
+    tmp_path: Path, sizes: list[int]
+) -> tuple[Any, list[Any], list[tuple[Any, int]], list[tuple[Any, list[str]]]]:
+    """A ``_Run`` without aria2c: ``_schedule``'s decisions are recorded, not sent."""
+    from modelget.engines import aria2 as a
+    from modelget.engines.redirects import ResolvedURL
+
+    run: Any = object.__new__(a._Run)
+    run.results = []
+    run.budget = a._Budget(EngineOptions(), NullReporter(), {})
+    adds: list[tuple[Any, int]] = []
+    joins: list[tuple[Any, list[str]]] = []
+    run._add_many = lambda batch: adds.extend(batch)
+    run._grow = lambda grow: None
+    run._join = lambda s, new, restart: joins.append((s, [x.src.mirror for x in new]))
+    states = []
+    for n, size in enumerate(sizes):
+        sources = tuple(SourceURL(m, f"http://{m}.test/f{n}") for m in ("slow", "fast"))
+        job = FetchJob(f"k{n}", f"f{n}", size, tmp_path / f"f{n}", sources)
+        state = a._Active(job, FetchResult(job.key, job.path, ok=False), 0.0)
+        state.pending = [
+            a._Source(s, ResolvedURL(s.url, s.url, 200, size, 0), False) for s in sources
+        ]
+        run.results.append(state.result)
+        states.append(state)
+    return run, states, adds, joins
+
+
+def test_big_files_resolved_together_never_start_on_one_connection(tmp_path: Path) -> None:
+    """The first look adds every file that resolved: a second big file on mirrors the first
+    one just took waits (it used to get one connection, which aria2 gave to the first URI,
+    the slow mirror, for the whole file: S10 16 s instead of 4)."""
+    run, states, adds, _ = _scheduler(tmp_path, [16_000_000] * 3)
+    run._schedule(states)
+    assert [(s.job.path, per) for s, per in adds] == [("f0", 16)]
+    assert states[1].pending is not None and states[2].pending is not None
+
+
+def test_a_big_file_starts_on_the_mirror_with_room_and_the_other_joins_later(
+    tmp_path: Path,
+) -> None:
+    """aria2's per-host limit is the same for every host of a download: a file is started on
+    the mirrors that have connections to spare, not on what is left of a saturated one."""
+    run, states, adds, joins = _scheduler(tmp_path, [64_000_000] * 2)
+    first, second = states
+    run._schedule(states)
+    first.gid, first.sources, first.pending = "g0", first.pending, None
+    first.per_server = 16
+    run.budget.adapt["fast"].target = 32  # the fast mirror grew, the slow one did not
+    adds.clear()
+    run._schedule(states)
+    assert [(s.job.path, per) for s, per in adds] == [("f1", 16)]
+    assert [x.src.mirror for x in second.pending or []] == ["fast"]
+    assert [x.src.mirror for x in second.parked] == ["slow"]
+    # The first file is done: the slow mirror has room again and joins the running second
+    # (which has plenty left: a join restarts the download inside).
+    second.gid, second.sources, second.pending = "g1", second.pending or [], None
+    second.per_server = 16
+    first.done = True
+    run._schedule([second])
+    assert joins == [(second, ["slow"])] and not second.parked

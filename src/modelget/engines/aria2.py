@@ -115,6 +115,9 @@ mirror can fetch its share in less: on loopback 11 MB in 0.06 connection-seconds
 rate is only ever underestimated, never ignored)."""
 RATE_HALF_LIFE_S = 5.0
 """Those totals count for half after this long: a yardstick follows the mirror's rate now."""
+ENDGAME_RESTART_S = 0.2
+"""What taking a mirror out of a download costs the mirrors left (a pause and resume, new
+connections): :meth:`_Run._endgame` does it only when they would still finish sooner."""
 HASH_WORKERS = 2
 SMALL_FILE = 8 * 1024 * 1024
 """A file up to this size is one download on one connection, added at once with the others.
@@ -484,6 +487,9 @@ class _Active:
     """Each mirror's share of the last measured download speed (for byte attribution)."""
     pending: list[_Source] | None = None
     """Resolved sources of a job not yet added to aria2c (waiting for connections)."""
+    parked: list[_Source] = field(default_factory=list)
+    """Resolved sources of a running download whose mirrors had no connections to spare when
+    it started: they join it when they have (:meth:`_Run._schedule`)."""
     per_server: int = 0
     """The download's ``max-connection-per-server`` (its share of each mirror's target)."""
     connections: int = 0
@@ -1102,7 +1108,7 @@ class _Run:
         sources, state.held_back = _group_sources(
             [(state.job.sources[i], res) for i, res in ok], state
         )
-        state.pending = sources
+        state.pending, state.parked = sources, []
 
     def _give_up_resolving(self, state: _Active, r: _Resolving) -> None:
         """Every source of the round has answered and none can go to aria2c: hand the job
@@ -1147,7 +1153,8 @@ class _Run:
             if self._needs_header(src, res):
                 state.held_back.append([_Source(src, res, True)])
                 continue
-            known = state.pending if state.pending is not None else state.sources
+            known = [*(state.pending if state.pending is not None else state.sources)]
+            known += state.parked
             if any(x.src.mirror == src.mirror or x.resolved.url == res.url for x in known):
                 continue
             new.append(_Source(src, res, False))
@@ -1156,6 +1163,15 @@ class _Run:
         if state.pending is not None:  # not handed to aria2c yet
             state.pending.extend(new)
             return
+        left = job.size - state.last_completed
+        # The restart costs about 0.1 s of transfer: worth it with half a second left.
+        restart = job.size > SMALL_FILE and left >= GROW_BYTES_PER_CONNECTION
+        self._join(state, new, restart=restart and left > state.speed / 2)
+
+    def _join(self, state: _Active, new: Sequence[_Source], *, restart: bool) -> None:
+        """Add sources to a running download (``restart``: with connections for them:
+        ``changeOption`` restarts it inside, keeping every finished piece; aria2 opens no
+        connection to a URI added to a running download otherwise)."""
         gid = state.gid
         if gid is None:
             return
@@ -1165,9 +1181,7 @@ class _Run:
         calls: list[tuple[str, list[Any]]] = [
             ("aria2.changeUri", [gid, 1, [], [x.resolved.url for x in new]])
         ]
-        left = job.size - state.last_completed
-        # The restart costs about 0.1 s of transfer: worth it with half a second left.
-        if job.size > SMALL_FILE and left >= GROW_BYTES_PER_CONNECTION and left > state.speed / 2:
+        if restart:
             calls.append(
                 ("aria2.changeOption", [gid, self._split_options(state, state.per_server)])
             )
@@ -1226,18 +1240,32 @@ class _Run:
         self.budget.tick(now, self.results, big, waiting)
         free = dict(self.budget.targets())
         grow: list[tuple[_Active, int]] = []
+        taken: set[str] = set()
+        # Mirrors a big download runs on (or was just added on, below).
         for s in big:
             mirrors = s.mirrors()
+            taken |= mirrors
             avail = min((free.get(m, 0) for m in mirrors), default=0)
             left = s.job.size - s.last_completed
-            want = max(1, min(PER_HOST_MAX, avail))
+            # No more connections than the download has left for (a change restarts it).
+            want = max(1, min(PER_HOST_MAX, avail, left // GROW_BYTES_PER_CONNECTION))
             per = s.per_server
-            if want >= per + max(GROW_STEP, per // 2) and left >= want * GROW_BYTES_PER_CONNECTION:
+            if want >= per + max(GROW_STEP, per // 2):
                 grow.append((s, want))
                 per = want
             used = min(per, _need(left))
             for m in mirrors:
                 free[m] = free.get(m, 0) - used
+            # Joining restarts the download inside: only with plenty left for every connection
+            # (S10: joining 16 MB files as soon as the slow mirror had room measured slower).
+            if s.parked and left >= per * GROW_BYTES_PER_CONNECTION:
+                join = [x for x in s.parked if free.get(x.src.mirror, 0) >= self._room(x, s)]
+                if join:
+                    s.parked = [x for x in s.parked if x not in join]
+                    for x in join:
+                        free[x.src.mirror] = free.get(x.src.mirror, 0) - used
+                        taken.add(x.src.mirror)
+                    self._join(s, join, restart=True)
         if grow:
             self._grow(grow)
         adds: list[tuple[_Active, int]] = []
@@ -1245,20 +1273,38 @@ class _Run:
             if s.job.size <= SMALL_FILE:
                 adds.append((s, 1))
                 continue
-            mirrors = {x.src.mirror for x in s.pending or []}
-            for m in mirrors:
-                free.setdefault(m, self.budget.target(m, s))
-            avail = min(free[m] for m in mirrors)
-            busy = any(m in s2.mirrors() for s2 in big for m in mirrors)
-            if busy and avail < min(GROW_STEP, *(self.budget.target(m, s) for m in mirrors)):
+            pending = s.pending or []
+            for x in pending:
+                free.setdefault(x.src.mirror, self.budget.target(x.src.mirror, s))
+            # A big file starts on the mirrors that have connections to spare: one not busy
+            # with a big download (also one added in this same pass: the first pass adds every
+            # file that resolved), or one with a few connections left. The others join it when
+            # they have some: aria2's connection limit is per host but the same for every
+            # host of a download, so a file added on what is left of a saturated mirror would
+            # get as few on a free one (S10: a file on one connection, to the slow mirror
+            # listed first, for the whole file: 16 s).
+            roomy = [
+                x
+                for x in pending
+                if x.src.mirror not in taken or free[x.src.mirror] >= self._room(x, s)
+            ]
+            if not roomy:
                 continue
+            mirrors = {x.src.mirror for x in roomy}
+            avail = min(free[m] for m in mirrors)
             per = max(1, min(PER_HOST_MAX, avail))
+            s.pending, s.parked = roomy, [x for x in pending if x not in roomy]
             adds.append((s, per))
+            taken |= mirrors
             for m in mirrors:
                 free[m] -= min(per, _need(s.job.size))
         if adds:
             self._add_many(adds)
         self.budget.report(states)
+
+    def _room(self, x: _Source, state: _Active) -> int:
+        """Spare connections a busy mirror needs to start a big file (or join one)."""
+        return min(GROW_STEP, self.budget.target(x.src.mirror, state))
 
     def _grow(self, grow: Sequence[tuple[_Active, int]]) -> None:
         """More connections for running downloads (``aria2.changeOption``: aria2 restarts the
@@ -1642,6 +1688,8 @@ class _Run:
         if self._behind(state, servers, now):
             state.progress_at = now
             return
+        if self._endgame(state, servers, completed, now):
+            return
         if limit <= 0:
             return
         slow = [
@@ -1741,6 +1789,70 @@ class _Run:
             self._remove_uris(state, s, why, pause=True)
         return True
 
+    def _endgame(
+        self,
+        state: _Active,
+        servers: Mapping[str, tuple[int, float]],
+        completed: int,
+        now: float,
+    ) -> bool:
+        """The end of a download held by a slower mirror: take it out; True when it was.
+
+        aria2 hands out a download's segments (``min-split-size``, 1 MiB) as connections ask,
+        so each mirror fetches in proportion to its speed until none is left; then the
+        mirrors done with theirs sit idle on it while a slower one finishes the segments it
+        took (aria2 never re-splits a running one): at 1 MB/s per connection, a second or
+        more per download, and the pull's last download ends that much later (bench S10).
+        When every connection still open on a download is on one mirror, another mirror of
+        the download is idle on it after bringing some of its bytes, and that one alone
+        would fetch what is left (at its rate per connection, :meth:`_yardstick`, on the
+        download's connections) sooner than the holder at its current speed, by more than
+        ``ENDGAME_RESTART_S`` twice over, while the download grows (a holder that brought
+        nothing since the last look is stalled: :meth:`_watch`'s rules take it out, with
+        a reason), the holder's URIs are taken out of this download
+        (not a failure: the mirror keeps its other downloads and no warning is given, unless
+        it is over ``BEHIND_RATIO`` times slower: a fault, reported); aria2 gives its
+        unfinished segments, minus what is on disk, to the others."""
+        left = state.job.size - completed
+        if state.job.size <= SMALL_FILE or left <= 0 or len(state.sources) < 2:
+            return False
+        if state.progress_at < now:
+            return False  # no byte since the last look: a stall, for the rules that report it
+        holding = [s for s in state.sources if servers.get(s.src.mirror, (0, 0.0))[0]]
+        if len(holding) != 1:
+            return False
+        holder = holding[0]
+        conns, speed = servers[holder.src.mirror]
+        by_mirror = state.result.bytes_by_mirror
+        rates = [
+            rate
+            for s in state.sources
+            if s is not holder
+            and by_mirror.get(s.src.mirror, 0) > 0
+            and (rate := self._yardstick(s.src.mirror, now)) is not None
+        ]
+        best = max(rates, default=0.0)
+        if best < MIN_REFERENCE_BPS or speed / conns >= best:
+            return False
+        # aria2's speed is an average over seconds (it lags a connection that slows down):
+        # the holder's own rate per connection over its recent bytes, if lower, counts.
+        own = self._yardstick(holder.src.mirror, now)
+        rate = min(speed, conns * own) if own is not None else speed
+        others = best * min(max(1, state.per_server), _need(left))
+        keep = left / rate if rate > 0 else math.inf
+        if keep <= left / others + 2 * ENDGAME_RESTART_S:
+            return False
+        # Far behind (the 1/BEHIND_RATIO rule of _behind, before its hedge budget ran out):
+        # a fault worth a reason. Merely slower: no failure of the mirror.
+        per_conn = rate / conns
+        why = (
+            f"too slow or stalled: {per_conn / 1024:.0f} KiB/s per connection at the end of "
+            f"the download, while another mirror sends {best / 1024:.0f} KiB/s per connection"
+        )
+        far = per_conn < best / BEHIND_RATIO
+        self._remove_uris(state, holder, why, pause=True, report=far)
+        return True
+
     def _swap_resolved(self, state: _Active) -> None:
         """Put the fresh URLs of sources resolved again into the download."""
         for s in list(state.sources):
@@ -1809,11 +1921,16 @@ class _Run:
         reason: str,
         *,
         pause: bool = False,
+        report: bool = True,
     ) -> None:
         """Take a source's URIs out of the download (``pause``: also close its connections,
-        by pausing the download around the change; the bytes on disk are kept)."""
+        by pausing the download around the change; the bytes on disk are kept; ``report``:
+        as a failure of its mirror, with ``reason``)."""
         gid = state.gid
-        self._drop_source(state, s, reason)
+        if report:
+            self._drop_source(state, s, reason)
+        elif s in state.sources:
+            state.sources.remove(s)
         if gid is None:
             return
         uri = s.resolved.url
