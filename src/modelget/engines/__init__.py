@@ -76,6 +76,18 @@ class FetchResult:
     The caller fetches the job with an engine that can (``execute.fetch``)."""
 
 
+def no_mirror_left(attempts: Sequence[str]) -> str:
+    """The error of a file no mirror could finish: what each mirror did last (``attempts``
+    lines are ``"<mirror>: <what>"``), in mirror-name order, so that files that failed the
+    same way read the same whatever order their mirrors failed in."""
+    last: dict[str, str] = {}
+    for line in attempts:
+        who, _, what = line.partition(": ")
+        last[who] = what
+    said = "; ".join(f"{who}: {last[who]}" for who in sorted(last))
+    return "no mirror could serve the rest of the file: " + (said or "every mirror failed")
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """Transfer settings, with defaults chosen for multi-GB shards on fast links."""

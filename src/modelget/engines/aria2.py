@@ -62,6 +62,7 @@ from modelget.engines import (
     OnComplete,
     SourceURL,
     aria2c_path,
+    no_mirror_left,
 )
 from modelget.engines.redirects import (
     ResolvedURL,
@@ -1136,7 +1137,7 @@ class _Run:
         for i, error in r.busy:
             self._mirror_failed(state, job.sources[i].mirror, error.message)
         r.busy.clear()
-        self._fail(state, _no_mirror_left(state.result.attempts))
+        self._fail(state, no_mirror_left(state.result.attempts))
 
     def _add_late(self, state: _Active, fresh: Sequence[tuple[int, ResolvedURL]]) -> None:
         """Sources that resolved after the download started join it: a token-needing one is
@@ -1986,7 +1987,7 @@ class _Run:
             return
         if state.readds >= MAX_READDS_PER_JOB:
             report()
-            self._fail(state, _no_mirror_left(state.result.attempts))
+            self._fail(state, no_mirror_left(state.result.attempts))
             return
         state.readds += 1
         if state.held_back:
@@ -2296,17 +2297,6 @@ def _merge(first: FetchResult, second: FetchResult) -> FetchResult:
     second.resumed_bytes = first.resumed_bytes
     second.seconds += first.seconds
     return second
-
-
-def _no_mirror_left(attempts: Sequence[str]) -> str:
-    """The error of a file no mirror could finish: what each mirror did last."""
-    last: dict[str, str] = {}
-    for line in attempts:
-        who, _, what = line.partition(": ")
-        last.pop(who, None)
-        last[who] = what
-    said = "; ".join(f"{who}: {what}" for who, what in last.items())
-    return "no mirror could serve the rest of the file: " + (said or "every mirror failed")
 
 
 def _uri_count(status: Mapping[str, Any], uri: str) -> int:

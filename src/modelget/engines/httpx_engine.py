@@ -41,7 +41,14 @@ from dataclasses import dataclass, field
 import httpx
 
 from modelget._version import __version__
-from modelget.engines import EngineOptions, FetchJob, FetchResult, OnComplete, SourceURL
+from modelget.engines import (
+    EngineOptions,
+    FetchJob,
+    FetchResult,
+    OnComplete,
+    SourceURL,
+    no_mirror_left,
+)
 from modelget.engines.ranges import (
     RangeSet,
     Sidecar,
@@ -802,9 +809,7 @@ class _Pull:
         elif self.cancel.is_set():
             result.cancelled, result.error = True, "cancelled"
         elif result.error is None:
-            result.error = "no mirror could serve the rest of the file: " + (
-                "; ".join(f.attempts) or "all mirrors failed"
-            )
+            result.error = no_mirror_left(f.attempts)
         result.seconds = time.perf_counter() - f.started
 
     def _flush_all(self) -> None:
