@@ -344,6 +344,7 @@ def test_aria2c_that_keeps_dying_fails_the_jobs_without_raising(
         eng.close()
     assert not result.ok
     assert result.error is not None and "aria2c exited unexpectedly" in result.error
+    assert result.failure == "engine-died"  # the code callers decide on, not the text
     assert len(pids) == MAX_RESTARTS + 1
 
 

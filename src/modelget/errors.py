@@ -43,13 +43,12 @@ class ModelgetError(Exception):
     """Root of every error modelget raises on purpose.
 
     ``code`` is kebab-case and stable: scripts match on it. ``hint`` tells the user what to do.
-    ``retryable``: the same mirror may succeed if asked again. ``failover``: another mirror may.
+    (What is retried, and where, is decided from data by ``retry`` and the engines: no error
+    carries flags for it.)
     """
 
     code: str = "error"
     exit_code: int = EXIT_ERROR
-    retryable: bool = False
-    failover: bool = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -100,7 +99,6 @@ class ConfigError(ModelgetError):
 
 class ResolveError(ModelgetError):
     code = "resolve-failed"
-    failover = True
 
 
 class ModelNotFoundError(ResolveError):
@@ -117,7 +115,6 @@ class AuthRequiredError(ResolveError):
 
 class RateLimitedError(ResolveError):
     code = "rate-limited"
-    retryable = True
 
     def __init__(
         self, message: str, *, retry_after_s: float | None = None, hint: str | None = None
@@ -134,30 +131,25 @@ class UnsafeManifestError(ResolveError):
 
 class NoMirrorError(ResolveError):
     code = "no-mirror"
-    failover = False
 
 
 class LockedCommitMissingError(ResolveError):
     """``pull --lock``: no mirror has the commit the lockfile pins (force-pushed, deleted)."""
 
     code = "locked-commit-missing"
-    failover = False
 
 
 class TransferError(ModelgetError):
     code = "transfer-failed"
-    failover = True
 
 
 class MirrorUnavailableError(TransferError):
     code = "mirror-unavailable"
-    retryable = True
 
 
 class VerificationError(ModelgetError):
     code = "verification-failed"
     exit_code = EXIT_VERIFY
-    failover = True
 
 
 class LockMismatchError(VerificationError):

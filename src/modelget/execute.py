@@ -149,14 +149,6 @@ def fetch(
     return results
 
 
-def _is_disk_full(text: str | None) -> bool:
-    return bool(text) and (
-        "No space left" in (text or "")
-        or f"[Errno {errno.ENOSPC}]" in (text or "")
-        or "not enough disk space" in (text or "").lower()
-    )
-
-
 class Executor:
     """Runs one plan with one engine. Use ``run()`` once."""
 
@@ -429,7 +421,7 @@ class Executor:
             state.attempts.extend(result.attempts)
             if result.cancelled:
                 continue
-            if _is_disk_full(result.error) or any(_is_disk_full(a) for a in result.attempts):
+            if result.failure == "disk-full":
                 self.disk_full = True
             elif (
                 sum(result.bytes_by_mirror.values()) > 0

@@ -10,6 +10,7 @@ guarantees. Engines never import ``api``, ``cli`` or the sources.
 
 from __future__ import annotations
 
+import errno
 import shutil
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +53,15 @@ class FetchJob:
     hashes while downloading computes sha256 when known, else the git blob sha1."""
 
 
+FailureCode = Literal["disk-full", "engine-died", "no-mirror", "cancelled", "local-io"]
+"""Why a fetch failed (``FetchResult.failure``)."""
+
+
+def failure_of_os_error(exc: OSError) -> FailureCode:
+    """``disk-full`` for a full disk or quota, else ``local-io``."""
+    return "disk-full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "local-io"
+
+
 @dataclass
 class FetchResult:
     """What happened to one job. ``ok``: ``dest`` holds ``size`` bytes (not yet verified)."""
@@ -74,6 +84,12 @@ class FetchResult:
     """Not fetched: only sources that need their headers (a token) on their own origin are
     left, and this engine cannot send headers safely (aria2c sends them on across redirects).
     The caller fetches the job with an engine that can (``execute.fetch``)."""
+    failure: FailureCode | None = None
+    """Why a job that is not ``ok`` failed, as data (``error`` and ``attempts`` are the prose
+    for people): ``disk-full`` (no space left: the pull stops, resumable), ``engine-died``
+    (the engine's process ended under it), ``no-mirror`` (every mirror failed or was
+    dropped), ``cancelled``, ``local-io`` (another local error: the file cannot be written).
+    Callers decide on this, never on the message text."""
 
 
 def no_mirror_left(attempts: Sequence[str]) -> str:

@@ -28,6 +28,7 @@ can serve the file, and used only if those fail.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import math
 import os
@@ -57,11 +58,13 @@ import websocket
 
 from modelget.engines import (
     EngineOptions,
+    FailureCode,
     FetchJob,
     FetchResult,
     OnComplete,
     SourceURL,
     aria2c_path,
+    failure_of_os_error,
     no_mirror_left,
 )
 from modelget.engines.redirects import (
@@ -166,6 +169,8 @@ directory left by a killed pull (its ``aria2.conf`` holds an RPC secret) from a 
 
 # aria2 exit/error codes for which re-adding the same download cannot help (local problems).
 _LOCAL_ERRORS = frozenset({"9", "13", "15", "16", "17", "18", "28"})
+_DISK_FULL = "9"
+"""aria2's "not enough disk space" error code."""
 _QUERY = re.compile(r"\?\S*")
 
 
@@ -780,7 +785,9 @@ class Aria2Engine:
                 self._restart(reporter, "before a run", len(jobs))
             results = _Run(self, jobs, reporter, cancel, on_complete).go()
             while not cancel.is_set():
-                died = [i for i, r in enumerate(results) if (r.error or "").startswith(_DIED)]
+                died = [i for i, r in enumerate(results) if r.failure == "engine-died"]
+                if died and self._proc is not None and self._proc.poll() is None:
+                    break  # RPC errors while aria2c lives: nothing a restart would fix
                 if not died or not self._restart(reporter, results[died[0]].error, len(died)):
                     break
                 # Each unfinished file resumes from its control file (saved every second).
@@ -907,7 +914,9 @@ class _Run:
                 if self.proc.poll() is not None:
                     continue
                 for state in added:
-                    self._fail(state, f"aria2c RPC error: {type(exc).__name__}: {exc}")
+                    self._fail(
+                        state, f"aria2c RPC error: {type(exc).__name__}: {exc}", "engine-died"
+                    )
                 statuses, servers = {}, {}
             for state in added:
                 assert state.gid is not None
@@ -916,7 +925,9 @@ class _Run:
                 except _RPC_ERRORS as exc:
                     if self.proc.poll() is not None:
                         break
-                    self._fail(state, f"aria2c RPC error: {type(exc).__name__}: {exc}")
+                    self._fail(
+                        state, f"aria2c RPC error: {type(exc).__name__}: {exc}", "engine-died"
+                    )
             self._flush_forget()
             for i, state in list(active.items()):
                 if state.done:
@@ -927,7 +938,11 @@ class _Run:
                 if self.proc.poll() is None:
                     for state in active.values():
                         if state.gid is None and state.pending is not None:
-                            self._fail(state, f"aria2c RPC error: {type(exc).__name__}: {exc}")
+                            self._fail(
+                                state,
+                                f"aria2c RPC error: {type(exc).__name__}: {exc}",
+                                "engine-died",
+                            )
             for i, state in list(active.items()):
                 if state.done:
                     del active[i]
@@ -972,12 +987,14 @@ class _Run:
                 _unlink(Path(f"{job.dest}{CONTROL_SUFFIX}"))
             except OSError as exc:
                 result.error = f"cannot create {job.dest}: {exc}"
+                result.failure = failure_of_os_error(exc)
                 return None
             result.ok = True
             self._completed(state)
             return None
         if not job.sources:
             result.error = "no source to fetch it from"
+            result.failure = "no-mirror"
             return None
         self._resolve_later(state)
         return state
@@ -1983,7 +2000,7 @@ class _Run:
         # a mirror problem, fixed by fresh URLs, not a local one.
         if code in _LOCAL_ERRORS and not message.startswith("No URI available"):
             report()
-            self._fail(state, text)
+            self._fail(state, text, _local_failure(code, message))
             return
         if state.readds >= MAX_READDS_PER_JOB:
             report()
@@ -1998,7 +2015,7 @@ class _Run:
         state.failed_mirrors.clear()
         self._resolve_later(state)
 
-    def _fail(self, state: _Active, error: str) -> None:
+    def _fail(self, state: _Active, error: str, failure: FailureCode = "no-mirror") -> None:
         if state.gid is not None:
             with contextlib.suppress(*_RPC_ERRORS):
                 self.client.force_remove(state.gid)
@@ -2006,6 +2023,7 @@ class _Run:
             self._forget(state)
         state.result.ok = False
         state.result.error = error
+        state.result.failure = failure
         state.result.seconds = time.perf_counter() - state.started
         state.done = True
 
@@ -2044,10 +2062,12 @@ class _Run:
             state.result.cancelled = True
             state.result.ok = False
             state.result.error = "cancelled"
+            state.result.failure = "cancelled"
             state.result.seconds = time.perf_counter() - state.started
         for i in queue:
             self.results[i].cancelled = True
             self.results[i].error = "cancelled"
+            self.results[i].failure = "cancelled"
         self._flush_forget()
 
     def _engine_died(self, active: dict[int, _Active], queue: list[int]) -> None:
@@ -2056,6 +2076,7 @@ class _Run:
             result = self.results[i]
             result.ok = False
             result.error = error
+            result.failure = "engine-died"
 
 
 class _Notifications:
@@ -2297,6 +2318,13 @@ def _merge(first: FetchResult, second: FetchResult) -> FetchResult:
     second.resumed_bytes = first.resumed_bytes
     second.seconds += first.seconds
     return second
+
+
+def _local_failure(code: str, message: str) -> FailureCode:
+    """aria2's local error as a failure code (the boundary where its prose becomes data): a
+    full disk is code 9, or a write that failed with ENOSPC (an I/O error, code 17/18)."""
+    full = code == _DISK_FULL or "No space left" in message or f"errno={errno.ENOSPC}" in message
+    return "disk-full" if full else "local-io"
 
 
 def _uri_count(status: Mapping[str, Any], uri: str) -> int:

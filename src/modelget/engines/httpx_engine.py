@@ -43,10 +43,12 @@ import httpx
 from modelget._version import __version__
 from modelget.engines import (
     EngineOptions,
+    FailureCode,
     FetchJob,
     FetchResult,
     OnComplete,
     SourceURL,
+    failure_of_os_error,
     no_mirror_left,
 )
 from modelget.engines.ranges import (
@@ -84,7 +86,16 @@ class _Cancelled(Exception):
 
 
 class _FileFatal(Exception):
-    """A local problem that no mirror can fix (disk full, I/O error)."""
+    """A problem that no mirror can fix in this run (disk full, I/O error, a file that
+    changed under its partial download); ``failure`` says which, as data."""
+
+    def __init__(self, message: str, failure: FailureCode = "local-io") -> None:
+        super().__init__(message)
+        self.failure: FailureCode = failure
+
+
+def _os_fatal(exc: OSError, job: FetchJob) -> _FileFatal:
+    return _FileFatal(_describe_os_error(exc, job), failure_of_os_error(exc))
 
 
 class RateLimiter:
@@ -171,6 +182,8 @@ class _File:
     validators: dict[str, str] = field(default_factory=dict)
     attempts: list[str] = field(default_factory=list)
     fatal: str | None = None
+    failure: FailureCode | None = None
+    """With ``fatal``: its code."""
     discard: bool = False
     """Throw the partial file away instead of keeping it for resume."""
     fresh: bool = True
@@ -276,6 +289,7 @@ class _Pull:
             self.files[job.key] = f
             if self.cancel.is_set():
                 f.result.cancelled, f.result.error = True, "cancelled"
+                f.result.failure = "cancelled"
                 f.finished = True
                 continue
             try:
@@ -284,6 +298,7 @@ class _Pull:
                     self._open(f)  # nothing to fetch: hashed (or failed) at once
             except OSError as exc:
                 f.result.error = _describe_os_error(exc, job)
+                f.result.failure = failure_of_os_error(exc)
                 f.finished = True
                 continue
             if job.sha256 or job.git_sha1:
@@ -304,6 +319,7 @@ class _Pull:
         for f in live:
             if not f.srcs and not f.complete():
                 f.result.error = "no mirror to fetch it from"
+                f.result.failure = "no-mirror"
                 self._end_file(f)
         hasher = threading.Thread(target=self._hash_loop, name="modelget-hash", daemon=True)
         hasher.start()
@@ -441,7 +457,7 @@ class _Pull:
                     try:
                         self._open(f)
                     except OSError as exc:
-                        raise _FileFatal(_describe_os_error(exc, f.job)) from None
+                        raise _os_fatal(exc, f.job) from None
                 self._fetch(f, src, r)
             except AttemptError as exc:
                 if self.over:
@@ -449,7 +465,8 @@ class _Pull:
                 self._failed(f, src, r, exc)
             except _FileFatal as exc:
                 with self.lock:
-                    f.fatal = f.fatal or str(exc)
+                    if f.fatal is None:
+                        f.fatal, f.failure = str(exc), exc.failure
                     sched.release(r, time.monotonic())
                     sched.give_up(f.key)
                     self.lock.notify_all()
@@ -460,7 +477,9 @@ class _Pull:
                 return
             except BaseException as exc:  # a bug: never leave the range held
                 with self.lock:
-                    f.fatal = f.fatal or f"internal error: {type(exc).__name__}: {exc}"
+                    if f.fatal is None:
+                        f.fatal = f"internal error: {type(exc).__name__}: {exc}"
+                        f.failure = "local-io"
                     sched.release(r, time.monotonic())
                     sched.give_up(f.key)
                     self.lock.notify_all()
@@ -628,7 +647,8 @@ class _Pull:
                 f.discard = True
                 raise _FileFatal(
                     f"{f.job.path} changed on mirror {mirror.name} since the partial download "
-                    "(If-Range failed); the partial file was discarded, run the pull again"
+                    "(If-Range failed); the partial file was discarded, run the pull again",
+                    "no-mirror",
                 )
             # A 200 with the same ETag (or none) is a server that ignores Range, not a changed
             # file; whatever it sends is checked against the digest before it lands anyway.
@@ -684,7 +704,7 @@ class _Pull:
                 try:
                     written = os.pwrite(f.fd, data, pos)
                 except OSError as exc:
-                    raise _FileFatal(_describe_os_error(exc, f.job)) from None
+                    raise _os_fatal(exc, f.job) from None
                 now = time.monotonic()
                 with self.lock:
                     f.done.add(pos, pos + written)
@@ -777,6 +797,7 @@ class _Pull:
             os.fsync(f.fd)
         except OSError as exc:
             result.error = _describe_os_error(exc, f.job)
+            result.failure = failure_of_os_error(exc)
             _write_sidecar_quietly(f)
             result.seconds = time.perf_counter() - f.started
             return
@@ -805,11 +826,11 @@ class _Pull:
             self._note(f, mirror, why)
         result.attempts = list(f.attempts)
         if f.fatal is not None:
-            result.error = f.fatal
+            result.error, result.failure = f.fatal, f.failure or "local-io"
         elif self.cancel.is_set():
-            result.cancelled, result.error = True, "cancelled"
+            result.cancelled, result.error, result.failure = True, "cancelled", "cancelled"
         elif result.error is None:
-            result.error = no_mirror_left(f.attempts)
+            result.error, result.failure = no_mirror_left(f.attempts), "no-mirror"
         result.seconds = time.perf_counter() - f.started
 
     def _flush_all(self) -> None:
