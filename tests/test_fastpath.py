@@ -184,16 +184,18 @@ def test_a_pull_from_one_mirror_takes_no_throughput_sample(
     assert samples(sim) == 0
 
 
-def test_a_pull_from_two_mirrors_samples_both_and_probe_always_does(
+def test_a_pull_from_two_mirrors_takes_no_sample_and_probe_always_does(
     tmp_path: Path, tiny_repo: Path, sims: list[HubSimulator]
 ) -> None:
+    """A pull ranks by latency and lets the scheduler measure the mirrors on the real bytes
+    (the sample's bytes were thrown away); `modelget probe` still measures throughput."""
     a, b = serve(sims, tiny_repo, "a"), serve(sims, tiny_repo, "b")
     cat = catalogue(tmp_path / "m.yaml", a=a.url, b=b.url)
     assert api.pull(REPO, mirrors=cat, cache_dir=tmp_path / "c", engine="httpx").status == "ok"
-    assert (samples(a), samples(b)) == (1, 1)
+    assert (samples(a), samples(b)) == (0, 0)
     one = catalogue(tmp_path / "one.yaml", a=a.url)
     summary = api.probe(REPO, mirrors=one)  # `modelget probe` still measures
-    assert samples(a) == 2
+    assert samples(a) == 1
     assert summary.ranked[0].probe is not None and summary.ranked[0].probe.throughput_bps
 
 

@@ -125,14 +125,16 @@ catalogues have mirrors that simply lack most repos)."""
 
 def probe_for_plan(enabled: list[Mirror], repo_id: str, revision: str | None) -> ProbeReport:
     """Fresh probes, or cached ones plus the manifests (which are never cached), every mirror
-    at once. No throughput sample where it cannot change the choice: with one usable mirror,
-    or with fresh cached results (which keep the throughput measured then)."""
+    at once. A pull takes no throughput sample: the ranking is by latency (and by the
+    throughput a `modelget probe` measured, while its cached result is fresh), and the
+    pull-wide scheduler measures every mirror on the real bytes and gives the faster ones the
+    work. Measured (bench S3, S10, quick, two runs each): two mirrors, 0.1-0.45 s faster on
+    both engines, and 16 MiB per mirror less over the link (the sample's bytes were thrown
+    away)."""
     timeout = settings.probe_timeout_s()
     cache_file = settings.cache_dir() / "probes.json"
     cached = load_cached(cache_file, enabled, repo_id, settings.probe_ttl_s())
-    report = run_probe(
-        enabled, repo_id, revision, timeout=timeout, sample="unless-alone", cached=cached
-    )
+    report = run_probe(enabled, repo_id, revision, timeout=timeout, sample="never", cached=cached)
     if cached is None:
         store_cached(cache_file, enabled, repo_id, report.results)
     return report
