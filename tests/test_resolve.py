@@ -140,9 +140,10 @@ def test_dry_run_plan_for_the_real_minilm_fixture(
     commit = hub.add_repo(fixtures.MINILM_REPO_ID, minilm_dir, commit=fixtures.MINILM_REVISION)
     mirror.add_repo(fixtures.MINILM_REPO_ID, minilm_dir, commit=fixtures.MINILM_REVISION)
     ms.add_repo(fixtures.MINILM_REPO_ID, minilm_dir, ms_id="AI-ModelScope/all-MiniLM-L6-v2")
-    # Throughput decides the order (loopback alone is too noisy to rank by).
-    mirror.add_fault(Fault(route="hf-resolve", rate_bps=20e6, latency_s=0.02))
-    ms.add_fault(Fault(route="ms-file", rate_bps=8e6, latency_s=0.05))
+    # Latency decides the order (a plan takes no throughput sample; loopback alone is too
+    # noisy to rank by).
+    mirror.add_fault(Fault(route="*", latency_s=0.03))
+    ms.add_fault(Fault(route="*", latency_s=0.06))
     cat = write_catalogue(
         tmp_path / "m.yaml",
         hf_entry("mirror", mirror.url),
@@ -424,12 +425,12 @@ def test_back_to_back_plans_do_not_reprobe(
         return len([r for r in hub.log if r.range])
 
     api.plan(REPO, mirrors=cat, cache_dir=tmp_path / "c")
-    assert (pings(), samples()) == (1, 1)  # two mirrors: the throughput sample can matter
+    assert (pings(), samples()) == (1, 0)  # a plan takes no throughput sample
     api.plan(REPO, mirrors=cat, cache_dir=tmp_path / "c")
-    assert (pings(), samples()) == (1, 1)  # cached: no second probe, no second sample
+    assert (pings(), samples()) == (1, 0)  # cached: no second probe
     monkeypatch.setenv("MODELGET_PROBE_TTL", "0")
     api.plan(REPO, mirrors=cat, cache_dir=tmp_path / "c")
-    assert (pings(), samples()) == (2, 2)
+    assert (pings(), samples()) == (2, 0)
 
 
 def test_cdn_mirror_on_real_nginx_agrees_with_the_hub(
