@@ -12,8 +12,11 @@ import json
 import logging
 import os
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -602,3 +605,73 @@ def test_every_token_check_applies_one_origin_rule(url: str, endpoint: str, same
     assert same_origin(url, endpoint) is same
     assert redirects_same_origin(url, endpoint) is same
     assert (origin(url) == origin(endpoint)) is same
+
+
+class _ForwardProxy(BaseHTTPRequestHandler):
+    """A plain-HTTP forward proxy that records each request's absolute URL (and whether it
+    carried an Authorization header) and relays it."""
+
+    seen: list[tuple[str, bool]]
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, "Authorization" in self.headers))
+        headers = {
+            k: v for k, v in self.headers.items() if k.lower() not in ("host", "proxy-connection")
+        }
+        req = urllib.request.Request(self.path, headers=headers, method="GET")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        try:
+            with opener.open(req, timeout=10) as up:
+                status, body, out = up.status, up.read(), up.headers
+        except urllib.error.HTTPError as exc:
+            status, body, out = exc.code, exc.read(), exc.headers
+        self.send_response(status)
+        for k, v in out.items():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def test_every_request_of_a_pull_goes_through_the_environment_s_proxy(
+    tmp_path: Path, sims: list[HubSimulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY holds for the probe, the metadata calls and the transfer alike (one client
+    factory, ``http.client``): nothing reaches the mirror around the proxy."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "config.json").write_text('{"a": 1}\n')
+    (repo / "model.safetensors").write_bytes(os.urandom(3 * 1024 * 1024))
+    hub = HubSimulator(name="hub").start()
+    sims.append(hub)
+    hub.add_repo("acme/proxied", repo)
+    handler = type("Recorder", (_ForwardProxy,), {"seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_port}")
+        cat = tmp_path / "m.yaml"
+        cat.write_text(
+            f"version: 1\nmirrors:\n  - name: hub\n    kind: hf\n    endpoint: {hub.url}\n"
+        )
+        result = api.pull("acme/proxied", mirrors=cat, cache_dir=tmp_path / "cache", engine="httpx")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.status == "ok"
+    proxied = [url for url, _ in handler.seen]
+    assert any("/api/models" in u for u in proxied), proxied  # the probe and the metadata
+    assert any(u.endswith("/model.safetensors") for u in proxied), proxied  # the transfer
+    assert len(hub.log) <= len(proxied)  # every request the hub saw came through the proxy

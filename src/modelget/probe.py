@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from modelget import http
 from modelget.auth import mirror_token, same_host
 from modelget.datatypes import Manifest, Mirror, ProbeResult
 from modelget.errors import (
@@ -381,9 +382,7 @@ def _probe_one(
         return result("down", error=f"connect failed: {exc}"), None, None
     tracker.progress(name)
     try:
-        with httpx.Client(
-            timeout=timeout, follow_redirects=False, verify=ssl_context(mirror.verify_tls)
-        ) as client:
+        with http.client(timeout=timeout, verify_tls=mirror.verify_tls) as client:
             ttfb_s = _ttfb(client, source.ping_url(mirror), mirror)
             tracker.progress(name, latency_s=ttfb_s)
             if resolver is None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from modelget import http
 from modelget.doctor.report import Check, Slot, Status
 from modelget.errors import ModelgetError
 from modelget.http import ssl_context
@@ -230,13 +231,11 @@ def check_mirror(
     slot: Slot,
 ) -> None:
     """Every per-mirror check, in order, into ``slot``; never raises for the mirror's faults."""
-    import httpx
 
     if not _connect(mirror, timeout, slot):
         return
     source = get_source(mirror.kind)
-    verify = ssl_context(mirror.verify_tls)
-    with httpx.Client(timeout=timeout, follow_redirects=False, verify=verify) as client:
+    with http.client(timeout=timeout, verify_tls=mirror.verify_tls) as client:
         manifest = _check_repo(source, mirror, repo_id, revision, timeout, slot)
         entry = max(manifest.files, key=lambda f: f.size) if manifest else None
         if manifest is not None and entry is not None and entry.size > 0:

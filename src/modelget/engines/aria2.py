@@ -56,6 +56,7 @@ import aria2p
 import httpx
 import websocket
 
+from modelget import http
 from modelget.engines import (
     EngineOptions,
     FailureCode,
@@ -75,7 +76,6 @@ from modelget.engines.redirects import (
 )
 from modelget.errors import EngineUnavailableError
 from modelget.events import Reporter, report_connections
-from modelget.http import ssl_context
 from modelget.retry import MAX_RETRY_AFTER_S, status_is_retryable
 from modelget.scheduler import Adaptive, Policy
 from modelget.settings import child_env
@@ -842,11 +842,9 @@ class _Run:
         self.on_complete = on_complete
         self.results = [FetchResult(j.key, j.path, ok=False) for j in self.jobs]
         o = self.options
-        self.http = httpx.Client(
-            follow_redirects=False,
-            verify=ssl_context(o.verify_tls),
+        self.http = http.client(
             timeout=httpx.Timeout(o.read_timeout_s, connect=o.connect_timeout_s),
-            trust_env=True,
+            verify_tls=o.verify_tls,
         )
         self.pools: dict[str, _DaemonPool] = {}
         """Per mirror: the threads that resolve its URLs."""

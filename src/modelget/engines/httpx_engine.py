@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from modelget._version import __version__
+from modelget import http
 from modelget.engines import (
     EngineOptions,
     FailureCode,
@@ -59,7 +59,7 @@ from modelget.engines.ranges import (
     save_sidecar,
 )
 from modelget.events import Reporter, report_connections
-from modelget.http import redact_url, same_origin, ssl_context
+from modelget.http import redact_url, same_origin
 from modelget.retry import (
     MAX_RETRY_AFTER_S,
     AttemptError,
@@ -906,12 +906,11 @@ class HttpxEngine:
         self, options: EngineOptions, *, transport: httpx.BaseTransport | None = None
     ) -> None:
         self.options = options
-        self.client = httpx.Client(
+        # Redirects by hand (the client follows none): headers must not cross origins.
+        self.client = http.client(
             timeout=httpx.Timeout(_timeout_of(options), connect=options.connect_timeout_s),
+            verify_tls=options.verify_tls,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=MAX_WORKERS),
-            verify=ssl_context(options.verify_tls),
-            follow_redirects=False,  # by hand: headers must not cross to another origin
-            headers={"User-Agent": f"modelget/{__version__}", "Accept-Encoding": "identity"},
             transport=transport,
         )
         self.limiter = RateLimiter(options.max_rate_bps) if options.max_rate_bps else None

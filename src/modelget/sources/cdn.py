@@ -17,6 +17,7 @@ import json
 import re
 from typing import Any
 
+from modelget import http
 from modelget.auth import mirror_token, same_host
 from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind
 from modelget.errors import (
@@ -45,14 +46,14 @@ class CdnSource:
     def _get_json(self, mirror: Mirror, url: str, timeout: float) -> tuple[int, Any]:
         import httpx
 
-        headers = {"Accept-Encoding": "identity", "User-Agent": "modelget"}
+        headers: dict[str, str] = {}
         token = mirror_token(mirror)
         if token and same_host(url, mirror):
             headers["Authorization"] = f"Bearer {token}"
         try:
             # httpx drops Authorization itself when a redirect leaves the origin.
-            with httpx.Client(
-                timeout=timeout, follow_redirects=True, trust_env=False, verify=mirror.verify_tls
+            with http.client(
+                timeout=timeout, verify_tls=mirror.verify_tls, follow_redirects=True
             ) as client:
                 response = client.get(url, headers=headers)
         except httpx.HTTPError as exc:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from modelget import http
 from modelget._version import __version__
 from modelget.auth import mirror_token
 from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind
@@ -200,21 +201,14 @@ def _plain_listing(mirror: Mirror, mirror_repo: str, rev: str, timeout: float) -
     implicit one) goes to the mirror's endpoint only: no redirect is followed."""
     import httpx
 
-    from modelget.http import ssl_context
-
-    headers = {"User-Agent": f"modelget/{__version__}", "Accept-Encoding": "identity"}
+    headers: dict[str, str] = {}
     token = mirror_token(mirror)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     base = mirror.endpoint.rstrip("/")
     origin = urlsplit(base)[:2]
     try:
-        with httpx.Client(
-            timeout=timeout,
-            follow_redirects=False,
-            verify=ssl_context(mirror.verify_tls),
-            headers=headers,
-        ) as client:
+        with http.client(timeout=timeout, verify_tls=mirror.verify_tls, headers=headers) as client:
             answer = client.get(f"{base}/api/models/{mirror_repo}/revision/{quote(rev, safe='')}")
             info = answer.json() if answer.status_code == 200 else None
             if not isinstance(info, dict):
