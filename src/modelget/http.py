@@ -104,3 +104,20 @@ def client(
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})},
         **options,
     )
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Connection, timeout and protocol failures of the HTTP stacks our clients use.
+
+    huggingface_hub 2.x runs on httpx2, 1.x on httpx, 0.x on requests; matching on the
+    package keeps the mapping right whichever one is installed.
+    """
+    root = type(exc).__module__.split(".")[0]
+    return root in {
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "httpcore2",
+        "requests",
+        "urllib3",
+    } or isinstance(exc, (OSError, TimeoutError))

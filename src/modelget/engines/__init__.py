@@ -3,9 +3,11 @@
 An engine receives ``FetchJob``s (one per file: its size, the ``.incomplete`` path to write,
 and its sources in rank order) and fills each ``dest`` with the file's bytes, taking
 segments of one file from several mirrors at once, dropping mirrors that fail or stall and
-keeping every byte already written (resumable after a crash). It does not verify digests
-and does not move files into place: ``api`` does that, so both engines get identical
-guarantees. Engines never import ``api``, ``cli`` or the sources.
+keeping every byte already written (resumable after a crash). It hashes what it wrote (the
+digests go back in ``FetchResult``) but does not verify them and does not move files into
+place: the executor (``execute``) does that, so both engines get identical guarantees. It
+says why a job failed as a code (``FetchResult.failure``). Engines never import ``api``,
+``execute``, ``cli`` or the sources.
 """
 
 from __future__ import annotations

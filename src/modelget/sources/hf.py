@@ -35,28 +35,11 @@ from modelget.errors import (
     UnsafeManifestError,
     UsageError,
 )
-from modelget.http import Origin, origin, origin_of
+from modelget.http import Origin, is_transport_error, origin, origin_of
 from modelget.manifest import check_manifest, check_path, check_size
 
 DEFAULT_REVISION = "main"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
-def is_transport_error(exc: BaseException) -> bool:
-    """Connection, timeout and protocol failures of the HTTP stacks our clients use.
-
-    huggingface_hub 2.x runs on httpx2, 1.x on httpx, 0.x on requests; matching on the
-    package keeps the mapping right whichever one is installed.
-    """
-    root = type(exc).__module__.split(".")[0]
-    return root in {
-        "httpx",
-        "httpx2",
-        "httpcore",
-        "httpcore2",
-        "requests",
-        "urllib3",
-    } or isinstance(exc, (OSError, TimeoutError))
 
 
 def _retry_after(exc: Any) -> float | None:

@@ -27,8 +27,8 @@ from modelget.errors import (
     RevisionNotFoundError,
     UnsafeManifestError,
 )
+from modelget.http import is_transport_error
 from modelget.manifest import check_manifest, check_path, check_size
-from modelget.sources.hf import is_transport_error
 
 DEFAULT_REVISION = "master"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
