@@ -654,7 +654,7 @@ def test_every_request_of_a_pull_goes_through_the_environment_s_proxy(
     hub = HubSimulator(name="hub").start()
     sims.append(hub)
     hub.add_repo("acme/proxied", repo)
-    handler = type("Recorder", (_ForwardProxy,), {"seen": []})
+    handler: type[_ForwardProxy] = type("Recorder", (_ForwardProxy,), {"seen": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -20,11 +20,11 @@ from typing import Any
 
 from modelget._version import __version__
 from modelget.cli import commands, render
-from modelget.cli.commands import rate as _rate  # noqa: F401  (re-exported for one release)
+from modelget.cli.commands import rate as _rate  # re-exported for one release
 from modelget.cli.render import JSON_SCHEMA_VERSION, Outcome, failure_summary
 from modelget.errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, ModelgetError, UsageError
 
-__all__ = ["JSON_SCHEMA_VERSION", "failure_summary", "main"]
+__all__ = ["JSON_SCHEMA_VERSION", "_rate", "failure_summary", "main"]
 
 
 class _UsageExit(SystemExit):
