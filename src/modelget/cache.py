@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from modelget import layout
-from modelget.errors import LayoutError, NotInCacheError, UsageError
+from modelget.errors import EXIT_OK, EXIT_VERIFY, LayoutError, NotInCacheError, UsageError
 from modelget.verify import hash_file
 
 FileStatus = Literal["ok", "missing", "corrupted", "extra"]
@@ -64,6 +64,11 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every file checks out, 4 (a verification failure) otherwise."""
+        return EXIT_OK if self.ok else EXIT_VERIFY
 
     def count(self, status: FileStatus) -> int:
         return sum(1 for f in self.files if f.status == status)

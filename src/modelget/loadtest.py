@@ -126,6 +126,13 @@ class LoadReport:
     def problems(self) -> list[str]:
         return [f"{c.path}: {p}" for c in self.checks for p in c.problems]
 
+    @property
+    def exit_code(self) -> int:
+        """0 when the model loads, 4 (a verification failure) when it would not."""
+        from modelget.errors import EXIT_OK, EXIT_VERIFY
+
+        return EXIT_OK if self.ok else EXIT_VERIFY
+
 
 # --- stage 1: inspect the files ---------------------------------------------------------------
 

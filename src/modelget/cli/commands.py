@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelget.cli import render
 from modelget.cli.render import Outcome
-from modelget.errors import EXIT_ERROR, EXIT_OK, EXIT_VERIFY
+from modelget.errors import EXIT_OK
 
 if TYPE_CHECKING:
     from modelget.engines import EngineOptions
@@ -100,8 +100,7 @@ def doctor(args: argparse.Namespace) -> Outcome:
         cache_dir=args.cache_dir,
         timeout=args.timeout,
     )
-    code = EXIT_OK if report.ok else EXIT_ERROR
-    return Outcome(report.to_dict(), code, partial(render.doctor_text, report))
+    return Outcome(report.to_dict(), report.exit_code, partial(render.doctor_text, report))
 
 
 def rate(text: str) -> int:
@@ -287,7 +286,7 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
     if code == EXIT_OK and (args.load_test or args.warm):
         load_report = _after_pull(result.path, load_test=args.load_test, warm=args.warm)
         if load_report is not None and not load_report.ok:
-            code = EXIT_VERIFY
+            code = load_report.exit_code
     payload = asdict(result)
     if load_report is not None:
         payload["load_test"] = load_report_dict(load_report)
@@ -323,15 +322,16 @@ def load_test(args: argparse.Namespace) -> Outcome:
         device=args.device,
         warm=args.warm,
     )
-    code = EXIT_OK if report.ok else EXIT_VERIFY
-    return Outcome(load_report_dict(report), code, partial(render.load_report_text, report))
+    return Outcome(
+        load_report_dict(report), report.exit_code, partial(render.load_report_text, report)
+    )
 
 
 def verify(args: argparse.Namespace) -> Outcome:
     from modelget.api import verify
 
     result = verify(args.target, revision=args.revision, cache_dir=args.cache_dir)
-    code = EXIT_OK if result.ok else EXIT_VERIFY
+    code = result.exit_code
     counts = {s: result.count(s) for s in ("ok", "missing", "corrupted", "extra")}
     payload = {
         "target": result.target,

@@ -112,6 +112,13 @@ class DoctorReport:
     def ok(self) -> bool:
         return self.verdict.ok if self.verdict is not None else not self.failed
 
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing stands in the way of a pull, 1 otherwise."""
+        from modelget.errors import EXIT_ERROR, EXIT_OK
+
+        return EXIT_OK if self.ok else EXIT_ERROR
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         if self.verdict is not None:
