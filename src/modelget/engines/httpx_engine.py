@@ -50,6 +50,7 @@ from modelget.engines import (
     SourceURL,
     failure_of_os_error,
     no_mirror_left,
+    responses,
 )
 from modelget.engines.ranges import (
     RangeSet,
@@ -64,8 +65,6 @@ from modelget.retry import (
     MAX_RETRY_AFTER_S,
     AttemptError,
     backoff_s,
-    parse_retry_after,
-    status_is_retryable,
 )
 from modelget.scheduler import Assign, Policy, Range, Scheduler, Takeover
 from modelget.verify import PrefixHasher
@@ -608,72 +607,39 @@ class _Pull:
         first: int,
         if_range: str | None,
     ) -> None:
-        """Refuse an answer whose bytes do not belong at ``first`` of this file's version.
+        """Refuse an answer whose bytes do not belong at ``first`` of this file's version
+        (the decision is :func:`modelget.engines.responses.check`'s; this carries it out).
 
         ``if_range``: the ETag sent as ``If-Range`` (seen earlier from this mirror)."""
-        status = response.status_code
-        where = redact_url(url)
-        if status in (401, 403, 410) and url != mirror.source.url:
-            # A signed CDN URL that is refused now (it expired): resolve the mirror's own URL again.
+        verdict = responses.check(
+            response.status_code,
+            response.headers,
+            first=first,
+            size=f.job.size,
+            if_range=if_range,
+            redirected=url != mirror.source.url,
+            where=redact_url(url),
+            path=f.job.path,
+            mirror=mirror.name,
+        )
+        if isinstance(verdict, responses.Accept):
+            if verdict.etag:
+                with self.lock:
+                    f.validators[mirror.name] = verdict.etag
+            return
+        if isinstance(verdict, responses.Renew):
+            # A signed CDN URL that is refused now (it expired): resolve the mirror's own URL.
             mirror.final_url = None
+            raise AttemptError(verdict.message, retry_after=0.0, renew=True)
+        if isinstance(verdict, responses.Retry):
             raise AttemptError(
-                f"HTTP {status} from the redirect target {where} (signed URL expired?); resolving again",
-                retry_after=0.0,
-                renew=True,
+                verdict.message, retry_after=verdict.retry_after, throttled=verdict.throttled
             )
-        if status not in (200, 206):
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise AttemptError(
-                f"HTTP {status} from {where}",
-                retryable=status_is_retryable(status),
-                retry_after=retry_after,
-                throttled=status in (429, 503),
-            )
-        content_type = response.headers.get("Content-Type", "").lower()
-        if content_type.startswith("text/html") and not f.job.path.lower().endswith(
-            (".html", ".htm")
-        ):
-            raise AttemptError(
-                f"HTTP {status} with an HTML page instead of the file ({where})", retryable=False
-            )
-        encoding = response.headers.get("Content-Encoding", "identity").lower()
-        if encoding not in ("", "identity"):
-            raise AttemptError(f"answered with Content-Encoding {encoding!r}", retryable=False)
-        size = f.job.size
-        if status == 200:
-            etag = response.headers.get("ETag")
-            if if_range is not None and etag is not None and etag != if_range:
-                # The bytes on disk are from another version of the file: never mix the two.
-                f.discard = True
-                raise _FileFatal(
-                    f"{f.job.path} changed on mirror {mirror.name} since the partial download "
-                    "(If-Range failed); the partial file was discarded, run the pull again",
-                    "no-mirror",
-                )
-            # A 200 with the same ETag (or none) is a server that ignores Range, not a changed
-            # file; whatever it sends is checked against the digest before it lands anyway.
-            if first != 0:
-                raise AttemptError(
-                    "answered a Range request with the whole file (HTTP 200): it ignores Range",
-                    retryable=False,
-                )
-            length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) != size:
-                raise AttemptError(
-                    f"serves {int(length)} bytes, the manifest says {size}", retryable=False
-                )
-        else:
-            got = _parse_content_range(response.headers.get("Content-Range", ""))
-            if got is None or got[0] != first or got[2] != size:
-                raise AttemptError(
-                    f"wrong Content-Range {response.headers.get('Content-Range')!r} "
-                    f"for bytes {first}- of {size}",
-                    retryable=False,
-                )
-        etag = response.headers.get("ETag")
-        if etag and not etag.startswith("W/"):
-            with self.lock:
-                f.validators[mirror.name] = etag
+        if isinstance(verdict, responses.Discard):
+            # The bytes on disk are from another version of the file: never mix the two.
+            f.discard = True
+            raise _FileFatal(verdict.message, "no-mirror")
+        raise AttemptError(verdict.message, retryable=False)
 
     def _consume(self, f: _File, src: _Src, r: Range, response: httpx.Response) -> None:
         opts = self.options
@@ -873,22 +839,6 @@ def _write_sidecar_quietly(f: _File, lock: threading.Condition | None = None) ->
 
 def _timeout_of(options: EngineOptions) -> float:
     return min(options.read_timeout_s, options.stall_timeout_s)
-
-
-def _parse_content_range(value: str) -> tuple[int, int, int] | None:
-    """``bytes a-b/total`` → (a, b, total)."""
-    value = value.strip()
-    if not value.startswith("bytes "):
-        return None
-    try:
-        span, total = value[6:].split("/", 1)
-        a, b = span.split("-", 1)
-        out = int(a), int(b), int(total)
-    except ValueError:
-        return None
-    if out[0] > out[1] or out[1] >= out[2]:
-        return None
-    return out
 
 
 def _describe_os_error(exc: OSError, job: FetchJob) -> str:
