@@ -450,15 +450,23 @@ class Scheduler:
 
     def _chunk(self, m: _MirrorState, now: float) -> Range | None:
         p = self.policy
+        size: int | None = None
+        endgame: tuple[float, float, list[str]] | None = None
         for f in self.files.values():
             if not f.queue or not self._may_use(f, m.name, now):
                 continue
             if not self._may_start(f):
                 continue
+            if size is None:  # once per call: both look at every file and connection
+                size = self.chunk_size(m.name, now)
+                endgame = self._endgame(m, now)
             a, b = f.queue[0]
-            size = self.chunk_size(m.name, now)
-            if self._too_slow_for(m, f, min(size, b - a), now):
-                continue
+            if endgame is not None:
+                rate, horizon, faster = endgame
+                if min(size, b - a) / rate > horizon and any(
+                    self._may_use(f, o, now) for o in faster
+                ):
+                    continue  # a faster mirror that serves f will have finished everything
             if b - a <= size + p.min_chunk // 2:  # no crumb left behind
                 f.queue.pop(0)
             else:
@@ -467,25 +475,24 @@ class Scheduler:
             return self._open(f, m, a, b, now, small=f.size <= p.small_file)
         return None
 
-    def _too_slow_for(self, m: _MirrorState, f: _FileState, size: int, now: float) -> bool:
-        """The endgame: a request of ``size`` bytes to ``m`` would end after the faster mirrors
-        could finish everything left, so ``m`` gets no new work (one of them serves ``f``)."""
+    def _endgame(self, m: _MirrorState, now: float) -> tuple[float, float, list[str]] | None:
+        """The endgame rule for ``m``: a request to it that would take longer than the faster
+        mirrors need for everything left (twice the bytes left over the mirrors' rate) is not
+        made where one of them serves the file. Returns (``m``'s rate per connection, that
+        horizon, the faster mirrors), or None when the rule cannot apply (no rates yet, or no
+        faster mirror)."""
         mine = self._conn_rate(m, now)
         if mine <= 0:
-            return False
+            return None
         faster = [
-            o
-            for o in self.mirrors.values()
-            if o is not m and self._may_use(f, o.name, now) and self._conn_rate(o, now) > mine
+            o.name for o in self.mirrors.values() if o is not m and self._conn_rate(o, now) > mine
         ]
-        if not faster:
-            return False
         total = sum(o.adapt.last_rate for o in self.mirrors.values())
-        if total <= 0:
-            return False
+        if not faster or total <= 0:
+            return None
         left = sum(x.queued() for x in self.files.values())
         left += sum(r.left() for r in self.active.values())
-        return size / mine > max(self.policy.steal_after_s, 2.0 * left / total)
+        return mine, max(self.policy.steal_after_s, 2.0 * left / total), faster
 
     def _steal(self, m: _MirrorState, now: float) -> Range | None:
         """For a connection to ``m``: the tail of the range that would finish last, split in
