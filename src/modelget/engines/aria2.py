@@ -122,6 +122,9 @@ RATE_HALF_LIFE_S = 5.0
 ENDGAME_RESTART_S = 0.2
 """What taking a mirror out of a download costs the mirrors left (a pause and resume, new
 connections): :meth:`_Run._endgame` does it only when they would still finish sooner."""
+STALLED_HOLDER_S = 0.5
+"""At the end of a download, a holder that brought no byte for this long is stalled (told
+with a reason), not merely slower (taken out silently)."""
 HASH_WORKERS = 2
 SMALL_FILE = 8 * 1024 * 1024
 """A file up to this size is one download on one connection, added at once with the others.
@@ -361,6 +364,10 @@ class _Source:
     """Since when aria2 has had no connection open to it."""
     behind_since: float | None = None
     """Since when its connections have been far behind another mirror's (``BEHIND_RATIO``)."""
+    seen_bytes: int = 0
+    """Its bytes on the download at the last look (``_endgame``)."""
+    last_byte_at: float = 0.0
+    """When those last grew (0: not looked yet)."""
 
 
 class _DaemonPool:
@@ -1829,6 +1836,10 @@ class _Run:
         (not a failure: the mirror keeps its other downloads and no warning is given, unless
         it is over ``BEHIND_RATIO`` times slower: a fault, reported); aria2 gives its
         unfinished segments, minus what is on disk, to the others."""
+        for s in state.sources:  # when each mirror last brought bytes to this download
+            n = state.result.bytes_by_mirror.get(s.src.mirror, 0)
+            if n != s.seen_bytes or not s.last_byte_at:
+                s.seen_bytes, s.last_byte_at = n, now
         left = state.job.size - completed
         if state.job.size <= SMALL_FILE or left <= 0 or len(state.sources) < 2:
             return False
@@ -1865,7 +1876,13 @@ class _Run:
             f"too slow or stalled: {per_conn / 1024:.0f} KiB/s per connection at the end of "
             f"the download, while another mirror sends {best / 1024:.0f} KiB/s per connection"
         )
-        far = per_conn < best / BEHIND_RATIO
+        stalled = now - holder.last_byte_at >= STALLED_HOLDER_S
+        if stalled:
+            why = (
+                f"stalled: no bytes at the end of the download, while another mirror sends "
+                f"{best / 1024:.0f} KiB/s per connection"
+            )
+        far = stalled or per_conn < best / BEHIND_RATIO
         self._remove_uris(state, holder, why, pause=True, report=far)
         return True
 
