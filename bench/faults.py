@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from bench import procs
 from bench.harness import Bench, Run
-from bench.scenes import ENGINES, Headline, SceneResult
+from bench.results import ENGINES, Headline, SceneResult
 from bench.stats import Summary, Target, fmt_ratio, markdown_table, median
 from modelget.testing.hubsim import Fault, HubSimulator
 

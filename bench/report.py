@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.peers import COMMON_ENV
-from bench.scenes import Headline, SceneResult
+from bench.results import Headline, SceneResult
 from bench.stats import markdown_table
 
 BEGIN = "<!-- bench:results:begin (written by python -m bench; edit outside these markers) -->"

@@ -30,7 +30,8 @@ from typing import Any
 
 from bench import netns
 from bench.harness import FULL, QUICK, Bench
-from bench.scenes import SCENES, SceneResult
+from bench.results import SceneResult
+from bench.scenes import SCENES
 from bench.stats import replace_between
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

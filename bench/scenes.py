@@ -20,11 +20,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import peers, procs
+from bench.faults import s11
 from bench.harness import Bench, Run
+from bench.results import ENGINES, Headline, SceneResult
 from bench.sites import BenchRepo, Site, catalogue_yaml
 from bench.stats import (
     Summary,
@@ -42,7 +43,6 @@ from bench.stats import (
 from modelget.testing.hubsim import Fault
 from modelget.testing.nginx import NginxServer, find_free_port
 
-ENGINES = ("aria2", "httpx")
 PEER_LABELS = (
     peers.HF_HUB_LABEL,
     peers.HFD_LABEL,
@@ -54,30 +54,6 @@ RIVALS = PEER_LABELS[:4]
 """The peers the issue-14 targets name (modelget ≤ 1.05× the fastest of them). Sequential curl
 runs as a reference only: it verifies nothing and writes plain files, and on loopback a single
 stream into the page cache is the machine's ceiling, not a downloader to beat."""
-
-
-@dataclass(frozen=True)
-class Headline:
-    scene: str
-    metric: str
-    value: float
-    shown: str
-    target: Target | None = None
-    note: str = ""
-    target_text: str = ""
-    """How the target is shown, when ``target.text()`` would not say it well."""
-
-
-@dataclass
-class SceneResult:
-    id: str
-    title: str
-    setup: list[str] = field(default_factory=list)
-    commands: dict[str, str] = field(default_factory=dict)
-    tables: list[str] = field(default_factory=list)
-    headlines: list[Headline] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    skipped: str = ""
 
 
 Maker = Callable[[Path], peers.Invocation]
@@ -1525,13 +1501,6 @@ def engine_comparison(runs: Sequence[Run]) -> SceneResult:
 
 def run_stdout_last_line(run: Run) -> str:
     return str(run.detail.get("stdout_tail", "")).strip().splitlines()[-1]
-
-
-def s11(b: Bench) -> SceneResult:
-    """The fault matrix (bench/faults.py, which builds on this module)."""
-    from bench.faults import s11 as fault_matrix
-
-    return fault_matrix(b)
 
 
 SCENES: dict[str, Callable[[Bench], SceneResult]] = {

@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import hf_transfer_driver, peers, report, stats
 from bench.harness import FULL, QUICK, complete, write_shards
+from bench.results import Headline, SceneResult
 from bench.run import build_parser
-from bench.scenes import PEER_LABELS, SCENES, Headline, SceneResult, _vs_peers
+from bench.scenes import PEER_LABELS, SCENES, _vs_peers
 from bench.sites import BenchRepo, catalogue_yaml, topology_problem
 from modelget.catalogue import parse_catalogue
 from modelget.loadtest import read_safetensors_header
