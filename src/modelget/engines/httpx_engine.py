@@ -552,6 +552,8 @@ class _Pull:
     # --- one request ------------------------------------------------------------------------
 
     def _fetch(self, f: _File, src: _Src, r: Range) -> None:
+        sched = self.sched
+        assert sched is not None
         source = src.source
         url = src.final_url or source.url
         with self.lock:
@@ -569,7 +571,7 @@ class _Pull:
                 with self.client.stream("GET", url, headers=headers) as response:
                     status = response.status_code
                     with self.lock:
-                        self.sched.answered(r, time.monotonic())  # type: ignore[union-attr]
+                        sched.answered(r, time.monotonic())
                         self.streams[r.id] = response
                     if status in _REDIRECTS:
                         location = response.headers.get("Location")
