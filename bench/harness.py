@@ -247,6 +247,7 @@ class Bench:
         if self.hf_transfer_missing is not None:
             say(f"note: the hf_transfer peer is skipped in every scene: {self.hf_transfer_missing}")
         self.env = peers.base_env(self.work)
+        peers.precompile()
 
     # --- data ---
 

@@ -311,3 +311,31 @@ def test_a_payload_cannot_overwrite_the_envelope() -> None:
     }
     with pytest.raises(ValueError, match="exit_code"):
         envelope("result", "ls", {"exit_code": 3}, 0)
+
+
+def test_the_cli_keeps_httpx_from_importing_its_own_command_line_client() -> None:
+    """``import httpx`` imports its CLI (click, rich) when they are installed; the modelget CLI
+    stops that in its own process, the Python API leaves the caller's interpreter alone."""
+    probe = (
+        "import sys\n"
+        "{setup}\n"
+        "import httpx\n"
+        "print(sys.modules.get('httpx._main') is not None, 'rich' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def run(setup: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", probe.format(setup=setup)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    assert run("from modelget import cli; cli._skip_httpx_cli()") == "False False"
+    import importlib.util
+
+    if importlib.util.find_spec("rich") and importlib.util.find_spec("click"):
+        assert run("import modelget.api") == "True True"  # the library changes nothing

