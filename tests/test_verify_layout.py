@@ -106,7 +106,7 @@ def test_quarantine_moves_bad_bytes_aside_named_for_the_mirror(tmp_path: Path) -
     tmp.parent.mkdir(parents=True)
     tmp.write_bytes(b"bad")
     (tmp.parent / (tmp.name + ".aria2")).write_bytes(b"state")
-    moved = layout.quarantine(tmp, tmp_path, "o/n", entry, ["evil"])
+    moved = layout.quarantine(tmp, layout.cache_quarantine_dir(tmp_path, "o/n"), entry, ["evil"])
     assert moved.read_bytes() == b"bad" and "evil" in moved.name
     assert not tmp.exists() and not (tmp.parent / (tmp.name + ".aria2")).exists()
     assert not layout.blob_path(tmp_path, "o/n", entry).exists()

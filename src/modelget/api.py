@@ -183,6 +183,7 @@ def _plan(
         {path: list(t[0].sources) for path, t in tries.items()},
         present=present,
         free_bytes=free_bytes(dest) if check_space else None,
+        space_at=str(dest),
         throughput_bps=throughput,
         disagreements=disagreements,
         excluded=assembly.excluded,
@@ -301,7 +302,12 @@ def pull(
         return carry_out(
             the_plan,
             by_name,
-            Target(hub_cache, repo_id, the_plan.commit, Path(local_dir) if local_dir else None),
+            Target(
+                hub_cache,
+                repo_id,
+                the_plan.commit,
+                Path(local_dir).absolute() if local_dir else None,
+            ),
             starter,
             reporter,
             cancel,
@@ -315,7 +321,8 @@ def pull(
 
 
 def _hub_cache(cache_dir: StrPath | None) -> Path:
-    return Path(cache_dir) if cache_dir is not None else settings.hf_hub_cache()
+    """Absolute: an engine may run in another working directory (aria2c runs in its own)."""
+    return (Path(cache_dir) if cache_dir is not None else settings.hf_hub_cache()).absolute()
 
 
 def verify(

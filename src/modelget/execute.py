@@ -16,6 +16,7 @@ verifies; the mirrors whose listing did not match the verified bytes are then na
 from __future__ import annotations
 
 import errno
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -91,12 +92,42 @@ class _State:
 
 @dataclass(frozen=True)
 class Target:
-    """Where the files land."""
+    """Where the files land: the Hugging Face cache (blobs, snapshot links, refs), or, with
+    ``local_dir``, that directory alone in huggingface_hub's local-dir layout (the cache is
+    only read: a blob already there is copied, never fetched again)."""
 
     cache_dir: Path
     repo_id: str
     commit: str
     local_dir: Path | None
+
+    def final(self, entry: FileEntry) -> Path:
+        """Where the verified file ends up: its blob, or ``local_dir/path``."""
+        if self.local_dir is not None:
+            return layout.local_file_path(self.local_dir, entry)
+        return layout.blob_path(self.cache_dir, self.repo_id, entry)
+
+    def incomplete(self, entry: FileEntry) -> Path:
+        if self.local_dir is not None:
+            return layout.local_incomplete_path(self.local_dir, entry)
+        return layout.incomplete_path(self.cache_dir, self.repo_id, entry)
+
+    def lock(self, entry: FileEntry) -> Path:
+        """The lock huggingface_hub takes for the same file (blob, or local-dir path)."""
+        if self.local_dir is not None:
+            return layout.local_lock_path(self.local_dir, entry)
+        return layout.lock_path(self.cache_dir, self.repo_id, entry)
+
+    def quarantine_dir(self) -> Path:
+        if self.local_dir is not None:
+            return layout.local_quarantine_dir(self.local_dir)
+        return layout.cache_quarantine_dir(self.cache_dir, self.repo_id)
+
+    def cached_blob(self, entry: FileEntry) -> Path | None:
+        """A local-dir download's copy in the HF cache, which may spare the transfer."""
+        if self.local_dir is None:
+            return None
+        return layout.blob_path(self.cache_dir, self.repo_id, entry)
 
 
 def source_urls(item: PlanItem, mirrors: Mapping[str, Mirror]) -> list[SourceURL]:
@@ -111,11 +142,25 @@ def source_urls(item: PlanItem, mirrors: Mapping[str, Mirror]) -> list[SourceURL
 
 
 def place(target: Target, entry: FileEntry) -> None:
-    """Link a blob that is in ``blobs/`` into the snapshot (and the local dir)."""
-    layout.link_snapshot(target.cache_dir, target.repo_id, target.commit, entry)
+    """Make a verified file at ``target.final(entry)`` visible: its snapshot link in the
+    cache, or hf's metadata beside it in a local dir."""
     if target.local_dir is not None:
-        blob = layout.blob_path(target.cache_dir, target.repo_id, entry)
-        layout.place_in_local_dir(blob, target.local_dir, entry, target.commit)
+        layout.write_local_metadata(target.local_dir, entry, target.commit)
+    else:
+        layout.link_snapshot(target.cache_dir, target.repo_id, target.commit, entry)
+
+
+def _verifies(path: Path, entry: FileEntry) -> bool:
+    """``path`` is a regular file (not a link: one planted there may point anywhere) of the
+    entry's size and digest."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
+            return False
+        check(path, entry)
+    except (OSError, VerificationError):
+        return False
+    return True
 
 
 def fetch(
@@ -203,13 +248,18 @@ class Executor:
     # --- per-file steps ---------------------------------------------------------------------
 
     def _blob_ok(self, entry: FileEntry) -> bool:
-        """A blob already in ``blobs/`` (another revision's, or another process's): verify it."""
-        blob = layout.blob_path(self.target.cache_dir, self.target.repo_id, entry)
+        """The file is already where it lands (a blob of another revision's, another
+        process's, or a local-dir file without its metadata, e.g. the cache it came with is
+        gone) and verifies; or, for a local dir, the HF cache has it and it is copied over."""
+        if _verifies(self.target.final(entry), entry):
+            return True
+        cached = self.target.cached_blob(entry)
+        if cached is None or not _verifies(cached, entry):
+            return False
+        assert self.target.local_dir is not None
         try:
-            if blob.stat().st_size != entry.size:
-                return False
-            check(blob, entry)
-        except (OSError, VerificationError):
+            layout.place_in_local_dir(cached, self.target.local_dir, entry, self.target.commit)
+        except OSError:
             return False
         return True
 
@@ -223,7 +273,7 @@ class Executor:
 
     def _job(self, state: _State) -> FetchJob:
         entry = state.item.entry
-        dest = layout.incomplete_path(self.target.cache_dir, self.target.repo_id, entry)
+        dest = self.target.incomplete(entry)
         dest.parent.mkdir(parents=True, exist_ok=True)
         sources = state.sources[:1] if state.retry_single else state.sources
         return FetchJob(
@@ -248,9 +298,7 @@ class Executor:
             contributors = tuple(m for m, n in result.bytes_by_mirror.items() if n > 0) or tuple(
                 s.mirror for s in job.sources
             )
-            layout.quarantine(
-                job.dest, self.target.cache_dir, self.target.repo_id, entry, contributors
-            )
+            layout.quarantine(job.dest, self.target.quarantine_dir(), entry, contributors)
             self.reporter.on_verify_failed(entry.path, contributors, exc.message)
             with self._lock:
                 state.attempts.append(f"{'+'.join(contributors)}: {exc.message}")
@@ -268,9 +316,7 @@ class Executor:
                     # Several mirrors contributed: find the bad one by fetching from one at a time.
                     state.retry_single = True
             return
-        layout.commit_blob(
-            job.dest, layout.blob_path(self.target.cache_dir, self.target.repo_id, entry)
-        )
+        layout.commit_blob(job.dest, self.target.final(entry))
         place(self.target, entry)
         got_from = [m for m, n in result.bytes_by_mirror.items() if n > 0] or [
             s.mirror for s in job.sources
@@ -331,11 +377,7 @@ class Executor:
         state.retry_single = False
         state.transfer_retries = 0
         state.rounds = 0
-        cache, repo = self.target.cache_dir, self.target.repo_id
-        old_tmp, new_tmp = (
-            layout.incomplete_path(cache, repo, old),
-            layout.incomplete_path(cache, repo, new),
-        )
+        old_tmp, new_tmp = self.target.incomplete(old), self.target.incomplete(new)
         if old_tmp == new_tmp:
             # Same blob name, another size: what is there was written for the other copy.
             for leftover in (
@@ -344,12 +386,12 @@ class Executor:
                 new_tmp.with_name(new_tmp.name + ".aria2"),
             ):
                 leftover.unlink(missing_ok=True)
-        if layout.lock_path(cache, repo, old) != layout.lock_path(cache, repo, new):
+        if self.target.lock(old) != self.target.lock(new):
             # Never hold one blob's lock while waiting for another's (two pulls would
             # deadlock); the partial download of the other copy stays for a later resume.
             if state.lock is not None and state.lock.is_locked:
                 state.lock.release(force=True)
-            lock_file = layout.lock_path(cache, repo, new)
+            lock_file = self.target.lock(new)
             lock_file.parent.mkdir(parents=True, exist_ok=True)
             state.lock = FileLock(lock_file)
             while not self.cancel.is_set():
@@ -493,13 +535,10 @@ class Executor:
             for state in self.states.values():
                 entry = state.item.entry
                 if state.item.present:
-                    if self.target.local_dir is None:
-                        state.outcome = FileOutcome(entry.path, entry.size, "reused")
-                        self.reporter.on_file_done(entry.path, entry.size, 0.0, True)
-                    else:
-                        self._reuse(state, started)
+                    state.outcome = FileOutcome(entry.path, entry.size, "reused")
+                    self.reporter.on_file_done(entry.path, entry.size, 0.0, True)
                     continue
-                lock_file = layout.lock_path(self.target.cache_dir, self.target.repo_id, entry)
+                lock_file = self.target.lock(entry)
                 lock_file.parent.mkdir(parents=True, exist_ok=True)
                 state.lock = FileLock(lock_file)
                 try:
@@ -658,7 +697,7 @@ def carry_out(
             f"the disk filled up while pulling {repo_id}; nothing incomplete was put in place",
             hint="free some space and run the same command again: it resumes where it stopped",
         )
-    if any(o.status != "failed" for o in outcomes) or not outcomes:
+    if target.local_dir is None and (any(o.status != "failed" for o in outcomes) or not outcomes):
         try:
             layout.write_ref(target.cache_dir, repo_id, ref, plan.commit)
             if main_too and ref != "main":
@@ -703,7 +742,9 @@ def _supervise(executor: Executor, target: Target, cancel: threading.Event) -> l
         worker.join()
     if errors:
         if isinstance(errors[0], OSError):
-            raise local_error(errors[0], target.repo_id, target.cache_dir) from errors[0]
+            raise local_error(
+                errors[0], target.repo_id, target.cache_dir, target.local_dir
+            ) from errors[0]
         raise errors[0]
     return box[0] if box else []
 
@@ -758,10 +799,17 @@ def _result(
     )
 
 
-def local_error(exc: OSError, repo_id: str, hub_cache: Path) -> ModelgetError:
-    """A local write that failed (the cache's file system), as the error the user can act on."""
-    where = exc.filename or hub_cache
-    elsewhere = "pull into a writable cache: --cache-dir DIR (or HF_HUB_CACHE=DIR)"
+def local_error(
+    exc: OSError, repo_id: str, hub_cache: Path, local_dir: Path | None = None
+) -> ModelgetError:
+    """A local write that failed (the cache's, or the local dir's, file system), as the error
+    the user can act on."""
+    where = exc.filename or local_dir or hub_cache
+    elsewhere = (
+        "pull into a writable directory: --local-dir DIR"
+        if local_dir is not None
+        else "pull into a writable cache: --cache-dir DIR (or HF_HUB_CACHE=DIR)"
+    )
     if exc.errno == errno.ENOSPC:
         return InsufficientDiskSpaceError(
             f"the disk filled up while pulling {repo_id} (writing {where}); nothing "

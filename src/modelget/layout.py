@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def scan(
         if local_dir is not None:
             target = local_dir / entry.path
             try:
-                ok = target.is_file() and target.stat().st_size == entry.size
+                st = target.lstat()  # a link planted there is never "present": it is replaced
+                ok = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
             except OSError:
                 ok = False
             if ok and _metadata_ok(local_dir, entry, commit):
@@ -156,21 +158,43 @@ def write_ref(cache_dir: Path, repo_id: str, revision: str, commit: str) -> None
     os.replace(tmp, ref)
 
 
-def place_in_local_dir(blob: Path, local_dir: Path, entry: FileEntry, commit: str) -> Path:
-    """A real file at ``local_dir/path`` (hardlinked from the cache blob where possible) and
-    huggingface_hub's ``.cache/huggingface/download/{path}.metadata`` beside it."""
+# --- a --local-dir download: huggingface_hub's local-dir layout, the HF cache untouched ---
+#
+# ``hf download --local-dir`` writes nothing to the cache; neither does modelget. A file is
+# fetched into ``DIR/.cache/huggingface/download/`` (its ``.incomplete`` beside hf's
+# ``{path}.metadata`` and ``{path}.lock``), verified there, then renamed to ``DIR/{path}``.
+
+
+def _local_meta_dir(local_dir: Path) -> Path:
+    return local_dir / ".cache" / "huggingface"
+
+
+def local_file_path(local_dir: Path, entry: FileEntry) -> Path:
+    return local_dir / entry.path
+
+
+def local_incomplete_path(local_dir: Path, entry: FileEntry) -> Path:
+    """Where an engine writes ``entry`` of a local-dir download. Named after hf's
+    ``{path}.metadata`` but not hf's own ``.incomplete`` name: hf resumes an incomplete file
+    from its size, and modelget's may have holes (ranges land out of order)."""
+    return _local_meta_dir(local_dir) / "download" / f"{entry.path}.{etag_of(entry)}.incomplete"
+
+
+def local_lock_path(local_dir: Path, entry: FileEntry) -> Path:
+    """huggingface_hub's lock for ``path`` in a local dir (``{path}.lock``): one fetch at a time."""
+    return _local_meta_dir(local_dir) / "download" / f"{entry.path}.lock"
+
+
+def local_quarantine_dir(local_dir: Path) -> Path:
+    return _local_meta_dir(local_dir) / "quarantine"
+
+
+def write_local_metadata(local_dir: Path, entry: FileEntry, commit: str) -> None:
+    """huggingface_hub's ``.cache/huggingface/download/{path}.metadata`` (commit, etag, time),
+    so that hf and modelget both see ``DIR/{path}`` as that file at that commit."""
     import time
 
-    target = local_dir / entry.path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(blob, tmp)
-    except OSError:
-        shutil.copyfile(blob, tmp)
-    os.replace(tmp, target)
-    meta_root = local_dir / ".cache" / "huggingface"
+    meta_root = _local_meta_dir(local_dir)
     meta = meta_root / "download" / f"{entry.path}.metadata"
     meta.parent.mkdir(parents=True, exist_ok=True)
     gitignore = meta_root / ".gitignore"
@@ -179,16 +203,33 @@ def place_in_local_dir(blob: Path, local_dir: Path, entry: FileEntry, commit: st
     meta_tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
     meta_tmp.write_text(f"{commit}\n{etag_of(entry)}\n{time.time()}\n")
     os.replace(meta_tmp, meta)
+
+
+def place_in_local_dir(blob: Path, local_dir: Path, entry: FileEntry, commit: str) -> Path:
+    """A real file at ``local_dir/path`` from a verified blob elsewhere (a cache blob:
+    hardlinked where possible, else copied) and huggingface_hub's metadata beside it."""
+    target = local_file_path(local_dir, entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(blob, tmp)
+    except OSError:
+        shutil.copyfile(blob, tmp)
+    os.replace(tmp, target)
+    write_local_metadata(local_dir, entry, commit)
     return target
 
 
-def quarantine(
-    tmp: Path, cache_dir: Path, repo_id: str, entry: FileEntry, mirrors: Iterable[str]
-) -> Path:
-    """Move bytes that failed verification aside (never into place), named for inspection."""
+def cache_quarantine_dir(cache_dir: Path, repo_id: str) -> Path:
+    return repo_dir(cache_dir, repo_id) / ".quarantine"
+
+
+def quarantine(tmp: Path, qdir: Path, entry: FileEntry, mirrors: Iterable[str]) -> Path:
+    """Move bytes that failed verification aside (never into place), named for inspection, into
+    ``qdir`` (:func:`cache_quarantine_dir` or :func:`local_quarantine_dir`)."""
     import time
 
-    qdir = repo_dir(cache_dir, repo_id) / ".quarantine"
     qdir.mkdir(parents=True, exist_ok=True)
     name = f"{etag_of(entry)}.{int(time.time())}.{'+'.join(mirrors) or 'unknown'}"
     dest = qdir / name

@@ -151,6 +151,7 @@ def make_plan(
     *,
     present: Collection[str] = (),
     free_bytes: int | None = None,
+    space_at: str = "the destination",
     throughput_bps: Mapping[str, float] | None = None,
     disagreements: Sequence[Disagreement] = (),
     excluded: Sequence[str] = (),
@@ -164,7 +165,9 @@ def make_plan(
     ``alternatives[path]``: other copies of that file to try, in order, when the mirrors tie
     on it (``manifest.copies``); they go into the item as they are.
     Raises ``NoMirrorError`` when a file to fetch has no source, and
-    ``InsufficientDiskSpaceError`` when ``free_bytes`` cannot hold the fetch.
+    ``InsufficientDiskSpaceError`` when ``free_bytes`` cannot hold the fetch (``space_at``
+    names the directory whose file system that is: every byte of a pull, partial files
+    included, is written under one destination, the cache or the local dir).
     """
     items: list[PlanItem] = []
     for entry in sorted(wanted, key=lambda e: e.path):
@@ -185,7 +188,8 @@ def make_plan(
     if free_bytes is not None and free_bytes < need:
         raise InsufficientDiskSpaceError(
             f"not enough disk space: the pull needs {fmt_bytes(need)} "
-            f"({fmt_bytes(fetch)} of files + temporary space), the destination has {fmt_bytes(free_bytes)}",
+            f"({fmt_bytes(fetch)} of files + temporary space), {space_at} has "
+            f"{fmt_bytes(free_bytes)} free",
             hint="free some space, or choose another destination with --cache-dir or --local-dir",
         )
 
