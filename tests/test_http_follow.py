@@ -285,15 +285,18 @@ class _Server:
 
 @pytest.fixture
 def servers() -> Iterator[tuple[_Server, _Server]]:
-    """``hub`` redirects ``/same`` to itself (``/data``), ``/cross`` to ``cdn``, ``/loop`` to
-    itself forever and ``/ftp`` to an ftp URL; ``cdn`` serves ``/data``."""
-    cdn = _Server(lambda path: (200, {}, b"cdn bytes"))
+    """``hub`` redirects ``/same`` to itself (``/data``), ``/cross*`` to ``cdn`` (``/data*``),
+    ``/loop`` to itself forever and ``/ftp`` to an ftp URL; ``cdn`` serves anything (JSON for
+    a ``.json`` path)."""
+    cdn = _Server(
+        lambda path: (200, {}, b'{"from": "cdn"}' if path.endswith(".json") else b"cdn bytes")
+    )
 
     def hub_route(path: str) -> tuple[int, dict[str, str], bytes]:
         if path == "/same":
             return 302, {"Location": "/data"}, b""
-        if path == "/cross":
-            return 302, {"Location": f"{cdn.url}/data"}, b""
+        if path.startswith("/cross"):
+            return 302, {"Location": f"{cdn.url}/data{path[len('/cross') :]}"}, b""
         if path == "/loop":
             return 301, {"Location": "/loop"}, b""
         if path == "/ftp":
@@ -348,3 +351,23 @@ def test_resolve_final_url_words_the_follower_s_refusals_as_before(
         with pytest.raises(ResolveURLError, match=r"redirected to a non-HTTP URL \(ftp\)"):
             resolve_final_url(client, f"{hub.url}/ftp")
     assert cdn.log == [("/data", None)]
+
+
+def test_the_cdn_source_s_metadata_goes_through_the_follower(
+    servers: tuple[_Server, _Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``cdn`` mirror's JSON files (once httpx's own follower) follow the one rule: its
+    token goes to its endpoint's origin, not to the host a redirect points at."""
+    from modelget.datatypes import Mirror
+    from modelget.errors import MirrorUnavailableError
+    from modelget.sources.cdn import CdnSource
+
+    hub, cdn = servers
+    monkeypatch.setenv("CDN_TOKEN", "secret")
+    mirror = Mirror(name="m", kind="cdn", endpoint=hub.url, token_env="CDN_TOKEN")
+    source = CdnSource()
+    assert source._get_json(mirror, f"{hub.url}/cross.json", 10) == (200, {"from": "cdn"})
+    assert hub.log == [("/cross.json", "Bearer secret")]
+    assert cdn.log == [("/data.json", None)]
+    with pytest.raises(MirrorUnavailableError, match="unreachable: redirected to a non-HTTP"):
+        source._get_json(mirror, f"{hub.url}/ftp", 10)
