@@ -86,6 +86,10 @@ def status_of(error: ModelgetError) -> str:
     return "error"
 
 
+_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "modelget-probe"}
+"""What every probe request sends (on every hop)."""
+
+
 def _credentials(mirror: Mirror) -> dict[str, str]:
     """The mirror's token as a header, for its endpoint's own origin only."""
     token = mirror_token(mirror)
@@ -95,7 +99,7 @@ def _credentials(mirror: Mirror) -> dict[str, str]:
 def _headers_for(
     url: str, mirror: Mirror, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    headers = {"Accept-Encoding": "identity", "User-Agent": "modelget-probe"}
+    headers = dict(_HEADERS)
     if same_host(url, mirror):
         headers.update(_credentials(mirror))
     headers.update(extra or {})
@@ -151,8 +155,7 @@ def range_sample(
     """
     import httpx
 
-    headers = {"Accept-Encoding": "identity", "User-Agent": "modelget-probe"}
-    headers["Range"] = f"bytes=0-{want - 1}"
+    headers = {**_HEADERS, "Range": f"bytes=0-{want - 1}"}
     start = time.perf_counter()
     try:
         with http.follow(

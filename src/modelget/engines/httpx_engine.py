@@ -23,8 +23,9 @@ One pull is one pool of work and one pool of connections (see :mod:`modelget.sch
   lands only the last stretch is left to hash, and the executor verifies against those
   digests without reading the file again.
 * Redirects are followed by hand, by the one follower (:func:`modelget.http.follow`): the
-  mirror's headers (its token) go only to its own origin, never to the signed CDN URL it redirects to. A signed URL that is refused later
-  (expired) is resolved again from the mirror's own URL.
+  mirror's headers (its token) go only to its own origin, never to the signed CDN URL it
+  redirects to. A signed URL that is refused later (expired) is resolved again from the
+  mirror's own URL.
 """
 
 from __future__ import annotations
