@@ -5,6 +5,11 @@
   are one origin; userinfo is never part of the host). Credentials go only to their own
   origin: the token scoping of ``auth``, the redirect follower of ``engines.redirects`` and
   the engines all ask :func:`same_origin`.
+* **The redirect follower**, one implementation: :func:`follow` follows redirects by hand,
+  sends credentials only on hops on their own origin, refuses non-HTTP(S) targets and caps
+  the hops. Every hand-written redirect walk (``engines.redirects.resolve_final_url``, the
+  httpx engine's transfers, the probe's Range sample, the ``cdn`` source's metadata) is a
+  call of it; the callers turn its :class:`RedirectError` into their own errors.
 * :func:`redact_url`: a URL fit for messages (no query, no credentials).
 * :func:`client`: every ``httpx.Client`` modelget makes comes from here: one User-Agent,
   identity encoding (bytes are hashed as sent), the shared TLS context, no automatic
@@ -18,10 +23,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ssl
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from modelget._version import __version__
@@ -35,6 +43,8 @@ USER_AGENT = f"modelget/{__version__}"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Origin = tuple[str, str, int | None]
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+HTTP_SCHEMES = ("http", "https")
 
 
 def origin_of(scheme: str, host: str, port: int | None) -> Origin:
@@ -65,6 +75,169 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return f"{parts.scheme}://{host}{parts.path}" + ("?..." if parts.query else "")
+
+
+RedirectProblem = Literal["no-location", "bad-location", "non-http", "too-many"]
+
+
+class RedirectError(Exception):
+    """A walk :func:`follow` refused to go on with; callers turn it into their own error.
+
+    ``kind``: ``no-location`` (a redirect status without a ``Location``), ``bad-location``
+    (one httpx cannot parse; ``status`` is None when httpx refused it first), ``non-http`` (a
+    URL whose scheme is not http or https) or ``too-many`` (still a redirect after
+    ``max_hops`` of them). ``url``: the URL concerned (the one that answered without a
+    Location, the non-HTTP URL, the last redirect target); ``status``: the redirect's status
+    (None for ``non-http`` on the first URL); ``hops``: redirects followed before it. The
+    message holds no URL (callers add a redacted one where they want it)."""
+
+    def __init__(
+        self, message: str, *, kind: RedirectProblem, url: str, status: int | None, hops: int
+    ) -> None:
+        super().__init__(message)
+        self.kind: RedirectProblem = kind
+        self.url = url
+        self.status = status
+        self.hops = hops
+
+    @property
+    def scheme(self) -> str:
+        """The scheme of ``url`` (for ``non-http``: the one refused), lower-cased."""
+        return urlsplit(self.url).scheme.lower()
+
+
+@dataclass(frozen=True)
+class Followed:
+    """Where a :func:`follow` walk ended."""
+
+    response: httpx.Response
+    """The final answer (not a redirect); open inside the ``with`` block."""
+    url: str
+    """The URL that gave it (the first URL when ``hops`` is 0)."""
+    hops: int
+    """Redirects followed."""
+
+
+@contextlib.contextmanager
+def follow(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    credentials: Mapping[str, str] | None = None,
+    credentials_origin: str | None = None,
+    max_hops: int,
+    stream: bool = True,
+    on_response: Callable[[httpx.Response], None] | None = None,
+) -> Iterator[Followed]:
+    """Send ``method url`` and follow its redirects by hand; yield the final answer.
+
+    ``headers`` go on every hop; ``credentials`` (a mirror's ``Authorization``, a source's
+    headers) only on hops whose URL has the origin of ``credentials_origin`` (default:
+    ``url``) by :func:`same_origin`, and ``headers`` win where both name a header. A URL
+    whose scheme is not http(s) is never sent to (the first one included); at most
+    ``max_hops`` redirects are followed. ``client`` must not follow redirects itself (the
+    hops go with ``follow_redirects=False`` anyway).
+
+    ``stream``: the final answer's body is left unread for the caller to consume (else it is
+    read before the yield). Redirect answers are closed unread. ``on_response`` is called
+    with every answer, redirects included, as soon as its headers are in (a caller that
+    times hops or may cut a stalled connection registers it there).
+
+    The response is closed when the ``with`` block ends. Raises :class:`RedirectError` for a
+    redirect without a (valid) ``Location``, a non-HTTP URL or more than ``max_hops`` redirects;
+    httpx's own errors (network, timeout) pass through. As httpx does, a 303 (and a 301 or
+    302 answering a ``POST``) turns the next hop into a ``GET``."""
+    own = credentials_origin or url
+    current = url
+    hops = 0
+    status: int | None = None
+    while True:
+        scheme = urlsplit(current).scheme.lower()
+        if scheme not in HTTP_SCHEMES:
+            what = "redirected to a non-HTTP URL" if hops else "not an HTTP URL"
+            raise RedirectError(
+                f"{what} ({scheme or 'no scheme'})",
+                kind="non-http",
+                url=current,
+                status=status,
+                hops=hops,
+            )
+        send = dict(headers or {})
+        if credentials and same_origin(current, own):
+            send = {**credentials, **send}
+        with _send(client, method, current, send, hops) as response:
+            if on_response is not None:
+                on_response(response)
+            status = response.status_code
+            if status not in REDIRECT_STATUSES:
+                if not stream:
+                    response.read()
+                yield Followed(response, current, hops)
+                return
+            current = _next_url(response, current, hops, max_hops)
+            if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+                method = "GET"
+            hops += 1
+        # Leaving the block closed the redirect unread: its body is not drained (httpx drops
+        # that connection instead of reading a body nobody wants).
+
+
+@contextlib.contextmanager
+def _send(
+    client: httpx.Client, method: str, url: str, headers: dict[str, str], hops: int
+) -> Iterator[httpx.Response]:
+    """One hop, streamed, never followed by httpx. httpx works out a redirect's next request
+    even when it does not follow it, and raises ``InvalidURL`` for a ``Location`` it cannot
+    parse (the URL itself was built, so that is the Location): a refusal like the others."""
+    import httpx
+
+    request = client.build_request(method, url, headers=headers)
+    try:
+        response = client.send(request, stream=True, follow_redirects=False)
+    except httpx.InvalidURL:
+        raise RedirectError(
+            "a redirect with an invalid Location",
+            kind="bad-location",
+            url=url,
+            status=None,
+            hops=hops,
+        ) from None
+    try:
+        yield response
+    finally:
+        response.close()
+
+
+def _next_url(response: httpx.Response, url: str, hops: int, max_hops: int) -> str:
+    """Where the redirect ``response`` (from ``url``, after ``hops`` redirects) points."""
+    import httpx
+
+    status = response.status_code
+    location = response.headers.get("Location")
+    if not location:
+        raise RedirectError(
+            f"HTTP {status} without a Location",
+            kind="no-location",
+            url=url,
+            status=status,
+            hops=hops,
+        )
+    if hops >= max_hops:
+        raise RedirectError(
+            f"more than {max_hops} redirects", kind="too-many", url=url, status=status, hops=hops
+        )
+    try:
+        return str(httpx.URL(url).join(location))
+    except httpx.InvalidURL:
+        raise RedirectError(
+            f"HTTP {status} with an invalid Location",
+            kind="bad-location",
+            url=url,
+            status=status,
+            hops=hops,
+        ) from None
 
 
 def ssl_context(verify_tls: bool = True) -> ssl.SSLContext:

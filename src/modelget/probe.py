@@ -46,6 +46,8 @@ DEFAULT_TIMEOUT_S = 5.0
 #: this floor, timing noise on a fast link outweighs real latency differences.
 SAMPLE_MAX_BYTES = 16 * 1024 * 1024
 SAMPLE_S = 0.25
+#: Redirects a Range sample follows: a 5th answer that is still a redirect ends it.
+SAMPLE_MAX_REDIRECTS = 4
 
 
 @dataclass
@@ -84,13 +86,22 @@ def status_of(error: ModelgetError) -> str:
     return "error"
 
 
+_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "modelget-probe"}
+"""What every probe request sends (on every hop)."""
+
+
+def _credentials(mirror: Mirror) -> dict[str, str]:
+    """The mirror's token as a header, for its endpoint's own origin only."""
+    token = mirror_token(mirror)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _headers_for(
     url: str, mirror: Mirror, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    headers = {"Accept-Encoding": "identity", "User-Agent": "modelget-probe"}
-    token = mirror_token(mirror)
-    if token and same_host(url, mirror):
-        headers["Authorization"] = f"Bearer {token}"
+    headers = dict(_HEADERS)
+    if same_host(url, mirror):
+        headers.update(_credentials(mirror))
     headers.update(extra or {})
     return headers
 
@@ -138,21 +149,28 @@ def range_sample(
     """Read at most ``want`` bytes of ``url`` (stopping after ``sample_s`` seconds of body,
     or as soon as ``keep_going``, called after each chunk, returns False).
 
-    The token goes only to the mirror's own host: redirects are followed by hand, and each
-    hop's headers are built for that hop's URL. None when the 5th answer is still a redirect.
+    The token goes only to the mirror's own origin: redirects are followed by hand
+    (:func:`modelget.http.follow`, at most ``SAMPLE_MAX_REDIRECTS``), the token only on hops
+    on the mirror endpoint's origin. None when the 5th answer is still a redirect.
     """
     import httpx
 
+    headers = {**_HEADERS, "Range": f"bytes=0-{want - 1}"}
     start = time.perf_counter()
-    for hops in range(5):
-        headers = _headers_for(url, mirror, {"Range": f"bytes=0-{want - 1}"})
-        with client.stream("GET", url, headers=headers) as response:
-            if response.is_redirect:
-                url = str(httpx.URL(url).join(response.headers["Location"]))
-                continue
+    try:
+        with http.follow(
+            client,
+            "GET",
+            url,
+            headers=headers,
+            credentials=_credentials(mirror),
+            credentials_origin=mirror.endpoint,
+            max_hops=SAMPLE_MAX_REDIRECTS,
+        ) as got:
+            response = got.response
             if response.status_code not in (200, 206):
-                return RangeSample(response.status_code, url, hops)
-            got = first_chunk = 0
+                return RangeSample(response.status_code, got.url, got.hops)
+            got_bytes = first_chunk = 0
             first: float | None = None
             ttfb: float | None = None
             for chunk in response.iter_raw(64 * 1024):
@@ -160,14 +178,24 @@ def range_sample(
                     first = time.perf_counter()
                     ttfb = first - start
                     first_chunk = len(chunk)
-                got += len(chunk)
-                if got >= want or time.perf_counter() - first >= sample_s:
+                got_bytes += len(chunk)
+                if got_bytes >= want or time.perf_counter() - first >= sample_s:
                     break
                 if keep_going is not None and not keep_going():
                     break
             seconds = time.perf_counter() - first if first is not None else 0.0
-            return RangeSample(response.status_code, url, hops, ttfb, got, first_chunk, seconds)
-    return None
+            status = response.status_code
+            return RangeSample(status, got.url, got.hops, ttfb, got_bytes, first_chunk, seconds)
+    except http.RedirectError as exc:
+        if exc.kind == "too-many":
+            return None
+        if exc.kind == "no-location" and exc.status is not None:
+            # Not a redirect one can follow: the answer the sample got.
+            return RangeSample(exc.status, exc.url, exc.hops)
+        # As httpx errors, which the callers catch (a non-HTTP URL: what httpx would raise).
+        if exc.kind == "non-http":
+            raise httpx.UnsupportedProtocol(str(exc)) from None
+        raise httpx.RemoteProtocolError(str(exc)) from None
 
 
 def _throughput(

@@ -22,9 +22,10 @@ One pull is one pool of work and one pool of connections (see :mod:`modelget.sch
   bytes back from the page cache (:class:`modelget.verify.PrefixHasher`): when the last byte
   lands only the last stretch is left to hash, and the executor verifies against those
   digests without reading the file again.
-* Redirects are followed by hand: the mirror's headers (its token) go only to its own
-  origin, never to the signed CDN URL it redirects to. A signed URL that is refused later
-  (expired) is resolved again from the mirror's own URL.
+* Redirects are followed by hand, by the one follower (:func:`modelget.http.follow`): the
+  mirror's headers (its token) go only to its own origin, never to the signed CDN URL it
+  redirects to. A signed URL that is refused later (expired) is resolved again from the
+  mirror's own URL.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from modelget.engines.ranges import (
     save_sidecar,
 )
 from modelget.events import Reporter, report_connections
-from modelget.http import redact_url, same_origin
+from modelget.http import redact_url
 from modelget.retry import (
     MAX_RETRY_AFTER_S,
     AttemptError,
@@ -77,7 +78,6 @@ MAX_WORKERS = 256
 MAX_RENEWALS = 3
 HASH_STEP = 64 * 1024 * 1024
 HASH_BUFFER = 4 * 1024 * 1024
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class _Cancelled(Exception):
@@ -561,44 +561,45 @@ class _Pull:
             validator = f.validators.get(src.name)
         if first > last:
             return
-        for _hop in range(MAX_REDIRECTS + 1):
-            headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
-            if validator:
-                headers["If-Range"] = validator
-            if source.headers and same_origin(url, source.url):
-                headers = {**source.headers, **headers}
-            try:
-                with self.client.stream("GET", url, headers=headers) as response:
-                    status = response.status_code
-                    with self.lock:
-                        sched.answered(r, time.monotonic())
-                        self.streams[r.id] = response
-                    if status in _REDIRECTS:
-                        location = response.headers.get("Location")
-                        if not location:
-                            raise AttemptError(f"HTTP {status} without a Location", retryable=False)
-                        url = str(httpx.URL(url).join(location))
-                        if httpx.URL(url).scheme not in ("http", "https"):
-                            raise AttemptError("redirected to a non-HTTP URL", retryable=False)
-                        continue
-                    if url != source.url:
-                        src.final_url = url
-                    self._check_response(f, src, response, url, first, validator)
-                    self._consume(f, src, r, response)
-                    return
-            except httpx.TimeoutException as exc:
-                raise AttemptError(
-                    f"stalled: {type(exc).__name__} after {_timeout_of(self.options)} s"
-                ) from None
-            except httpx.HTTPError as exc:
-                if r.left() == 0:
-                    # Its range was taken over (it had gone silent) and the socket cut.
-                    raise AttemptError(TAKEN) from None
-                raise AttemptError(f"{type(exc).__name__}: {exc}") from None
-            finally:
-                with self.lock:
-                    self.streams.pop(r.id, None)
-        raise AttemptError(f"more than {MAX_REDIRECTS} redirects", retryable=False)
+        headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
+        if validator:
+            headers["If-Range"] = validator
+
+        def answered(response: httpx.Response) -> None:
+            # Every answer, redirects included, is progress and can be cut by the watchdog.
+            with self.lock:
+                sched.answered(r, time.monotonic())
+                self.streams[r.id] = response
+
+        try:
+            with http.follow(
+                self.client,
+                "GET",
+                url,
+                headers=headers,
+                credentials=source.headers,
+                credentials_origin=source.url,
+                max_hops=MAX_REDIRECTS,
+                on_response=answered,
+            ) as got:
+                if got.url != source.url:
+                    src.final_url = got.url
+                self._check_response(f, src, got.response, got.url, first, validator)
+                self._consume(f, src, r, got.response)
+        except http.RedirectError as exc:
+            raise _redirect_failure(exc) from None
+        except httpx.TimeoutException as exc:
+            raise AttemptError(
+                f"stalled: {type(exc).__name__} after {_timeout_of(self.options)} s"
+            ) from None
+        except httpx.HTTPError as exc:
+            if r.left() == 0:
+                # Its range was taken over (it had gone silent) and the socket cut.
+                raise AttemptError(TAKEN) from None
+            raise AttemptError(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            with self.lock:
+                self.streams.pop(r.id, None)
 
     def _check_response(
         self,
@@ -837,6 +838,15 @@ def _write_sidecar(f: _File, fd: int, lock: threading.Condition | None = None) -
 def _write_sidecar_quietly(f: _File, lock: threading.Condition | None = None) -> None:
     with contextlib.suppress(OSError):
         _write_sidecar(f, f.fd, lock)
+
+
+def _redirect_failure(exc: http.RedirectError) -> AttemptError:
+    """A redirect walk the follower refused: not worth retrying on this mirror."""
+    if exc.kind == "non-http":
+        return AttemptError("redirected to a non-HTTP URL", retryable=False)
+    if exc.kind == "too-many":
+        return AttemptError(f"more than {MAX_REDIRECTS} redirects", retryable=False)
+    return AttemptError(str(exc), retryable=False)  # no Location, or one that is not a URL
 
 
 def _timeout_of(options: EngineOptions) -> float:

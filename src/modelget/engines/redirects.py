@@ -3,9 +3,9 @@
 A mirror's headers (``SourceURL.headers``, e.g. ``Authorization``) may be sent only to the
 scheme, host and port of the mirror's own URL. Hubs answer a download URL with a redirect to
 a signed CDN/object-store URL; that URL carries its own credentials (the signature) and must
-not see the token. :func:`resolve_final_url` follows redirects by hand (at most
-``max_hops``), sends the headers only on hops that stay on the source's origin, and returns
-the final URL, so an engine that cannot be trusted to drop headers across redirects (aria2c
+not see the token. :func:`resolve_final_url` follows redirects with the one follower,
+:func:`modelget.http.follow` (at most ``max_hops``; the headers only on hops that stay on
+the source's origin), and returns the final URL, so an engine that cannot be trusted to drop headers across redirects (aria2c
 sends a custom ``header`` to every host it is redirected to) gets a URL that needs none.
 
 The probe is a ``GET`` with ``Range: bytes=0-0`` rather than a ``HEAD``: presigned S3-style
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import httpx
 
+from modelget import http
 from modelget.errors import MirrorUnavailableError
 from modelget.http import origin, redact_url, same_origin
 from modelget.retry import parse_retry_after
@@ -38,7 +38,6 @@ __all__ = [
 re-exported here for one release."""
 
 DEFAULT_MAX_HOPS = 5
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
@@ -101,6 +100,25 @@ def _total_size(response: httpx.Response) -> int | None:
     return None
 
 
+def _redirect_error(exc: http.RedirectError, url: str, max_hops: int) -> ResolveURLError:
+    """The follower's refusal as this module has always worded it."""
+    if exc.kind in ("no-location", "bad-location"):
+        return ResolveURLError(f"{redact_url(exc.url)}: {exc}", status=exc.status)
+    if exc.kind == "non-http":
+        return ResolveURLError(
+            f"redirected to a non-HTTP URL ({exc.scheme or 'no scheme'})", url=exc.url
+        )
+    return ResolveURLError(f"{redact_url(url)}: more than {max_hops} redirects", url=url)
+
+
+def _failed_url(exc: httpx.HTTPError, url: str) -> str:
+    """The URL of the hop a network error happened on (``url`` if httpx does not say)."""
+    try:
+        return str(exc.request.url)
+    except RuntimeError:
+        return url
+
+
 def resolve_final_url(
     client: httpx.Client,
     url: str,
@@ -115,44 +133,35 @@ def resolve_final_url(
     :class:`ResolveURLError` for an error status, a network error, a redirect without
     ``Location``, a non-http(s) target or more than ``max_hops`` redirects.
     """
-    headers = dict(headers or {})
-    current = url
-    for hop in range(max_hops + 1):
-        scheme = urlsplit(current).scheme.lower()
-        if scheme not in ("http", "https"):
-            raise ResolveURLError(
-                f"redirected to a non-HTTP URL ({scheme or 'no scheme'})", url=current
-            )
-        send = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
-        if headers and same_origin(current, url):
-            send = {**headers, **send}
-        try:
-            with client.stream("GET", current, headers=send, follow_redirects=False) as response:
-                status = response.status_code
-                location = response.headers.get("Location")
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                size = _total_size(response)
-                # Leaving the block closes the response unread: a 200 (Range ignored) is not
-                # drained, httpx drops that connection instead.
-        except httpx.HTTPError as exc:
-            raise ResolveURLError(
-                f"{redact_url(current)}: {type(exc).__name__}: {exc}", url=current
-            ) from None
-        if status in _REDIRECTS:
-            if not location:
-                raise ResolveURLError(
-                    f"{redact_url(current)}: HTTP {status} without a Location", status=status
-                )
-            current = str(httpx.URL(current).join(location))
-            continue
-        if status in (200, 206):
-            return ResolvedURL(url, current, status, size, hop)
-        if status == 416 and size == 0:
-            return ResolvedURL(url, current, status, 0, hop)
+    try:
+        with http.follow(
+            client,
+            "GET",
+            url,
+            headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
+            credentials=headers,
+            max_hops=max_hops,
+        ) as got:
+            # Leaving the block closes the response unread: a 200 (Range ignored) is not
+            # drained, httpx drops that connection instead.
+            current, hop, response = got.url, got.hops, got.response
+            status = response.status_code
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            size = _total_size(response)
+    except http.RedirectError as exc:
+        raise _redirect_error(exc, url, max_hops) from None
+    except httpx.HTTPError as exc:
+        where = _failed_url(exc, url)
         raise ResolveURLError(
-            f"{redact_url(current)}: HTTP {status}",
-            status=status,
-            url=current,
-            retry_after=retry_after,
-        )
-    raise ResolveURLError(f"{redact_url(url)}: more than {max_hops} redirects", url=url)
+            f"{redact_url(where)}: {type(exc).__name__}: {exc}", url=where
+        ) from None
+    if status in (200, 206):
+        return ResolvedURL(url, current, status, size, hop)
+    if status == 416 and size == 0:
+        return ResolvedURL(url, current, status, 0, hop)
+    raise ResolveURLError(
+        f"{redact_url(current)}: HTTP {status}",
+        status=status,
+        url=current,
+        retry_after=retry_after,
+    )

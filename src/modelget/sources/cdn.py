@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from modelget import http
-from modelget.auth import mirror_token, same_host
+from modelget.auth import mirror_token
 from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind
 from modelget.errors import (
     AuthRequiredError,
@@ -32,6 +32,9 @@ from modelget.manifest import check_manifest, check_path
 
 FORMAT = "modelget.cdn/1"
 DEFAULT_REVISION = "main"
+MAX_REDIRECTS = 20
+"""Redirects followed for the JSON files (httpx's own limit, which applied before they went
+through :func:`modelget.http.follow`)."""
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -46,16 +49,29 @@ class CdnSource:
     def _get_json(self, mirror: Mirror, url: str, timeout: float) -> tuple[int, Any]:
         import httpx
 
-        headers: dict[str, str] = {}
         token = mirror_token(mirror)
-        if token and same_host(url, mirror):
-            headers["Authorization"] = f"Bearer {token}"
+        credentials = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            # httpx drops Authorization itself when a redirect leaves the origin.
-            with http.client(
-                timeout=timeout, verify_tls=mirror.verify_tls, follow_redirects=True
-            ) as client:
-                response = client.get(url, headers=headers)
+            # The one redirect follower: the token only on hops on the mirror's own origin.
+            with (
+                http.client(timeout=timeout, verify_tls=mirror.verify_tls) as client,
+                http.follow(
+                    client,
+                    "GET",
+                    url,
+                    credentials=credentials,
+                    credentials_origin=mirror.endpoint,
+                    max_hops=MAX_REDIRECTS,
+                    stream=False,
+                ) as got,
+            ):
+                response = got.response
+        except http.RedirectError as exc:
+            if exc.kind == "no-location" and exc.status is not None:
+                return exc.status, None  # a redirect with nowhere to go: its status, as before
+            raise MirrorUnavailableError(
+                f"{mirror.name} ({mirror.endpoint}) is unreachable: {exc}"
+            ) from exc
         except httpx.HTTPError as exc:
             raise MirrorUnavailableError(
                 f"{mirror.name} ({mirror.endpoint}) is unreachable: {exc}"
