@@ -25,6 +25,8 @@ from modelget.datatypes import (
 )
 from modelget.engines import EngineName, EngineOptions
 from modelget.errors import (
+    MirrorsUnreachableError,
+    OfflineMissingError,
     UsageError,
 )
 from modelget.events import NullReporter, Reporter
@@ -243,10 +245,16 @@ def pull(
     cancel: threading.Event | None = None,
     locked: LockedModel | None = None,
     verify_tls: bool = True,
+    offline: bool | None = None,
 ) -> PullResult:
     """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache
     (or ``local_dir``), and return what happened. ``verify_tls=False`` (``--insecure``)
     skips TLS certificate checks on every mirror, and says so through ``reporter``.
+
+    ``offline=True`` (default: ``MODELGET_OFFLINE`` or ``HF_HUB_OFFLINE`` set) makes no
+    request at all: the files on disk answer, or ``OfflineMissingError`` names what is missing.
+    When every mirror is unreachable and the destination already holds what is asked for, that
+    is the answer too, with a warning.
 
     Raises ``Interrupted`` (exit 130) when ``cancel`` is set or on Ctrl-C, with resumable
     state kept; ``InsufficientDiskSpaceError`` when the disk fills. Partial failures are in
@@ -281,33 +289,58 @@ def pull(
 
         reporter.on_message("warning", INSECURE_WARNING)
         options = replace(options, verify_tls=False)
-    # The engine (aria2c) starts while the mirrors are probed and the plan is made.
-    starter = EngineStarter(engine, options, reporter)
     hub_cache = _hub_cache(cache_dir)
-    try:
-        the_plan, by_name = _plan(
+    local = Path(local_dir).absolute() if local_dir else None
+
+    def from_disk() -> PullResult:
+        from modelget.offline import from_disk
+
+        return from_disk(
             repo_id,
             filenames,
             revision=revision,
             include=include,
             exclude=exclude,
-            mirrors=mirrors,
-            cache_dir=cache_dir,
-            local_dir=local_dir,
+            cache_dir=hub_cache,
+            local_dir=local,
             locked=locked,
-            verify_tls=verify_tls,
             reporter=reporter,
-            timings=timings,
         )
+
+    if settings.offline() if offline is None else offline:
+        return from_disk()
+    # The engine (aria2c) starts while the mirrors are probed and the plan is made.
+    starter = EngineStarter(engine, options, reporter)
+    try:
+        try:
+            the_plan, by_name = _plan(
+                repo_id,
+                filenames,
+                revision=revision,
+                include=include,
+                exclude=exclude,
+                mirrors=mirrors,
+                cache_dir=cache_dir,
+                local_dir=local_dir,
+                locked=locked,
+                verify_tls=verify_tls,
+                reporter=reporter,
+                timings=timings,
+            )
+        except MirrorsUnreachableError as unreachable:
+            try:
+                result = from_disk()
+            except OfflineMissingError:
+                raise unreachable from None
+            reporter.on_message(
+                "warning",
+                f"offline: mirrors unreachable, using the cached snapshot {result.commit}",
+            )
+            return result
         return carry_out(
             the_plan,
             by_name,
-            Target(
-                hub_cache,
-                repo_id,
-                the_plan.commit,
-                Path(local_dir).absolute() if local_dir else None,
-            ),
+            Target(hub_cache, repo_id, the_plan.commit, local),
             starter,
             reporter,
             cancel,

@@ -133,10 +133,22 @@ class NoMirrorError(ResolveError):
     code = "no-mirror"
 
 
+class MirrorsUnreachableError(NoMirrorError):
+    """No mirror answered at all (down, timing out, failing): an outage or no egress, not a
+    repo that is missing or private. Same code as ``NoMirrorError``; a pull then falls back
+    to what is on disk when that is complete."""
+
+
 class LockedCommitMissingError(ResolveError):
     """``pull --lock``: no mirror has the commit the lockfile pins (force-pushed, deleted)."""
 
     code = "locked-commit-missing"
+
+
+class OfflineMissingError(ResolveError):
+    """Offline (or every mirror unreachable): what the pull asks for is not complete on disk."""
+
+    code = "offline-missing"
 
 
 class TransferError(ModelgetError):

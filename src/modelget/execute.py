@@ -704,9 +704,33 @@ def carry_out(
                 layout.write_ref(target.cache_dir, repo_id, "main", plan.commit)
         except OSError as exc:
             raise local_error(exc, repo_id, target.cache_dir) from exc
+    _record(plan, target, executor, outcomes, reporter)
     return _result(
         plan, target, chosen.name, executor, outcomes, plan_s, transfer_s, started, timings
     )
+
+
+def _record(
+    plan: Plan,
+    target: Target,
+    executor: Executor,
+    outcomes: Sequence[FileOutcome],
+    reporter: Reporter,
+) -> None:
+    """Write what this pull put in place for the commit (``offline.record_pull``): an offline
+    pull, or one whose mirrors are all unreachable, checks completeness against it."""
+    from modelget.offline import record_pull
+
+    placed = [executor.states[o.path].item.entry for o in outcomes if o.status != "failed"]
+    others = [*plan.excluded, *(o.path for o in outcomes if o.status == "failed")]
+    try:
+        record_pull(target.repo_id, plan.commit, placed, others, target.cache_dir, target.local_dir)
+    except OSError as exc:
+        reporter.on_message(
+            "warning",
+            f"could not record the pulled files of {plan.commit[:12]} ({exc.strerror or exc}): "
+            "an offline pull will not be able to check that this snapshot is complete",
+        )
 
 
 def _announce(plan: Plan, repo_id: str, reporter: Reporter) -> None:

@@ -19,6 +19,7 @@ from modelget.errors import (
     AuthRequiredError,
     LockedCommitMissingError,
     LockMismatchError,
+    MirrorsUnreachableError,
     ModelgetError,
     ModelNotFoundError,
     NoMirrorError,
@@ -73,8 +74,10 @@ def resolve(
         order = [m for m in order if report.manifests[m.name].commit == locked.commit]
     if not order:
         failure = no_manifest_error(repo_id, revision, report)
-        if locked is not None and isinstance(
-            failure, (ModelNotFoundError, RevisionNotFoundError, NoMirrorError)
+        if (
+            locked is not None
+            and isinstance(failure, (ModelNotFoundError, RevisionNotFoundError, NoMirrorError))
+            and not isinstance(failure, MirrorsUnreachableError)  # no answer: nothing is known
         ):
             raise LockedCommitMissingError(
                 f"commit {locked.commit} of {repo_id}, pinned by the lockfile, is on no mirror "
@@ -117,6 +120,10 @@ def enabled_mirrors(mirrors: StrPath | None, verify_tls: bool = True) -> list[Mi
             prepare_unverified()
     return enabled
 
+
+UNREACHABLE = frozenset({"down", "error"})
+"""Probe states of a mirror that gave no answer about the repo (no connection, a timeout, a
+server error): when every mirror is in one, the network (or every mirror) is down."""
 
 PROBLEMS = frozenset({"down", "error", "rate-limited", "auth"})
 """Probe states worth a warning when a pull leaves the mirror out (not ``no-repo``: most
@@ -183,6 +190,16 @@ def no_manifest_error(repo_id: str, revision: str | None, report: ProbeReport) -
         return ModelNotFoundError(
             f"{repo_id} is on no mirror of the catalogue:\n{detail}",
             hint="check the repo id, or add a mirror that has it (docs/mirrors.md)",
+        )
+    if report.results and all(r.status in UNREACHABLE for r in report.results.values()):
+        tls = "CERTIFICATE_VERIFY_FAILED" in detail
+        return MirrorsUnreachableError(
+            f"no mirror could serve {shown}: none answered:\n{detail}",
+            hint="a mirror's TLS certificate is not trusted (self-signed, a private CA, or the "
+            "wrong host): fix the certificate, or, on a network you trust, pass --insecure"
+            if tls
+            else "check the network (proxy variables, DNS), or run `modelget probe` to see "
+            "each mirror's state; a model already on disk is pulled with --offline",
         )
     if "CERTIFICATE_VERIFY_FAILED" in detail:
         return NoMirrorError(

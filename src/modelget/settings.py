@@ -51,6 +51,14 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "HF_TOKEN",
         "Token for the mirrors whose catalogue entry says token_env: HF_TOKEN (bundled: huggingface.co).",
     ),
+    EnvVar(
+        "MODELGET_OFFLINE",
+        "If 1 (or true/yes/on), pulls make no request: the files on disk answer (as --offline).",
+    ),
+    EnvVar(
+        "HF_HUB_OFFLINE",
+        "huggingface_hub's offline switch, honoured the same way as MODELGET_OFFLINE.",
+    ),
     EnvVar("HF_HOME", "Hugging Face home; the hub cache defaults to $HF_HOME/hub."),
     EnvVar(
         "HF_HUB_CACHE", "Hugging Face hub cache directory (where pulled models land by default)."
@@ -172,6 +180,15 @@ def probe_ttl_s() -> float:
 
 def probe_timeout_s() -> float:
     return _float("MODELGET_PROBE_TIMEOUT", 5.0) or 5.0
+
+
+def offline() -> bool:
+    """``MODELGET_OFFLINE`` or ``HF_HUB_OFFLINE`` set to 1/true/yes/on (huggingface_hub's
+    own reading of its variable, so one switch serves both tools)."""
+    return any(
+        (env(name) or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for name in ("MODELGET_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def aria2c_override() -> str | None:

@@ -169,6 +169,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-rate", metavar="RATE", help="overall bandwidth cap, e.g. 50M or 800K (bytes/s)"
     )
     pull.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    pull.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="make no request: use what is on disk, or fail naming what is missing "
+        "(also MODELGET_OFFLINE=1 or HF_HUB_OFFLINE=1)",
+    )
     _add_insecure(pull)
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     pull.add_argument(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelget.cli import render
 from modelget.cli.render import Outcome
-from modelget.errors import EXIT_OK
+from modelget.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from modelget.engines import EngineOptions
@@ -105,8 +105,6 @@ def doctor(args: argparse.Namespace) -> Outcome:
 
 def rate(text: str) -> int:
     """``--max-rate``: bytes per second from ``50M``, ``800K``, ``1.5G``, ``2000``."""
-    from modelget.errors import UsageError
-
     units = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}
     raw = text.strip().upper().removesuffix("/S").removesuffix("B")
     unit = raw[-1:] if raw[-1:] in units and raw[-1:] else ""
@@ -180,6 +178,14 @@ def pull(args: argparse.Namespace) -> Iterator[Outcome]:
 
 
 def _dry_run(args: argparse.Namespace, repo_id: str, locked: LockedModel | None) -> Outcome:
+    from modelget import settings
+
+    if args.offline or settings.offline():
+        raise UsageError(
+            "--dry-run asks the mirrors for the plan, and this pull is offline",
+            hint="leave out --dry-run (an offline pull says what is on disk), or unset "
+            "MODELGET_OFFLINE / HF_HUB_OFFLINE",
+        )
     from modelget.api import plan
 
     _warn_insecure(args)
@@ -277,6 +283,7 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
             reporter=reporter,
             locked=locked,
             verify_tls=not args.insecure,
+            offline=args.offline,
         )
     finally:
         if isinstance(reporter, TqdmReporter):
