@@ -19,6 +19,7 @@ from modelget import api
 from modelget.errors import (
     AuthRequiredError,
     InsufficientDiskSpaceError,
+    ModelgetError,
     ModelNotFoundError,
     RateLimitedError,
     RevisionNotFoundError,
@@ -431,6 +432,31 @@ def test_back_to_back_plans_do_not_reprobe(
     monkeypatch.setenv("MODELGET_PROBE_TTL", "0")
     api.plan(REPO, mirrors=cat, cache_dir=tmp_path / "c")
     assert (pings(), samples()) == (2, 0)
+
+
+def test_the_probe_cache_is_per_revision_and_never_keeps_a_failure(
+    tmp_path: Path, tiny_repo: Path, sims: list[HubSimulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELGET_CACHE_DIR", str(tmp_path / "mg"))
+    hub = start(sims, name="hub")
+    hub.add_repo(REPO, tiny_repo)
+    cat = write_catalogue(tmp_path / "m.yaml", hf_entry("hub", hub.url))
+    # A typo'd revision fails, and the next pull of main is not poisoned by it.
+    with pytest.raises(ModelgetError) as err:
+        api.plan(REPO, mirrors=cat, revision="mian", cache_dir=tmp_path / "c")
+    assert err.value.code == "revision-not-found"
+    assert api.plan(REPO, mirrors=cat, cache_dir=tmp_path / "c").items
+    # An outage is not remembered either: the mirror is asked again as soon as it is back.
+    down = start(sims, name="later")
+    down_url = down.url
+    down.stop()
+    cat2 = write_catalogue(tmp_path / "m2.yaml", hf_entry("later", down_url))
+    with pytest.raises(ModelgetError):
+        api.plan(REPO, mirrors=cat2, cache_dir=tmp_path / "c")
+    back = HubSimulator(name="later", port=int(down_url.rsplit(":", 1)[1])).start()
+    sims.append(back)
+    back.add_repo(REPO, tiny_repo)
+    assert api.plan(REPO, mirrors=cat2, cache_dir=tmp_path / "c").items
 
 
 def test_cdn_mirror_on_real_nginx_agrees_with_the_hub(

@@ -80,7 +80,7 @@ def probe(
     _check_revision(revision)
     enabled = enabled_mirrors(mirrors, verify_tls)
     report = run_probe(enabled, repo_id, revision, timeout=timeout or settings.probe_timeout_s())
-    store_cached(settings.cache_dir() / "probes.json", enabled, repo_id, report.results)
+    store_cached(settings.cache_dir() / "probes.json", enabled, repo_id, report.results, revision)
     return ProbeSummary(repo_id, tuple(rank(enabled, report.results)), report)
 
 

@@ -320,9 +320,44 @@ def select_files(
             key=lambda f: f.path,
         )
     )
+    if not kept and pool:
+        raise UsageError(
+            f"{_filters_shown(include, exclude)} match no file of the repo "
+            f"({len(pool)} file(s) before the filters)",
+            hint=_near_matches(include, [f.path for f in pool]),
+        )
     kept_paths = {f.path for f in kept}
     left_out = [f.path for f in files if f.path not in kept_paths]
     return kept, left_out
+
+
+def _filters_shown(include: Sequence[str], exclude: Sequence[str]) -> str:
+    parts = [f"--include {p!r}" for p in include] + [f"--exclude {p!r}" for p in exclude]
+    return " ".join(parts)
+
+
+def _near_matches(include: Sequence[str], paths: Sequence[str]) -> str:
+    """What the user may have meant: paths a pattern matches but for case, or paths close to
+    its spelling; else a few of the repo's paths."""
+    import difflib
+    import fnmatch
+
+    near: list[str] = []
+    for pattern in include:
+        near += [p for p in paths if fnmatch.fnmatch(p.lower(), pattern.lower())]
+        near += difflib.get_close_matches(pattern, paths, n=3, cutoff=0.5)
+        base = pattern.rsplit("/", 1)[-1]
+        near += [p for p in paths if fnmatch.fnmatch(p.rsplit("/", 1)[-1], base)]
+    shown = list(dict.fromkeys(near))[:5]
+    if shown:
+        return (
+            "did you mean: "
+            + ", ".join(shown)
+            + " (globs match the whole path; `dir/` means `dir/*`)"
+        )
+    return (
+        "the repo has e.g. " + ", ".join(sorted(paths)[:5]) + "; see `modelget pull REPO --dry-run`"
+    )
 
 
 def check_repo_id(repo_id: str) -> None:

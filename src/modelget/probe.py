@@ -590,36 +590,46 @@ def _wait(tracker: _Tracker, deadline: float) -> dict[str, str]:
 # --- cache ---------------------------------------------------------------------------------
 
 
-def _cache_key(mirror: Mirror, repo_id: str | None) -> str:
+def _cache_key(mirror: Mirror, repo_id: str | None, revision: str | None = None) -> str:
     # A probe without certificate checks (--insecure) is not a result for one with them.
     insecure = "" if mirror.verify_tls else "|insecure"
-    return f"{mirror.name}|{mirror.endpoint}|{repo_id or ''}{insecure}"
+    # Nor is one for another revision: a mirror may have main and not a typo'd branch.
+    at = f"@{revision}" if revision else ""
+    return f"{mirror.name}|{mirror.endpoint}|{repo_id or ''}{at}{insecure}"
 
 
 def load_cached(
-    path: Path, mirrors: Sequence[Mirror], repo_id: str | None, ttl_s: float
+    path: Path,
+    mirrors: Sequence[Mirror],
+    repo_id: str | None,
+    ttl_s: float,
+    revision: str | None = None,
 ) -> dict[str, ProbeResult] | None:
-    """Cached results for every mirror, if all are younger than ``ttl_s``; else None."""
+    """The fresh (younger than ``ttl_s``) cached results of those ``mirrors`` that have one,
+    for this repo and revision; None when none has. Only good answers are ever cached (see
+    :func:`store_cached`), so a mirror without one is probed again."""
     if ttl_s <= 0:
         return None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(data, dict):
+        return None
     now = time.time()
     out: dict[str, ProbeResult] = {}
     for mirror in mirrors:
-        raw = data.get(_cache_key(mirror, repo_id)) if isinstance(data, dict) else None
+        raw = data.get(_cache_key(mirror, repo_id, revision))
         if not isinstance(raw, dict):
-            return None
+            continue
         try:
             res = ProbeResult(**raw)
         except TypeError:
-            return None
-        if now - res.probed_at > ttl_s or res.probed_at > now + 60:
-            return None
+            continue
+        if res.status != "ok" or now - res.probed_at > ttl_s or res.probed_at > now + 60:
+            continue
         out[mirror.name] = res
-    return out
+    return out or None
 
 
 CACHE_KEEP_S = 24 * 3600.0
@@ -640,9 +650,16 @@ def _pruned(data: dict[str, Any], now: float) -> dict[str, Any]:
 
 
 def store_cached(
-    path: Path, mirrors: Sequence[Mirror], repo_id: str | None, results: Mapping[str, ProbeResult]
+    path: Path,
+    mirrors: Sequence[Mirror],
+    repo_id: str | None,
+    results: Mapping[str, ProbeResult],
+    revision: str | None = None,
 ) -> None:
-    """Merge ``results`` into the cache file (atomically; failures are not fatal)."""
+    """Merge the good answers of ``results`` into the cache file (atomically; failures to
+    write are not fatal). A failure is never cached: a mirror that was down, refused, or lacked
+    the repo or revision is asked again next time (a cached failure outlived an outage, or a
+    typo'd ``--revision``, by the cache's lifetime). Its stale good entry is dropped."""
     try:
         data = json.loads(path.read_text()) if path.exists() else {}
         if not isinstance(data, dict):
@@ -650,8 +667,13 @@ def store_cached(
     except (OSError, ValueError):
         data = {}
     for mirror in mirrors:
-        if mirror.name in results:
-            data[_cache_key(mirror, repo_id)] = asdict(results[mirror.name])
+        if mirror.name not in results:
+            continue
+        key = _cache_key(mirror, repo_id, revision)
+        if results[mirror.name].status == "ok":
+            data[key] = asdict(results[mirror.name])
+        else:
+            data.pop(key, None)
     data = _pruned(data, time.time())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

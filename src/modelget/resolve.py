@@ -140,10 +140,11 @@ def probe_for_plan(enabled: list[Mirror], repo_id: str, revision: str | None) ->
     away)."""
     timeout = settings.probe_timeout_s()
     cache_file = settings.cache_dir() / "probes.json"
-    cached = load_cached(cache_file, enabled, repo_id, settings.probe_ttl_s())
+    cached = load_cached(cache_file, enabled, repo_id, settings.probe_ttl_s(), revision)
     report = run_probe(enabled, repo_id, revision, timeout=timeout, sample="never", cached=cached)
-    if cached is None:
-        store_cached(cache_file, enabled, repo_id, report.results)
+    fresh = {n: r for n, r in report.results.items() if cached is None or n not in cached}
+    if fresh:
+        store_cached(cache_file, enabled, repo_id, fresh, revision)
     return report
 
 

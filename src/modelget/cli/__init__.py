@@ -37,7 +37,12 @@ class _UsageExit(SystemExit):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors with exit code 2 in our own format."""
+    """argparse that reports usage errors with exit code 2 in our own format, and takes no
+    abbreviated option (``--mirror x`` silently meant ``--mirrors x``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:  # argparse's signature returns NoReturn
         raise _UsageExit(self, message)

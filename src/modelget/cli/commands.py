@@ -8,6 +8,7 @@ The library is imported inside each handler: ``modelget --help`` loads none of i
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, replace
@@ -103,17 +104,26 @@ def doctor(args: argparse.Namespace) -> Outcome:
     return Outcome(report.to_dict(), report.exit_code, partial(render.doctor_text, report))
 
 
+_RATE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?)B?(?:/S)?\s*", re.IGNORECASE)
+
+
 def rate(text: str) -> int:
-    """``--max-rate``: bytes per second from ``50M``, ``800K``, ``1.5G``, ``2000``."""
-    units = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}
-    raw = text.strip().upper().removesuffix("/S").removesuffix("B")
-    unit = raw[-1:] if raw[-1:] in units and raw[-1:] else ""
-    try:
-        value = float(raw[: len(raw) - len(unit)]) * units[unit]
-    except ValueError:
+    """``--max-rate``: bytes per second from ``50M``, ``800K``, ``1.5G``, ``2000``, with an
+    optional ``B`` and ``/s`` (``50MB/s``); ``KiB``/``MiB``/``GiB`` are binary (1024),
+    ``K``/``M``/``G`` decimal, as ``--max-rate`` has always read them. A usage error when it is
+    empty, not a number, or not positive."""
+    match = _RATE.fullmatch(text.upper())
+    if match is None:
+        if text.strip().startswith("-"):
+            raise UsageError(f"--max-rate must be positive, not {text!r}")
         raise UsageError(
-            f"not a rate: {text!r}", hint="use bytes per second, e.g. 50M or 800K"
-        ) from None
+            f"not a rate: {text!r}", hint="use bytes per second, e.g. 50M, 800K or 64MiB"
+        )
+    number, prefix, binary = match.groups()
+    base = 1024 if binary else 1000
+    value = float(number) * base ** " KMGT".index(prefix or " ")
+    if binary and not prefix:
+        raise UsageError(f"not a rate: {text!r}", hint="use e.g. 64MiB, 50M or 800K")
     if value <= 0:
         raise UsageError(f"--max-rate must be positive, not {text!r}")
     return int(value)
@@ -255,7 +265,7 @@ def _engine_options(args: argparse.Namespace) -> EngineOptions:
         if not 1 <= args.connections <= 256:
             raise UsageError("--connections must be between 1 and 256")
         opts = replace(opts, max_connections=args.connections)
-    if args.max_rate:
+    if args.max_rate is not None:  # an empty --max-rate "" is an error, not "no cap"
         opts = replace(opts, max_rate_bps=rate(args.max_rate))
     return opts
 
