@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from modelget import layout
+from modelget import layout, verify
 from modelget.datatypes import FileEntry
 from modelget.errors import VerificationError
 from modelget.verify import check, hash_file
@@ -23,6 +23,18 @@ def test_hash_file_computes_sha256_and_git_blob_sha1_in_one_pass(tmp_path: Path)
     f.write_bytes(DATA)
     got = hash_file(f, sha256=True, git_sha1=True)
     assert (got.size, got.sha256, got.git_sha1) == (len(DATA), SHA256, GIT_SHA1)
+
+
+def test_hash_file_hashes_a_large_file_in_two_threads_to_the_same_digests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verify, "_PARALLEL_MIN", 1)  # every file counts as large
+    monkeypatch.setattr(verify, "_CHUNK", 4096)  # many chunks, a short last one
+    f = tmp_path / "f"
+    f.write_bytes(DATA)
+    got = hash_file(f, sha256=True, git_sha1=True)
+    assert (got.size, got.sha256, got.git_sha1) == (len(DATA), SHA256, GIT_SHA1)
+    assert hash_file(f, sha256=False, git_sha1=True).git_sha1 == GIT_SHA1
 
 
 @pytest.mark.parametrize(

@@ -137,10 +137,11 @@ class LoadReport:
 # --- stage 1: inspect the files ---------------------------------------------------------------
 
 
-def read_safetensors_header(path: Path) -> tuple[list[TensorInfo], int]:
-    """Parse and validate a safetensors header; return its tensors and the file size.
+def read_header_json(path: Path) -> tuple[dict[str, Any], int]:
+    """The raw JSON header of a safetensors file (``__metadata__`` included, nothing checked
+    but its framing) and the file offset where the tensor data starts.
 
-    Raises ``ValueError`` with a message for the user when anything is inconsistent.
+    Raises ``ValueError`` with a message for the user when the header cannot be read.
     """
     size = path.stat().st_size
     with path.open("rb") as f:
@@ -156,7 +157,16 @@ def read_safetensors_header(path: Path) -> tuple[list[TensorInfo], int]:
             raise ValueError(f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
-    data_start = 8 + n
+    return header, 8 + n
+
+
+def read_safetensors_header(path: Path) -> tuple[list[TensorInfo], int]:
+    """Parse and validate a safetensors header; return its tensors and the file size.
+
+    Raises ``ValueError`` with a message for the user when anything is inconsistent.
+    """
+    size = path.stat().st_size
+    header, data_start = read_header_json(path)
     tensors = []
     for name, spec in header.items():
         if name == "__metadata__":

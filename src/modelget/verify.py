@@ -17,6 +17,7 @@ from modelget.datatypes import FileEntry
 from modelget.errors import VerificationError
 
 _CHUNK = 8 * 1024 * 1024
+_PARALLEL_MIN = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -27,22 +28,40 @@ class Digests:
 
 
 def hash_file(path: Path, *, sha256: bool = True, git_sha1: bool = False) -> Digests:
-    """Size and the requested digests of ``path``, in one streaming pass."""
+    """Size and the requested digests of ``path``, in one streaming pass.
+
+    Both digests of a file of ``_PARALLEL_MIN`` bytes or more: the git sha1 runs in a helper
+    thread while sha256 runs here (hashlib releases the GIL), about twice as fast on two cores.
+    """
     size = path.stat().st_size
     h256 = hashlib.sha256() if sha256 else None
     h1 = hashlib.sha1(f"blob {size}\0".encode()) if git_sha1 else None
+    helper = None
+    if h256 is not None and h1 is not None and size >= _PARALLEL_MIN:
+        from concurrent.futures import ThreadPoolExecutor
+
+        helper = ThreadPoolExecutor(1, thread_name_prefix="modelget-hash")
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
-    with path.open("rb", buffering=0) as f:
-        while True:
-            n = f.readinto(view)
-            if not n:
-                break
-            chunk = view[:n]
-            if h256 is not None:
-                h256.update(chunk)
-            if h1 is not None:
-                h1.update(chunk)
+    try:
+        with path.open("rb", buffering=0) as f:
+            while True:
+                n = f.readinto(view)
+                if not n:
+                    break
+                chunk = view[:n]
+                if helper is not None and h1 is not None and h256 is not None:
+                    pending = helper.submit(h1.update, chunk)
+                    h256.update(chunk)
+                    pending.result()
+                    continue
+                if h256 is not None:
+                    h256.update(chunk)
+                if h1 is not None:
+                    h1.update(chunk)
+    finally:
+        if helper is not None:
+            helper.shutdown()
     return Digests(size, h256.hexdigest() if h256 else None, h1.hexdigest() if h1 else None)
 
 

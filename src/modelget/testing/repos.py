@@ -2,7 +2,8 @@
 
 A repository is a set of snapshots (one per commit) plus branch and tag names pointing at
 commits. Snapshots are built from directories on disk; the bytes are never loaded into memory,
-only hashed (sha256 and the git blob sha1 in one streaming pass, cached per file identity).
+only hashed (sha256 and the git blob sha1 in one streaming pass by ``verify.hash_file``,
+cached per file identity).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from modelget.verify import hash_file
 
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 """Files at least this large are LFS whatever ``.gitattributes`` says (the Hub's rule)."""
@@ -37,8 +40,6 @@ DEFAULT_LFS_PATTERNS: tuple[str, ...] = (
 )
 """LFS patterns used when a repository has no ``.gitattributes``."""
 
-_HASH_CHUNK = 4 * 1024 * 1024
-_PARALLEL_HASH_MIN = 64 * 1024 * 1024
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _EXCLUDED_DIRS = frozenset({".git"})
 
@@ -328,40 +329,22 @@ _digest_lock = threading.Lock()
 
 
 def file_digests(path: Path) -> tuple[int, str, str]:
-    """(size, sha256, git blob sha1) of a file, streamed; cached per (path, size, mtime, inode)."""
+    """(size, sha256, git blob sha1) of a file, streamed (``verify.hash_file``); cached per
+    (path, size, mtime, inode)."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
     with _digest_lock:
         cached = _digest_cache.get(key)
     if cached is not None:
         return st.st_size, cached[0], cached[1]
-    sha256 = hashlib.sha256()
-    sha1 = hashlib.sha1(b"blob %d\0" % st.st_size)
-    size = 0
-    # Large files: sha1 runs in a helper thread while sha256 runs here (hashlib drops the GIL).
-    helper = ThreadPoolExecutor(1) if st.st_size >= _PARALLEL_HASH_MIN else None
-    try:
-        with path.open("rb", buffering=0) as fh:
-            buf = bytearray(_HASH_CHUNK)
-            view = memoryview(buf)
-            while n := fh.readinto(buf):
-                if helper is not None:
-                    pending = helper.submit(sha1.update, view[:n])
-                    sha256.update(view[:n])
-                    pending.result()
-                else:
-                    sha256.update(view[:n])
-                    sha1.update(view[:n])
-                size += n
-    finally:
-        if helper is not None:
-            helper.shutdown()
-    if size != st.st_size:
+    got = hash_file(path, sha256=True, git_sha1=True)
+    if got.size != st.st_size or path.stat().st_size != st.st_size:
         raise OSError(f"{path} changed while it was being hashed")
-    digests = (sha256.hexdigest(), sha1.hexdigest())
+    assert got.sha256 is not None and got.git_sha1 is not None
+    digests = (got.sha256, got.git_sha1)
     with _digest_lock:
         _digest_cache[key] = digests
-    return size, digests[0], digests[1]
+    return st.st_size, digests[0], digests[1]
 
 
 def scan_directory(directory: Path) -> list[RepoFile]:
