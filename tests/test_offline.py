@@ -177,7 +177,7 @@ def test_mirrors_unreachable_and_nothing_on_disk_is_the_network_error(
     hub.stop()
     with pytest.raises(ModelgetError) as err:
         api.pull(REPO, mirrors=cat, cache_dir=tmp_path / "cache", engine="httpx")
-    assert err.value.code == "no-mirror" and "none answered" in err.value.message
+    assert err.value.code == "mirrors-unreachable" and "none answered" in err.value.message
     with pytest.raises(ModelgetError) as err:
         api.pull(
             REPO,
@@ -187,7 +187,7 @@ def test_mirrors_unreachable_and_nothing_on_disk_is_the_network_error(
             locked=lockfile.models[0],
         )
     # Not "locked-commit-missing": no mirror answered, so nobody said the commit is gone.
-    assert err.value.code == "no-mirror"
+    assert err.value.code == "mirrors-unreachable"
 
 
 def test_a_local_dir_answers_offline_and_when_unreachable_without_the_cache(

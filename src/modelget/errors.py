@@ -37,6 +37,8 @@ EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_VERIFY = 4
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+"""128 + SIGTERM, what a shell reports for a process SIGTERM ended (docker stop, Kubernetes)."""
 
 
 class ModelgetError(Exception):
@@ -135,8 +137,10 @@ class NoMirrorError(ResolveError):
 
 class MirrorsUnreachableError(NoMirrorError):
     """No mirror answered at all (down, timing out, failing): an outage or no egress, not a
-    repo that is missing or private. Same code as ``NoMirrorError``; a pull then falls back
-    to what is on disk when that is complete."""
+    repo that is missing or private. A pull then falls back to what is on disk when that is
+    complete."""
+
+    code = "mirrors-unreachable"
 
 
 class LockedCommitMissingError(ResolveError):

@@ -192,14 +192,12 @@ def no_manifest_error(repo_id: str, revision: str | None, report: ProbeReport) -
             f"{repo_id} is on no mirror of the catalogue:\n{detail}",
             hint="check the repo id, or add a mirror that has it (docs/mirrors.md)",
         )
-    if report.results and all(r.status in UNREACHABLE for r in report.results.values()):
-        tls = "CERTIFICATE_VERIFY_FAILED" in detail
+    if "CERTIFICATE_VERIFY_FAILED" not in detail and (
+        report.results and all(r.status in UNREACHABLE for r in report.results.values())
+    ):
         return MirrorsUnreachableError(
             f"no mirror could serve {shown}: none answered:\n{detail}",
-            hint="a mirror's TLS certificate is not trusted (self-signed, a private CA, or the "
-            "wrong host): fix the certificate, or, on a network you trust, pass --insecure"
-            if tls
-            else "check the network (proxy variables, DNS), or run `modelget probe` to see "
+            hint="check the network (proxy variables, DNS), or run `modelget probe` to see "
             "each mirror's state; a model already on disk is pulled with --offline",
         )
     if "CERTIFICATE_VERIFY_FAILED" in detail:

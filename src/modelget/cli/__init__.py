@@ -14,6 +14,7 @@ stderr. Exit codes are those of ``modelget.errors`` (0 ok, 1 error, 2 usage/conf
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -22,7 +23,14 @@ from modelget._version import __version__
 from modelget.cli import commands, render
 from modelget.cli.commands import rate as _rate  # re-exported for one release
 from modelget.cli.render import JSON_SCHEMA_VERSION, Outcome, failure_summary
-from modelget.errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, ModelgetError, UsageError
+from modelget.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    Interrupted,
+    ModelgetError,
+    UsageError,
+)
 
 __all__ = ["JSON_SCHEMA_VERSION", "_rate", "failure_summary", "main"]
 
@@ -334,8 +342,43 @@ def _skip_httpx_cli() -> None:
         sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread exactly where Ctrl-C would be: the pull stops the
+    same way (transfers cancelled, resumable state kept, aria2c stopped, its private directory
+    removed), instead of dying at once with partial work and temporary files left behind."""
+
+
+_sigterm_seen = False
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _sigterm_seen
+    _sigterm_seen = True
+    raise _Terminated()
+
+
+def _catch_sigterm() -> None:
+    """Treat SIGTERM (``docker stop``, Kubernetes) as Ctrl-C: only in the CLI's process, and
+    only from the main thread (where Python runs signal handlers)."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave the default
+        pass
+
+
+def _stopped(terminated: bool) -> tuple[Interrupted, int]:
+    """The one line a stop the user asked for prints, and its exit code (130, or 143)."""
+    kept = "what was downloaded is kept"
+    again = "run the same command again to resume"
+    if terminated:
+        return Interrupted(f"terminated (SIGTERM); {kept}", hint=again), EXIT_TERMINATED
+    return Interrupted(f"interrupted (Ctrl-C); {kept}", hint=again), EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _skip_httpx_cli()
+    _catch_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser()
     try:
@@ -353,9 +396,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args.command, args.func(args), as_json)
     except ModelgetError as exc:
+        if isinstance(exc, Interrupted):
+            # The pull's supervisor stopped the transfer on Ctrl-C (or SIGTERM) and kept what
+            # was fetched: one line says so.
+            stop, code = _stopped(_sigterm_seen)
+            render.emit_error(args.command, stop, as_json, brief=True)
+            return code
         render.emit_error(args.command, exc, as_json)
         return exc.exit_code
     except KeyboardInterrupt:
-        stop = Interrupted("interrupted", hint="run the same command again to resume")
+        stop, code = _stopped(_sigterm_seen)
         render.emit_error(args.command, stop, as_json, brief=True)
-        return EXIT_INTERRUPTED
+        return code

@@ -64,12 +64,13 @@ def emit_summary(command: str, outcomes: Sequence[Outcome], exit_code: int) -> N
 def emit_error(
     command: str | None, exc: ModelgetError, as_json: bool, *, brief: bool = False
 ) -> None:
-    """An error: ``error: CODE``, the message and the hint on stderr (``brief``: the first
-    line only); with ``--json`` also one ``event: error`` envelope on stdout."""
+    """An error: ``error: CODE``, the message and the hint on stderr (``brief``: all on one
+    line, for a stop the user asked for); with ``--json`` also one ``event: error`` envelope
+    on stdout."""
     if as_json:
         _out(envelope("error", command, {"error": exc.to_dict()}, exc.exit_code))
     if brief:
-        note(f"error: {exc.code}")
+        note(f"error: {exc.code}: {exc.message}" + (f"; {exc.hint}" if exc.hint else ""))
         return
     note(f"error: {exc.code}\n{exc.message}")
     if exc.hint:

@@ -493,6 +493,14 @@ class _Pull:
     def _failed(self, f: _File, src: _Src, r: Range, exc: AttemptError) -> None:
         sched = self.sched
         assert sched is not None
+        if self.cancel.is_set():
+            # Our own stop (Ctrl-C, SIGTERM) closed the connection: not the mirror's failure,
+            # and nothing to tell (a "mirror failed" line after "interrupted" is false).
+            with self.lock:
+                sched.release(r, time.monotonic())
+                self.lock.notify_all()
+            self._maybe_end(f)
+            return
         with self.lock:
             if exc.renew and src.renewals < MAX_RENEWALS:
                 # An expired signed URL: the range goes back as it is, the next request
@@ -541,7 +549,7 @@ class _Pull:
             self._note(f, t.mirror, message)
             first = t.mirror not in f.reported
             f.reported.add(t.mirror)
-        if first:
+        if first and not self.cancel.is_set():
             self.reporter.on_mirror_failed(f.job.path, t.mirror, message)
 
     def _note(self, f: _File, mirror: str, message: str) -> None:
