@@ -8,6 +8,21 @@ The YAML is composed into a node tree (never loaded blindly) so that every error
 file, the 1-based line and the field (``mirrors[2].endpoint``) it is about. Bad input only ever
 raises :class:`~modelget.errors.ConfigError`; secrets found where they do not belong are never
 repeated in an error message.
+
+What a field may hold is declared once, as a row of a schema table (``_MIRROR``, and
+``_VERSION``/``_EXTENDS`` for the document): its types, its rules, each with the message and
+hint it gives, whether it is required, whether its value may be a secret (then no message
+shows it), how it is converted. ``_Parser`` walks the node tree and checks each value against
+its row, so a line number comes straight from the value's node. To add a mirror field, add a
+row, the attribute (with its default) on :class:`~modelget.datatypes.Mirror` and a line in the
+field table of docs/mirrors.md::
+
+    _Field("timeout", (int, float), "timeout must be a number of seconds, {got}",
+           "e.g. `timeout: 30`", rules=(_Rule(lambda v: v > 0, "timeout must be > 0, {got}"),))
+
+A validation library was measured and not used: pydantic takes ~45 ms to import (msgspec is not
+installed), ``modelget --help`` takes ~90 ms in all and imports this module (``import
+modelget`` does), and its errors would still have to be mapped back to nodes for line numbers.
 """
 
 from __future__ import annotations
@@ -18,12 +33,12 @@ import functools
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal, NamedTuple, TypedDict
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import yaml
@@ -52,18 +67,6 @@ BUILTIN_SOURCE = "<builtin>"
 
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 TOP_LEVEL_KEYS: tuple[str, ...] = ("version", "extends", "mirrors")
-MIRROR_FIELDS: tuple[str, ...] = (
-    "name",
-    "kind",
-    "endpoint",
-    "token_env",
-    "use_hf_login",
-    "enabled",
-    "weight",
-    "max_connections",
-    "id_map",
-)
-REQUIRED_FIELDS: tuple[str, ...] = ("name", "kind", "endpoint")
 MAX_CONNECTIONS_RANGE: tuple[int, int] = (1, 64)
 MAX_CATALOGUE_BYTES = 1 << 20
 """A catalogue is a few KiB; anything over 1 MiB is some other file named by mistake."""
@@ -109,7 +112,6 @@ _KIND_ALIASES: Mapping[str, MirrorKind] = MappingProxyType(
         "s3": "cdn",
     }
 )
-_KINDS: Mapping[str, MirrorKind] = MappingProxyType({k: k for k in MIRROR_KINDS})
 _KIND_HELP = (
     "hf = a Hugging Face Hub API (huggingface.co or a mirror of it), "
     "modelscope = the ModelScope API, cdn = a static file tree served over HTTP"
@@ -381,14 +383,12 @@ def _type_of(value: object) -> str:
             return name
     if isinstance(value, date):
         return "a date"
-    return "binary data" if isinstance(value, bytes) else f"a {type(value).__name__}"
+    if isinstance(value, bytes):
+        return "binary data"
+    return f"a value of type {type(value).__name__}"  # none that YAML's safe constructor makes
 
 
 def _got(value: object) -> str:
-    if isinstance(value, _Composite):
-        return f"got {value.what}"
-    if value is None:
-        return "got nothing (null)"
     if isinstance(value, bool):
         return f"got the boolean {'true' if value else 'false'}"
     if isinstance(value, int):
@@ -398,11 +398,7 @@ def _got(value: object) -> str:
         return f"got the number {value!r}"
     if isinstance(value, str):
         return f"got the string {_show(value)}"
-    if isinstance(value, date):
-        return "got a date"
-    if isinstance(value, bytes):
-        return "got binary data"
-    return f"got a value of type {type(value).__name__}"
+    return f"got {_type_of(value)}"
 
 
 def _env_suggestion(name: str | None, kind: str | None, endpoint: str | None) -> str:
@@ -432,17 +428,300 @@ def _closest(word: str, candidates: tuple[str, ...] | list[str]) -> str | None:
     return matches[0] if matches else None
 
 
-class _Fields(TypedDict, total=False):
-    """The optional-to-override fields one entry gives (``name`` is kept on :class:`_Spec`)."""
+# --------------------------------------------------------------------------------------------
+# The schema: what each field may hold, and what to say when it does not
 
-    kind: MirrorKind
-    endpoint: str
-    token_env: str | None
-    use_hf_login: bool
-    enabled: bool
-    weight: float
-    max_connections: int
-    id_map: Mapping[str, str]
+
+class _Invalid(Exception):
+    """``(message, hint)``: a value breaks a rule (the parser adds file, line and field)."""
+
+
+_Hint = str | Callable[[Any], str]
+"""A template (as for messages), or a function of the value that never echoes it."""
+
+
+class _Rule(NamedTuple):
+    """A constraint on a value of the field's type: ``test(value)`` is true when it holds, else
+    ``message`` (None: the field's own) and ``hint`` (None: the field's) say what is wrong."""
+
+    test: Callable[[Any], object]
+    message: str | None = None
+    hint: _Hint | None = None
+
+
+_OF_ANOTHER_TYPE = (_Rule(lambda _: False),)
+
+
+class _Field(NamedTuple):
+    """One row of a schema: a key and what its value may be.
+
+    The value must be a scalar of one of ``types`` (``int`` takes no boolean; with ``NoneType``
+    a ``null`` is None), else ``message``; then each rule must hold; then ``convert`` makes it
+    the record's value. ``read``, when given, reads the node instead (a structured value).
+    Messages and hints are ``str.format`` templates over ``{name}`` (the key), ``{got}`` (what
+    the value is: a string quoted, or ``<redacted>`` if it looks like a token; only its type
+    when the field is ``secret``), ``{shown}`` (a string value alone, quoted or redacted),
+    ``{value}`` (a number) and ``{suggestion}`` (a variable name for this mirror's token).
+    """
+
+    name: str
+    types: tuple[type, ...]
+    message: str
+    hint: _Hint
+    rules: tuple[_Rule, ...] = ()
+    required: bool = False
+    secret: bool = False
+    convert: Callable[[Any], Any] | None = None
+    read: Callable[[_Parser, Node, str], Any] | None = None
+
+    def check(self, value: object, suggestion: str) -> Any:
+        """``value`` converted, or :class:`_Invalid` for the first rule it breaks."""
+        if value is None and type(None) in self.types:
+            return None
+        typed = isinstance(value, self.types) and (bool in self.types or type(value) is not bool)
+        for rule in self.rules if typed else _OF_ANOTHER_TYPE:
+            if rule.test(value):
+                continue
+            got = f"got {_type_of(value)} (value not shown)" if self.secret else _got(value)
+            names = {"name": self.name, "suggestion": suggestion, "got": got, "shown": got}
+            if isinstance(value, str) and not self.secret:
+                names["shown"] = _show(value)
+            message = (rule.message or self.message).format_map({"value": value, **names})
+            hint = self.hint if rule.hint is None else rule.hint
+            raise _Invalid(
+                message, hint.format_map(names) if isinstance(hint, str) else hint(value)
+            )
+        return value if self.convert is None else self.convert(value)
+
+
+def _float(value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer too big for a float
+        return math.inf
+
+
+def _name_example(value: str) -> str:
+    fixed = re.sub(r"[^a-z0-9._-]+", "-", value.lower()).strip("-._")
+    return f"e.g. `name: {fixed if fixed and _NAME_RE.fullmatch(fixed) else 'corp-hf'}`"
+
+
+def _kind_hint(value: object) -> str:
+    word = value.strip().lower() if isinstance(value, str) else ""
+    guess = word and (_KIND_ALIASES.get(word) or _closest(word, MIRROR_KINDS))
+    return (f"did you mean `kind: {guess}`? " if guess else "") + _KIND_HELP
+
+
+def _url_parses(value: str) -> bool:
+    try:
+        _ = urlsplit(value).port  # a bad port or IPv6 literal raises ValueError
+    except ValueError:
+        return False
+    return True
+
+
+def _base_url(value: str) -> str:
+    """The scheme lowercased, trailing slashes dropped; the rest as written."""
+    scheme = urlsplit(value).scheme.lower()
+    return scheme + value[len(scheme) :].rstrip("/")
+
+
+def _id_map(parser: _Parser, node: Node, field: str) -> Mapping[str, str]:
+    """``id_map``: repo ids or glob patterns over them -> this mirror's ids; null is empty."""
+    if not isinstance(node, MappingNode):
+        value = parser.scalar(node, field)
+        if value is None:
+            return MappingProxyType({})
+        raise _Invalid(f"id_map must be a mapping, {_got(value)}", _ID_MAP_HINT)
+    result: dict[str, str] = {}
+    for key, (key_node, value_node) in parser.mapping(node, field, indexed=True).items():
+        where = f"{field}[{key!r}]"
+        is_pattern = any(c in key for c in _GLOB_CHARS)
+        if not (_ID_PATTERN_RE if is_pattern else _REPO_ID_RE).fullmatch(key):
+            message = f"{_show(key)} is not a repo id (`org/name`) or a glob pattern over one"
+            raise parser.error(key_node, where, message, _ID_MAP_HINT)
+        target = parser.scalar(value_node, where)
+        problem = _id_target_problem(key, is_pattern, target)
+        if problem:
+            raise parser.error(value_node, where, *problem)
+        result[key] = str(target)
+    return MappingProxyType(result)
+
+
+def _id_target_problem(key: str, is_pattern: bool, target: object) -> tuple[str, str] | None:
+    if not isinstance(target, str):
+        message = f"the target of an id_map entry must be a repo id string, {_got(target)}"
+        return message, _ID_MAP_HINT
+    if not any(c in target for c in _GLOB_CHARS):
+        if _REPO_ID_RE.fullmatch(target):
+            return None
+        return f"target {_show(target)} is not a repo id (`org/name`) or `ORG/*`", _ID_MAP_HINT
+    org = target[:-2]
+    if not (target.endswith("/*") and _ORG_RE.fullmatch(org)):
+        message = (
+            f"target {_show(target)}: a `*` in a target is only allowed as `ORG/*` (the same "
+            "name under ORG)"
+        )
+        return message, _ID_MAP_HINT
+    if is_pattern:
+        return None
+    return (
+        f"{_show(key)} is an exact id, so its target must be an exact id, not {_show(target)}",
+        f"write the full id, e.g. `{_show(key)}: {org}/{key.rsplit('/', 1)[-1]}`",
+    )
+
+
+_ID_MAP_HINT = (
+    'id_map maps repo ids to this mirror\'s ids, e.g. `"meta-llama/*": "LLM-Research/*"` or '
+    '`"microsoft/phi-4": "LLM-Research/phi-4"`'
+)
+_URL_EXAMPLE = "e.g. `endpoint: https://hf.example.com`"
+_NO_QUERY = "give the base URL only; never put a token in a URL, use token_env"
+_BOOLEAN = "{name} must be true or false, {got}"
+_BOOLEAN_HINT = "write `{name}: true` or `{name}: false` (no quotes)"
+_LOW, _HIGH = MAX_CONNECTIONS_RANGE
+
+_MIRROR: tuple[_Field, ...] = (
+    _Field(
+        "name",
+        (str,),
+        "name must be a string, {got}",
+        "e.g. `name: corp-hf`",
+        rules=(
+            _Rule(
+                _NAME_RE.fullmatch,
+                "name must be lowercase letters, digits, '.', '_' or '-', starting with a letter "
+                "or digit; {got}",
+                _name_example,
+            ),
+        ),
+        required=True,
+    ),
+    _Field(
+        "kind",
+        (str,),
+        f"kind must be one of {', '.join(MIRROR_KINDS)}; {{got}}",
+        _kind_hint,
+        rules=(_Rule(MIRROR_KINDS.__contains__),),
+        required=True,
+    ),
+    _Field(
+        "endpoint",
+        (str,),
+        "endpoint must be an http:// or https:// URL, {got}",
+        _URL_EXAMPLE,
+        rules=(
+            _Rule(
+                lambda v: not any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in v),
+                "endpoint must not contain spaces or control characters",
+                f"remove them ({_URL_EXAMPLE}); percent-encode a space in a path as %20",
+            ),
+            _Rule(_url_parses, "endpoint {shown} is not a valid URL"),
+            _Rule(
+                lambda v: "@" not in urlsplit(v).netloc,
+                "endpoint must not contain credentials (`user:password@`); credentials in URLs "
+                "are refused (the value is not shown)",
+                "remove `user:password@` from the URL (rotate the password if the file was "
+                "shared), put the token in an environment variable and name it with token_env",
+            ),
+            _Rule(
+                lambda v: urlsplit(v).scheme.lower() in ("http", "https") and urlsplit(v).netloc,
+                "endpoint must be an absolute http:// or https:// URL, {got}",
+            ),
+            _Rule(lambda v: urlsplit(v).hostname, "endpoint has no host name"),
+            _Rule(
+                lambda v: "?" not in v,
+                "endpoint must not have a query string (`?...`) (the value is not shown)",
+                _NO_QUERY,
+            ),
+            _Rule(
+                lambda v: "#" not in v,
+                "endpoint must not have a fragment (`#...`) (the value is not shown)",
+                _NO_QUERY,
+            ),
+        ),
+        required=True,
+        convert=_base_url,
+    ),
+    _Field(
+        "token_env",
+        (str, type(None)),
+        "token_env must be the name of an environment variable that holds the token, {got}",
+        "delete the value here (rotate the token if this file was shared), run "
+        "`export {suggestion}=<your token>` and write `token_env: {suggestion}`",
+        rules=(
+            _Rule(bool),  # an empty string names no variable: the field's message
+            _Rule(
+                lambda v: not _looks_like_token(v),
+                "this looks like a token (value redacted): a token must never be written inline "
+                "in mirrors.yaml; token_env names the environment variable that holds it",
+            ),
+            _Rule(
+                _ENV_NAME_RE.fullmatch,
+                "token_env is not a valid environment variable name (letters, digits and _, not "
+                "starting with a digit; value not shown); it names the variable that holds the "
+                "token, and a token must never be written inline",
+            ),
+        ),
+        secret=True,
+    ),
+    _Field("use_hf_login", (bool,), _BOOLEAN, _BOOLEAN_HINT),
+    _Field("enabled", (bool,), _BOOLEAN, _BOOLEAN_HINT),
+    _Field(
+        "weight",
+        (int, float),
+        "weight must be a number > 0, {got}",
+        "e.g. `weight: 2` to prefer this mirror, `weight: 0.5` to prefer others (default 1)",
+        rules=(
+            _Rule(lambda v: 0 < _float(v) < math.inf, "weight must be a finite number > 0, {got}"),
+        ),
+        convert=_float,
+    ),
+    _Field(
+        "max_connections",
+        (int,),
+        "max_connections must be an integer, {got}",
+        f"an integer from {_LOW} to {_HIGH} (default: none, the count adapts up to "
+        "--connections), e.g. `max_connections: 8`",
+        rules=(
+            _Rule(
+                lambda v: _LOW <= v <= _HIGH, f"{{name}} must be from {_LOW} to {_HIGH}, {{got}}"
+            ),
+        ),
+    ),
+    _Field("id_map", (), "", _ID_MAP_HINT, read=_id_map),
+)
+"""The fields of one mirror entry, as docs/mirrors.md lists them. A new field is a row here and
+an attribute (with its default) of :class:`~modelget.datatypes.Mirror`."""
+
+MIRROR_FIELDS: tuple[str, ...] = tuple(row.name for row in _MIRROR)
+REQUIRED_FIELDS: tuple[str, ...] = tuple(row.name for row in _MIRROR if row.required)
+_MIRROR_ROWS: Mapping[str, _Field] = MappingProxyType({row.name: row for row in _MIRROR})
+
+_SUPPORTED = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
+_VERSION = _Field(
+    "version",
+    (int,),
+    f"version must be an integer ({_SUPPORTED}), {{got}}",
+    "write `version: 1` (no quotes)",
+    rules=(
+        _Rule(
+            SUPPORTED_VERSIONS.__contains__,
+            f"unsupported catalogue version {{value}}; this modelget supports version {_SUPPORTED}",
+            "write `version: 1`, or upgrade modelget if the file was written for a newer one",
+        ),
+    ),
+    required=True,
+)
+_EXTENDS = _Field(
+    "extends",
+    (str,),
+    "the only allowed value of extends is `builtin`, {got}",
+    "write `extends: builtin` to start from the bundled mirrors, or remove the line to replace "
+    "them",
+    rules=(_Rule("builtin".__eq__),),
+)
+# `mirrors` holds _MIRROR entries; what it may be depends on extends: _Parser.mirror_list.
 
 
 @dataclasses.dataclass
@@ -452,7 +731,8 @@ class _Spec:
     node: Node
     where: str
     name: str
-    values: _Fields
+    values: dict[str, Any]
+    """The fields given, other than ``name``, by key (the :class:`Mirror` attribute)."""
     nodes: dict[str, Node]
 
     @property
@@ -565,6 +845,43 @@ class _Parser:
             "with `<<: *defaults`",
         )
 
+    def value(self, row: _Field, node: Node, where: str, suggestion: str = "") -> Any:
+        """``node`` read as ``row`` says; a broken rule becomes a located ConfigError."""
+        field = _child(where, row.name)
+        try:
+            if row.read is not None:
+                return row.read(self, node, field)
+            return row.check(self.scalar(node, field), suggestion)
+        except _Invalid as exc:
+            message, hint = exc.args  # raised below, outside the handler: no error's context
+        raise self.error(node, field, message, hint)
+
+    def reject_unknown(
+        self,
+        entries: _Entries,
+        where: str,
+        known: tuple[str, ...],
+        what: str,
+        tail: str,
+        secret_hint: Callable[[str], str],
+    ) -> None:
+        """An error for the first key not in ``known``: a key that names a secret gets
+        ``secret_hint(key)``, any other a "did you mean" and ``tail``."""
+        for key, (key_node, _) in entries.items():
+            if key in known:
+                continue
+            if _is_secret_key(key):
+                raise self.error(
+                    key_node, _child(where, key), _FORBIDDEN_KEY_MESSAGE, secret_hint(key)
+                )
+            close = _closest(key, known)
+            raise self.error(
+                key_node,
+                _child(where, key),
+                f"{what} {_show(key)}",
+                hint=(f"did you mean `{close}`? " if close else "") + tail,
+            )
+
     # ---- document ---------------------------------------------------------------------------
 
     def catalogue(self, root: Node | None, base: Catalogue | None) -> Catalogue:
@@ -585,27 +902,27 @@ class _Parser:
                 hint="start the file with `version: 1` then `mirrors:` (see docs/mirrors.md)",
             )
         entries = self.mapping(root, "")
-        version = self.version(root, entries)
-        for key, (key_node, _) in entries.items():
-            if key in TOP_LEVEL_KEYS:
-                continue
-            if _is_secret_key(key):
-                raise self.error(
-                    key_node,
-                    key,
-                    _FORBIDDEN_KEY_MESSAGE,
-                    hint="e.g. `token_env: CORP_HF_TOKEN` in the mirror's entry, and "
-                    "`export CORP_HF_TOKEN=<your token>` in your shell",
-                )
-            close = _closest(key, TOP_LEVEL_KEYS)
+        if "version" not in entries:
             raise self.error(
-                key_node,
-                key,
-                f"unknown top-level key {_show(key)}",
-                hint=(f"did you mean `{close}`? " if close else "")
-                + "the top level takes only version, extends and mirrors",
+                root,
+                "version",
+                "missing `version:`",
+                hint="add `version: 1` at the top of the file",
             )
-        if self.extends(entries):
+        version: int = self.value(_VERSION, entries["version"][1], "")
+        self.reject_unknown(
+            entries,
+            "",
+            TOP_LEVEL_KEYS,
+            "unknown top-level key",
+            "the top level takes only version, extends and mirrors",
+            lambda _: (
+                "e.g. `token_env: CORP_HF_TOKEN` in the mirror's entry, and "
+                "`export CORP_HF_TOKEN=<your token>` in your shell"
+            ),
+        )
+        if "extends" in entries:
+            self.value(_EXTENDS, entries["extends"][1], "")
             if base is None:
                 if self.source == BUILTIN_SOURCE:
                     raise self.error(
@@ -620,50 +937,6 @@ class _Parser:
         specs = self.mirror_list(root, entries, False, set())
         mirrors = tuple(self.build(spec, None) for spec in specs)
         return Catalogue(mirrors=mirrors, version=version, sources=(self.source,))
-
-    def version(self, root: MappingNode, entries: _Entries) -> int:
-        if "version" not in entries:
-            raise self.error(
-                root,
-                "version",
-                "missing `version:`",
-                hint="add `version: 1` at the top of the file",
-            )
-        node = entries["version"][1]
-        value = self.scalar(node, "version")
-        supported = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise self.error(
-                node,
-                "version",
-                f"version must be an integer ({supported}), {_got(value)}",
-                hint="write `version: 1` (no quotes)",
-            )
-        if value not in SUPPORTED_VERSIONS:
-            raise self.error(
-                node,
-                "version",
-                f"unsupported catalogue version {value}; this modelget supports version "
-                f"{supported}",
-                hint="write `version: 1`, or upgrade modelget if the file was written for a newer "
-                "one",
-            )
-        return value
-
-    def extends(self, entries: _Entries) -> bool:
-        if "extends" not in entries:
-            return False
-        node = entries["extends"][1]
-        value = self.scalar(node, "extends")
-        if value != "builtin":
-            raise self.error(
-                node,
-                "extends",
-                f"the only allowed value of extends is `builtin`, {_got(value)}",
-                hint="write `extends: builtin` to start from the bundled mirrors, or remove the "
-                "line to replace them",
-            )
-        return True
 
     def mirror_list(
         self, root: MappingNode, entries: _Entries, extends: bool, base_names: set[str]
@@ -731,28 +1004,17 @@ class _Parser:
             _plain_text(entries.get("kind")),
             _plain_text(entries.get("endpoint")),
         )
-        for key, (key_node, _) in entries.items():
-            if key in MIRROR_FIELDS:
-                continue
-            field = _child(where, key)
-            if _is_secret_key(key):
-                raise self.error(
-                    key_node,
-                    field,
-                    _FORBIDDEN_KEY_MESSAGE,
-                    hint=f"delete `{key}` (rotate the token if this file was shared); then "
-                    f"write `token_env: {suggestion}` here and run "
-                    f"`export {suggestion}=<your token>`",
-                )
-            close = _closest(key, MIRROR_FIELDS)
-            raise self.error(
-                key_node,
-                field,
-                f"unknown mirror field {_show(key)}",
-                hint=(f"did you mean `{close}`? " if close else "")
-                + "known fields: "
-                + ", ".join(MIRROR_FIELDS),
-            )
+        self.reject_unknown(
+            entries,
+            where,
+            MIRROR_FIELDS,
+            "unknown mirror field",
+            "known fields: " + ", ".join(MIRROR_FIELDS),
+            lambda key: (
+                f"delete `{key}` (rotate the token if this file was shared); then "
+                f"write `token_env: {suggestion}` here and run `export {suggestion}=<your token>`"
+            ),
+        )
         if "name" not in entries:
             raise self.error(
                 node,
@@ -760,31 +1022,14 @@ class _Parser:
                 "missing required field `name`",
                 hint="every mirror needs a unique `name` (e.g. `name: corp-hf`)",
             )
-        name_node = entries["name"][1]
-        name = self.name(name_node, f"{where}.name")
-        values: _Fields = {}
-        nodes: dict[str, Node] = {"name": name_node}
+        nodes: dict[str, Node] = {"name": entries["name"][1]}
+        name: str = self.value(_MIRROR_ROWS["name"], nodes["name"], where)
+        values: dict[str, Any] = {}
         for key, (_, value_node) in entries.items():
             nodes[key] = value_node
-            field = f"{where}.{key}"
-            if key == "kind":
-                values["kind"] = self.kind(value_node, field)
-            elif key == "endpoint":
-                values["endpoint"] = self.endpoint(value_node, field)
-            elif key == "token_env":
-                values["token_env"] = self.token_env(value_node, field, suggestion)
-            elif key == "use_hf_login":
-                values["use_hf_login"] = self.boolean(value_node, field)
-            elif key == "enabled":
-                values["enabled"] = self.boolean(value_node, field)
-            elif key == "weight":
-                values["weight"] = self.weight(value_node, field)
-            elif key == "max_connections":
-                values["max_connections"] = self.max_connections(value_node, field)
-            elif key == "id_map":
-                values["id_map"] = self.id_map(value_node, field)
-        override = extends and name in base_names
-        if not override:
+            if key != "name":
+                values[key] = self.value(_MIRROR_ROWS[key], value_node, where, suggestion)
+        if not (extends and name in base_names):  # a new mirror, not an override
             for required in REQUIRED_FIELDS:
                 if required not in entries:
                     raise self.error(
@@ -805,234 +1050,6 @@ class _Parser:
             f"{guess}{name!r} is not a bundled mirror, so it is a new one and {need}; bundled "
             f"mirrors (which need only the fields you change): {', '.join(sorted(base_names))}"
         )
-
-    def name(self, node: Node, field: str) -> str:
-        value = self.scalar(node, field)
-        if not isinstance(value, str):
-            raise self.error(
-                node, field, f"name must be a string, {_got(value)}", hint="e.g. `name: corp-hf`"
-            )
-        if not _NAME_RE.fullmatch(value):
-            fixed = re.sub(r"[^a-z0-9._-]+", "-", value.lower()).strip("-._")
-            example = fixed if fixed and _NAME_RE.fullmatch(fixed) else "corp-hf"
-            raise self.error(
-                node,
-                field,
-                "name must be lowercase letters, digits, '.', '_' or '-', starting with a letter "
-                f"or digit; {_got(value)}",
-                hint=f"e.g. `name: {example}`",
-            )
-        return value
-
-    def kind(self, node: Node, field: str) -> MirrorKind:
-        value = self.scalar(node, field)
-        if isinstance(value, str) and value in _KINDS:
-            return _KINDS[value]
-        guess: str | None = None
-        if isinstance(value, str):
-            guess = _KIND_ALIASES.get(value.strip().lower()) or _closest(
-                value.strip().lower(), MIRROR_KINDS
-            )
-        raise self.error(
-            node,
-            field,
-            f"kind must be one of {', '.join(MIRROR_KINDS)}; {_got(value)}",
-            hint=(f"did you mean `kind: {guess}`? " if guess else "") + _KIND_HELP,
-        )
-
-    def endpoint(self, node: Node, field: str) -> str:
-        value = self.scalar(node, field)
-        example = "e.g. `endpoint: https://hf.example.com`"
-        if not isinstance(value, str):
-            raise self.error(
-                node,
-                field,
-                f"endpoint must be an http:// or https:// URL, {_got(value)}",
-                hint=example,
-            )
-        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
-            raise self.error(
-                node,
-                field,
-                "endpoint must not contain spaces or control characters",
-                hint=f"remove them ({example}); percent-encode a space in a path as %20",
-            )
-        try:
-            parts = urlsplit(value)
-            _ = parts.port  # raises ValueError for a bad port
-        except ValueError:
-            raise self.error(
-                node, field, f"endpoint {_show(value)} is not a valid URL", hint=example
-            ) from None
-        if "@" in parts.netloc:
-            raise self.error(
-                node,
-                field,
-                "endpoint must not contain credentials (`user:password@`); credentials in URLs "
-                "are refused (the value is not shown)",
-                hint="remove `user:password@` from the URL (rotate the password if the file was "
-                "shared), put the token in an environment variable and name it with token_env",
-            )
-        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-            raise self.error(
-                node,
-                field,
-                f"endpoint must be an absolute http:// or https:// URL, {_got(value)}",
-                hint=example,
-            )
-        if not parts.hostname:
-            raise self.error(node, field, "endpoint has no host name", hint=example)
-        if "?" in value or "#" in value:
-            which = "query string (`?...`)" if "?" in value else "fragment (`#...`)"
-            raise self.error(
-                node,
-                field,
-                f"endpoint must not have a {which} (the value is not shown)",
-                hint="give the base URL only; never put a token in a URL, use token_env",
-            )
-        scheme = parts.scheme.lower()
-        return scheme + value[len(scheme) :].rstrip("/")
-
-    def token_env(self, node: Node, field: str, suggestion: str) -> str | None:
-        value = self.scalar(node, field)
-        how = (
-            f"delete the value here (rotate the token if this file was shared), run "
-            f"`export {suggestion}=<your token>` and write `token_env: {suggestion}`"
-        )
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise self.error(
-                node,
-                field,
-                "token_env must be the name of an environment variable that holds the token, "
-                f"got {_type_of(value)} (value not shown)",
-                hint=how,
-            )
-        if _looks_like_token(value):
-            raise self.error(
-                node,
-                field,
-                "this looks like a token (value redacted): a token must never be written inline "
-                "in mirrors.yaml; token_env names the environment variable that holds it",
-                hint=how,
-            )
-        if not _ENV_NAME_RE.fullmatch(value):
-            raise self.error(
-                node,
-                field,
-                "token_env is not a valid environment variable name (letters, digits and _, not "
-                "starting with a digit; value not shown); it names the variable that holds the "
-                "token, and a token must never be written inline",
-                hint=how,
-            )
-        return value
-
-    def boolean(self, node: Node, field: str) -> bool:
-        value = self.scalar(node, field)
-        if not isinstance(value, bool):
-            name = field.rsplit(".", 1)[-1]
-            raise self.error(
-                node,
-                field,
-                f"{name} must be true or false, {_got(value)}",
-                hint=f"write `{name}: true` or `{name}: false` (no quotes)",
-            )
-        return value
-
-    def weight(self, node: Node, field: str) -> float:
-        value = self.scalar(node, field)
-        hint = "e.g. `weight: 2` to prefer this mirror, `weight: 0.5` to prefer others (default 1)"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(node, field, f"weight must be a number > 0, {_got(value)}", hint=hint)
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number) or number <= 0:
-            raise self.error(
-                node, field, f"weight must be a finite number > 0, {_got(value)}", hint=hint
-            )
-        return number
-
-    def max_connections(self, node: Node, field: str) -> int:
-        value = self.scalar(node, field)
-        low, high = MAX_CONNECTIONS_RANGE
-        hint = (
-            f"an integer from {low} to {high} (default: none, the count adapts up to "
-            "--connections), e.g. `max_connections: 8`"
-        )
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(
-                node, field, f"max_connections must be an integer, {_got(value)}", hint=hint
-            )
-        if not low <= value <= high:
-            raise self.error(
-                node,
-                field,
-                f"max_connections must be from {low} to {high}, {_got(value)}",
-                hint=hint,
-            )
-        return value
-
-    def id_map(self, node: Node, field: str) -> Mapping[str, str]:
-        hint = (
-            'id_map maps repo ids to this mirror\'s ids, e.g. `"meta-llama/*": "LLM-Research/*"`'
-            ' or `"microsoft/phi-4": "LLM-Research/phi-4"`'
-        )
-        if not isinstance(node, MappingNode):
-            value = self.scalar(node, field)
-            if value is None:
-                return MappingProxyType({})
-            raise self.error(node, field, f"id_map must be a mapping, {_got(value)}", hint=hint)
-        result: dict[str, str] = {}
-        for key, (key_node, value_node) in self.mapping(node, field, indexed=True).items():
-            where = f"{field}[{key!r}]"
-            is_pattern = any(c in key for c in _GLOB_CHARS)
-            valid = (_ID_PATTERN_RE if is_pattern else _REPO_ID_RE).fullmatch(key)
-            if not valid:
-                raise self.error(
-                    key_node,
-                    where,
-                    f"{_show(key)} is not a repo id (`org/name`) or a glob pattern over one",
-                    hint=hint,
-                )
-            target = self.scalar(value_node, where)
-            if not isinstance(target, str):
-                raise self.error(
-                    value_node,
-                    where,
-                    f"the target of an id_map entry must be a repo id string, {_got(target)}",
-                    hint=hint,
-                )
-            if any(c in target for c in _GLOB_CHARS):
-                org = target[:-2]
-                if not (target.endswith("/*") and _ORG_RE.fullmatch(org)):
-                    raise self.error(
-                        value_node,
-                        where,
-                        f"target {_show(target)}: a `*` in a target is only allowed as `ORG/*` "
-                        "(the same name under ORG)",
-                        hint=hint,
-                    )
-                if not is_pattern:
-                    raise self.error(
-                        value_node,
-                        where,
-                        f"{_show(key)} is an exact id, so its target must be an exact id, not "
-                        f"{_show(target)}",
-                        hint=f"write the full id, e.g. `{_show(key)}: "
-                        f"{org}/{key.rsplit('/', 1)[-1]}`",
-                    )
-            elif not _REPO_ID_RE.fullmatch(target):
-                raise self.error(
-                    value_node,
-                    where,
-                    f"target {_show(target)} is not a repo id (`org/name`) or `ORG/*`",
-                    hint=hint,
-                )
-            result[key] = target
-        return MappingProxyType(result)
 
     # ---- records ----------------------------------------------------------------------------
 
