@@ -294,7 +294,11 @@ def test_an_interrupt_with_json_ends_in_an_error_envelope(
     (line,) = out.splitlines()
     error = json.loads(line)
     assert error["error"]["code"] == "interrupted" and error["exit_code"] == 130
-    assert err.strip() == "error: interrupted"
+    # One line that says what happened and what to do (it was the bare code).
+    assert err.strip() == (
+        "error: interrupted: interrupted (Ctrl-C); what was downloaded is kept; "
+        "run the same command again to resume"
+    )
 
 
 def test_a_payload_cannot_overwrite_the_envelope() -> None:

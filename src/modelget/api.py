@@ -6,6 +6,7 @@ renders what these return.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from modelget.cache import CachedModel, RemoveResult, VerifyResult
     from modelget.doctor import DoctorReport
     from modelget.loadtest import LoadReport
+    from modelget.record import Record
 
 StrPath = str | os.PathLike[str]
 
@@ -129,6 +131,7 @@ def _plan(
     verify_tls: bool = True,
     reporter: Reporter | None = None,
     timings: dict[str, float] | None = None,
+    trust_present: bool = True,
 ) -> tuple[Plan, dict[str, Mirror]]:
     _check_repo_id(repo_id)
     if locked is not None:
@@ -166,14 +169,32 @@ def _plan(
     hub_cache = _hub_cache(cache_dir)
     dest = Path(local_dir) if local_dir is not None else hub_cache
 
+    local = Path(local_dir) if local_dir is not None else None
+
     def here(entries: Sequence[FileEntry]) -> set[str]:
-        return scan(
-            entries,
-            repo_id=repo_id,
-            commit=reference.commit,
-            cache_dir=hub_cache,
-            local_dir=Path(local_dir) if local_dir is not None else None,
+        """Complete at the destination, cheaply: right size, and, where the record has a stamp,
+        bytes unchanged since their digest last matched (a changed one is hashed by the
+        executor before it is reused). Nothing with ``trust_present`` off (force, repair)."""
+        if not trust_present:
+            return set()
+        from modelget import record
+
+        found = scan(
+            entries, repo_id=repo_id, commit=reference.commit, cache_dir=hub_cache, local_dir=local
         )
+        rec = record.read_record(record.record_path(repo_id, reference.commit, hub_cache, local))
+        if rec is None or not rec.stamps:
+            return found
+        return {
+            e.path
+            for e in entries
+            if e.path in found
+            and not record.changed(
+                rec.stamps,
+                e.path,
+                record.file_path(e, repo_id, reference.commit, hub_cache, local),
+            )
+        }
 
     present, tries, disagreements = settle_present(assembly.tries, assembly.disagreements, here)
     throughput = {
@@ -246,6 +267,8 @@ def pull(
     locked: LockedModel | None = None,
     verify_tls: bool = True,
     offline: bool | None = None,
+    force_download: bool = False,
+    repair: bool = False,
 ) -> PullResult:
     """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache
     (or ``local_dir``), and return what happened. ``verify_tls=False`` (``--insecure``)
@@ -255,6 +278,11 @@ def pull(
     request at all: the files on disk answer, or ``OfflineMissingError`` names what is missing.
     When every mirror is unreachable and the destination already holds what is asked for, that
     is the answer too, with a warning.
+
+    What is already there is reused when it has the right size and, where modelget recorded
+    a stamp, is unchanged since its digest last matched (else it is hashed first).
+    ``repair=True`` hashes every file that is there and fetches only those that fail;
+    ``force_download=True`` fetches every file again.
 
     Raises ``Interrupted`` (exit 130) when ``cancel`` is set or on Ctrl-C, with resumable
     state kept; ``InsufficientDiskSpaceError`` when the disk fills. Partial failures are in
@@ -326,8 +354,11 @@ def pull(
                 verify_tls=verify_tls,
                 reporter=reporter,
                 timings=timings,
+                trust_present=not (force_download or repair),
             )
         except MirrorsUnreachableError as unreachable:
+            if force_download or repair:  # asked for fresh or re-checked bytes: not a fallback
+                raise
             try:
                 result = from_disk()
             except OfflineMissingError:
@@ -348,6 +379,7 @@ def pull(
             main_too=revision is None and locked is None,
             started=started,
             timings=timings,
+            force=force_download,
         )
     finally:
         starter.close()
@@ -363,11 +395,99 @@ def verify(
     *,
     revision: str | None = None,
     cache_dir: StrPath | None = None,
+    repair: bool = False,
+    mirrors: StrPath | None = None,
+    engine: EngineName = "auto",
+    reporter: Reporter | None = None,
 ) -> VerifyResult:
     """Re-hash what is on disk against the recorded digests: ``target`` is a repo id in the
     Hugging Face cache (every cached snapshot, or ``revision``'s), a ``snapshots/COMMIT`` or
     ``models--org--name`` directory, or a ``--local-dir`` download. Never raises for bad
-    files: they are in the result (``result.ok``, ``result.problems``)."""
+    files: they are in the result (``result.ok``, ``result.problems``). Files that check out
+    get a fresh stamp in modelget's record (see :mod:`modelget.record`).
+
+    ``repair=True``: the missing and corrupted files are fetched again from ``mirrors`` (only
+    those, at the same commit; nothing else is touched, the revision is not deleted), then
+    everything is checked again; ``result.repaired`` names them. A local dir can be repaired
+    when modelget pulled it (its record names the repo)."""
+    from dataclasses import replace
+
+    result = _verify_only(target, revision, cache_dir)
+    _restamp(result)
+    if not repair or result.ok:
+        return result
+    repaired = _repair(result, mirrors=mirrors, engine=engine, reporter=reporter)
+    after = _verify_only(target, revision, cache_dir)
+    _restamp(after)
+    return replace(after, repaired=tuple(repaired))
+
+
+def _restamp(result: VerifyResult) -> None:
+    """Record the stamp of every file this check hashed and found good."""
+    from modelget import record
+
+    root = Path(result.path)
+    for commit in result.commits:
+        good = [f.path for f in result.files if f.status == "ok" and f.commit in (commit, None)]
+        if result.kind == "cache":
+            where = root / ".modelget" / f"{commit}.json"
+            files = {p: root / "snapshots" / commit / p for p in good}
+        else:
+            found = record.record_of_dir(root)
+            if found is None or found[0].commit != commit:
+                continue
+            where = record.record_path(found[0].repo_id, commit, root, root)
+            files = {p: root / p for p in good}
+        stamps = {p: s for p, f in files.items() if (s := record.stamp_of(f)) is not None}
+        with contextlib.suppress(OSError):  # a read-only cache can be verified, not stamped
+            record.add_stamps(where, stamps)
+
+
+def _repair(
+    result: VerifyResult,
+    *,
+    mirrors: StrPath | None,
+    engine: EngineName,
+    reporter: Reporter | None,
+) -> list[str]:
+    """Fetch again the files ``result`` found missing or corrupted, commit by commit."""
+    from modelget import record
+
+    root = Path(result.path)
+    bad: dict[str, list[str]] = {}
+    for f in result.problems:
+        bad.setdefault(f.commit or "", []).append(f.path)
+    if result.kind == "cache":
+        repo_id, cache_root, local = result.repo_id, root.parent, None
+    else:
+        found = record.record_of_dir(root)
+        if found is None:
+            raise UsageError(
+                f"cannot repair {root}: nothing says which repo it holds (it was not pulled by "
+                "modelget)",
+                hint="pull it again: modelget pull REPO_ID --local-dir DIR --repair",
+            )
+        repo_id, cache_root, local = found[0].repo_id, None, root
+        bad = {found[0].commit: [p for paths in bad.values() for p in paths]}
+    assert repo_id is not None
+    done: list[str] = []
+    for commit, paths in bad.items():
+        pulled = pull(
+            repo_id,
+            sorted(set(paths)),
+            revision=commit or None,
+            mirrors=mirrors,
+            cache_dir=cache_root,
+            local_dir=local,
+            engine=engine,
+            reporter=reporter,
+            repair=True,
+        )
+        done += [o.path for o in pulled.files if o.status == "fetched"]
+    return done
+
+
+def _verify_only(target: StrPath, revision: str | None, cache_dir: StrPath | None) -> VerifyResult:
     from modelget import cache
 
     text = os.fspath(target)
@@ -453,15 +573,86 @@ def load_test(
     cache_dir: StrPath | None = None,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     warm: bool = False,
+    verify: bool = False,
 ) -> LoadReport:
     """Check every file a loader reads and load every tensor onto ``device`` (see
-    ``modelget.loadtest``). ``warm``: read the files into the page cache first."""
+    ``modelget.loadtest``). ``warm``: read the files into the page cache first.
+
+    First the bytes are checked against their digests: cheaply by default (each file's size
+    and modification time against modelget's record of when its digest last matched; a file
+    that changed is hashed), every file hashed with ``verify=True``. A file that fails makes
+    the report fail (exit 4) before any tensor is loaded; ``report.integrity`` says which
+    check was made."""
     from modelget import loadtest
 
     root = model_root(target, revision=revision, cache_dir=cache_dir)
+    how, bad = _integrity(root, full=verify)
+    if bad:
+        checks = [
+            loadtest.FileCheck(path, "integrity", ok=False, problems=[why]) for path, why in bad
+        ]
+        failed = loadtest.LoadReport(str(root), False, checks, integrity=how)
+        failed.storage = loadtest.storage_of(root)
+        return failed
     if warm:
         loadtest.warm(root)
-    return loadtest.load_model(root, device)
+    report = loadtest.load_model(root, device)
+    report.integrity = how
+    return report
+
+
+def _integrity(root: Path, *, full: bool) -> tuple[str, list[tuple[str, str]]]:
+    """How the model's bytes were checked, and each file that failed with why."""
+    from modelget import cache, record
+    from modelget.errors import VerificationError
+    from modelget.verify import check
+
+    if full:
+        result = cache.verify_dir(root)
+        _restamp(result)
+        bad = [(f.path, f"{f.status}: {f.detail}") for f in result.problems]
+        return f"every file hashed ({len(result.files)} files)", bad
+    found = record.record_of_dir(root)
+    if found is None:
+        return "not checked: modelget has no record of these files (--verify hashes them)", []
+    rec, _ = found
+    bad, hashed, unstamped, fresh = [], 0, 0, {}
+    for path, entry in sorted(rec.files.items()):
+        where = root / path
+        if not where.exists():
+            continue  # not part of this directory's files (a filtered pull): the loader says
+        if path not in rec.stamps:
+            unstamped += 1
+            continue
+        if not record.changed(rec.stamps, path, where):
+            continue
+        hashed += 1
+        try:
+            check(where, entry)
+        except VerificationError as exc:
+            bad.append((path, f"the bytes changed since they were verified: {exc.message}"))
+            continue
+        stamp = record.stamp_of(where)
+        if stamp is not None:
+            fresh[path] = stamp
+    if fresh:
+        with contextlib.suppress(OSError):
+            record.add_stamps(_record_file(root, rec), fresh)
+    how = f"stamps (size + mtime) of {len(rec.stamps)} files"
+    if hashed:
+        how += f", {hashed} changed and hashed"
+    if unstamped:
+        how += f", {unstamped} without a stamp not checked"
+    return how + " (--verify hashes every file)", bad
+
+
+def _record_file(root: Path, rec: Record) -> Path:
+    from modelget import record
+
+    root = root.absolute()
+    if root.parent.name == "snapshots":
+        return root.parent.parent / ".modelget" / f"{rec.commit}.json"
+    return record.record_path(rec.repo_id, rec.commit, root, root)
 
 
 def doctor(

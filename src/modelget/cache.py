@@ -55,6 +55,9 @@ class VerifyResult:
     repo_id: str | None
     commits: tuple[str, ...]
     files: tuple[FileCheck, ...]
+    repaired: tuple[str, ...] = ()
+    """With ``repair``: the files that failed and were fetched again (``files`` is the check
+    made after that)."""
 
     @property
     def problems(self) -> tuple[FileCheck, ...]:

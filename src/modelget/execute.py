@@ -88,6 +88,8 @@ class _State:
     copy: int = 0
     copy_errors: list[str] = field(default_factory=list)
     """Why each copy tried before the current one failed."""
+    verified: bool = False
+    """Its digest was checked in this run (fetched, or reused after hashing what was there)."""
 
 
 @dataclass(frozen=True)
@@ -205,10 +207,14 @@ class Executor:
         engine: Engine,
         reporter: Reporter,
         cancel: threading.Event,
+        *,
+        force: bool = False,
     ) -> None:
         self.plan = plan
         self.mirrors = mirrors
         self.target = target
+        self.force = force
+        """``--force-download``: nothing on disk is reused, every file is fetched again."""
         self.engine = engine
         self.reporter = reporter
         self.cancel = cancel
@@ -250,7 +256,10 @@ class Executor:
     def _blob_ok(self, entry: FileEntry) -> bool:
         """The file is already where it lands (a blob of another revision's, another
         process's, or a local-dir file without its metadata, e.g. the cache it came with is
-        gone) and verifies; or, for a local dir, the HF cache has it and it is copied over."""
+        gone) and verifies; or, for a local dir, the HF cache has it and it is copied over.
+        Never with ``force``."""
+        if self.force:
+            return False
         if _verifies(self.target.final(entry), entry):
             return True
         cached = self.target.cached_blob(entry)
@@ -264,7 +273,9 @@ class Executor:
         return True
 
     def _reuse(self, state: _State, started: float) -> None:
+        """Put a file that ``_blob_ok`` hashed and found good in place."""
         entry = state.item.entry
+        state.verified = True
         place(self.target, entry)
         state.outcome = FileOutcome(
             entry.path, entry.size, "reused", seconds=time.perf_counter() - started
@@ -317,6 +328,7 @@ class Executor:
                     state.retry_single = True
             return
         layout.commit_blob(job.dest, self.target.final(entry))
+        state.verified = True
         place(self.target, entry)
         got_from = [m for m, n in result.bytes_by_mirror.items() if n > 0] or [
             s.mirror for s in job.sources
@@ -662,6 +674,7 @@ def carry_out(
     main_too: bool,
     started: float,
     timings: dict[str, float],
+    force: bool = False,
 ) -> PullResult:
     """Run ``plan`` to the end with the engine ``starter`` brings up, and say what happened.
 
@@ -677,7 +690,7 @@ def carry_out(
     timings["engine_start"] = starter.seconds
     timings["engine_wait"] = time.perf_counter() - waited
     transfer_started = time.perf_counter()
-    executor = Executor(plan, by_name, target, chosen, reporter, cancel)
+    executor = Executor(plan, by_name, target, chosen, reporter, cancel, force=force)
     outcomes = _supervise(executor, target, cancel)
     transfer_s = time.perf_counter() - transfer_started
     timings["transfer"] = transfer_s
@@ -717,14 +730,27 @@ def _record(
     outcomes: Sequence[FileOutcome],
     reporter: Reporter,
 ) -> None:
-    """Write what this pull put in place for the commit (``offline.record_pull``): an offline
-    pull, or one whose mirrors are all unreachable, checks completeness against it."""
-    from modelget.offline import record_pull
+    """Write what this pull put in place for the commit (``record.record_pull``), with a stamp
+    for each file whose digest was checked in this run (see :mod:`modelget.record`)."""
+    from modelget.record import record_pull
 
     placed = [executor.states[o.path].item.entry for o in outcomes if o.status != "failed"]
+    verified = [
+        executor.states[o.path].item.entry
+        for o in outcomes
+        if o.status != "failed" and executor.states[o.path].verified
+    ]
     others = [*plan.excluded, *(o.path for o in outcomes if o.status == "failed")]
     try:
-        record_pull(target.repo_id, plan.commit, placed, others, target.cache_dir, target.local_dir)
+        record_pull(
+            target.repo_id,
+            plan.commit,
+            placed,
+            others,
+            target.cache_dir,
+            target.local_dir,
+            verified,
+        )
     except OSError as exc:
         reporter.on_message(
             "warning",

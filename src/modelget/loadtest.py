@@ -117,6 +117,10 @@ class LoadReport:
     cached_fraction: float | None = None
     """Share of the files' pages in the page cache before the load (None: unknown)."""
     notes: list[str] = field(default_factory=list)
+    integrity: str = ""
+    """How the bytes were checked against their digests before the load, in words: stamps
+    (size + mtime against modelget's record, a changed file hashed), every file hashed
+    (``--verify``), or not at all (no record)."""
 
     @property
     def gbps(self) -> float | None:

@@ -5,11 +5,8 @@ Two ways in: offline mode (``HF_HUB_OFFLINE=1``, ``MODELGET_OFFLINE=1``, ``--off
 already holds what it asks for (then with a warning). Either way the answer is a snapshot
 that is *complete* for the request, or ``OfflineMissingError`` naming what is missing.
 
-Complete is judged against modelget's **record** of the commit: after every pull, the entries
-of the files it verified into place (path, size, digests) and the paths of the commit it left
-out, written beside the files (``models--{org}--{name}/.modelget/{commit}.json`` in the cache,
-``DIR/.cache/huggingface/modelget/{commit}.json`` in a local dir) and merged with what an
-earlier pull of the same commit recorded (a commit's files never change). A request (the file
+Complete is judged against modelget's **record** of the commit (:mod:`modelget.record`: the
+files a pull verified into place and the commit's other paths, beside the files). A request (the file
 names, ``--include``/``--exclude``, or a lockfile's list) is matched against that list with
 the same rules as online; every selected file must have been recorded *and* still be there at
 its size (the cheap check a pull makes of what it reuses; ``modelget verify`` re-hashes).
@@ -20,12 +17,10 @@ the result says that completeness was not checked.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 from modelget import layout
@@ -34,108 +29,9 @@ from modelget.errors import OfflineMissingError, UsageError
 from modelget.events import Reporter
 from modelget.lockfile import LockedModel
 from modelget.manifest import select_files
+from modelget.record import read_record, record_path
 
-RECORD_VERSION = 1
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
-@dataclass(frozen=True)
-class Record:
-    """What modelget knows it put in place for one commit."""
-
-    repo_id: str
-    commit: str
-    files: dict[str, FileEntry]
-    """Verified into place, by path."""
-    others: frozenset[str] = field(default_factory=frozenset)
-    """The commit's other paths (left out by a filter, or failed): known, not here."""
-
-
-def record_path(repo_id: str, commit: str, cache_dir: Path, local_dir: Path | None) -> Path:
-    if local_dir is not None:
-        return local_dir / ".cache" / "huggingface" / "modelget" / f"{commit}.json"
-    return layout.repo_dir(cache_dir, repo_id) / ".modelget" / f"{commit}.json"
-
-
-def read_record(path: Path) -> Record | None:
-    """The record at ``path``; None when there is none or it is unreadable (then the files
-    on disk decide, as for a snapshot modelget did not make)."""
-    try:
-        raw = json.loads(path.read_text())
-        files = {
-            str(p): FileEntry(
-                str(p),
-                int(f["size"]),
-                f.get("sha256") or None,
-                f.get("git_sha1") or None,
-                bool(f.get("lfs", False)),
-            )
-            for p, f in raw["files"].items()
-        }
-        return Record(str(raw["repo_id"]), str(raw["commit"]), files, frozenset(raw["others"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def write_record(
-    path: Path, record: Record, still_here: Callable[[FileEntry], bool] = lambda _e: True
-) -> None:
-    """Merge ``record`` into the one at ``path`` (atomically). A file an earlier pull recorded
-    stays recorded while ``still_here`` finds it in place (this pull may have left it out of
-    its filter); the paths of both records that are not in place are kept as ``others``."""
-    old = read_record(path)
-    same = old is not None and old.commit == record.commit and old.repo_id == record.repo_id
-    files = dict(old.files) if old is not None and same else {}
-    others = set(old.others) if old is not None and same else set()
-    for p in record.others:
-        if p in files and not still_here(files[p]):
-            del files[p]
-        if p not in files:
-            others.add(p)
-    files.update(record.files)
-    others -= set(files)
-    body = {
-        "version": RECORD_VERSION,
-        "repo_id": record.repo_id,
-        "commit": record.commit,
-        "files": {
-            p: {
-                "size": e.size,
-                **({"sha256": e.sha256} if e.sha256 else {}),
-                **({"git_sha1": e.git_sha1} if e.git_sha1 else {}),
-                "lfs": e.lfs,
-            }
-            for p, e in sorted(files.items())
-        },
-        "others": sorted(others),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(body, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def record_pull(
-    repo_id: str,
-    commit: str,
-    placed: Sequence[FileEntry],
-    others: Sequence[str],
-    cache_dir: Path,
-    local_dir: Path | None,
-) -> None:
-    """After a pull: ``placed`` are verified and in place; ``others`` are the rest."""
-
-    def still_here(entry: FileEntry) -> bool:
-        found = layout.scan(
-            [entry], repo_id=repo_id, commit=commit, cache_dir=cache_dir, local_dir=local_dir
-        )
-        return entry.path in found
-
-    write_record(
-        record_path(repo_id, commit, cache_dir, local_dir),
-        Record(repo_id, commit, {e.path: e for e in placed}, frozenset(others)),
-        still_here,
-    )
 
 
 # --- answering a pull from disk -------------------------------------------------------------

@@ -183,6 +183,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     pull.add_argument(
+        "--force-download",
+        action="store_true",
+        help="fetch every file again, even those already here (as hf download --force-download)",
+    )
+    pull.add_argument(
+        "--repair",
+        action="store_true",
+        help="hash every file already here and fetch again only those that fail",
+    )
+    pull.add_argument(
         "--offline",
         action="store_true",
         default=None,
@@ -241,6 +251,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "target", metavar="REPO_ID|PATH", help="a repo id, a snapshot dir or a --local-dir"
     )
     verify.add_argument("--revision", help="only this branch, tag or commit (default: all)")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="fetch again only the missing and corrupted files (same commit), then check again",
+    )
+    verify.add_argument("--mirrors", metavar="FILE", help="with --repair: mirrors.yaml to use")
+    verify.add_argument(
+        "--engine", choices=["auto", "aria2", "httpx"], default="auto", help="with --repair"
+    )
     _add_cache_dir(verify)
     _add_json(verify)
     verify.set_defaults(func=commands.verify)
@@ -283,6 +302,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_cache_dir(lt)
     lt.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     lt.add_argument("--warm", action="store_true", help="read the files into the page cache first")
+    lt.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every file first (default: a file whose size or mtime changed since it was "
+        "verified is hashed)",
+    )
     _add_json(lt)
     lt.set_defaults(func=commands.load_test)
 

@@ -294,6 +294,8 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
             locked=locked,
             verify_tls=not args.insecure,
             offline=args.offline,
+            force_download=args.force_download,
+            repair=args.repair,
         )
     finally:
         if isinstance(reporter, TqdmReporter):
@@ -338,6 +340,7 @@ def load_test(args: argparse.Namespace) -> Outcome:
         cache_dir=args.cache_dir,
         device=args.device,
         warm=args.warm,
+        verify=args.verify,
     )
     return Outcome(
         load_report_dict(report), report.exit_code, partial(render.load_report_text, report)
@@ -347,7 +350,14 @@ def load_test(args: argparse.Namespace) -> Outcome:
 def verify(args: argparse.Namespace) -> Outcome:
     from modelget.api import verify
 
-    result = verify(args.target, revision=args.revision, cache_dir=args.cache_dir)
+    result = verify(
+        args.target,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        repair=args.repair,
+        mirrors=args.mirrors,
+        engine=args.engine,
+    )
     code = result.exit_code
     counts = {s: result.count(s) for s in ("ok", "missing", "corrupted", "extra")}
     payload = {
@@ -359,6 +369,7 @@ def verify(args: argparse.Namespace) -> Outcome:
         "ok": result.ok,
         "counts": counts,
         "files": [asdict(f) for f in result.files],
+        "repaired": list(result.repaired),
     }
     return Outcome(payload, code, partial(render.verify_text, result, counts))
 

@@ -294,6 +294,8 @@ def load_report_text(report: Any) -> None:
     safetensors = [c for c in report.checks if c.kind == "safetensors"]
     verdict = "ok: the model loads" if report.ok else "FAILED: the model would not load"
     note(f"load test of {report.path}: {verdict}")
+    if report.integrity:
+        note(f"  integrity: {report.integrity}")
     note(
         f"  checked {len(report.checks)} files: {len(safetensors)} safetensors "
         f"({sum(c.tensors for c in safetensors)} tensors)"
@@ -354,6 +356,8 @@ def verify_text(result: Any, counts: Mapping[str, int]) -> None:
     for f in result.files:
         if f.status != "ok":
             note(f"{f.status}: {f.path}: {f.detail}")
+    if result.repaired:
+        note(f"repaired (fetched again): {', '.join(result.repaired)}")
     note(
         f"{result.path}: {counts['ok']} ok, {counts['missing']} missing, "
         f"{counts['corrupted']} corrupted, {counts['extra']} extra"

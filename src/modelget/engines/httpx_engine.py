@@ -778,12 +778,12 @@ class _Pull:
             _write_sidecar_quietly(f)
             result.seconds = time.perf_counter() - f.started
             return
-        remove_sidecar(f.job.dest)
         result.ok = True
         if f.hasher is not None and not f.hash_failed and f.hasher.done:
             result.digests = f.hasher.digests()
         result.seconds = time.perf_counter() - f.started
-        with f.open_lock:
+        with f.open_lock:  # not while a flush writes the sidecar
+            remove_sidecar(f.job.dest)
             os.close(f.fd)  # complete: no request writes to it any more
             f.fd = -1
         if self.on_complete is not None:
@@ -813,8 +813,14 @@ class _Pull:
     def _flush_all(self) -> None:
         for f in list(self.files.values()):
             if f.dirty and not f.finished and f.fd >= 0:
-                f.dirty = False
-                _write_sidecar_quietly(f, lock=self.lock)
+                # Under the file's open lock, rechecked: a file that finished meanwhile had its
+                # sidecar removed (``_finish_ok``), and writing it now would leave a stale
+                # ``.ranges`` beside the blob (seen once in five pulls under load).
+                with f.open_lock:
+                    if f.finished or f.fd < 0:
+                        continue
+                    f.dirty = False
+                    _write_sidecar_quietly(f, lock=self.lock)
 
     def _close_file(self, f: _File) -> None:
         if not f.finished:
