@@ -272,8 +272,8 @@ class Transfer:
 
 class BarSlots:
     """Which files get the ``slots`` file bars: the largest of those under way (the others
-    are summed in the overall bar). A file larger than the smallest one with a bar takes its
-    slot; a slot that a finished file frees goes to the largest file without one.
+    are summed in the overall bar). A file at least twice the size of the smallest one with a
+    bar takes its slot; a slot that a finished file frees goes to the largest file without one.
 
     ``start`` and ``done`` return the changes to draw, in order: ``(path, None)`` loses its
     bar, ``(path, position)`` gets one (positions 1..slots; 0 is the overall bar).
@@ -294,7 +294,7 @@ class BarSlots:
         if not self.slot:
             return []
         smallest = min(self.slot, key=lambda p: self.sizes[p])
-        if self.sizes[smallest] >= size:
+        if size < 2 * self.sizes[smallest]:  # no churn among files of a kind
             return []
         pos = self.slot.pop(smallest)
         self.slot[path] = pos
