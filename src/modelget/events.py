@@ -41,6 +41,10 @@ class Reporter(Protocol):
     def on_connections(self, counts: Mapping[str, int]) -> None:
         """The scheduler changed how many connections each mirror gets (mirror → count)."""
 
+    def on_lock_wait(self, path: str, lock: str) -> None:
+        """Another process (modelget or huggingface_hub) holds ``path``'s lock file ``lock``:
+        this pull waits for it, then reuses its bytes (once per file)."""
+
 
 class NullReporter:
     """A reporter that ignores every event."""
@@ -74,9 +78,31 @@ class NullReporter:
     def on_connections(self, counts: Mapping[str, int]) -> None:
         pass
 
+    def on_lock_wait(self, path: str, lock: str) -> None:
+        # A subclass that only overrides on_message still hears of the wait.
+        self.on_message("info", lock_wait_text(path, lock))
+
 
 def report_connections(reporter: Reporter, counts: Mapping[str, int]) -> None:
     """``reporter.on_connections(counts)``, tolerating a reporter written before that event."""
     method = getattr(reporter, "on_connections", None)
     if method is not None:
         method(dict(counts))
+
+
+def lock_wait_text(path: str, lock: str) -> str:
+    """What a person reads while a pull waits on another process's lock."""
+    return (
+        f"{path}: waiting for another process (modelget or huggingface_hub) "
+        f"that is fetching it (lock {lock})"
+    )
+
+
+def report_lock_wait(reporter: Reporter, path: str, lock: str) -> None:
+    """``reporter.on_lock_wait``, or the same note as a message for a reporter written
+    before that event."""
+    method = getattr(reporter, "on_lock_wait", None)
+    if method is not None:
+        method(path, lock)
+    else:
+        reporter.on_message("info", lock_wait_text(path, lock))

@@ -54,7 +54,7 @@ from modelget.errors import (
     ModelgetError,
     VerificationError,
 )
-from modelget.events import Reporter
+from modelget.events import Reporter, report_lock_wait
 from modelget.manifest import Copy, settle
 from modelget.verify import check
 
@@ -577,16 +577,17 @@ class Executor:
                 if self.cancel.is_set():
                     break
                 entry = state.item.entry
-                self.reporter.on_message(
-                    "info",
-                    f"{entry.path}: another process is fetching it; waiting for it to finish",
-                )
                 assert state.lock is not None
+                told = False  # said once per file, and only if the lock is still held
                 while True:
                     try:
-                        state.lock.acquire(timeout=0.5)
+                        state.lock.acquire(timeout=0.5 if told else 0)
                         break
                     except Timeout:
+                        if not told:
+                            lock = str(self.target.lock(entry))
+                            report_lock_wait(self.reporter, entry.path, lock)
+                            told = True
                         if self.cancel.is_set():
                             break
                 if self.cancel.is_set():

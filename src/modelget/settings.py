@@ -59,6 +59,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "HF_HUB_OFFLINE",
         "huggingface_hub's offline switch, honoured the same way as MODELGET_OFFLINE.",
     ),
+    EnvVar(
+        "HF_HUB_DISABLE_PROGRESS_BARS",
+        "huggingface_hub's switch: if 1 (or true/yes/on), pulls draw no progress bars.",
+    ),
     EnvVar("HF_HOME", "Hugging Face home; the hub cache defaults to $HF_HOME/hub."),
     EnvVar(
         "HF_HUB_CACHE", "Hugging Face hub cache directory (where pulled models land by default)."
@@ -185,10 +189,17 @@ def probe_timeout_s() -> float:
 def offline() -> bool:
     """``MODELGET_OFFLINE`` or ``HF_HUB_OFFLINE`` set to 1/true/yes/on (huggingface_hub's
     own reading of its variable, so one switch serves both tools)."""
-    return any(
-        (env(name) or "").strip().upper() in ("1", "ON", "YES", "TRUE")
-        for name in ("MODELGET_OFFLINE", "HF_HUB_OFFLINE")
-    )
+    return _true("MODELGET_OFFLINE") or _true("HF_HUB_OFFLINE")
+
+
+def progress_bars_disabled() -> bool:
+    """``HF_HUB_DISABLE_PROGRESS_BARS`` set to 1/true/yes/on, as huggingface_hub reads it:
+    no bars (lines and heartbeats instead)."""
+    return _true("HF_HUB_DISABLE_PROGRESS_BARS")
+
+
+def _true(name: str) -> bool:
+    return (env(name) or "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def aria2c_override() -> str | None:

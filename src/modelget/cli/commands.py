@@ -272,7 +272,7 @@ def _engine_options(args: argparse.Namespace) -> EngineOptions:
 
 def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None) -> Outcome:
     from modelget.api import pull
-    from modelget.cli.progress import TqdmReporter, reporter_for
+    from modelget.cli.progress import reporter_for
 
     opts = _engine_options(args)
     if args.json or args.quiet:
@@ -298,8 +298,9 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
             repair=args.repair,
         )
     finally:
-        if isinstance(reporter, TqdmReporter):
-            reporter.close()
+        close = getattr(reporter, "close", None)  # bars, heartbeat thread
+        if close is not None:
+            close()
     code = result.exit_code
     load_report = None
     if code == EXIT_OK and (args.load_test or args.warm):
