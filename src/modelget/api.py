@@ -36,6 +36,7 @@ from modelget.layout import free_bytes, scan
 from modelget.lockfile import LockedModel, Lockfile
 from modelget.manifest import check_repo_id as _check_repo_id
 from modelget.manifest import check_revision as _check_revision
+from modelget.manifest import parse_target
 from modelget.plan import assemble, make_plan, settle_present
 from modelget.probe import ProbeReport, store_cached
 from modelget.probe import probe as run_probe
@@ -228,9 +229,12 @@ def lock(
     digests as the mirrors agree on them: what ``pull(..., locked=...)`` reproduces."""
     models = []
     for target in targets:
-        repo_id, at, rev = target.partition("@")
-        if at and not rev:
-            raise UsageError(f"empty revision in {target!r}", hint="write REPO_ID@REVISION")
+        repo_id, rev, paths = parse_target(target)
+        if paths:
+            raise UsageError(
+                f"{target!r} names files: a lock pins a whole model",
+                hint="name the model (and --include/--exclude to narrow it)",
+            )
         the_plan, _ = _plan(
             repo_id,
             revision=rev or revision,

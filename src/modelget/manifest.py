@@ -292,20 +292,33 @@ def select_files(
 ) -> tuple[list[FileEntry], list[str]]:
     """The wanted files and the paths left out, with ``hf download`` semantics.
 
-    Explicit ``filenames`` must all exist (else a usage error naming the missing ones) and
-    then ``include``/``exclude`` globs (fnmatch over the whole path, ``dir/`` meaning
-    ``dir/*``) narrow them further, exactly as huggingface_hub's ``filter_repo_objects``.
+    Explicit ``filenames`` (files, or folders: every file under ``dir/``) must all exist
+    (else a usage error naming the missing ones) and then ``include``/``exclude`` globs
+    (fnmatch over the whole path, ``dir/`` meaning ``dir/*``) narrow them further, exactly
+    as huggingface_hub's ``filter_repo_objects``.
     """
     pool: Sequence[FileEntry] = files
     if filenames:
         by_path = {f.path: f for f in files}
-        missing = [n for n in filenames if n not in by_path]
+        chosen: dict[str, FileEntry] = {}
+        missing = []
+        for name in filenames:
+            if name in by_path:
+                chosen.setdefault(name, by_path[name])
+                continue
+            # A folder (``1_Pooling/`` or ``1_Pooling``): every file under it.
+            folder = name.rstrip("/") + "/"
+            inside = [f for f in files if f.path.startswith(folder)] if folder != "/" else []
+            if not inside:
+                missing.append(name)
+            for f in inside:
+                chosen.setdefault(f.path, f)
         if missing:
             raise UsageError(
                 f"not in the repo: {', '.join(missing)}",
                 hint="check the file names with `modelget pull REPO --dry-run`",
             )
-        pool = [by_path[n] for n in dict.fromkeys(filenames)]
+        pool = list(chosen.values())
     if not include and not exclude:
         # No glob: nothing to filter, and no import of huggingface_hub (0.1 s) for a pull.
         kept_paths = {f.path for f in pool}
@@ -358,6 +371,37 @@ def _near_matches(include: Sequence[str], paths: Sequence[str]) -> str:
     return (
         "the repo has e.g. " + ", ".join(sorted(paths)[:5]) + "; see `modelget pull REPO --dry-run`"
     )
+
+
+def parse_target(text: str) -> tuple[str, str | None, tuple[str, ...]]:
+    """What a user names a model with, as ``(repo_id, revision, paths)``: ``ORG/NAME``,
+    ``ORG/NAME@REV`` (as ``modelget lock`` takes it), or huggingface_hub's file-system URL
+    ``hf://[models/]ORG/NAME[@REV][/PATH]`` (``@refs%2Fpr%2F1``: the revision is URL-quoted
+    there). Datasets and spaces (``hf://datasets/...``) are a usage error: modelget pulls
+    models. Pure: the caller checks the id (:func:`check_repo_id`)."""
+    from urllib.parse import unquote
+
+    rest = text
+    if text.startswith("hf://"):
+        rest = text[len("hf://") :]
+        kind, _, after = rest.partition("/")
+        if kind in ("datasets", "spaces"):
+            raise UsageError(
+                f"{text!r} is a {kind[:-1]}: modelget pulls models",
+                hint="use hf download --repo-type " + kind[:-1] + " for it",
+            )
+        if kind == "models":
+            rest = after
+        parts = rest.split("/")
+        if len(parts) >= 2 and "@" in parts[1]:
+            name, _, rev = parts[1].partition("@")
+            return f"{parts[0]}/{name}", unquote(rev) or None, tuple(p for p in parts[2:] if p)
+        head, paths = "/".join(parts[:2]), tuple(p for p in parts[2:] if p)
+        return head, None, ("/".join(paths),) if paths else ()
+    repo_id, at, rev = rest.partition("@")
+    if at and not rev:
+        raise UsageError(f"empty revision in {text!r}", hint="write REPO_ID@REVISION")
+    return repo_id, (rev or None), ()
 
 
 def check_repo_id(repo_id: str) -> None:

@@ -68,6 +68,8 @@ def probe(args: argparse.Namespace) -> Outcome:
     from modelget.api import probe
 
     _warn_insecure(args)
+    if args.repo_id is not None:
+        _take_target(args)
     summary = probe(
         args.repo_id,
         revision=args.revision,
@@ -94,6 +96,8 @@ def probe(args: argparse.Namespace) -> Outcome:
 def doctor(args: argparse.Namespace) -> Outcome:
     from modelget.api import doctor
 
+    if args.repo_id is not None:
+        _take_target(args)
     report = doctor(
         args.repo_id,
         revision=args.revision,
@@ -154,6 +158,25 @@ def lock(args: argparse.Namespace) -> Outcome:
     return Outcome({}, EXIT_OK, partial(render.lock_text, shown, result.models))
 
 
+def _take_target(args: argparse.Namespace) -> None:
+    """``REPO_ID@REV`` and ``hf://ORG/NAME[@REV][/PATH]`` (see ``manifest.parse_target``) set
+    ``args.repo_id``, ``args.revision`` and the file names; a revision given twice and
+    differently is a usage error."""
+    from modelget.manifest import parse_target
+
+    repo_id, revision, paths = parse_target(args.repo_id)
+    if revision is not None:
+        if args.revision is not None and args.revision != revision:
+            raise UsageError(
+                f"two revisions: {args.repo_id!r} and --revision {args.revision!r}",
+                hint="give the revision once",
+            )
+        args.revision = revision
+    args.repo_id = repo_id
+    if hasattr(args, "filenames"):
+        args.filenames = [*paths, *args.filenames]
+
+
 def _pull_jobs(args: argparse.Namespace) -> list[tuple[str, LockedModel | None]]:
     """(repo id, locked model or None) for each model this pull command asks for."""
     from modelget.errors import UsageError
@@ -161,6 +184,7 @@ def _pull_jobs(args: argparse.Namespace) -> list[tuple[str, LockedModel | None]]
     if not args.lock:
         if args.repo_id is None:
             raise UsageError("pull needs a REPO_ID", hint="or --lock FILE to pull a lockfile")
+        _take_target(args)
         return [(args.repo_id, None)]
     from modelget.lockfile import load
 
@@ -310,7 +334,23 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
     payload = asdict(result)
     if load_report is not None:
         payload["load_test"] = load_report_dict(load_report)
-    text = partial(render.pull_text, result, load_report, quiet=args.quiet, verbose=args.verbose)
+    # As `hf download REPO FILE`: one file asked for, its path is what is printed.
+    one = args.filenames[0] if len(args.filenames) == 1 else None
+    single = (
+        str(Path(result.path) / one)
+        if one is not None and any(f.path == one for f in result.files)
+        else None
+    )
+    if single is not None:
+        payload["file_path"] = single
+    text = partial(
+        render.pull_text,
+        result,
+        load_report,
+        quiet=args.quiet,
+        verbose=args.verbose,
+        printed=single,
+    )
     return Outcome(payload, code, text, subject=repo_id)
 
 

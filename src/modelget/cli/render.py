@@ -225,9 +225,17 @@ def plan_text(plan: Any) -> None:
         note(f"left out by filters: {len(plan.excluded)} files")
 
 
-def pull_text(result: PullResult, load_report: Any, *, quiet: bool, verbose: bool) -> None:
+def pull_text(
+    result: PullResult,
+    load_report: Any,
+    *,
+    quiet: bool,
+    verbose: bool,
+    printed: str | None = None,
+) -> None:
     """A pull's summary, connections and timings (``-v``), failures and load test on stderr;
-    the model's path on stdout (always, even with ``--quiet``)."""
+    the model's path on stdout (always, even with ``--quiet``), or ``printed`` (a single
+    file's path, as ``hf download REPO FILE`` prints it)."""
     from modelget.cli.progress import connections_line
 
     failed = result.failed
@@ -253,7 +261,7 @@ def pull_text(result: PullResult, load_report: Any, *, quiet: bool, verbose: boo
         note(line)
     if load_report is not None:
         load_report_text(load_report)
-    print(result.path)
+    print(printed or result.path)
 
 
 SUMMARY_GROUPS = 3
