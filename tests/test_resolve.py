@@ -530,3 +530,24 @@ def test_refuses_when_the_destination_is_too_small(
         assert "error: disk-full" in res.stderr and "not enough disk space" in res.stderr
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_the_snapshot_is_the_hf_commit_when_modelscope_ranks_first(
+    tmp_path: Path, tiny_repo: Path, sims: list[HubSimulator]
+) -> None:
+    hub = start(sims, name="hub")
+    ms = start(sims, name="ms")
+    commit = hub.add_repo(REPO, tiny_repo)
+    ms.add_repo(REPO, tiny_repo, ms_id="acme-ms/tiny")
+    hub.add_fault(Fault(route="*", latency_s=0.08))  # ModelScope answers first: it ranks first
+    cat = write_catalogue(
+        tmp_path / "m.yaml",
+        hf_entry("hub", hub.url),
+        ms_entry("ms", ms.url, '  id_map:\n    "acme/*": "acme-ms/*"\n'),
+    )
+    plan = api.plan(REPO, mirrors=cat, cache_dir=tmp_path / "cache")
+    assert plan.commit == commit and plan.manifest_mirror == "hub"  # not ModelScope's "master"
+    for item in plan.items:
+        assert [s.mirror for s in item.sources] == ["ms", "hub"]  # still in rank order
+    result = api.pull(REPO, mirrors=cat, cache_dir=tmp_path / "cache", engine="httpx")
+    assert result.status == "ok" and Path(result.path).name == commit

@@ -160,6 +160,8 @@ def _plan(
     assembly = assemble(
         [manifests[m.name] for m in order],
         file_url,
+        # The snapshot is the HF commit whichever mirror ranks first (see assemble).
+        reference_mirror=next((m.name for m in order if m.kind in ("hf", "cdn")), None),
         locked=locked,
         lock_entries=resolved.lock_entries,
         filenames=filenames,

@@ -55,11 +55,19 @@ def assemble(
     filenames: Sequence[str] = (),
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    reference_mirror: str | None = None,
 ) -> Assembly:
-    """``manifests``: one per usable mirror, best first (the first is the reference: its
-    commit and file list). ``file_url(mirror, entry)``: that mirror's URL for the file.
+    """``manifests``: one per usable mirror, best first. The reference (its commit and file
+    list) is ``reference_mirror``'s manifest when given and usable, else the best mirror's:
+    the caller names the best-ranked mirror that speaks in Hugging Face commits (an ``hf`` or
+    ``cdn`` mirror), so the snapshot is the HF commit whichever mirror ranks first (a
+    ModelScope repo is another git repository: its revision is not HF's). Every file's
+    sources stay in rank order. ``file_url(mirror, entry)``: that mirror's URL for the file.
     With ``locked``, the locked entries (``lock_entries``, by path) are the ones to pull."""
-    reference, others = manifests[0], list(manifests[1:])
+    rank = [m.mirror for m in manifests]
+    ref_i = rank.index(reference_mirror) if reference_mirror in rank else 0
+    reference = manifests[ref_i]
+    others = [m for i, m in enumerate(manifests) if i != ref_i]
     files_of = {m.mirror: m.by_path() for m in manifests}
     groups: dict[str, list[Copy]]
     if locked is not None:
@@ -80,10 +88,11 @@ def assemble(
 
     def sourced(copy: Copy) -> Alternative:
         """The copy's entry (with a sha256 borrowed from its other mirrors if it lacks one)
-        and each of its mirrors' URLs."""
+        and each of its mirrors' URLs, in rank order."""
         names = copy.mirrors
         entry = merge_digests(copy.entry, (files_of[n][copy.entry.path] for n in names[1:]))
-        return Alternative(entry, tuple(FileSource(n, file_url(n, entry)) for n in names))
+        ranked = sorted(names, key=rank.index)
+        return Alternative(entry, tuple(FileSource(n, file_url(n, entry)) for n in ranked))
 
     tries: dict[str, list[Alternative]] = {}
     for wanted_entry in wanted:
