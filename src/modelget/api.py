@@ -6,6 +6,7 @@ renders what these return.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -29,7 +30,7 @@ from modelget.errors import (
     OfflineMissingError,
     UsageError,
 )
-from modelget.events import NullReporter, Reporter
+from modelget.events import LOGGER, LoggingReporter, NullReporter, Reporter, as_reporter
 from modelget.export import ExportResult
 from modelget.layout import free_bytes, scan
 from modelget.lockfile import LockedModel, Lockfile
@@ -111,6 +112,7 @@ def plan(
         local_dir=local_dir,
         locked=locked,
         verify_tls=verify_tls,
+        reporter=LoggingReporter(NullReporter()),
     )[0]
 
 
@@ -218,6 +220,7 @@ def lock(
             mirrors=mirrors,
             check_space=False,
             verify_tls=verify_tls,
+            reporter=LoggingReporter(NullReporter()),
         )
         files = tuple(item.entry for item in the_plan.items)
         if not files:
@@ -241,7 +244,7 @@ def pull(
     local_dir: StrPath | None = None,
     engine: EngineName = "auto",
     options: EngineOptions | None = None,
-    reporter: Reporter | None = None,
+    reporter: Reporter | object | None = None,
     cancel: threading.Event | None = None,
     locked: LockedModel | None = None,
     verify_tls: bool = True,
@@ -270,7 +273,7 @@ def pull(
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    reporter = reporter or NullReporter()
+    events = LoggingReporter(as_reporter(reporter))
     cancel = cancel or threading.Event()
     if locked is not None and (
         repo_id != locked.repo_id or revision or filenames or include or exclude
@@ -287,7 +290,7 @@ def pull(
     if not verify_tls:
         from dataclasses import replace
 
-        reporter.on_message("warning", INSECURE_WARNING)
+        events.on_message("warning", INSECURE_WARNING)
         options = replace(options, verify_tls=False)
     hub_cache = _hub_cache(cache_dir)
     local = Path(local_dir).absolute() if local_dir else None
@@ -304,13 +307,13 @@ def pull(
             cache_dir=hub_cache,
             local_dir=local,
             locked=locked,
-            reporter=reporter,
+            reporter=events,
         )
 
     if settings.offline() if offline is None else offline:
-        return from_disk()
+        return _logged(from_disk())
     # The engine (aria2c) starts while the mirrors are probed and the plan is made.
-    starter = EngineStarter(engine, options, reporter)
+    starter = EngineStarter(engine, options, events)
     try:
         try:
             the_plan, by_name = _plan(
@@ -324,7 +327,7 @@ def pull(
                 local_dir=local_dir,
                 locked=locked,
                 verify_tls=verify_tls,
-                reporter=reporter,
+                reporter=events,
                 timings=timings,
             )
         except MirrorsUnreachableError as unreachable:
@@ -332,17 +335,17 @@ def pull(
                 result = from_disk()
             except OfflineMissingError:
                 raise unreachable from None
-            reporter.on_message(
+            events.on_message(
                 "warning",
                 f"offline: mirrors unreachable, using the cached snapshot {result.commit}",
             )
-            return result
-        return carry_out(
+            return _logged(result)
+        result = carry_out(
             the_plan,
             by_name,
             Target(hub_cache, repo_id, the_plan.commit, local),
             starter,
-            reporter,
+            events,
             cancel,
             ref=locked.revision if locked is not None else the_plan.revision,
             main_too=revision is None and locked is None,
@@ -351,6 +354,36 @@ def pull(
         )
     finally:
         starter.close()
+    return _logged(result)
+
+
+def _logged(result: PullResult) -> PullResult:
+    """``result``, logged to the ``modelget`` logger as the CLI shows it: the summary at INFO
+    (WARNING when files failed, each one's error at WARNING), connections and timings (what
+    ``-v`` adds) at DEBUG."""
+    failed = result.failed
+    level = logging.WARNING if failed else logging.INFO
+    fetched = sum(1 for f in result.files if f.status == "fetched")
+    LOGGER.log(
+        level,
+        "%s @ %s: %s, %d fetched, %d already here, %d failed; %d bytes in %.1f s (engine %s)",
+        result.repo_id,
+        result.commit[:12],
+        result.status,
+        fetched,
+        len(result.files) - fetched - len(failed),
+        len(failed),
+        result.bytes_fetched,
+        result.elapsed_s,
+        result.engine,
+    )
+    for f in failed:
+        LOGGER.warning("%s: %s", f.path, f.error or "failed")
+    if result.connections:
+        LOGGER.debug("most connections: %s", result.connections)
+    if result.timings:
+        LOGGER.debug("timings: %s", ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items()))
+    return result
 
 
 def _hub_cache(cache_dir: StrPath | None) -> Path:

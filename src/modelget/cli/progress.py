@@ -12,10 +12,9 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-if TYPE_CHECKING:
-    from modelget.events import Reporter
+from modelget.events import Reporter
 
 _URL = re.compile(r"(\s+from)?\s*https?://[^\s;,]+")
 _HEX = re.compile(r"\b(?=[0-9]*[a-fA-F])[0-9a-fA-F]{12,}…?")
@@ -58,7 +57,7 @@ class _MirrorNotes:
         return f"{path}: mirror {mirror}: {short}"
 
 
-class JsonLinesReporter:
+class JsonLinesReporter(Reporter):
     """One JSON object per event, one per line (``pull --json``), for scripts and wrappers.
 
     Byte progress is coalesced to at most ``interval_s`` per file so the stream stays small.
@@ -129,7 +128,7 @@ class JsonLinesReporter:
         self.emit("connections", mirrors=dict(counts))
 
 
-class TqdmReporter:
+class TqdmReporter(Reporter):
     """An overall bar (bytes and rate) and one bar per active file, on stderr.
 
     Notes (mirror failures, verification failures, messages) are printed above the bars.
@@ -243,7 +242,7 @@ class TqdmReporter:
                 self._total = None
 
 
-class TextReporter:
+class TextReporter(Reporter):
     """No bars (stderr is not a terminal): one line per notable event, on stderr."""
 
     def __init__(self, stream: IO[str] | None = None, *, verbose: bool = False) -> None:
