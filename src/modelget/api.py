@@ -75,7 +75,25 @@ def probe(
     timeout: float | None = None,
     verify_tls: bool = True,
 ) -> ProbeSummary:
-    """Probe every enabled mirror now (ignoring the cache, refreshing it) and rank them."""
+    """Probe every enabled mirror now (ignoring the probe cache, refreshing it) and rank them.
+
+    Args:
+        repo_id: ``ORG/NAME``: also check which mirrors have it (None: reachability and speed
+            only).
+        revision: a branch, tag or commit (default: ``main``).
+        mirrors: a catalogue file to use instead of the usual one (``--mirrors``; default:
+            ``$MODELGET_MIRRORS``, the user's ``mirrors.yaml``, else the bundled catalogue).
+        timeout: seconds per mirror (default: ``$MODELGET_PROBE_TIMEOUT``).
+        verify_tls: False (``--insecure``) skips TLS certificate checks on every mirror (every
+            file is still checked against its digest).
+
+    Returns:
+        A :class:`ProbeSummary`: ``ranked`` best first, and the raw ``report``.
+
+    Raises:
+        UsageError: a malformed repo id or revision.
+        ConfigError: an invalid catalogue.
+    """
     if repo_id is not None:
         _check_repo_id(repo_id)
     _check_revision(revision)
@@ -98,9 +116,34 @@ def plan(
     locked: LockedModel | None = None,
     verify_tls: bool = True,
 ) -> Plan:
-    """What ``pull`` would do: the agreed manifest, each file's sources in rank order,
-    what is already present, the totals, and a refusal if the disk is too small.
-    ``verify_tls=False`` (``--insecure``) skips TLS certificate checks."""
+    """What :func:`pull` would do, without downloading: the manifest the mirrors agree on,
+    each file's sources in rank order, what is already present, the totals, and a refusal if
+    the disk is too small.
+
+    Args:
+        repo_id: ``ORG/NAME``.
+        filenames: only these files (default: every file).
+        revision: a branch, tag or commit (default: ``main``).
+        include: glob patterns a file must match (``--include``, as ``hf download``).
+        exclude: glob patterns that leave a file out (``--exclude``).
+        mirrors: a catalogue file to use instead of the usual one (``--mirrors``; default:
+            ``$MODELGET_MIRRORS``, the user's ``mirrors.yaml``, else the bundled catalogue).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+        local_dir: plan for real files in this directory instead of the cache (``--local-dir``).
+        locked: a model from a lockfile (see :func:`lock`): its commit and files.
+        verify_tls: False (``--insecure``) skips TLS certificate checks on every mirror (every
+            file is still checked against its digest).
+
+    Returns:
+        A :class:`Plan`. Mirrors left out for a problem are logged at WARNING.
+
+    Raises:
+        ResolveError: a subclass saying why no mirror can serve the repo
+            (``model-not-found``, ``revision-not-found``, ``auth-required``, ...).
+        InsufficientDiskSpaceError: the files to fetch do not fit.
+        UsageError: a malformed argument, or filters that match no file.
+    """
     return _plan(
         repo_id,
         filenames,
@@ -205,8 +248,27 @@ def lock(
     mirrors: StrPath | None = None,
     verify_tls: bool = True,
 ) -> Lockfile:
-    """Pin each ``REPO_ID`` (or ``REPO_ID@REVISION``) to its commit, with every file's size and
-    digests as the mirrors agree on them: what ``pull(..., locked=...)`` reproduces."""
+    """Pin each model to its commit, with every file's size and digests as the mirrors agree
+    on them: what ``pull(..., locked=...)`` reproduces. Downloads nothing.
+
+    Args:
+        targets: ``ORG/NAME`` or ``ORG/NAME@REVISION``, one per model.
+        revision: the revision of targets that name none (default: ``main``).
+        include: glob patterns a file must match to be locked.
+        exclude: glob patterns that leave a file out.
+        mirrors: a catalogue file to use instead of the usual one (``--mirrors``; default:
+            ``$MODELGET_MIRRORS``, the user's ``mirrors.yaml``, else the bundled catalogue).
+        verify_tls: False (``--insecure``) skips TLS certificate checks on every mirror (every
+            file is still checked against its digest).
+
+    Returns:
+        A :class:`Lockfile`; write it with :func:`dump_lockfile`, read it back with
+        :func:`load_lockfile`.
+
+    Raises:
+        ResolveError: as :func:`plan`.
+        UsageError: a malformed target, or filters that leave nothing to lock.
+    """
     models = []
     for target in targets:
         repo_id, at, rev = target.partition("@")
@@ -250,24 +312,49 @@ def pull(
     verify_tls: bool = True,
     offline: bool | None = None,
 ) -> PullResult:
-    """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache
-    (or ``local_dir``), and return what happened. ``verify_tls=False`` (``--insecure``)
-    skips TLS certificate checks on every mirror, and says so through ``reporter``.
+    """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache (or
+    ``local_dir``), and return what happened.
 
-    ``offline=True`` (default: ``MODELGET_OFFLINE`` or ``HF_HUB_OFFLINE`` set) makes no
-    request at all: the files on disk answer, or ``OfflineMissingError`` names what is missing.
-    When every mirror is unreachable and the destination already holds what is asked for, that
-    is the answer too, with a warning.
+    Partial failures are in the result (``status == "partial"``, ``result.failed``), not
+    raised; ``result.exit_code`` is what the CLI would exit with. With ``locked`` the pull
+    fetches exactly the locked commit's locked files, checked against the lock's sizes and
+    digests before any byte moves. When every mirror is unreachable and the destination
+    already holds what is asked for, that is the answer, with a warning.
 
-    Raises ``Interrupted`` (exit 130) when ``cancel`` is set or on Ctrl-C, with resumable
-    state kept; ``InsufficientDiskSpaceError`` when the disk fills. Partial failures are in
-    the result (``status == "partial"``), not raised.
+    Args:
+        repo_id: ``ORG/NAME``; with ``locked``, the locked one.
+        filenames: only these files (default: every file).
+        revision: a branch, tag or commit (default: ``main``).
+        include: glob patterns a file must match (``--include``, as ``hf download``).
+        exclude: glob patterns that leave a file out (``--exclude``).
+        mirrors: a catalogue file to use instead of the usual one (``--mirrors``; default:
+            ``$MODELGET_MIRRORS``, the user's ``mirrors.yaml``, else the bundled catalogue).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+        local_dir: real files in this directory instead of the cache's symlinks
+            (``--local-dir``).
+        engine: ``auto`` (aria2c when found, else httpx), ``aria2`` or ``httpx``.
+        options: transfer settings (:class:`EngineOptions`: connections, rate cap, timeouts).
+        reporter: progress events: a :class:`Reporter` subclass, or any object with some of
+            its methods (the others are ignored). Called from worker threads.
+        cancel: set it (from another thread) to stop the pull as Ctrl-C does.
+        locked: a model from a lockfile (see :func:`lock`); leave ``revision``,
+            ``filenames``, ``include`` and ``exclude`` out.
+        verify_tls: False (``--insecure``) skips TLS certificate checks on every mirror (every
+            file is still checked against its digest). Says so through ``reporter`` and the log.
+        offline: True makes no request at all: the files on disk answer (default:
+            ``$MODELGET_OFFLINE`` or ``$HF_HUB_OFFLINE`` set).
 
-    With ``locked`` (a model from a lockfile, see :func:`lock`) the pull fetches exactly the
-    locked commit's locked files, checked against the lock's sizes and digests before any byte
-    moves: ``LockedCommitMissingError`` when no mirror has the commit any more,
-    ``LockMismatchError`` when the mirrors list other bytes. ``repo_id`` must be the locked one;
-    ``revision``, ``filenames`` and the globs must be left out.
+    Returns:
+        A :class:`PullResult`: ``path``, ``commit``, ``status``, every file's outcome.
+
+    Raises:
+        ResolveError: no mirror can serve it (a subclass says why: ``model-not-found``,
+            ``mirrors-unreachable``, ``offline-missing``, ``locked-commit-missing``, ...).
+        LockMismatchError: with ``locked``, the mirrors list other bytes (exit code 4).
+        InsufficientDiskSpaceError: the disk is (or fills) too small.
+        Interrupted: ``cancel`` was set or Ctrl-C; resumable state is kept (exit code 130).
+        UsageError: a malformed argument.
     """
     from modelget.execute import EngineStarter, Target, carry_out
 
@@ -397,10 +484,25 @@ def verify(
     revision: str | None = None,
     cache_dir: StrPath | None = None,
 ) -> VerifyResult:
-    """Re-hash what is on disk against the recorded digests: ``target`` is a repo id in the
-    Hugging Face cache (every cached snapshot, or ``revision``'s), a ``snapshots/COMMIT`` or
-    ``models--org--name`` directory, or a ``--local-dir`` download. Never raises for bad
-    files: they are in the result (``result.ok``, ``result.problems``)."""
+    """Re-hash what is on disk against the recorded digests.
+
+    Never raises for bad files: they are in the result (``result.ok``, ``result.problems``,
+    ``result.exit_code``).
+
+    Args:
+        target: a repo id in the Hugging Face cache (every cached snapshot, or
+            ``revision``'s), a ``snapshots/COMMIT`` or ``models--org--name`` directory, or a
+            ``--local-dir`` download.
+        revision: only this branch, tag or commit (default: every cached snapshot).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+
+    Returns:
+        A :class:`VerifyResult`, one ``FileCheck`` per file.
+
+    Raises:
+        NotInCacheError: the model or revision is not in the cache.
+    """
     from modelget import cache
 
     text = os.fspath(target)
@@ -424,7 +526,15 @@ def verify(
 
 
 def list_models(*, cache_dir: StrPath | None = None) -> tuple[CachedModel, ...]:
-    """The models in the Hugging Face cache: revisions, refs, size on disk, last used."""
+    """The models in the Hugging Face cache: revisions, refs, size on disk, last used.
+
+    Args:
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+
+    Returns:
+        One :class:`CachedModel` per model.
+    """
     from modelget import cache
 
     return cache.list_models(_hub_cache(cache_dir))
@@ -439,7 +549,21 @@ def remove(
 ) -> RemoveResult:
     """Remove ``repo_id``'s snapshot of ``revision`` (default: every snapshot), the blobs no
     remaining snapshot uses, partial downloads and refs to removed commits. Never follows a
-    symbolic link, never deletes outside ``models--org--name``. ``dry_run``: only report."""
+    symbolic link, never deletes outside ``models--org--name``.
+
+    Args:
+        repo_id: ``ORG/NAME``.
+        revision: only this branch, tag or commit (default: the whole model).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+        dry_run: only say what would go.
+
+    Returns:
+        A :class:`RemoveResult` (``freed_bytes``, what went, what was kept).
+
+    Raises:
+        NotInCacheError: the model or revision is not in the cache.
+    """
     from modelget import cache
 
     _check_repo_id(repo_id)
@@ -453,9 +577,25 @@ def export(
     revision: str | None = None,
     cache_dir: StrPath | None = None,
 ) -> ExportResult:
-    """Publish ``repo_id`` from the Hugging Face cache as a static ``cdn`` tree in ``to``
-    (``modelget.cdn/1``, see docs/mirrors.md): every blob verified, hardlinked or copied,
-    then the manifest and ``refs.json``. Serve ``to`` with nginx or sync it to a bucket."""
+    """Publish ``repo_id`` from the Hugging Face cache as a static ``cdn`` tree
+    (``modelget.cdn/1``, see docs/mirrors.md): every blob verified, hardlinked or copied, then
+    the manifest and ``refs.json``. Serve the tree with nginx or sync it to a bucket.
+
+    Args:
+        repo_id: ``ORG/NAME``.
+        to: the tree's root directory (created if missing).
+        revision: the branch, tag or commit to export (default: ``main``).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        LayoutError: the model or revision is not in the cache.
+        VerificationError: a cached file does not match its digest (nothing is written).
+        UsageError: ``to`` exists and is not a directory.
+    """
     from modelget.export import export_model
 
     _check_repo_id(repo_id)
@@ -466,8 +606,20 @@ def export(
 def model_root(
     target: StrPath, *, revision: str | None = None, cache_dir: StrPath | None = None
 ) -> Path:
-    """A model directory: ``target`` itself when it is a directory, else the snapshot of the
-    repo id ``target`` at ``revision`` (default ``main``) in the Hugging Face cache."""
+    """A model's directory, as a loader wants it.
+
+    Args:
+        target: a directory (returned as it is), or a repo id in the Hugging Face cache.
+        revision: the branch, tag or commit of a repo id (default: ``main``).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+
+    Returns:
+        The directory, for a repo id its ``snapshots/COMMIT``.
+
+    Raises:
+        NotInCacheError: the model or revision is not in the cache.
+    """
     from modelget.cache import repo_or_error, resolve_revision
 
     path = Path(target)
@@ -487,8 +639,25 @@ def load_test(
     device: Literal["auto", "cpu", "cuda"] = "auto",
     warm: bool = False,
 ) -> LoadReport:
-    """Check every file a loader reads and load every tensor onto ``device`` (see
-    ``modelget.loadtest``). ``warm``: read the files into the page cache first."""
+    """Check every file a loader reads (safetensors headers, index, config) and load every
+    tensor onto ``device`` (see docs/loadtest.md). Never raises for a model that would not
+    load: the report says why (``report.ok``, ``report.problems``, ``report.exit_code``).
+
+    Args:
+        target: a model directory, or a repo id in the Hugging Face cache.
+        revision: the branch, tag or commit of a repo id (default: ``main``).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+        device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
+        warm: read the files into the page cache first.
+
+    Returns:
+        A :class:`LoadReport`: checks, tensors, bytes, GB/s, storage figures.
+
+    Raises:
+        NotInCacheError: a repo id that is not in the cache.
+        UsageError: ``device="cuda"`` without torch's CUDA and a visible GPU.
+    """
     from modelget import loadtest
 
     root = model_root(target, revision=revision, cache_dir=cache_dir)
@@ -508,7 +677,25 @@ def doctor(
     """Why would a pull be slow or stuck? Check every enabled mirror (DNS, TCP, TLS, the
     repo, time to first byte, Range, throughput) and this machine (free space, filesystem,
     memory, CPUs, cache disk speed, aria2c, GPU) at once, and judge (``report.verdict``).
-    Never raises for what it diagnoses: failed checks are in the report."""
+    Never raises for what it diagnoses: failed checks are in the report.
+
+    Args:
+        repo_id: ``ORG/NAME`` to check the mirrors for (None: the mirrors only).
+        revision: a branch, tag or commit (default: ``main``).
+        mirrors: a catalogue file to use instead of the usual one (``--mirrors``; default:
+            ``$MODELGET_MIRRORS``, the user's ``mirrors.yaml``, else the bundled catalogue).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+        timeout: seconds per network check (default: ``$MODELGET_PROBE_TIMEOUT``); the whole
+            run lasts at most twice that plus 2 s.
+
+    Returns:
+        A :class:`DoctorReport` (see docs/doctor.md).
+
+    Raises:
+        ConfigError: an invalid catalogue.
+        UsageError: a malformed repo id.
+    """
     from modelget.doctor import run
 
     if repo_id is not None:
