@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -76,7 +77,9 @@ def test_a_pull_verifies_with_the_digests_computed_while_downloading(
 ) -> None:
     """The executor's check does not read a file again when its engine hashed it on the way
     (counted by spying on ``verify.hash_file``, the only whole-file read of the check)."""
-    from modelget import verify
+    from modelget.verify import Digests, hash_file
+
+    verify = sys.modules["modelget.verify"]  # the module: modelget.verify is the function
 
     src = tmp_path / "src"
     src.mkdir()
@@ -88,9 +91,9 @@ def test_a_pull_verifies_with_the_digests_computed_while_downloading(
     cat = tmp_path / "m.yaml"
     cat.write_text(f"version: 1\nmirrors:\n  - name: hub\n    kind: hf\n    endpoint: {sim.url}\n")
     reads: list[Path] = []
-    real = verify.hash_file
+    real = hash_file
 
-    def spy(path: Path, **kw: bool) -> verify.Digests:
+    def spy(path: Path, **kw: bool) -> Digests:
         reads.append(path)
         return real(path, **kw)
 

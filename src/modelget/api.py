@@ -7,6 +7,7 @@ renders what these return.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -30,7 +31,7 @@ from modelget.errors import (
     OfflineMissingError,
     UsageError,
 )
-from modelget.events import NullReporter, Reporter
+from modelget.events import LOGGER, LoggingReporter, NullReporter, Reporter, as_reporter
 from modelget.export import ExportResult
 from modelget.layout import free_bytes, scan
 from modelget.lockfile import LockedModel, Lockfile
@@ -77,7 +78,25 @@ def probe(
     timeout: float | None = None,
     verify_tls: bool = True,
 ) -> ProbeSummary:
-    """Probe every enabled mirror now (ignoring the cache, refreshing it) and rank them."""
+    """Probe every enabled mirror now (ignoring the probe cache, refreshing it) and rank them.
+
+    Args:
+        repo_id: ``ORG/NAME``: also check which mirrors have it (None: reachability and speed
+            only).
+        revision: a branch, tag or commit (default: ``main``).
+        mirrors: a catalogue file to use instead of the usual one (``--mirrors``; default:
+            ``$MODELGET_MIRRORS``, the user's ``mirrors.yaml``, else the bundled catalogue).
+        timeout: seconds per mirror (default: ``$MODELGET_PROBE_TIMEOUT``).
+        verify_tls: False (``--insecure``) skips TLS certificate checks on every mirror (every
+            file is still checked against its digest).
+
+    Returns:
+        A :class:`ProbeSummary`: ``ranked`` best first, and the raw ``report``.
+
+    Raises:
+        UsageError: a malformed repo id or revision.
+        ConfigError: an invalid catalogue.
+    """
     if repo_id is not None:
         _check_repo_id(repo_id)
     _check_revision(revision)
@@ -100,9 +119,34 @@ def plan(
     locked: LockedModel | None = None,
     verify_tls: bool = True,
 ) -> Plan:
-    """What ``pull`` would do: the agreed manifest, each file's sources in rank order,
-    what is already present, the totals, and a refusal if the disk is too small.
-    ``verify_tls=False`` (``--insecure``) skips TLS certificate checks."""
+    """What :func:`pull` would do, without downloading: the manifest the mirrors agree on,
+    each file's sources in rank order, what is already present, the totals, and a refusal if
+    the disk is too small.
+
+    Args:
+        repo_id: ``ORG/NAME``.
+        filenames: only these files (default: every file).
+        revision: a branch, tag or commit (default: ``main``).
+        include: glob patterns a file must match (``--include``, as ``hf download``).
+        exclude: glob patterns that leave a file out (``--exclude``).
+        mirrors: a catalogue file to use instead of the usual one (``--mirrors``; default:
+            ``$MODELGET_MIRRORS``, the user's ``mirrors.yaml``, else the bundled catalogue).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+        local_dir: plan for real files in this directory instead of the cache (``--local-dir``).
+        locked: a model from a lockfile (see :func:`lock`): its commit and files.
+        verify_tls: False (``--insecure``) skips TLS certificate checks on every mirror (every
+            file is still checked against its digest).
+
+    Returns:
+        A :class:`Plan`. Mirrors left out for a problem are logged at WARNING.
+
+    Raises:
+        ResolveError: a subclass saying why no mirror can serve the repo
+            (``model-not-found``, ``revision-not-found``, ``auth-required``, ...).
+        InsufficientDiskSpaceError: the files to fetch do not fit.
+        UsageError: a malformed argument, or filters that match no file.
+    """
     return _plan(
         repo_id,
         filenames,
@@ -114,6 +158,7 @@ def plan(
         local_dir=local_dir,
         locked=locked,
         verify_tls=verify_tls,
+        reporter=LoggingReporter(NullReporter()),
     )[0]
 
 
@@ -227,8 +272,27 @@ def lock(
     mirrors: StrPath | None = None,
     verify_tls: bool = True,
 ) -> Lockfile:
-    """Pin each ``REPO_ID`` (or ``REPO_ID@REVISION``) to its commit, with every file's size and
-    digests as the mirrors agree on them: what ``pull(..., locked=...)`` reproduces."""
+    """Pin each model to its commit, with every file's size and digests as the mirrors agree
+    on them: what ``pull(..., locked=...)`` reproduces. Downloads nothing.
+
+    Args:
+        targets: ``ORG/NAME`` or ``ORG/NAME@REVISION``, one per model.
+        revision: the revision of targets that name none (default: ``main``).
+        include: glob patterns a file must match to be locked.
+        exclude: glob patterns that leave a file out.
+        mirrors: a catalogue file to use instead of the usual one (``--mirrors``; default:
+            ``$MODELGET_MIRRORS``, the user's ``mirrors.yaml``, else the bundled catalogue).
+        verify_tls: False (``--insecure``) skips TLS certificate checks on every mirror (every
+            file is still checked against its digest).
+
+    Returns:
+        A :class:`Lockfile`; write it with :func:`dump_lockfile`, read it back with
+        :func:`load_lockfile`.
+
+    Raises:
+        ResolveError: as :func:`plan`.
+        UsageError: a malformed target, or filters that leave nothing to lock.
+    """
     models = []
     for target in targets:
         repo_id, rev, paths = parse_target(target)
@@ -245,6 +309,7 @@ def lock(
             mirrors=mirrors,
             check_space=False,
             verify_tls=verify_tls,
+            reporter=LoggingReporter(NullReporter()),
         )
         files = tuple(item.entry for item in the_plan.items)
         if not files:
@@ -268,7 +333,7 @@ def pull(
     local_dir: StrPath | None = None,
     engine: EngineName = "auto",
     options: EngineOptions | None = None,
-    reporter: Reporter | None = None,
+    reporter: Reporter | object | None = None,
     cancel: threading.Event | None = None,
     locked: LockedModel | None = None,
     verify_tls: bool = True,
@@ -276,35 +341,64 @@ def pull(
     force_download: bool = False,
     repair: bool = False,
 ) -> PullResult:
-    """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache
-    (or ``local_dir``), and return what happened. ``verify_tls=False`` (``--insecure``)
-    skips TLS certificate checks on every mirror, and says so through ``reporter``.
+    """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache (or
+    ``local_dir``), and return what happened.
 
-    ``offline=True`` (default: ``MODELGET_OFFLINE`` or ``HF_HUB_OFFLINE`` set) makes no
-    request at all: the files on disk answer, or ``OfflineMissingError`` names what is missing.
-    When every mirror is unreachable and the destination already holds what is asked for, that
-    is the answer too, with a warning.
+    Partial failures are in the result (``status == "partial"``, ``result.failed``), not
+    raised; ``result.exit_code`` is what the CLI would exit with. With ``locked`` the pull
+    fetches exactly the locked commit's locked files, checked against the lock's sizes and
+    digests before any byte moves. When every mirror is unreachable and the destination
+    already holds what is asked for, that is the answer, with a warning.
 
     What is already there is reused when it has the right size and, where modelget recorded
     a stamp, is unchanged since its digest last matched (else it is hashed first).
     ``repair=True`` hashes every file that is there and fetches only those that fail;
     ``force_download=True`` fetches every file again.
 
-    Raises ``Interrupted`` (exit 130) when ``cancel`` is set or on Ctrl-C, with resumable
-    state kept; ``InsufficientDiskSpaceError`` when the disk fills. Partial failures are in
-    the result (``status == "partial"``), not raised.
+    Args:
+        repo_id: ``ORG/NAME``; with ``locked``, the locked one.
+        filenames: only these files (default: every file).
+        revision: a branch, tag or commit (default: ``main``).
+        include: glob patterns a file must match (``--include``, as ``hf download``).
+        exclude: glob patterns that leave a file out (``--exclude``).
+        mirrors: a catalogue file to use instead of the usual one (``--mirrors``; default:
+            ``$MODELGET_MIRRORS``, the user's ``mirrors.yaml``, else the bundled catalogue).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+        local_dir: real files in this directory instead of the cache's symlinks
+            (``--local-dir``).
+        engine: ``auto`` (aria2c when found, else httpx), ``aria2`` or ``httpx``.
+        options: transfer settings (:class:`EngineOptions`: connections, rate cap, timeouts).
+        reporter: progress events: a :class:`Reporter` subclass, or any object with some of
+            its methods (the others are ignored). Called from worker threads.
+        cancel: set it (from another thread) to stop the pull as Ctrl-C does.
+        locked: a model from a lockfile (see :func:`lock`); leave ``revision``,
+            ``filenames``, ``include`` and ``exclude`` out.
+        verify_tls: False (``--insecure``) skips TLS certificate checks on every mirror (every
+            file is still checked against its digest). Says so through ``reporter`` and the log.
+        offline: True makes no request at all: the files on disk answer (default:
+            ``$MODELGET_OFFLINE`` or ``$HF_HUB_OFFLINE`` set).
+        force_download: fetch every file again, even those already here
+            (``--force-download``).
+        repair: hash every file already here and fetch again only those that fail
+            (``--repair``).
 
-    With ``locked`` (a model from a lockfile, see :func:`lock`) the pull fetches exactly the
-    locked commit's locked files, checked against the lock's sizes and digests before any byte
-    moves: ``LockedCommitMissingError`` when no mirror has the commit any more,
-    ``LockMismatchError`` when the mirrors list other bytes. ``repo_id`` must be the locked one;
-    ``revision``, ``filenames`` and the globs must be left out.
+    Returns:
+        A :class:`PullResult`: ``path``, ``commit``, ``status``, every file's outcome.
+
+    Raises:
+        ResolveError: no mirror can serve it (a subclass says why: ``model-not-found``,
+            ``mirrors-unreachable``, ``offline-missing``, ``locked-commit-missing``, ...).
+        LockMismatchError: with ``locked``, the mirrors list other bytes (exit code 4).
+        InsufficientDiskSpaceError: the disk is (or fills) too small.
+        Interrupted: ``cancel`` was set or Ctrl-C; resumable state is kept (exit code 130).
+        UsageError: a malformed argument.
     """
     from modelget.execute import EngineStarter, Target, carry_out
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    reporter = reporter or NullReporter()
+    events = LoggingReporter(as_reporter(reporter))
     cancel = cancel or threading.Event()
     if locked is not None and (
         repo_id != locked.repo_id or revision or filenames or include or exclude
@@ -321,7 +415,7 @@ def pull(
     if not verify_tls:
         from dataclasses import replace
 
-        reporter.on_message("warning", INSECURE_WARNING)
+        events.on_message("warning", INSECURE_WARNING)
         options = replace(options, verify_tls=False)
     hub_cache = _hub_cache(cache_dir)
     local = Path(local_dir).absolute() if local_dir else None
@@ -338,13 +432,13 @@ def pull(
             cache_dir=hub_cache,
             local_dir=local,
             locked=locked,
-            reporter=reporter,
+            reporter=events,
         )
 
     if settings.offline() if offline is None else offline:
-        return from_disk()
+        return _logged(from_disk())
     # The engine (aria2c) starts while the mirrors are probed and the plan is made.
-    starter = EngineStarter(engine, options, reporter)
+    starter = EngineStarter(engine, options, events)
     try:
         try:
             the_plan, by_name = _plan(
@@ -358,7 +452,7 @@ def pull(
                 local_dir=local_dir,
                 locked=locked,
                 verify_tls=verify_tls,
-                reporter=reporter,
+                reporter=events,
                 timings=timings,
                 trust_present=not (force_download or repair),
             )
@@ -369,17 +463,17 @@ def pull(
                 result = from_disk()
             except OfflineMissingError:
                 raise unreachable from None
-            reporter.on_message(
+            events.on_message(
                 "warning",
                 f"offline: mirrors unreachable, using the cached snapshot {result.commit}",
             )
-            return result
-        return carry_out(
+            return _logged(result)
+        result = carry_out(
             the_plan,
             by_name,
             Target(hub_cache, repo_id, the_plan.commit, local),
             starter,
-            reporter,
+            events,
             cancel,
             ref=locked.revision if locked is not None else the_plan.revision,
             main_too=revision is None and locked is None,
@@ -389,6 +483,36 @@ def pull(
         )
     finally:
         starter.close()
+    return _logged(result)
+
+
+def _logged(result: PullResult) -> PullResult:
+    """``result``, logged to the ``modelget`` logger as the CLI shows it: the summary at INFO
+    (WARNING when files failed, each one's error at WARNING), connections and timings (what
+    ``-v`` adds) at DEBUG."""
+    failed = result.failed
+    level = logging.WARNING if failed else logging.INFO
+    fetched = sum(1 for f in result.files if f.status == "fetched")
+    LOGGER.log(
+        level,
+        "%s @ %s: %s, %d fetched, %d already here, %d failed; %d bytes in %.1f s (engine %s)",
+        result.repo_id,
+        result.commit[:12],
+        result.status,
+        fetched,
+        len(result.files) - fetched - len(failed),
+        len(failed),
+        result.bytes_fetched,
+        result.elapsed_s,
+        result.engine,
+    )
+    for f in failed:
+        LOGGER.warning("%s: %s", f.path, f.error or "failed")
+    if result.connections:
+        LOGGER.debug("most connections: %s", result.connections)
+    if result.timings:
+        LOGGER.debug("timings: %s", ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items()))
+    return result
 
 
 def _hub_cache(cache_dir: StrPath | None) -> Path:
@@ -406,16 +530,33 @@ def verify(
     engine: EngineName = "auto",
     reporter: Reporter | None = None,
 ) -> VerifyResult:
-    """Re-hash what is on disk against the recorded digests: ``target`` is a repo id in the
-    Hugging Face cache (every cached snapshot, or ``revision``'s), a ``snapshots/COMMIT`` or
-    ``models--org--name`` directory, or a ``--local-dir`` download. Never raises for bad
-    files: they are in the result (``result.ok``, ``result.problems``). Files that check out
-    get a fresh stamp in modelget's record (see :mod:`modelget.record`).
+    """Re-hash what is on disk against the recorded digests.
 
-    ``repair=True``: the missing and corrupted files are fetched again from ``mirrors`` (only
-    those, at the same commit; nothing else is touched, the revision is not deleted), then
-    everything is checked again; ``result.repaired`` names them. A local dir can be repaired
-    when modelget pulled it (its record names the repo)."""
+    Never raises for bad files: they are in the result (``result.ok``, ``result.problems``,
+    ``result.exit_code``). Files that check out get a fresh stamp in modelget's record (see
+    :mod:`modelget.record`).
+
+    Args:
+        target: a repo id in the Hugging Face cache (every cached snapshot, or
+            ``revision``'s), a ``snapshots/COMMIT`` or ``models--org--name`` directory, or a
+            ``--local-dir`` download.
+        revision: only this branch, tag or commit (default: every cached snapshot).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+        repair: fetch again the missing and corrupted files from ``mirrors`` (only those, at
+            the same commit; nothing else is touched, the revision is not deleted), then check
+            everything again; ``result.repaired`` names them. A local dir can be repaired when
+            modelget pulled it (its record names the repo).
+        mirrors: with ``repair``: a catalogue file to use instead of the usual one.
+        engine: with ``repair``: ``auto``, ``aria2`` or ``httpx``.
+        reporter: with ``repair``: progress events of the pulls that repair.
+
+    Returns:
+        A :class:`VerifyResult`, one ``FileCheck`` per file.
+
+    Raises:
+        NotInCacheError: the model or revision is not in the cache.
+    """
     from dataclasses import replace
 
     result = _verify_only(target, revision, cache_dir)
@@ -517,7 +658,15 @@ def _verify_only(target: StrPath, revision: str | None, cache_dir: StrPath | Non
 
 
 def list_models(*, cache_dir: StrPath | None = None) -> tuple[CachedModel, ...]:
-    """The models in the Hugging Face cache: revisions, refs, size on disk, last used."""
+    """The models in the Hugging Face cache: revisions, refs, size on disk, last used.
+
+    Args:
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+
+    Returns:
+        One :class:`CachedModel` per model.
+    """
     from modelget import cache
 
     return cache.list_models(_hub_cache(cache_dir))
@@ -532,7 +681,21 @@ def remove(
 ) -> RemoveResult:
     """Remove ``repo_id``'s snapshot of ``revision`` (default: every snapshot), the blobs no
     remaining snapshot uses, partial downloads and refs to removed commits. Never follows a
-    symbolic link, never deletes outside ``models--org--name``. ``dry_run``: only report."""
+    symbolic link, never deletes outside ``models--org--name``.
+
+    Args:
+        repo_id: ``ORG/NAME``.
+        revision: only this branch, tag or commit (default: the whole model).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+        dry_run: only say what would go.
+
+    Returns:
+        A :class:`RemoveResult` (``freed_bytes``, what went, what was kept).
+
+    Raises:
+        NotInCacheError: the model or revision is not in the cache.
+    """
     from modelget import cache
 
     _check_repo_id(repo_id)
@@ -546,9 +709,25 @@ def export(
     revision: str | None = None,
     cache_dir: StrPath | None = None,
 ) -> ExportResult:
-    """Publish ``repo_id`` from the Hugging Face cache as a static ``cdn`` tree in ``to``
-    (``modelget.cdn/1``, see docs/mirrors.md): every blob verified, hardlinked or copied,
-    then the manifest and ``refs.json``. Serve ``to`` with nginx or sync it to a bucket."""
+    """Publish ``repo_id`` from the Hugging Face cache as a static ``cdn`` tree
+    (``modelget.cdn/1``, see docs/mirrors.md): every blob verified, hardlinked or copied, then
+    the manifest and ``refs.json``. Serve the tree with nginx or sync it to a bucket.
+
+    Args:
+        repo_id: ``ORG/NAME``.
+        to: the tree's root directory (created if missing).
+        revision: the branch, tag or commit to export (default: ``main``).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        LayoutError: the model or revision is not in the cache.
+        VerificationError: a cached file does not match its digest (nothing is written).
+        UsageError: ``to`` exists and is not a directory.
+    """
     from modelget.export import export_model
 
     _check_repo_id(repo_id)
@@ -559,8 +738,20 @@ def export(
 def model_root(
     target: StrPath, *, revision: str | None = None, cache_dir: StrPath | None = None
 ) -> Path:
-    """A model directory: ``target`` itself when it is a directory, else the snapshot of the
-    repo id ``target`` at ``revision`` (default ``main``) in the Hugging Face cache."""
+    """A model's directory, as a loader wants it.
+
+    Args:
+        target: a directory (returned as it is), or a repo id in the Hugging Face cache.
+        revision: the branch, tag or commit of a repo id (default: ``main``).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+
+    Returns:
+        The directory, for a repo id its ``snapshots/COMMIT``.
+
+    Raises:
+        NotInCacheError: the model or revision is not in the cache.
+    """
     from modelget.cache import repo_or_error, resolve_revision
 
     path = Path(target)
@@ -581,14 +772,32 @@ def load_test(
     warm: bool = False,
     verify: bool = False,
 ) -> LoadReport:
-    """Check every file a loader reads and load every tensor onto ``device`` (see
-    ``modelget.loadtest``). ``warm``: read the files into the page cache first.
+    """Check every file a loader reads (safetensors headers, index, config) and load every
+    tensor onto ``device`` (see docs/loadtest.md). Never raises for a model that would not
+    load: the report says why (``report.ok``, ``report.problems``, ``report.exit_code``).
 
     First the bytes are checked against their digests: cheaply by default (each file's size
     and modification time against modelget's record of when its digest last matched; a file
     that changed is hashed), every file hashed with ``verify=True``. A file that fails makes
     the report fail (exit 4) before any tensor is loaded; ``report.integrity`` says which
-    check was made."""
+    check was made.
+
+    Args:
+        target: a model directory, or a repo id in the Hugging Face cache.
+        revision: the branch, tag or commit of a repo id (default: ``main``).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+        device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
+        warm: read the files into the page cache first.
+        verify: hash every file before loading (default: by stamps, see below).
+
+    Returns:
+        A :class:`LoadReport`: checks, tensors, bytes, GB/s, storage figures.
+
+    Raises:
+        NotInCacheError: a repo id that is not in the cache.
+        UsageError: ``device="cuda"`` without torch's CUDA and a visible GPU.
+    """
     from modelget import loadtest
 
     root = model_root(target, revision=revision, cache_dir=cache_dir)
@@ -672,7 +881,25 @@ def doctor(
     """Why would a pull be slow or stuck? Check every enabled mirror (DNS, TCP, TLS, the
     repo, time to first byte, Range, throughput) and this machine (free space, filesystem,
     memory, CPUs, cache disk speed, aria2c, GPU) at once, and judge (``report.verdict``).
-    Never raises for what it diagnoses: failed checks are in the report."""
+    Never raises for what it diagnoses: failed checks are in the report.
+
+    Args:
+        repo_id: ``ORG/NAME`` to check the mirrors for (None: the mirrors only).
+        revision: a branch, tag or commit (default: ``main``).
+        mirrors: a catalogue file to use instead of the usual one (``--mirrors``; default:
+            ``$MODELGET_MIRRORS``, the user's ``mirrors.yaml``, else the bundled catalogue).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+            ``~/.cache/huggingface/hub``).
+        timeout: seconds per network check (default: ``$MODELGET_PROBE_TIMEOUT``); the whole
+            run lasts at most twice that plus 2 s.
+
+    Returns:
+        A :class:`DoctorReport` (see docs/doctor.md).
+
+    Raises:
+        ConfigError: an invalid catalogue.
+        UsageError: a malformed repo id.
+    """
     from modelget.doctor import run
 
     if repo_id is not None:

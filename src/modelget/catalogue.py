@@ -187,7 +187,13 @@ def _user_catalogue() -> Path | None:
 
 def load_catalogue(path: str | os.PathLike[str] | None = None) -> Catalogue:
     """The validated catalogue: ``path`` (``--mirrors``), else ``$MODELGET_MIRRORS``, else the
-    user's ``mirrors.yaml``, else the bundled one. Raises :class:`ConfigError` for any problem.
+    user's ``mirrors.yaml``, else the bundled one (docs/mirrors.md).
+
+    Args:
+        path: a catalogue file (default: the first of the others that exists).
+
+    Raises:
+        ConfigError: any problem, with the file, line and field.
     """
     location = catalogue_path_and_origin(path)
     if location.path is None:

@@ -67,6 +67,8 @@ class ModelgetError(Exception):
 
 
 class UsageError(ModelgetError):
+    """A bad argument: a malformed repo id or revision, a bad flag or option combination."""
+
     code = "usage"
     exit_code = EXIT_USAGE
 
@@ -100,22 +102,32 @@ class ConfigError(ModelgetError):
 
 
 class ResolveError(ModelgetError):
+    """No mirror can serve what was asked for (each subclass says why)."""
+
     code = "resolve-failed"
 
 
 class ModelNotFoundError(ResolveError):
+    """No mirror has the repo."""
+
     code = "model-not-found"
 
 
 class RevisionNotFoundError(ResolveError):
+    """The repo exists, but not the branch, tag or commit asked for."""
+
     code = "revision-not-found"
 
 
 class AuthRequiredError(ResolveError):
+    """The repo needs a token that no mirror was given (or it was refused)."""
+
     code = "auth-required"
 
 
 class RateLimitedError(ResolveError):
+    """The mirrors refused with 429 (``retry_after_s`` when they said how long)."""
+
     code = "rate-limited"
 
     def __init__(
@@ -132,6 +144,8 @@ class UnsafeManifestError(ResolveError):
 
 
 class NoMirrorError(ResolveError):
+    """Mirrors answered, and none can serve the repo (or none is enabled)."""
+
     code = "no-mirror"
 
 
@@ -156,14 +170,20 @@ class OfflineMissingError(ResolveError):
 
 
 class TransferError(ModelgetError):
+    """Files could not be transferred (a pull reports per-file failures in its result)."""
+
     code = "transfer-failed"
 
 
 class MirrorUnavailableError(TransferError):
+    """A mirror could not give a file's bytes (its URL did not resolve to one that serves them)."""
+
     code = "mirror-unavailable"
 
 
 class VerificationError(ModelgetError):
+    """Bytes do not match their recorded size or digest."""
+
     code = "verification-failed"
     exit_code = EXIT_VERIFY
 
@@ -182,10 +202,14 @@ class LockfileError(ModelgetError):
 
 
 class LayoutError(ModelgetError):
+    """Files could not be put in place (or a model is not in the cache for ``export``)."""
+
     code = "layout-failed"
 
 
 class InsufficientDiskSpaceError(LayoutError):
+    """The files do not fit on the destination's disk (or it filled)."""
+
     code = "disk-full"
 
 
@@ -196,13 +220,19 @@ class NotInCacheError(ModelgetError):
 
 
 class EngineUnavailableError(ModelgetError):
+    """The engine cannot run: ``engine="aria2"`` without aria2c, or aria2c would not start."""
+
     code = "engine-unavailable"
 
 
 class FixtureError(ModelgetError):
+    """The test or demo fixtures could not be prepared."""
+
     code = "fixture-unavailable"
 
 
 class Interrupted(ModelgetError):
+    """Stopped on request (Ctrl-C, SIGTERM, ``cancel``); resumable state is kept."""
+
     code = "interrupted"
     exit_code = EXIT_INTERRUPTED

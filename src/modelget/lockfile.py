@@ -93,7 +93,11 @@ def _file_dict(entry: FileEntry) -> dict[str, Any]:
 
 
 def dumps(lock: Lockfile) -> str:
-    """The lockfile as text: stable order, one trailing newline."""
+    """The lockfile as text (``modelget.dump_lockfile``): stable order, one trailing newline.
+
+    Args:
+        lock: what :func:`modelget.lock` returned (or :func:`load` read).
+    """
     models = sorted(lock.models, key=lambda m: (m.repo_id, m.commit))
     doc = {
         "lockfile": FORMAT,
@@ -206,6 +210,14 @@ def loads(text: str, *, source: str = "lockfile") -> Lockfile:
 
 
 def load(path: str | Path) -> Lockfile:
+    """Read a lockfile (``modelget.load_lockfile``), checked as untrusted input.
+
+    Args:
+        path: a file written by ``modelget lock`` or :func:`dumps`.
+
+    Raises:
+        LockfileError: it cannot be read or is not a valid modelget lockfile (exit code 2).
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

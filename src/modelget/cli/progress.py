@@ -13,13 +13,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from modelget.events import lock_wait_text
+from modelget.events import Reporter, lock_wait_text
 from modelget.sizes import fmt_bytes, fmt_rate
-
-if TYPE_CHECKING:
-    from modelget.events import Reporter
 
 _URL = re.compile(r"(\s+from)?\s*https?://[^\s;,]+")
 _HEX = re.compile(r"\b(?=[0-9]*[a-fA-F])[0-9a-fA-F]{12,}…?")
@@ -62,7 +59,7 @@ class _MirrorNotes:
         return f"{path}: mirror {mirror}: {short}"
 
 
-class JsonLinesReporter:
+class JsonLinesReporter(Reporter):
     """One JSON object per event, one per line (``pull --json``), for scripts and wrappers.
 
     Byte progress is coalesced to at most ``interval_s`` per file so the stream stays small.
@@ -346,7 +343,7 @@ _TOTAL_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 _FILE_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt}{postfix}"
 
 
-class TqdmReporter:
+class TqdmReporter(Reporter):
     """An overall bar and up to ``max_file_bars`` file bars, on stderr.
 
     The largest files under way get the file bars (:class:`BarSlots`). Rates and the ETA are
@@ -523,7 +520,7 @@ class TqdmReporter:
                 self._total = None
 
 
-class TextReporter:
+class TextReporter(Reporter):
     """No bars (stderr is not a terminal, or ``HF_HUB_DISABLE_PROGRESS_BARS``): a line per
     notable event and a heartbeat every ``heartbeat_s`` seconds (done of total, rate, ETA,
     each mirror's rate), on stderr, with no carriage return."""
