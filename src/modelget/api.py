@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from modelget import layout, settings
+from modelget.auth import check_token, with_token
 from modelget.catalogue import load_catalogue
 from modelget.datatypes import (
     FileEntry,
@@ -73,12 +74,15 @@ def probe(
     mirrors: StrPath | None = None,
     timeout: float | None = None,
     verify_tls: bool = True,
+    token: str | None = None,
 ) -> ProbeSummary:
-    """Probe every enabled mirror now (ignoring the cache, refreshing it) and rank them."""
+    """Probe every enabled mirror now (ignoring the cache, refreshing it) and rank them.
+    ``token`` (``--token``): ``HF_TOKEN``'s value for this call, for the mirrors that take
+    it (docs/mirrors.md, Tokens)."""
     if repo_id is not None:
         _check_repo_id(repo_id)
     _check_revision(revision)
-    enabled = enabled_mirrors(mirrors, verify_tls)
+    enabled = with_token(enabled_mirrors(mirrors, verify_tls), token)
     report = run_probe(enabled, repo_id, revision, timeout=timeout or settings.probe_timeout_s())
     store_cached(settings.cache_dir() / "probes.json", enabled, repo_id, report.results, revision)
     return ProbeSummary(repo_id, tuple(rank(enabled, report.results)), report)
@@ -96,10 +100,12 @@ def plan(
     local_dir: StrPath | None = None,
     locked: LockedModel | None = None,
     verify_tls: bool = True,
+    token: str | None = None,
 ) -> Plan:
     """What ``pull`` would do: the agreed manifest, each file's sources in rank order,
     what is already present, the totals, and a refusal if the disk is too small.
-    ``verify_tls=False`` (``--insecure``) skips TLS certificate checks."""
+    ``verify_tls=False`` (``--insecure``) skips TLS certificate checks; ``token`` as in
+    :func:`probe`."""
     return _plan(
         repo_id,
         filenames,
@@ -111,6 +117,7 @@ def plan(
         local_dir=local_dir,
         locked=locked,
         verify_tls=verify_tls,
+        token=token,
     )[0]
 
 
@@ -129,6 +136,7 @@ def _plan(
     verify_tls: bool = True,
     reporter: Reporter | None = None,
     timings: dict[str, float] | None = None,
+    token: str | None = None,
 ) -> tuple[Plan, dict[str, Mirror]]:
     _check_repo_id(repo_id)
     if locked is not None:
@@ -142,6 +150,7 @@ def _plan(
         locked=locked,
         reporter=reporter,
         timings=timings,
+        token=token,
     )
     order, manifests = resolved.order, resolved.manifests
     by_name = {m.name: m for m in order}
@@ -202,9 +211,11 @@ def lock(
     exclude: Sequence[str] = (),
     mirrors: StrPath | None = None,
     verify_tls: bool = True,
+    token: str | None = None,
 ) -> Lockfile:
     """Pin each ``REPO_ID`` (or ``REPO_ID@REVISION``) to its commit, with every file's size and
-    digests as the mirrors agree on them: what ``pull(..., locked=...)`` reproduces."""
+    digests as the mirrors agree on them: what ``pull(..., locked=...)`` reproduces.
+    ``token`` as in :func:`probe`."""
     models = []
     for target in targets:
         repo_id, at, rev = target.partition("@")
@@ -218,6 +229,7 @@ def lock(
             mirrors=mirrors,
             check_space=False,
             verify_tls=verify_tls,
+            token=token,
         )
         files = tuple(item.entry for item in the_plan.items)
         if not files:
@@ -246,6 +258,7 @@ def pull(
     locked: LockedModel | None = None,
     verify_tls: bool = True,
     offline: bool | None = None,
+    token: str | None = None,
 ) -> PullResult:
     """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache
     (or ``local_dir``), and return what happened. ``verify_tls=False`` (``--insecure``)
@@ -265,6 +278,10 @@ def pull(
     moves: ``LockedCommitMissingError`` when no mirror has the commit any more,
     ``LockMismatchError`` when the mirrors list other bytes. ``repo_id`` must be the locked one;
     ``revision``, ``filenames`` and the globs must be left out.
+
+    ``token`` (``--token``): ``HF_TOKEN``'s value for this pull, sent only where ``HF_TOKEN``
+    would be (the mirrors whose entry says ``token_env: HF_TOKEN``, and ``use_hf_login``
+    ones), to their own origin; never to aria2c, a disk, a log or a message.
     """
     from modelget.execute import EngineStarter, Target, carry_out
 
@@ -282,6 +299,7 @@ def pull(
     # Usage errors first: nothing is started for a pull that cannot run.
     _check_repo_id(repo_id)
     _check_revision(locked.commit if locked is not None else revision)
+    token = check_token(token)
     options = options or EngineOptions()
     verify_tls = verify_tls and options.verify_tls
     if not verify_tls:
@@ -326,6 +344,7 @@ def pull(
                 verify_tls=verify_tls,
                 reporter=reporter,
                 timings=timings,
+                token=token,
             )
         except MirrorsUnreachableError as unreachable:
             try:
@@ -471,6 +490,7 @@ def doctor(
     mirrors: StrPath | None = None,
     cache_dir: StrPath | None = None,
     timeout: float | None = None,
+    token: str | None = None,
 ) -> DoctorReport:
     """Why would a pull be slow or stuck? Check every enabled mirror (DNS, TCP, TLS, the
     repo, time to first byte, Range, throughput) and this machine (free space, filesystem,
@@ -480,7 +500,7 @@ def doctor(
 
     if repo_id is not None:
         _check_repo_id(repo_id)
-    enabled = list(load_catalogue(mirrors).enabled)
+    enabled = with_token(load_catalogue(mirrors).enabled, token)
     return run(
         enabled,
         repo_id,
