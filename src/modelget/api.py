@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from modelget import layout, settings
+from modelget.auth import check_token, with_token
 from modelget.catalogue import load_catalogue
 from modelget.datatypes import (
     FileEntry,
@@ -77,6 +78,7 @@ def probe(
     mirrors: StrPath | None = None,
     timeout: float | None = None,
     verify_tls: bool = True,
+    token: str | None = None,
 ) -> ProbeSummary:
     """Probe every enabled mirror now (ignoring the probe cache, refreshing it) and rank them.
 
@@ -89,6 +91,9 @@ def probe(
         timeout: seconds per mirror (default: ``$MODELGET_PROBE_TIMEOUT``).
         verify_tls: False (``--insecure``) skips TLS certificate checks on every mirror (every
             file is still checked against its digest).
+        token: ``HF_TOKEN``'s value for this call (``--token``), sent only where ``HF_TOKEN``
+            would be (entries with ``token_env: HF_TOKEN``, and ``use_hf_login`` ones), to
+            their own origin; never to aria2c, a disk, a log or a message.
 
     Returns:
         A :class:`ProbeSummary`: ``ranked`` best first, and the raw ``report``.
@@ -100,7 +105,7 @@ def probe(
     if repo_id is not None:
         _check_repo_id(repo_id)
     _check_revision(revision)
-    enabled = enabled_mirrors(mirrors, verify_tls)
+    enabled = with_token(enabled_mirrors(mirrors, verify_tls), token)
     report = run_probe(enabled, repo_id, revision, timeout=timeout or settings.probe_timeout_s())
     store_cached(settings.cache_dir() / "probes.json", enabled, repo_id, report.results, revision)
     return ProbeSummary(repo_id, tuple(rank(enabled, report.results)), report)
@@ -118,6 +123,7 @@ def plan(
     local_dir: StrPath | None = None,
     locked: LockedModel | None = None,
     verify_tls: bool = True,
+    token: str | None = None,
 ) -> Plan:
     """What :func:`pull` would do, without downloading: the manifest the mirrors agree on,
     each file's sources in rank order, what is already present, the totals, and a refusal if
@@ -137,6 +143,9 @@ def plan(
         locked: a model from a lockfile (see :func:`lock`): its commit and files.
         verify_tls: False (``--insecure``) skips TLS certificate checks on every mirror (every
             file is still checked against its digest).
+        token: ``HF_TOKEN``'s value for this call (``--token``), sent only where ``HF_TOKEN``
+            would be (entries with ``token_env: HF_TOKEN``, and ``use_hf_login`` ones), to
+            their own origin; never to aria2c, a disk, a log or a message.
 
     Returns:
         A :class:`Plan`. Mirrors left out for a problem are logged at WARNING.
@@ -159,6 +168,7 @@ def plan(
         locked=locked,
         verify_tls=verify_tls,
         reporter=LoggingReporter(NullReporter()),
+        token=token,
     )[0]
 
 
@@ -178,6 +188,7 @@ def _plan(
     reporter: Reporter | None = None,
     timings: dict[str, float] | None = None,
     trust_present: bool = True,
+    token: str | None = None,
 ) -> tuple[Plan, dict[str, Mirror]]:
     _check_repo_id(repo_id)
     if locked is not None:
@@ -191,6 +202,7 @@ def _plan(
         locked=locked,
         reporter=reporter,
         timings=timings,
+        token=token,
     )
     order, manifests = resolved.order, resolved.manifests
     by_name = {m.name: m for m in order}
@@ -271,6 +283,7 @@ def lock(
     exclude: Sequence[str] = (),
     mirrors: StrPath | None = None,
     verify_tls: bool = True,
+    token: str | None = None,
 ) -> Lockfile:
     """Pin each model to its commit, with every file's size and digests as the mirrors agree
     on them: what ``pull(..., locked=...)`` reproduces. Downloads nothing.
@@ -284,6 +297,9 @@ def lock(
             ``$MODELGET_MIRRORS``, the user's ``mirrors.yaml``, else the bundled catalogue).
         verify_tls: False (``--insecure``) skips TLS certificate checks on every mirror (every
             file is still checked against its digest).
+        token: ``HF_TOKEN``'s value for this call (``--token``), sent only where ``HF_TOKEN``
+            would be (entries with ``token_env: HF_TOKEN``, and ``use_hf_login`` ones), to
+            their own origin; never to aria2c, a disk, a log or a message.
 
     Returns:
         A :class:`Lockfile`; write it with :func:`dump_lockfile`, read it back with
@@ -310,6 +326,7 @@ def lock(
             check_space=False,
             verify_tls=verify_tls,
             reporter=LoggingReporter(NullReporter()),
+            token=token,
         )
         files = tuple(item.entry for item in the_plan.items)
         if not files:
@@ -340,6 +357,7 @@ def pull(
     offline: bool | None = None,
     force_download: bool = False,
     repair: bool = False,
+    token: str | None = None,
 ) -> PullResult:
     """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache (or
     ``local_dir``), and return what happened.
@@ -382,6 +400,9 @@ def pull(
             (``--force-download``).
         repair: hash every file already here and fetch again only those that fail
             (``--repair``).
+        token: ``HF_TOKEN``'s value for this call (``--token``), sent only where ``HF_TOKEN``
+            would be (entries with ``token_env: HF_TOKEN``, and ``use_hf_login`` ones), to
+            their own origin; never to aria2c, a disk, a log or a message.
 
     Returns:
         A :class:`PullResult`: ``path``, ``commit``, ``status``, every file's outcome.
@@ -410,6 +431,7 @@ def pull(
     # Usage errors first: nothing is started for a pull that cannot run.
     _check_repo_id(repo_id)
     _check_revision(locked.commit if locked is not None else revision)
+    token = check_token(token)
     options = options or EngineOptions()
     verify_tls = verify_tls and options.verify_tls
     if not verify_tls:
@@ -455,6 +477,7 @@ def pull(
                 reporter=events,
                 timings=timings,
                 trust_present=not (force_download or repair),
+                token=token,
             )
         except MirrorsUnreachableError as unreachable:
             if force_download or repair:  # asked for fresh or re-checked bytes: not a fallback
@@ -877,6 +900,7 @@ def doctor(
     mirrors: StrPath | None = None,
     cache_dir: StrPath | None = None,
     timeout: float | None = None,
+    token: str | None = None,
 ) -> DoctorReport:
     """Why would a pull be slow or stuck? Check every enabled mirror (DNS, TCP, TLS, the
     repo, time to first byte, Range, throughput) and this machine (free space, filesystem,
@@ -892,6 +916,9 @@ def doctor(
             ``~/.cache/huggingface/hub``).
         timeout: seconds per network check (default: ``$MODELGET_PROBE_TIMEOUT``); the whole
             run lasts at most twice that plus 2 s.
+        token: ``HF_TOKEN``'s value for this call (``--token``), sent only where ``HF_TOKEN``
+            would be (entries with ``token_env: HF_TOKEN``, and ``use_hf_login`` ones), to
+            their own origin; never to aria2c, a disk, a log or a message.
 
     Returns:
         A :class:`DoctorReport` (see docs/doctor.md).
@@ -904,7 +931,7 @@ def doctor(
 
     if repo_id is not None:
         _check_repo_id(repo_id)
-    enabled = list(load_catalogue(mirrors).enabled)
+    enabled = with_token(load_catalogue(mirrors).enabled, token)
     return run(
         enabled,
         repo_id,

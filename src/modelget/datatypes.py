@@ -43,6 +43,10 @@ class Mirror:
     verify_tls: bool = True
     """Check the endpoint's TLS certificate (the default). Not a catalogue field: only
     ``--insecure`` (``verify_tls=False`` in the API) turns it off, for one command."""
+    hf_token: str | None = field(default=None, repr=False, compare=False, hash=False)
+    """The ``--token`` of this command (``token=`` in the API), standing in for ``HF_TOKEN``
+    wherever this entry would read that variable (see ``auth.mirror_token``). Not a catalogue
+    field; set only on the entries that would (``auth.with_token``); never in a repr."""
 
     @property
     def host(self) -> str:

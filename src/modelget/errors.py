@@ -108,9 +108,17 @@ class ResolveError(ModelgetError):
 
 
 class ModelNotFoundError(ResolveError):
-    """No mirror has the repo."""
+    """No mirror has the repo. ``maybe_private``: the mirror answered as the Hub answers a request
+    without a token for a repo that does not exist *or* is private (401 ``RepoNotFound``): a
+    token may show it."""
 
     code = "model-not-found"
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, maybe_private: bool = False
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.maybe_private = maybe_private
 
 
 class RevisionNotFoundError(ResolveError):

@@ -15,6 +15,10 @@
   identity encoding (bytes are hashed as sent), the shared TLS context, no automatic
   redirects unless asked (credentials must not cross origins), and proxies from the
   environment (``HTTP(S)_PROXY``/``NO_PROXY``) for every request: probe, metadata, transfer.
+* :func:`proxy_for`: which proxy (if any) those clients use for a URL, by httpx's own rule
+  (:func:`environment_proxies`), for what does not go through httpx: the probe's connect
+  time and the doctor's DNS/TCP checks (which must not open a direct socket where a pull
+  would use a proxy), and the proxies the aria2 engine hands aria2c.
 * **The TLS context.** Building one loads the CA bundle (20-80 ms of CPU, more when two
   threads do it at once on a small machine); httpx would build a new one for every client,
   so every client of a process shares one, built once under a lock (once more only if
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
+import re
 import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -33,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from modelget._version import __version__
-from modelget.settings import tls_trust_env
+from modelget.settings import proxy_env, tls_trust_env
 
 if TYPE_CHECKING:
     import httpx
@@ -277,6 +283,111 @@ def client(
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})},
         **options,
     )
+
+
+# --- proxies from the environment, by httpx's rule ------------------------------------------
+
+
+def _is_ip(host: str, version: int) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("/")[0] if version == 4 else host)
+    except ValueError:
+        return False
+    return address.version == version
+
+
+def environment_proxies() -> dict[str, str | None]:
+    """httpx's ``get_environment_proxies``, rule for rule: URL patterns (``https://``,
+    ``all://*example.com``) mapped to a proxy URL, or to None for the ``NO_PROXY`` entries
+    (reached directly). ``NO_PROXY=*``: no proxy at all. A ``NO_PROXY`` name matches the
+    host and its subdomains (``.example.com``: the subdomains only); an IP address matches
+    itself (a ``/mask`` is ignored, as httpx ignores it); ``scheme://host[:port]`` entries
+    are patterns as they stand. Proxy URLs may hold credentials: never show one."""
+    info = proxy_env()
+    mounts: dict[str, str | None] = {}
+    for scheme in ("http", "https", "all"):
+        if info.get(scheme):
+            value = info[scheme]
+            mounts[f"{scheme}://"] = value if "://" in value else f"http://{value}"
+    for host in (h.strip() for h in info.get("no", "").split(",")):
+        if host == "*":
+            return {}
+        if not host:
+            continue
+        if "://" in host:
+            mounts[host] = None
+        elif _is_ip(host, 4) or host.lower() == "localhost":
+            mounts[f"all://{host}"] = None
+        elif _is_ip(host, 6):
+            mounts[f"all://[{host}]"] = None
+        else:
+            mounts[f"all://*{host}"] = None
+    return mounts
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    """httpx's ``URLPattern``: scheme (empty: any), host (a regex; None: any), port."""
+
+    scheme: str
+    host: str
+    regex: re.Pattern[str] | None
+    port: int | None
+
+    @classmethod
+    def parse(cls, pattern: str) -> _Pattern:
+        import httpx
+
+        url = httpx.URL(pattern)
+        host = "" if url.host == "*" else url.host
+        regex: re.Pattern[str] | None = None
+        if host.startswith("*."):
+            regex = re.compile(f"^.+\\.{re.escape(host[2:])}$")
+        elif host.startswith("*"):
+            regex = re.compile(f"^(.+\\.)?{re.escape(host[1:])}$")
+        elif host:
+            regex = re.compile(f"^{re.escape(host)}$")
+        return cls("" if url.scheme == "all" else url.scheme, host, regex, url.port)
+
+    def matches(self, url: httpx.URL) -> bool:
+        if self.scheme and self.scheme != url.scheme:
+            return False
+        if self.regex is not None and not self.regex.match(url.host):
+            return False
+        return self.port is None or self.port == url.port
+
+    @property
+    def priority(self) -> tuple[int, int, int]:
+        """Most specific first: with a port, then the longer host, then the longer scheme."""
+        return (0 if self.port is not None else 1, -len(self.host), -len(self.scheme))
+
+
+def pattern_host(pattern: str) -> str:
+    """The host part of an :func:`environment_proxies` pattern as httpx reads it
+    (``*example.com``, ``*.example.com``, ``10.0.0.1``, ``::1``; empty: any host)."""
+    return _Pattern.parse(pattern).host
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy URL the clients of :func:`client` use for ``url`` (from the environment,
+    :func:`environment_proxies`), or None when they go direct. It may hold credentials:
+    show it through :func:`redact_proxy` only."""
+    import httpx
+
+    target = httpx.URL(url)
+    mounts = [(_Pattern.parse(k), v) for k, v in environment_proxies().items()]
+    for pattern, proxy in sorted(mounts, key=lambda m: m[0].priority):
+        if pattern.matches(target):
+            return proxy
+    return None
+
+
+def redact_proxy(proxy: str) -> str:
+    """``scheme://host:port`` of a proxy URL: no user name or password."""
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 def is_transport_error(exc: BaseException) -> bool:

@@ -61,8 +61,14 @@ class ProbeReport:
     cached: bool = False
 
 
-def _connect_time(url: str, timeout: float, verify_tls: bool = True) -> float:
-    """Seconds for DNS + TCP connect (+ TLS handshake for https) to ``url``'s host."""
+def _connect_time(url: str, timeout: float, verify_tls: bool = True) -> float | None:
+    """Seconds for DNS + TCP connect (+ TLS handshake for https) to ``url``'s host; None when
+    the environment sends ``url`` through a proxy (:func:`modelget.http.proxy_for`, the rule
+    of every client): then no direct socket is opened (on a proxy-only network it would fail
+    and call a working mirror down), and the first-byte latency, through the proxy as every
+    request of a pull, is the measure."""
+    if http.proxy_for(url) is not None:
+        return None
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -408,7 +414,8 @@ def _probe_one(
         connect_s = _connect_time(mirror.endpoint, timeout, mirror.verify_tls)
     except OSError as exc:
         return result("down", error=f"connect failed: {exc}"), None, None
-    tracker.progress(name)
+    if connect_s is not None:
+        tracker.progress(name)
     try:
         with http.client(timeout=timeout, verify_tls=mirror.verify_tls) as client:
             ttfb_s = _ttfb(client, source.ping_url(mirror), mirror)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from modelget import settings
+from modelget.auth import with_token
 from modelget.catalogue import load_catalogue
 from modelget.datatypes import FileEntry, Manifest, Mirror
 from modelget.errors import (
@@ -59,11 +60,13 @@ def resolve(
     locked: LockedModel | None = None,
     reporter: Reporter | None = None,
     timings: dict[str, float] | None = None,
+    token: str | None = None,
 ) -> Resolution:
     """Probe the enabled mirrors for ``repo_id`` at ``revision`` and keep those that can
     serve it, best first; mirrors left out for a problem are named through ``reporter``.
-    Raises the clearest single error when none can (see :func:`no_manifest_error`)."""
-    enabled = enabled_mirrors(mirrors, verify_tls)
+    Raises the clearest single error when none can (see :func:`no_manifest_error`).
+    ``token``: ``--token``, for the mirrors that take ``HF_TOKEN`` (``auth.with_token``)."""
+    enabled = with_token(enabled_mirrors(mirrors, verify_tls), token)
     probe_started = time.perf_counter()
     report = probe_for_plan(enabled, repo_id, revision)
     if timings is not None:
@@ -188,6 +191,13 @@ def no_manifest_error(repo_id: str, revision: str | None, report: ProbeReport) -
         and all(isinstance(e, ModelNotFoundError) for e in errors)
         and len(errors) == len(report.results)
     ):
+        private = [e for e in errors if isinstance(e, ModelNotFoundError) and e.maybe_private]
+        if private:  # a mirror answered as the Hub does for a missing or private repo
+            return ModelNotFoundError(
+                f"{repo_id}: not found (or private: pass a token):\n{detail}",
+                hint=private[0].hint,
+                maybe_private=True,
+            )
         return ModelNotFoundError(
             f"{repo_id} is on no mirror of the catalogue:\n{detail}",
             hint="check the repo id, or add a mirror that has it (docs/mirrors.md)",

@@ -71,6 +71,14 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "MODELSCOPE_API_TOKEN",
         "Token for the mirrors whose entry says token_env: MODELSCOPE_API_TOKEN (bundled: ModelScope).",
     ),
+    # The proxy variables: either case counts (lower case wins where both are set), read the
+    # way httpx reads them (``proxy_env``); ``http.proxy_for`` applies them.
+    EnvVar("HTTP_PROXY", "Proxy for http:// URLs (or http_proxy), for every request and engine."),
+    EnvVar(
+        "HTTPS_PROXY", "Proxy for https:// URLs (or https_proxy), for every request and engine."
+    ),
+    EnvVar("ALL_PROXY", "Proxy for any URL without its own (or all_proxy)."),
+    EnvVar("NO_PROXY", "Hosts reached directly, comma-separated (or no_proxy); * for every host."),
 )
 
 ENV_NAMES = frozenset(v.name for v in ENV_VARS)
@@ -93,8 +101,21 @@ def read_token(env_name: str) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
-# What a helper process (aria2c) may inherit: where programs and the home are, the locale,
-# proxies and CA certificates. Nothing else: no token variable, whatever its name.
+def proxy_env() -> dict[str, str]:
+    """The proxy variables as httpx reads them (``urllib.request.getproxies``): ``http``,
+    ``https``, ``all`` and ``no`` for ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``,
+    ``NO_PROXY``, either case (lower case wins where both are set). May hold credentials
+    (``http://user:password@proxy``): never log or show a value. ``http.proxy_for`` applies
+    them."""
+    from urllib.request import getproxies
+
+    return {k: v for k, v in getproxies().items() if k in ("http", "https", "all", "no") and v}
+
+
+# What a helper process (aria2c) may inherit: where programs and the home are, the locale and
+# CA certificates. Nothing else: no token variable, whatever its name, and no proxy variable
+# (aria2c reads only the lower-case ones, by its own rules; the aria2 engine hands it the
+# proxies ``http.proxy_for`` decides on, in its private config file).
 _CHILD_ENV = frozenset(
     {
         "PATH",
@@ -105,14 +126,6 @@ _CHILD_ENV = frozenset(
         "LANGUAGE",
         "TZ",
         "TMPDIR",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "no_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
         "SSL_CERT_FILE",
         "SSL_CERT_DIR",
     }
@@ -121,7 +134,8 @@ _CHILD_ENV = frozenset(
 
 def child_env() -> dict[str, str]:
     """The environment for a helper process modelget starts (aria2c): this one's, without any
-    variable that may hold a secret (``HF_TOKEN``, a catalogue's ``token_env``, ...)."""
+    variable that may hold a secret (``HF_TOKEN``, a catalogue's ``token_env``, a proxy's
+    password in ``HTTP_PROXY``, ...)."""
     return {k: v for k, v in os.environ.items() if k in _CHILD_ENV or k.startswith("LC_")}
 
 

@@ -75,6 +75,22 @@ def _add_insecure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true", help=_INSECURE_HELP)
 
 
+def _add_token(p: argparse.ArgumentParser) -> None:
+    """``--token`` / ``--token-file`` (issue 17 §3): HF_TOKEN's value for one command."""
+    token = p.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="Hugging Face token for this command, in place of HF_TOKEN: sent only where "
+        "HF_TOKEN would be (the mirrors whose entry says token_env: HF_TOKEN; bundled: "
+        "huggingface.co), to their own host. Other users of this machine can read a command "
+        "line: prefer HF_TOKEN or --token-file",
+    )
+    token.add_argument(
+        "--token-file", metavar="FILE", help="read the token from FILE (its first line), as --token"
+    )
+
+
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--include",
@@ -121,6 +137,7 @@ def _build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--timeout", type=float, metavar="S", help="per-mirror timeout (default 5)")
     _add_json(probe)
     _add_insecure(probe)
+    _add_token(probe)
     probe.set_defaults(func=commands.probe)
 
     doctor = sub.add_parser(
@@ -143,6 +160,7 @@ def _build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--timeout", type=float, metavar="S", help="per-step network timeout (default 5)"
     )
+    _add_token(doctor)
     _add_json(doctor)
     doctor.set_defaults(func=commands.doctor)
 
@@ -200,6 +218,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "(also MODELGET_OFFLINE=1 or HF_HUB_OFFLINE=1)",
     )
     _add_insecure(pull)
+    _add_token(pull)
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     pull.add_argument(
         "--verbose",
@@ -237,6 +256,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--output", "-o", metavar="FILE", help="write the lockfile to FILE instead of stdout"
     )
     _add_insecure(lock)
+    _add_token(lock)
     lock.set_defaults(func=commands.lock)
 
     verify = sub.add_parser(

@@ -76,6 +76,7 @@ def probe(args: argparse.Namespace) -> Outcome:
         mirrors=args.mirrors,
         timeout=args.timeout,
         verify_tls=not args.insecure,
+        token=token(args),
     )
     payload = {
         "repo_id": summary.repo_id,
@@ -104,8 +105,25 @@ def doctor(args: argparse.Namespace) -> Outcome:
         mirrors=args.mirrors,
         cache_dir=args.cache_dir,
         timeout=args.timeout,
+        token=token(args),
     )
     return Outcome(report.to_dict(), report.exit_code, partial(render.doctor_text, report))
+
+
+def token(args: argparse.Namespace) -> str | None:
+    """``--token``, or the first line of ``--token-file`` (None: neither given, HF_TOKEN as
+    ever). Neither the token nor the file's content is ever repeated in a message."""
+    if getattr(args, "token_file", None):
+        try:
+            text = Path(args.token_file).read_text(errors="replace")
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --token-file {args.token_file}: {exc.strerror or exc}",
+                hint="give a readable file that holds the token",
+            ) from None
+        return text.splitlines()[0] if text.strip() else ""
+    value: str | None = getattr(args, "token", None)
+    return value
 
 
 _RATE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?)B?(?:/S)?\s*", re.IGNORECASE)
@@ -145,6 +163,7 @@ def lock(args: argparse.Namespace) -> Outcome:
         exclude=args.exclude,
         mirrors=args.mirrors,
         verify_tls=not args.insecure,
+        token=token(args),
     )
     text = dumps(result)
     if args.output:
@@ -234,6 +253,7 @@ def _dry_run(args: argparse.Namespace, repo_id: str, locked: LockedModel | None)
         local_dir=args.local_dir,
         locked=locked,
         verify_tls=not args.insecure,
+        token=token(args),
     )
     payload = {"plan": plan_dict(result)}
     return Outcome(payload, EXIT_OK, partial(render.plan_text, result), subject=repo_id)
@@ -320,6 +340,7 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
             offline=args.offline,
             force_download=args.force_download,
             repair=args.repair,
+            token=token(args),
         )
     finally:
         close = getattr(reporter, "close", None)  # bars, heartbeat thread

@@ -5,8 +5,9 @@
 pieces are ``modelget.probe``'s (token only to the mirror's own host, redirects followed by
 hand) and the TLS context is the one every client of the process shares
 (:func:`modelget.http.ssl_context`), so a certificate is trusted here exactly when pulls trust
-it. DNS and TCP go to the proxy when the environment sets one for the endpoint: the first hop
-a pull makes.
+it. DNS and TCP go to the proxy when the environment sets one for the endpoint
+(:func:`modelget.http.proxy_for`, the rule of every client of a pull and of the probe): the
+first hop a pull makes.
 """
 
 from __future__ import annotations
@@ -46,23 +47,6 @@ def describe_error(exc: Exception) -> str:
 # --- where the first hop goes ---------------------------------------------------------------
 
 
-def _proxy_for(url: str) -> str | None:
-    """The proxy a pull's HTTP client would use for ``url`` (from the environment), or None.
-
-    httpx and huggingface_hub honour ``HTTPS_PROXY``/``NO_PROXY`` themselves; the standard
-    library answers the same question here so the DNS and TCP checks test the first hop a
-    pull really makes.
-    """
-    from urllib.request import getproxies, proxy_bypass
-
-    parts = urlsplit(url)
-    proxies = getproxies()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if not proxy or proxy_bypass(parts.hostname or ""):
-        return None
-    return proxy
-
-
 def _public_proxy(proxy: str) -> tuple[str, str, int]:
     """(scheme://host:port without credentials, host, port) of a proxy URL."""
     p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
@@ -88,7 +72,8 @@ def first_hop(endpoint: str) -> FirstHop:
     parts = urlsplit(endpoint)
     host = parts.hostname or ""
     https = parts.scheme == "https"
-    proxy = _proxy_for(endpoint)
+    # The rule every client of a pull follows (httpx's, NO_PROXY included), and the probe's.
+    proxy = http.proxy_for(endpoint)
     if proxy is None:
         return FirstHop(host, https, False, host, parts.port or (443 if https else 80))
     shown, dial_host, dial_port = _public_proxy(proxy)

@@ -244,9 +244,13 @@ def select_engine(name: EngineName, options: EngineOptions, reporter: Reporter) 
         if not aria2c_path():
             raise aria2c_missing()
         from modelget.engines.aria2 import Aria2Engine
+        from modelget.engines.aria2.proxy import proxy_problem
 
-        return Aria2Engine(options)
-    if name == "auto":
+        problem = proxy_problem() if name == "auto" else None
+        if problem is None:  # (--engine aria2 with such a proxy: Aria2Engine says why)
+            return Aria2Engine(options)
+        reporter.on_message("info", f"{problem}: using the built-in httpx engine")
+    elif name == "auto":
         reporter.on_message("info", "aria2c not found: using the built-in httpx engine")
     from modelget.engines.httpx_engine import HttpxEngine
 

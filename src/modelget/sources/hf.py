@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 
 from modelget import http
 from modelget._version import __version__
-from modelget.auth import mirror_token
+from modelget.auth import mirror_token, takes_hf_token
 from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind
 from modelget.errors import (
     AuthRequiredError,
@@ -51,6 +51,16 @@ def _retry_after(exc: Any) -> float | None:
         return None
 
 
+def private_hint(mirror: Mirror) -> str:
+    """How to show ``mirror`` a private repo: the token it takes (never the token itself)."""
+    check = "check the repo id; if it is private, "
+    if takes_hf_token(mirror):
+        return check + f"pass --token (or set HF_TOKEN) for mirror {mirror.name}"
+    if mirror.token_env:
+        return check + f"set {mirror.token_env} for mirror {mirror.name}"
+    return check + f"give mirror {mirror.name} a token_env in mirrors.yaml (docs/mirrors.md)"
+
+
 def map_hf_error(exc: Exception, mirror: Mirror, repo_id: str, revision: str) -> ModelgetError:
     """Turn a huggingface_hub / HTTP-stack exception into a modelget error."""
     from huggingface_hub.errors import (
@@ -68,11 +78,19 @@ def map_hf_error(exc: Exception, mirror: Mirror, repo_id: str, revision: str) ->
             f"for mirror {mirror.name}",
         )
     if isinstance(exc, RepositoryNotFoundError):
+        # The Hub answers a request without a token for a repo that does not exist, or is
+        # private, with 401 RepoNotFound (it does not say which): most often a typo, so not
+        # "needs a token". A gated repo says GatedRepo (above): that one needs a token.
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 401 and mirror_token(mirror) is None:
-            return AuthRequiredError(
-                f"{repo_id} on {where} is private or does not exist (401 without a token)",
-                hint=f"set {mirror.token_env or 'a token_env'} for mirror {mirror.name} if it is private",
+            return ModelNotFoundError(
+                f"{repo_id} on {where}: not found (or private: pass a token)",
+                hint=private_hint(mirror),
+                maybe_private=True,
+            )
+        if mirror_token(mirror) is not None:
+            return ModelNotFoundError(
+                f"{repo_id} not found on {where} (or the token has no access to it)"
             )
         return ModelNotFoundError(f"{repo_id} not found on {where}")
     if isinstance(exc, HfRevisionNotFound):

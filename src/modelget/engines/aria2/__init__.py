@@ -26,7 +26,8 @@ can serve the file, and used only if those fail.
 
 The package, bottom up (no module imports one above it): ``limits`` (aria2's segment and
 connection geometry), ``process`` (the aria2c process, its private directory and pids file,
-the RPC client, notifications, shutdown), ``files`` (aria2's control file, a destination made
+the RPC client, notifications, shutdown), ``proxy`` (the environment's proxies as aria2c
+options for its private config file), ``files`` (aria2's control file, a destination made
 safe to resume), ``hashing`` (digests from finished pieces), ``watchdog`` (pure: what to do
 with a download's mirrors from their per-mirror stats), ``sources`` (resolving each source
 URL, which URIs aria2c gets), ``state`` (one job's record), ``budget`` (the per-mirror

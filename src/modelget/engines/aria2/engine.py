@@ -39,6 +39,7 @@ from modelget.engines.aria2.process import (
     _write_pids,
     remove_stale_dirs,
 )
+from modelget.engines.aria2.proxy import proxy_conf, proxy_problem
 from modelget.engines.aria2.run import _Run
 from modelget.errors import EngineUnavailableError
 from modelget.events import Reporter
@@ -57,11 +58,18 @@ class Aria2Engine:
         exe = aria2c_path()
         if exe is None:
             raise aria2c_missing()
+        problem = proxy_problem()
+        if problem is not None:
+            raise EngineUnavailableError(
+                f"{problem}: it speaks to http:// proxies only",
+                hint="use --engine httpx, or point the proxy variables at an http:// proxy",
+            )
         self.options = options
         self._exe = exe
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
-        # Owner-only (mkdtemp's 0700; its files 0600): the conf holds the RPC secret.
+        # Owner-only (mkdtemp's 0700; its files 0600): the conf holds the RPC secret, and the
+        # proxies with their credentials (never on the command line: /proc/PID/cmdline).
         self._tmpdir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
         _write_pids(self._tmpdir, None)
         self._secret = secrets.token_urlsafe(32)
@@ -70,6 +78,7 @@ class Aria2Engine:
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(f"rpc-secret={self._secret}\n")
+            fh.writelines(f"{name}={value}\n" for name, value in proxy_conf())
         self._conf = conf
         self._proc: subprocess.Popen[bytes] | None = None
         self._restarts = 0

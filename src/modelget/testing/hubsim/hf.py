@@ -56,7 +56,9 @@ class HfRoutes(FileServing):
         self._send_json(status, {"error": message}, hdrs)
 
     def _hf_repo_not_found(self, repo_id: str) -> None:
-        status = 404 if repo_id not in self.server.sim._repos else 401
+        """As the Hub answers for a repo that does not exist, or is private and not for this
+        token (it never says which): 401 to a request without a token, 404 to one with."""
+        status = 401 if self._presented_token(cookie=False) is None else 404
         message = (
             "Repository Not Found for url: "
             f"{self._raw_path}. Please make sure you specified the correct `repo_id` and "
