@@ -163,10 +163,7 @@ def test_a_pull_with_the_default_engine_needs_no_system_aria2c(
     bundled: str, no_aria2c_on_path: Path, sim: tuple[HubSimulator, Path], tmp_path: Path
 ) -> None:
     server, repo = sim
-    cat = tmp_path / "m.yaml"
-    cat.write_text(
-        f"version: 1\nmirrors:\n  - name: hub\n    kind: hf\n    endpoint: {server.url}\n"
-    )
+    cat = server.write_catalogue(tmp_path / "m.yaml")
     result = api.pull(REPO, mirrors=cat, cache_dir=tmp_path / "cache", engine="auto")
     assert result.status == "ok", result
     assert result.engine == "aria2"

@@ -64,8 +64,7 @@ def test_a_bad_rate_is_a_usage_error(text: str) -> None:
 def test_an_empty_max_rate_on_the_command_line_is_a_usage_error(
     tmp_path: Path, hub: HubSimulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cat = tmp_path / "m.yaml"
-    cat.write_text(f"version: 1\nmirrors:\n  - name: hub\n    kind: hf\n    endpoint: {hub.url}\n")
+    cat = hub.write_catalogue(tmp_path / "m.yaml")
     code = cli.main(
         ["pull", REPO, "--mirrors", str(cat), "--cache-dir", str(tmp_path / "c"), "--max-rate", ""]
     )
@@ -75,8 +74,7 @@ def test_an_empty_max_rate_on_the_command_line_is_a_usage_error(
 def test_an_include_that_matches_nothing_is_exit_2_names_near_matches_and_writes_nothing(
     tmp_path: Path, hub: HubSimulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cat = tmp_path / "m.yaml"
-    cat.write_text(f"version: 1\nmirrors:\n  - name: hub\n    kind: hf\n    endpoint: {hub.url}\n")
+    cat = hub.write_catalogue(tmp_path / "m.yaml")
     cache = tmp_path / "c"
     code = cli.main(
         [

@@ -71,8 +71,7 @@ def hub(tmp_path: Path, sims: list[HubSimulator]) -> tuple[HubSimulator, Path, s
     (v2 / "config.json").write_text('{"changed": 1}\n')
     (v2 / "1_Pooling" / "config.json").write_text('{"pooling": 1}\n')
     sim.add_repo(REPO, v2, branch="v2")
-    cat = tmp_path / "m.yaml"
-    cat.write_text(f"version: 1\nmirrors:\n  - name: hub\n    kind: hf\n    endpoint: {sim.url}\n")
+    cat = sim.write_catalogue(tmp_path / "m.yaml")
     return sim, cat, commit
 
 

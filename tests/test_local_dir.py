@@ -9,7 +9,6 @@ Relative ``--cache-dir`` and ``--local-dir`` work on both engines. Real simulato
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from pathlib import Path
@@ -18,23 +17,13 @@ import pytest
 from huggingface_hub import snapshot_download
 
 from modelget import api
-from modelget.engines import EngineName, EngineOptions, aria2c_path
+from modelget.engines import EngineName, EngineOptions
 from modelget.testing.faults import Fault
 from modelget.testing.hubsim import HubSimulator, RequestRecord
 
 REPO = "acme/local"
 FAST = EngineOptions(stall_timeout_s=2.0, retry_wait_s=0.1, max_tries=3)
 WEIGHTS = "model.safetensors"
-
-
-@pytest.fixture(params=["aria2", "httpx"])
-def engine(request: pytest.FixtureRequest) -> EngineName:
-    name: EngineName = request.param
-    if name == "aria2" and aria2c_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
-        pytest.skip("aria2c not installed")
-    return name
 
 
 @pytest.fixture
@@ -53,11 +42,6 @@ def hub(repo: Path, sims: list[HubSimulator]) -> HubSimulator:
     sims.append(sim)
     sim.add_repo(REPO, repo)
     return sim
-
-
-def catalogue(path: Path, sim: HubSimulator) -> Path:
-    path.write_text(f"version: 1\nmirrors:\n  - name: hub\n    kind: hf\n    endpoint: {sim.url}\n")
-    return path
 
 
 def body_bytes(sim: HubSimulator) -> int:
@@ -81,7 +65,7 @@ def same_tree(local: Path, repo: Path, *, links: bool = False) -> None:
 def test_a_local_dir_pull_leaves_the_cache_alone_and_hf_reads_the_dir(
     engine: EngineName, tmp_path: Path, repo: Path, hub: HubSimulator
 ) -> None:
-    cat = catalogue(tmp_path / "m.yaml", hub)
+    cat = hub.write_catalogue(tmp_path / "m.yaml")
     local, cache = tmp_path / "model", tmp_path / "cache"
     result = api.pull(
         REPO, mirrors=cat, cache_dir=cache, local_dir=local, engine=engine, options=FAST
@@ -104,7 +88,7 @@ def test_a_local_dir_pull_leaves_the_cache_alone_and_hf_reads_the_dir(
 def test_rerun_with_the_dir_complete_and_the_cache_gone_fetches_nothing(
     engine: EngineName, tmp_path: Path, repo: Path, hub: HubSimulator
 ) -> None:
-    cat = catalogue(tmp_path / "m.yaml", hub)
+    cat = hub.write_catalogue(tmp_path / "m.yaml")
     local, cache = tmp_path / "model", tmp_path / "cache"
     # First filled through the cache, then the cache is lost (not persisted).
     first = api.pull(REPO, mirrors=cat, cache_dir=cache, local_dir=local, engine=engine)
@@ -123,7 +107,7 @@ def test_rerun_with_the_dir_complete_and_the_cache_gone_fetches_nothing(
 def test_files_without_metadata_are_checked_kept_when_right_fetched_when_wrong(
     engine: EngineName, tmp_path: Path, repo: Path, hub: HubSimulator
 ) -> None:
-    cat = catalogue(tmp_path / "m.yaml", hub)
+    cat = hub.write_catalogue(tmp_path / "m.yaml")
     local = tmp_path / "model"
     # Copied in by hand (no .cache/huggingface metadata): one right, one same-size but wrong.
     local.mkdir()
@@ -150,7 +134,7 @@ def test_files_without_metadata_are_checked_kept_when_right_fetched_when_wrong(
 def test_a_model_in_the_cache_is_copied_into_the_local_dir_without_a_transfer(
     engine: EngineName, tmp_path: Path, repo: Path, hub: HubSimulator
 ) -> None:
-    cat = catalogue(tmp_path / "m.yaml", hub)
+    cat = hub.write_catalogue(tmp_path / "m.yaml")
     cache = tmp_path / "cache"
     api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)
     before = sorted(str(p) for p in cache.rglob("*"))
@@ -171,7 +155,7 @@ def test_relative_cache_and_local_dirs_work(
     hub: HubSimulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cat = catalogue(tmp_path / "m.yaml", hub)
+    cat = hub.write_catalogue(tmp_path / "m.yaml")
     monkeypatch.chdir(tmp_path)
     cached = api.pull(REPO, mirrors=cat, cache_dir="rel/cache", engine=engine, options=FAST)
     assert cached.status == "ok" and Path(cached.path).is_absolute()
@@ -195,7 +179,7 @@ def test_bytes_that_fail_their_digest_never_reach_the_local_dir(
     sims.append(bad)
     bad.add_repo(REPO, repo)
     bad.add_fault(Fault(route="*", path_glob=WEIGHTS, corrupt_offsets=(1000,)))
-    cat = catalogue(tmp_path / "m.yaml", bad)
+    cat = bad.write_catalogue(tmp_path / "m.yaml")
     local = tmp_path / "model"
     result = api.pull(
         REPO,
@@ -208,5 +192,5 @@ def test_bytes_that_fail_their_digest_never_reach_the_local_dir(
     assert result.status == "partial"
     assert not (local / WEIGHTS).exists()
     quarantined = list((local / ".cache" / "huggingface" / "quarantine").iterdir())
-    assert quarantined and all(q.name.endswith(".hub") for q in quarantined)  # named for it
+    assert quarantined and all(q.name.endswith(".bad") for q in quarantined)  # named for it
     assert not (tmp_path / "cache").exists()

@@ -8,14 +8,13 @@ branch, a full commit, a lockfile and a local dir. Real simulator, real engines.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import pytest
 
 from modelget import api, cli
-from modelget.engines import EngineName, EngineOptions, aria2c_path
+from modelget.engines import EngineName, EngineOptions
 from modelget.errors import ModelgetError
 from modelget.events import NullReporter
 from modelget.testing.hubsim import HubSimulator
@@ -41,16 +40,6 @@ def online_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MODELGET_PROBE_TIMEOUT", "2")
 
 
-@pytest.fixture(params=["aria2", "httpx"])
-def engine(request: pytest.FixtureRequest) -> EngineName:
-    name: EngineName = request.param
-    if name == "aria2" and aria2c_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
-        pytest.skip("aria2c not installed")
-    return name
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
@@ -69,11 +58,6 @@ def hub(repo: Path, sims: list[HubSimulator]) -> HubSimulator:
     return sim
 
 
-def catalogue(path: Path, sim: HubSimulator) -> Path:
-    path.write_text(f"version: 1\nmirrors:\n  - name: hub\n    kind: hf\n    endpoint: {sim.url}\n")
-    return path
-
-
 def test_offline_answers_from_the_cache_with_no_request(
     engine: EngineName,
     tmp_path: Path,
@@ -81,7 +65,7 @@ def test_offline_answers_from_the_cache_with_no_request(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    cat, cache = catalogue(tmp_path / "m.yaml", hub), tmp_path / "cache"
+    cat, cache = hub.write_catalogue(tmp_path / "m.yaml"), tmp_path / "cache"
     first = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)
     hub.clear_log()
     result = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, offline=True)
@@ -102,7 +86,7 @@ def test_offline_answers_from_the_cache_with_no_request(
 def test_offline_with_nothing_on_disk_names_what_is_missing(
     tmp_path: Path, hub: HubSimulator
 ) -> None:
-    cat = catalogue(tmp_path / "m.yaml", hub)
+    cat = hub.write_catalogue(tmp_path / "m.yaml")
     with pytest.raises(ModelgetError) as err:
         api.pull(REPO, mirrors=cat, cache_dir=tmp_path / "cache", offline=True)
     assert err.value.code == "offline-missing" and REPO in err.value.message
@@ -112,7 +96,7 @@ def test_offline_with_nothing_on_disk_names_what_is_missing(
 def test_offline_checks_completeness_against_what_the_pulls_recorded(
     engine: EngineName, tmp_path: Path, hub: HubSimulator
 ) -> None:
-    cat, cache = catalogue(tmp_path / "m.yaml", hub), tmp_path / "cache"
+    cat, cache = hub.write_catalogue(tmp_path / "m.yaml"), tmp_path / "cache"
     api.pull(REPO, mirrors=cat, cache_dir=cache, include=["*.json"], engine=engine, options=FAST)
     hub.clear_log()
     with pytest.raises(ModelgetError) as err:
@@ -141,7 +125,7 @@ def test_offline_checks_completeness_against_what_the_pulls_recorded(
 def test_mirrors_unreachable_and_the_snapshot_complete_is_a_success_with_a_warning(
     how: str, engine: EngineName, tmp_path: Path, hub: HubSimulator
 ) -> None:
-    cat, cache = catalogue(tmp_path / "m.yaml", hub), tmp_path / "cache"
+    cat, cache = hub.write_catalogue(tmp_path / "m.yaml"), tmp_path / "cache"
     first = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)
     lockfile = api.lock([REPO], mirrors=cat)
     hub.stop()  # an outage: the port refuses connections
@@ -170,7 +154,7 @@ def test_mirrors_unreachable_and_the_snapshot_complete_is_a_success_with_a_warni
 def test_mirrors_unreachable_and_nothing_on_disk_is_the_network_error(
     tmp_path: Path, hub: HubSimulator
 ) -> None:
-    cat = catalogue(tmp_path / "m.yaml", hub)
+    cat = hub.write_catalogue(tmp_path / "m.yaml")
     other = tmp_path / "other-cache"
     api.pull(REPO, mirrors=cat, cache_dir=other, engine="httpx", options=FAST)
     lockfile = api.lock([REPO], mirrors=cat)
@@ -193,7 +177,7 @@ def test_mirrors_unreachable_and_nothing_on_disk_is_the_network_error(
 def test_a_local_dir_answers_offline_and_when_unreachable_without_the_cache(
     engine: EngineName, tmp_path: Path, repo: Path, hub: HubSimulator
 ) -> None:
-    cat, local = catalogue(tmp_path / "m.yaml", hub), tmp_path / "model"
+    cat, local = hub.write_catalogue(tmp_path / "m.yaml"), tmp_path / "model"
     first = api.pull(
         REPO, mirrors=cat, cache_dir=tmp_path / "c", local_dir=local, engine=engine, options=FAST
     )

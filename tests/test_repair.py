@@ -17,22 +17,12 @@ from pathlib import Path
 import pytest
 
 from modelget import api, cli
-from modelget.engines import EngineName, EngineOptions, aria2c_path
+from modelget.engines import EngineName, EngineOptions
 from modelget.testing.hubsim import HubSimulator, RequestRecord
 
 REPO = "acme/repair"
 FAST = EngineOptions(stall_timeout_s=2.0, retry_wait_s=0.1, max_tries=3)
 WEIGHTS = "model.safetensors"
-
-
-@pytest.fixture(params=["aria2", "httpx"])
-def engine(request: pytest.FixtureRequest) -> EngineName:
-    name: EngineName = request.param
-    if name == "aria2" and aria2c_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
-        pytest.skip("aria2c not installed")
-    return name
 
 
 def safetensors(n: int) -> bytes:
@@ -62,11 +52,6 @@ def hub(repo: Path, sims: list[HubSimulator]) -> HubSimulator:
     return sim
 
 
-def catalogue(path: Path, sim: HubSimulator) -> Path:
-    path.write_text(f"version: 1\nmirrors:\n  - name: hub\n    kind: hf\n    endpoint: {sim.url}\n")
-    return path
-
-
 def sent(sim: HubSimulator, name: str) -> int:
     """Body bytes of a small (not LFS) file served: the hub serves those itself, by name."""
 
@@ -94,7 +79,7 @@ def corrupt(path: Path, *, keep_mtime: bool) -> None:
 def test_load_test_fails_on_a_changed_blob_and_names_it(
     tmp_path: Path, hub: HubSimulator, repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cat, cache = catalogue(tmp_path / "m.yaml", hub), tmp_path / "cache"
+    cat, cache = hub.write_catalogue(tmp_path / "m.yaml"), tmp_path / "cache"
     first = api.pull(REPO, mirrors=cat, cache_dir=cache, engine="httpx", options=FAST)
     good = api.load_test(first.path, device="cpu")
     assert good.ok and good.integrity.startswith("stamps")
@@ -110,7 +95,7 @@ def test_load_test_fails_on_a_changed_blob_and_names_it(
 def test_load_test_verify_hashes_every_file_and_catches_what_a_stamp_cannot(
     tmp_path: Path, hub: HubSimulator
 ) -> None:
-    cat, cache = catalogue(tmp_path / "m.yaml", hub), tmp_path / "cache"
+    cat, cache = hub.write_catalogue(tmp_path / "m.yaml"), tmp_path / "cache"
     first = api.pull(REPO, mirrors=cat, cache_dir=cache, engine="httpx", options=FAST)
     corrupt(Path(first.path) / WEIGHTS, keep_mtime=True)
     full = api.load_test(first.path, device="cpu", verify=True)
@@ -121,7 +106,7 @@ def test_load_test_verify_hashes_every_file_and_catches_what_a_stamp_cannot(
 def test_a_pull_notices_a_changed_blob_and_fetches_it_again(
     engine: EngineName, tmp_path: Path, hub: HubSimulator, repo: Path
 ) -> None:
-    cat, cache = catalogue(tmp_path / "m.yaml", hub), tmp_path / "cache"
+    cat, cache = hub.write_catalogue(tmp_path / "m.yaml"), tmp_path / "cache"
     first = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)
     corrupt(Path(first.path) / WEIGHTS, keep_mtime=False)
     again = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)
@@ -134,7 +119,7 @@ def test_a_pull_notices_a_changed_blob_and_fetches_it_again(
 def test_pull_repair_hashes_what_is_there_and_fetches_only_what_fails(
     engine: EngineName, tmp_path: Path, hub: HubSimulator, repo: Path
 ) -> None:
-    cat, cache = catalogue(tmp_path / "m.yaml", hub), tmp_path / "cache"
+    cat, cache = hub.write_catalogue(tmp_path / "m.yaml"), tmp_path / "cache"
     first = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)
     corrupt(Path(first.path) / WEIGHTS, keep_mtime=True)  # the stamp still matches
     plain = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)
@@ -150,7 +135,7 @@ def test_pull_repair_hashes_what_is_there_and_fetches_only_what_fails(
 def test_force_download_fetches_every_file_again(
     engine: EngineName, tmp_path: Path, hub: HubSimulator, repo: Path
 ) -> None:
-    cat, cache = catalogue(tmp_path / "m.yaml", hub), tmp_path / "cache"
+    cat, cache = hub.write_catalogue(tmp_path / "m.yaml"), tmp_path / "cache"
     first = api.pull(REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST)
     forced = api.pull(
         REPO, mirrors=cat, cache_dir=cache, engine=engine, options=FAST, force_download=True
@@ -163,7 +148,7 @@ def test_force_download_fetches_every_file_again(
 def test_verify_repair_fetches_only_the_bad_file_without_deleting_the_revision(
     tmp_path: Path, hub: HubSimulator, repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cat, cache = catalogue(tmp_path / "m.yaml", hub), tmp_path / "cache"
+    cat, cache = hub.write_catalogue(tmp_path / "m.yaml"), tmp_path / "cache"
     first = api.pull(REPO, mirrors=cat, cache_dir=cache, engine="httpx", options=FAST)
     corrupt(Path(first.path) / WEIGHTS, keep_mtime=True)
     found = api.verify(REPO, cache_dir=cache)
@@ -184,7 +169,7 @@ def test_verify_repair_fetches_only_the_bad_file_without_deleting_the_revision(
 def test_verify_repair_of_a_local_dir_modelget_pulled(
     engine: EngineName, tmp_path: Path, hub: HubSimulator, repo: Path
 ) -> None:
-    cat, local = catalogue(tmp_path / "m.yaml", hub), tmp_path / "model"
+    cat, local = hub.write_catalogue(tmp_path / "m.yaml"), tmp_path / "model"
     api.pull(
         REPO, mirrors=cat, cache_dir=tmp_path / "c", local_dir=local, engine=engine, options=FAST
     )

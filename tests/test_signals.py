@@ -13,22 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from modelget.engines import EngineName, aria2c_path
+from modelget.engines import EngineName
 from modelget.testing.faults import Fault
 from modelget.testing.hubsim import HubSimulator
 
 REPO = "acme/signals"
 WEIGHTS = "model.safetensors"
-
-
-@pytest.fixture(params=["aria2", "httpx"])
-def engine(request: pytest.FixtureRequest) -> EngineName:
-    name: EngineName = request.param
-    if name == "aria2" and aria2c_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("aria2c is required in CI (scripts/bootstrap installs it)")
-        pytest.skip("aria2c not installed")
-    return name
 
 
 def pull_cmd(cat: Path, cache: Path, engine: str, *extra: str) -> list[str]:
@@ -53,8 +43,7 @@ def test_a_stop_signal_keeps_the_partial_data_leaves_no_temp_dir_and_says_one_li
     sims.append(sim)
     sim.add_repo(REPO, repo)
     sim.add_fault(Fault(route="hf-resolve", path_glob=WEIGHTS, rate_bps=4e6))
-    cat = tmp_path / "m.yaml"
-    cat.write_text(f"version: 1\nmirrors:\n  - name: hub\n    kind: hf\n    endpoint: {sim.url}\n")
+    cat = sim.write_catalogue(tmp_path / "m.yaml")
     cache, tmp = tmp_path / "c", tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp), "MODELGET_CACHE_DIR": str(tmp_path / "mg")}

@@ -126,6 +126,14 @@ class HubSimulator:
     def cdn_port(self) -> int | None:
         return self._server("cdn").server_port if self.cdn else None
 
+    def write_catalogue(self, path: Path) -> Path:
+        """A mirrors.yaml at ``path`` with this simulator as its one ``hf`` mirror (named as
+        the simulator), for a test's pull."""
+        path.write_text(
+            f"version: 1\nmirrors:\n  - name: {self.name}\n    kind: hf\n    endpoint: {self.url}\n"
+        )
+        return path
+
     @property
     def url(self) -> str:
         """Base URL of the hub, e.g. ``http://127.0.0.1:40123`` (the HF and MS endpoint)."""
