@@ -826,8 +826,11 @@ def load_test(
     root = model_root(target, revision=revision, cache_dir=cache_dir)
     how, bad = _integrity(root, full=verify)
     if bad:
+        # No tensor is loaded from bytes that failed their digest; the loader's own checks
+        # (headers, index) still run, to say what a load would have met.
         checks = [
-            loadtest.FileCheck(path, "integrity", ok=False, problems=[why]) for path, why in bad
+            *loadtest.check_model(root),
+            *(loadtest.FileCheck(path, "integrity", ok=False, problems=[why]) for path, why in bad),
         ]
         failed = loadtest.LoadReport(str(root), False, checks, integrity=how)
         failed.storage = loadtest.storage_of(root)
