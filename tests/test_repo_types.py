@@ -259,3 +259,39 @@ def test_a_modelscope_mirror_lacks_datasets_and_is_left_out(
     with pytest.raises(ModelNotFoundError, match="only models"):
         api.plan(NAME, repo_type="dataset", mirrors=only_ms)
     assert not [r for r in sim.log if r.route.startswith("ms-") and r.route != "ms-api"]
+
+
+@pytest.mark.nginx
+def test_export_a_dataset_and_pull_it_from_the_cdn_tree(
+    tmp_path: Path, hub: tuple[HubSimulator, Path]
+) -> None:
+    from modelget.testing.nginx import NginxServer, nginx_available
+
+    if not nginx_available():
+        if os.environ.get("CI"):
+            pytest.fail("nginx is required in CI (scripts/bootstrap installs it)")
+        pytest.skip("nginx is not installed")
+    _, cat = hub
+    cache = tmp_path / "cache"
+    api.pull(NAME, mirrors=cat, cache_dir=cache, engine="httpx")
+    first = api.pull(NAME, repo_type="dataset", mirrors=cat, cache_dir=cache, engine="httpx")
+    tree = tmp_path / "tree"
+    api.export(NAME, tree, cache_dir=cache)
+    exported = api.export(NAME, tree, cache_dir=cache, repo_type="dataset")
+    assert exported.commit == first.commit
+    assert (tree / "datasets" / NAME / "refs.json").is_file()
+    assert (tree / NAME / "refs.json").is_file()  # the model's, beside it
+    with NginxServer(tree, name="dataset-cdn") as cdn:
+        only_cdn = tmp_path / "cdn.yaml"
+        only_cdn.write_text(
+            f"version: 1\nmirrors:\n  - name: team-cdn\n    kind: cdn\n    endpoint: {cdn.url}\n"
+        )
+        cache2 = tmp_path / "cache2"
+        again = api.pull(
+            NAME, repo_type="dataset", mirrors=only_cdn, cache_dir=cache2, engine="httpx"
+        )
+        model = api.pull(NAME, mirrors=only_cdn, cache_dir=cache2, engine="httpx")
+    assert again.status == "ok" and again.commit == first.commit
+    assert set(again.bytes_by_mirror) == {"team-cdn"}
+    assert "datasets--acme--thing" in again.path and "models--acme--thing" in model.path
+    assert api.verify(NAME, repo_type="dataset", cache_dir=cache2).ok
