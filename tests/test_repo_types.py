@@ -134,6 +134,8 @@ def test_a_model_and_a_dataset_of_the_same_name_do_not_collide(
     again = api.plan(NAME, repo_type="dataset", mirrors=cat, cache_dir=cache)
     assert again.commit == dataset.commit and again.repo_type == "dataset"
     assert not again.to_fetch  # what is in datasets--acme--thing counts, not the model's
+    offline = api.pull(NAME, repo_type="dataset", cache_dir=cache, offline=True)
+    assert offline.path == dataset.path and offline.repo_type == "dataset"
 
 
 def test_cli_takes_hf_datasets_urls_and_repo_type(
