@@ -25,6 +25,7 @@ from modelget.datatypes import (
     Plan,
     PullResult,
     RankedMirror,
+    RepoType,
 )
 from modelget.engines import EngineName, EngineOptions
 from modelget.errors import (
@@ -38,7 +39,7 @@ from modelget.layout import free_bytes, scan
 from modelget.lockfile import LockedModel, Lockfile
 from modelget.manifest import check_repo_id as _check_repo_id
 from modelget.manifest import check_revision as _check_revision
-from modelget.manifest import parse_target
+from modelget.manifest import parse_target, target_type
 from modelget.plan import assemble, make_plan, settle_present
 from modelget.probe import ProbeReport, store_cached
 from modelget.probe import probe as run_probe
@@ -62,6 +63,7 @@ class ProbeSummary:
     repo_id: str | None
     ranked: tuple[RankedMirror, ...]
     report: ProbeReport
+    repo_type: RepoType = "model"
 
 
 INSECURE_WARNING = (
@@ -79,6 +81,7 @@ def probe(
     timeout: float | None = None,
     verify_tls: bool = True,
     token: str | None = None,
+    repo_type: RepoType = "model",
 ) -> ProbeSummary:
     """Probe every enabled mirror now (ignoring the probe cache, refreshing it) and rank them.
 
@@ -94,6 +97,8 @@ def probe(
         token: ``HF_TOKEN``'s value for this call (``--token``), sent only where ``HF_TOKEN``
             would be (entries with ``token_env: HF_TOKEN``, and ``use_hf_login`` ones), to
             their own origin; never to aria2c, a disk, a log or a message.
+        repo_type: ``model``, ``dataset`` or ``space`` (``--repo-type``): what ``repo_id``
+            names. A mirror kind that serves no such repo lacks it (``no-repo``).
 
     Returns:
         A :class:`ProbeSummary`: ``ranked`` best first, and the raw ``report``.
@@ -106,9 +111,30 @@ def probe(
         _check_repo_id(repo_id)
     _check_revision(revision)
     enabled = with_token(enabled_mirrors(mirrors, verify_tls), token)
-    report = run_probe(enabled, repo_id, revision, timeout=timeout or settings.probe_timeout_s())
-    store_cached(settings.cache_dir() / "probes.json", enabled, repo_id, report.results, revision)
-    return ProbeSummary(repo_id, tuple(rank(enabled, report.results)), report)
+    _check_repo_type(repo_type)
+    report = run_probe(
+        enabled,
+        repo_id,
+        revision,
+        timeout=timeout or settings.probe_timeout_s(),
+        repo_type=repo_type,
+    )
+    store_cached(
+        settings.cache_dir() / "probes.json",
+        enabled,
+        repo_id,
+        report.results,
+        revision,
+        repo_type,
+    )
+    return ProbeSummary(repo_id, tuple(rank(enabled, report.results)), report, repo_type)
+
+
+def _check_repo_type(repo_type: str) -> None:
+    from modelget.datatypes import REPO_TYPES
+
+    if repo_type not in REPO_TYPES:
+        raise UsageError(f"not a repo type: {repo_type!r}", hint=f"one of {', '.join(REPO_TYPES)}")
 
 
 def plan(
@@ -124,6 +150,7 @@ def plan(
     locked: LockedModel | None = None,
     verify_tls: bool = True,
     token: str | None = None,
+    repo_type: RepoType = "model",
 ) -> Plan:
     """What :func:`pull` would do, without downloading: the manifest the mirrors agree on,
     each file's sources in rank order, what is already present, the totals, and a refusal if
@@ -146,6 +173,8 @@ def plan(
         token: ``HF_TOKEN``'s value for this call (``--token``), sent only where ``HF_TOKEN``
             would be (entries with ``token_env: HF_TOKEN``, and ``use_hf_login`` ones), to
             their own origin; never to aria2c, a disk, a log or a message.
+        repo_type: ``model``, ``dataset`` or ``space`` (``--repo-type``; with ``locked``, the
+            lock's).
 
     Returns:
         A :class:`Plan`. Mirrors left out for a problem are logged at WARNING.
@@ -169,6 +198,7 @@ def plan(
         verify_tls=verify_tls,
         reporter=LoggingReporter(NullReporter()),
         token=token,
+        repo_type=repo_type,
     )[0]
 
 
@@ -189,10 +219,14 @@ def _plan(
     timings: dict[str, float] | None = None,
     trust_present: bool = True,
     token: str | None = None,
+    repo_type: RepoType = "model",
 ) -> tuple[Plan, dict[str, Mirror]]:
+    from dataclasses import replace
+
     _check_repo_id(repo_id)
+    _check_repo_type(repo_type)
     if locked is not None:
-        revision = locked.commit
+        revision, repo_type = locked.commit, locked.repo_type
     _check_revision(revision)
     resolved = resolve(
         repo_id,
@@ -203,6 +237,7 @@ def _plan(
         reporter=reporter,
         timings=timings,
         token=token,
+        repo_type=repo_type,
     )
     order, manifests = resolved.order, resolved.manifests
     by_name = {m.name: m for m in order}
@@ -240,9 +275,16 @@ def _plan(
         from modelget import record
 
         found = scan(
-            entries, repo_id=repo_id, commit=reference.commit, cache_dir=hub_cache, local_dir=local
+            entries,
+            repo_id=repo_id,
+            commit=reference.commit,
+            cache_dir=hub_cache,
+            local_dir=local,
+            repo_type=repo_type,
         )
-        rec = record.read_record(record.record_path(repo_id, reference.commit, hub_cache, local))
+        rec = record.read_record(
+            record.record_path(repo_id, reference.commit, hub_cache, local, repo_type)
+        )
         if rec is None or not rec.stamps:
             return found
         return {
@@ -252,7 +294,7 @@ def _plan(
             and not record.changed(
                 rec.stamps,
                 e.path,
-                record.file_path(e, repo_id, reference.commit, hub_cache, local),
+                record.file_path(e, repo_id, reference.commit, hub_cache, local, repo_type),
             )
         }
 
@@ -272,7 +314,7 @@ def _plan(
         excluded=assembly.excluded,
         alternatives={path: t[1:] for path, t in tries.items() if len(t) > 1},
     )
-    return result, by_name
+    return replace(result, repo_type=repo_type), by_name
 
 
 def lock(
@@ -284,12 +326,14 @@ def lock(
     mirrors: StrPath | None = None,
     verify_tls: bool = True,
     token: str | None = None,
+    repo_type: RepoType | None = None,
 ) -> Lockfile:
     """Pin each model to its commit, with every file's size and digests as the mirrors agree
     on them: what ``pull(..., locked=...)`` reproduces. Downloads nothing.
 
     Args:
-        targets: ``ORG/NAME`` or ``ORG/NAME@REVISION``, one per model.
+        targets: ``ORG/NAME``, ``ORG/NAME@REVISION`` or an ``hf://`` URL
+            (``hf://datasets/ORG/NAME``), one per repo.
         revision: the revision of targets that name none (default: ``main``).
         include: glob patterns a file must match to be locked.
         exclude: glob patterns that leave a file out.
@@ -300,6 +344,8 @@ def lock(
         token: ``HF_TOKEN``'s value for this call (``--token``), sent only where ``HF_TOKEN``
             would be (entries with ``token_env: HF_TOKEN``, and ``use_hf_login`` ones), to
             their own origin; never to aria2c, a disk, a log or a message.
+        repo_type: ``model``, ``dataset`` or ``space`` for every target (default: what an
+            ``hf://`` URL says, else ``model``); recorded in the lockfile.
 
     Returns:
         A :class:`Lockfile`; write it with :func:`dump_lockfile`, read it back with
@@ -311,7 +357,8 @@ def lock(
     """
     models = []
     for target in targets:
-        repo_id, rev, paths = parse_target(target)
+        repo_id, rev, paths, said = parse_target(target)
+        kind = target_type(target, said, repo_type)
         if paths:
             raise UsageError(
                 f"{target!r} names files: a lock pins a whole model",
@@ -327,6 +374,7 @@ def lock(
             verify_tls=verify_tls,
             reporter=LoggingReporter(NullReporter()),
             token=token,
+            repo_type=kind,
         )
         files = tuple(item.entry for item in the_plan.items)
         if not files:
@@ -334,7 +382,7 @@ def lock(
                 f"nothing to lock for {target}: no file matches the filters",
                 hint="check --include / --exclude",
             )
-        models.append(LockedModel(repo_id, the_plan.revision, the_plan.commit, files))
+        models.append(LockedModel(repo_id, the_plan.revision, the_plan.commit, files, kind))
     return Lockfile(tuple(models))
 
 
@@ -358,6 +406,7 @@ def pull(
     force_download: bool = False,
     repair: bool = False,
     token: str | None = None,
+    repo_type: RepoType = "model",
 ) -> PullResult:
     """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache (or
     ``local_dir``), and return what happened.
@@ -403,6 +452,9 @@ def pull(
         token: ``HF_TOKEN``'s value for this call (``--token``), sent only where ``HF_TOKEN``
             would be (entries with ``token_env: HF_TOKEN``, and ``use_hf_login`` ones), to
             their own origin; never to aria2c, a disk, a log or a message.
+        repo_type: ``model``, ``dataset`` or ``space`` (``--repo-type``, as ``hf download``):
+            a dataset lands in ``datasets--org--name`` in the cache. With ``locked``, the
+            lock's.
 
     Returns:
         A :class:`PullResult`: ``path``, ``commit``, ``status``, every file's outcome.
@@ -428,8 +480,16 @@ def pull(
             "a locked pull takes its repo, commit and files from the lockfile",
             hint="leave out --revision, file names, --include and --exclude with --lock",
         )
+    if locked is not None and repo_type not in ("model", locked.repo_type):
+        raise UsageError(
+            f"the lockfile locks {repo_id} as a {locked.repo_type}, not a {repo_type}",
+            hint="leave out --repo-type with --lock",
+        )
     # Usage errors first: nothing is started for a pull that cannot run.
     _check_repo_id(repo_id)
+    _check_repo_type(repo_type)
+    if locked is not None:
+        repo_type = locked.repo_type
     _check_revision(locked.commit if locked is not None else revision)
     token = check_token(token)
     options = options or EngineOptions()
@@ -455,6 +515,7 @@ def pull(
             local_dir=local,
             locked=locked,
             reporter=events,
+            repo_type=repo_type,
         )
 
     if settings.offline() if offline is None else offline:
@@ -478,6 +539,7 @@ def pull(
                 timings=timings,
                 trust_present=not (force_download or repair),
                 token=token,
+                repo_type=repo_type,
             )
         except MirrorsUnreachableError as unreachable:
             if force_download or repair:  # asked for fresh or re-checked bytes: not a fallback
@@ -494,7 +556,7 @@ def pull(
         result = carry_out(
             the_plan,
             by_name,
-            Target(hub_cache, repo_id, the_plan.commit, local),
+            Target(hub_cache, repo_id, the_plan.commit, local, repo_type),
             starter,
             events,
             cancel,
@@ -552,6 +614,7 @@ def verify(
     mirrors: StrPath | None = None,
     engine: EngineName = "auto",
     reporter: Reporter | None = None,
+    repo_type: RepoType = "model",
 ) -> VerifyResult:
     """Re-hash what is on disk against the recorded digests.
 
@@ -561,8 +624,8 @@ def verify(
 
     Args:
         target: a repo id in the Hugging Face cache (every cached snapshot, or
-            ``revision``'s), a ``snapshots/COMMIT`` or ``models--org--name`` directory, or a
-            ``--local-dir`` download.
+            ``revision``'s), a ``snapshots/COMMIT`` or ``models--org--name`` directory
+            (``datasets--``, ``spaces--``), or a ``--local-dir`` download.
         revision: only this branch, tag or commit (default: every cached snapshot).
         cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
             ``~/.cache/huggingface/hub``).
@@ -573,6 +636,8 @@ def verify(
         mirrors: with ``repair``: a catalogue file to use instead of the usual one.
         engine: with ``repair``: ``auto``, ``aria2`` or ``httpx``.
         reporter: with ``repair``: progress events of the pulls that repair.
+        repo_type: ``model``, ``dataset`` or ``space``: what a repo id ``target`` names
+            (a directory says it itself).
 
     Returns:
         A :class:`VerifyResult`, one ``FileCheck`` per file.
@@ -582,12 +647,13 @@ def verify(
     """
     from dataclasses import replace
 
-    result = _verify_only(target, revision, cache_dir)
+    _check_repo_type(repo_type)
+    result = _verify_only(target, revision, cache_dir, repo_type)
     _restamp(result)
     if not repair or result.ok:
         return result
     repaired = _repair(result, mirrors=mirrors, engine=engine, reporter=reporter)
-    after = _verify_only(target, revision, cache_dir)
+    after = _verify_only(target, revision, cache_dir, repo_type)
     _restamp(after)
     return replace(after, repaired=tuple(repaired))
 
@@ -627,6 +693,7 @@ def _repair(
     bad: dict[str, list[str]] = {}
     for f in result.problems:
         bad.setdefault(f.commit or "", []).append(f.path)
+    repo_type = result.repo_type
     if result.kind == "cache":
         repo_id, cache_root, local = result.repo_id, root.parent, None
     else:
@@ -638,6 +705,7 @@ def _repair(
                 hint="pull it again: modelget pull REPO_ID --local-dir DIR --repair",
             )
         repo_id, cache_root, local = found[0].repo_id, None, root
+        repo_type = found[0].repo_type
         bad = {found[0].commit: [p for paths in bad.values() for p in paths]}
     assert repo_id is not None
     done: list[str] = []
@@ -652,12 +720,15 @@ def _repair(
             engine=engine,
             reporter=reporter,
             repair=True,
+            repo_type=repo_type,
         )
         done += [o.path for o in pulled.files if o.status == "fetched"]
     return done
 
 
-def _verify_only(target: StrPath, revision: str | None, cache_dir: StrPath | None) -> VerifyResult:
+def _verify_only(
+    target: StrPath, revision: str | None, cache_dir: StrPath | None, repo_type: RepoType = "model"
+) -> VerifyResult:
     from modelget import cache
 
     text = os.fspath(target)
@@ -671,24 +742,25 @@ def _verify_only(target: StrPath, revision: str | None, cache_dir: StrPath | Non
         return cache.verify_dir(path, revision)
     try:
         _check_repo_id(text)
-        in_cache = layout.repo_dir(hub_cache, text).is_dir()
+        in_cache = layout.repo_dir(hub_cache, text, repo_type).is_dir()
     except UsageError:
         in_cache = False
     if not in_cache and path.is_dir():
         return cache.verify_dir(path, revision)
     _check_repo_id(text)
-    return cache.verify_repo(hub_cache, text, revision)
+    return cache.verify_repo(hub_cache, text, revision, repo_type)
 
 
 def list_models(*, cache_dir: StrPath | None = None) -> tuple[CachedModel, ...]:
-    """The models in the Hugging Face cache: revisions, refs, size on disk, last used.
+    """The repos in the Hugging Face cache (models, datasets and spaces: ``repo_type``):
+    revisions, refs, size on disk, last used.
 
     Args:
         cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
             ``~/.cache/huggingface/hub``).
 
     Returns:
-        One :class:`CachedModel` per model.
+        One :class:`CachedModel` per repo.
     """
     from modelget import cache
 
@@ -701,6 +773,7 @@ def remove(
     revision: str | None = None,
     cache_dir: StrPath | None = None,
     dry_run: bool = False,
+    repo_type: RepoType = "model",
 ) -> RemoveResult:
     """Remove ``repo_id``'s snapshot of ``revision`` (default: every snapshot), the blobs no
     remaining snapshot uses, partial downloads and refs to removed commits. Never follows a
@@ -712,6 +785,7 @@ def remove(
         cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
             ``~/.cache/huggingface/hub``).
         dry_run: only say what would go.
+        repo_type: ``model``, ``dataset`` or ``space`` (``datasets--org--name``, ...).
 
     Returns:
         A :class:`RemoveResult` (``freed_bytes``, what went, what was kept).
@@ -722,7 +796,10 @@ def remove(
     from modelget import cache
 
     _check_repo_id(repo_id)
-    return cache.remove(_hub_cache(cache_dir), repo_id, revision, dry_run=dry_run)
+    _check_repo_type(repo_type)
+    return cache.remove(
+        _hub_cache(cache_dir), repo_id, revision, dry_run=dry_run, repo_type=repo_type
+    )
 
 
 def export(
@@ -731,6 +808,7 @@ def export(
     *,
     revision: str | None = None,
     cache_dir: StrPath | None = None,
+    repo_type: RepoType = "model",
 ) -> ExportResult:
     """Publish ``repo_id`` from the Hugging Face cache as a static ``cdn`` tree
     (``modelget.cdn/1``, see docs/mirrors.md): every blob verified, hardlinked or copied, then
@@ -742,6 +820,8 @@ def export(
         revision: the branch, tag or commit to export (default: ``main``).
         cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
             ``~/.cache/huggingface/hub``).
+        repo_type: ``model``, ``dataset`` or ``space``; a dataset's tree is under
+            ``datasets/ORG/NAME/`` (blobs shared), where a ``cdn`` mirror looks for it.
 
     Returns:
         An :class:`ExportResult`.
@@ -754,8 +834,11 @@ def export(
     from modelget.export import export_model
 
     _check_repo_id(repo_id)
+    _check_repo_type(repo_type)
     hub_cache = _hub_cache(cache_dir)
-    return export_model(repo_id, Path(to), cache_dir=hub_cache, revision=revision)
+    return export_model(
+        repo_id, Path(to), cache_dir=hub_cache, revision=revision, repo_type=repo_type
+    )
 
 
 def model_root(

@@ -5,7 +5,9 @@ a snapshot needs no manifest: each ``snapshots/{commit}/{path}`` link names the 
 bytes must have. A ``--local-dir`` download is checked against the etag in huggingface_hub's
 ``.cache/huggingface/download/{path}.metadata``.
 
-Removal never follows a symbolic link and never deletes outside ``models--{org}--{name}``.
+Every repo type is handled: ``models--``, ``datasets--`` and ``spaces--`` folders.
+Removal never follows a symbolic link and never deletes outside ``models--{org}--{name}``
+(or the dataset's, the space's folder).
 Nothing here prints; the CLI renders what these functions return.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from modelget import layout
+from modelget.datatypes import RepoType
 from modelget.errors import EXIT_OK, EXIT_VERIFY, LayoutError, NotInCacheError, UsageError
 from modelget.verify import hash_file
 
@@ -58,6 +61,7 @@ class VerifyResult:
     repaired: tuple[str, ...] = ()
     """With ``repair``: the files that failed and were fetched again (``files`` is the check
     made after that)."""
+    repo_type: RepoType = "model"
 
     @property
     def problems(self) -> tuple[FileCheck, ...]:
@@ -94,6 +98,7 @@ class CachedModel:
     size_on_disk: int
     partial_bytes: int
     last_used: float
+    repo_type: RepoType = "model"
 
 
 @dataclass(frozen=True)
@@ -109,14 +114,27 @@ class RemoveResult:
     freed_bytes: int
     repo_removed: bool
     dry_run: bool
+    repo_type: RepoType = "model"
 
 
 # --- helpers -------------------------------------------------------------------------------
 
 
 def repo_id_of(folder_name: str) -> str:
-    """``models--org--name`` → ``org/name`` (huggingface_hub's rule)."""
+    """``models--org--name`` → ``org/name`` (huggingface_hub's rule; ``datasets--``,
+    ``spaces--`` alike)."""
     return "/".join(folder_name.split("--")[1:])
+
+
+def repo_type_of(folder_name: str) -> RepoType:
+    """``datasets--org--name`` → ``dataset`` (a folder of no known type: ``model``)."""
+    parsed = layout.parse_folder_name(folder_name)
+    return parsed[1] if parsed is not None else "model"
+
+
+def _pull_hint(repo_id: str, repo_type: RepoType, tail: str = "") -> str:
+    extra = f" --repo-type {repo_type}" if repo_type != "model" else ""
+    return f"`modelget pull {repo_id}{extra}{tail}`"
 
 
 def _walk(root: Path, skip: tuple[str, ...] = ()) -> Iterator[tuple[str, Path]]:
@@ -239,7 +257,8 @@ def _refs(repo: Path) -> dict[str, str]:
 
 
 def resolve_revision(repo: Path, repo_id: str, revision: str) -> str:
-    """The cached commit that ``revision`` (a ref name or a commit) names."""
+    """The cached commit that ``revision`` (a ref name or a commit) names (``repo``: the
+    repo's cache folder, of any type)."""
     snapshots = _snapshot_names(repo)
     refs = _refs(repo)
     if _safe_revision(revision):
@@ -249,7 +268,8 @@ def resolve_revision(repo: Path, repo_id: str, revision: str) -> str:
                 return commit
             raise NotInCacheError(
                 f"refs/{revision} of {repo_id} points at {commit}, which is not in the cache",
-                hint=f"run `modelget pull {repo_id} --revision {revision}`",
+                hint="run "
+                + _pull_hint(repo_id, repo_type_of(repo.name), f" --revision {revision}"),
             )
         if revision in snapshots:
             return revision
@@ -260,13 +280,14 @@ def resolve_revision(repo: Path, repo_id: str, revision: str) -> str:
     )
 
 
-def repo_or_error(cache_dir: Path, repo_id: str) -> Path:
-    repo = layout.repo_dir(cache_dir, repo_id)
+def repo_or_error(cache_dir: Path, repo_id: str, repo_type: RepoType = "model") -> Path:
+    repo = layout.repo_dir(cache_dir, repo_id, repo_type)
     if not repo.is_dir():
+        what = repo_id if repo_type == "model" else f"{repo_type} {repo_id}"
         raise NotInCacheError(
-            f"{repo_id} is not in the cache at {cache_dir}",
-            hint="`modelget ls --cache-dir DIR` lists the cached models; "
-            f"`modelget pull {repo_id}` fetches it",
+            f"{what} is not in the cache at {cache_dir}",
+            hint="`modelget ls --cache-dir DIR` lists the cached repos; "
+            f"{_pull_hint(repo_id, repo_type)} fetches it",
         )
     return repo
 
@@ -305,14 +326,16 @@ def _verify_snapshot(repo: Path, commit: str, memo: dict[tuple[str, str], str]) 
     return checks
 
 
-def verify_repo(cache_dir: Path, repo_id: str, revision: str | None = None) -> VerifyResult:
+def verify_repo(
+    cache_dir: Path, repo_id: str, revision: str | None = None, repo_type: RepoType = "model"
+) -> VerifyResult:
     """Re-hash every file of ``repo_id``'s cached snapshots (or just ``revision``'s)."""
-    repo = repo_or_error(cache_dir, repo_id)
+    repo = repo_or_error(cache_dir, repo_id, repo_type)
     commits = [resolve_revision(repo, repo_id, revision)] if revision else _snapshot_names(repo)
     if not commits:
         raise NotInCacheError(
             f"{repo_id} has no snapshot in the cache at {cache_dir}",
-            hint=f"run `modelget pull {repo_id}`",
+            hint=f"run {_pull_hint(repo_id, repo_type)}",
         )
     return _verify_repo_dir(repo_id, repo, commits)
 
@@ -323,20 +346,27 @@ def _verify_repo_dir(target: str, repo: Path, commits: list[str]) -> VerifyResul
     for commit in commits:
         files += _verify_snapshot(repo, commit, memo)
     return VerifyResult(
-        target, "cache", str(repo), repo_id_of(repo.name), tuple(commits), tuple(files)
+        target,
+        "cache",
+        str(repo),
+        repo_id_of(repo.name),
+        tuple(commits),
+        tuple(files),
+        repo_type=repo_type_of(repo.name),
     )
 
 
 def verify_dir(path: Path, revision: str | None = None) -> VerifyResult:
-    """Verify a directory: a cache snapshot, a ``models--org--name`` folder, or a local dir."""
+    """Verify a directory: a cache snapshot, a ``models--org--name`` folder (``datasets--``,
+    ``spaces--``), or a local dir."""
     if not path.is_dir():
         raise UsageError(f"{path} is not a directory")
     real = path.resolve()
-    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+    if real.parent.name == "snapshots" and layout.parse_folder_name(real.parent.parent.name):
         if revision is not None:
             raise UsageError("--revision does not apply to a snapshot directory")
         return _verify_repo_dir(str(path), real.parent.parent, [real.name])
-    if real.name.startswith("models--") and (real / "snapshots").is_dir():
+    if layout.parse_folder_name(real.name) and (real / "snapshots").is_dir():
         repo_id = repo_id_of(real.name)
         commits = [resolve_revision(real, repo_id, revision)] if revision else _snapshot_names(real)
         return _verify_repo_dir(str(path), real, commits)
@@ -469,11 +499,13 @@ def _describe(repo: Path) -> CachedModel:
         size,
         sum(partial_sizes.values()),
         max([0.0, *used_by_snap.values(), *ref_used]),
+        repo_type_of(repo.name),
     )
 
 
 def list_models(cache_dir: Path) -> tuple[CachedModel, ...]:
-    """Every model in the cache (``models--*`` folders), sorted by repo id."""
+    """Every repo in the cache (``models--*``, ``datasets--*``, ``spaces--*`` folders, as
+    huggingface_hub's ``scan_cache_dir``), sorted by folder name."""
     try:
         entries = sorted(os.scandir(cache_dir), key=lambda e: e.name)
     except OSError:
@@ -481,17 +513,17 @@ def list_models(cache_dir: Path) -> tuple[CachedModel, ...]:
     return tuple(
         _describe(Path(e.path))
         for e in entries
-        if e.name.startswith("models--") and e.is_dir(follow_symlinks=False)
+        if layout.parse_folder_name(e.name) and e.is_dir(follow_symlinks=False)
     )
 
 
 # --- rm ------------------------------------------------------------------------------------
 
 
-def _locked(cache_dir: Path, repo_id: str, name: str) -> bool:
+def _locked(cache_dir: Path, repo_id: str, name: str, repo_type: RepoType = "model") -> bool:
     """Whether a pull (modelget's or huggingface_hub's) holds the lock of blob ``name``."""
     etag = name.split(".", 1)[0]
-    lock_file = cache_dir / ".locks" / layout.repo_folder_name(repo_id) / f"{etag}.lock"
+    lock_file = cache_dir / ".locks" / layout.repo_folder_name(repo_id, repo_type) / f"{etag}.lock"
     if not lock_file.exists():
         return False
     from filelock import FileLock, Timeout
@@ -532,18 +564,23 @@ def _unlink(path: Path, repo: Path) -> None:
 
 
 def remove(
-    cache_dir: Path, repo_id: str, revision: str | None = None, *, dry_run: bool = False
+    cache_dir: Path,
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    dry_run: bool = False,
+    repo_type: RepoType = "model",
 ) -> RemoveResult:
     """Remove ``repo_id``'s snapshot of ``revision`` (or every snapshot), the blobs no
     remaining snapshot links to, partial downloads, and refs to removed commits."""
-    repo = layout.repo_dir(cache_dir, repo_id)
+    repo = layout.repo_dir(cache_dir, repo_id, repo_type)
     for part in (repo, repo / "blobs", repo / "snapshots", repo / "refs"):
         if part.is_symlink():
             raise LayoutError(
                 f"{part} is a symbolic link; modelget deletes nothing through links",
                 hint="remove the link (or what it points at) yourself",
             )
-    repo = repo_or_error(cache_dir, repo_id)
+    repo = repo_or_error(cache_dir, repo_id, repo_type)
     snapshots = _snapshot_names(repo)
     gone = [resolve_revision(repo, repo_id, revision)] if revision is not None else snapshots
     kept = [c for c in snapshots if c not in gone]
@@ -556,7 +593,7 @@ def remove(
     skipped = sorted(
         n
         for n in [*blob_sizes, *partial_sizes]
-        if n not in referenced and _locked(cache_dir, repo_id, n)
+        if n not in referenced and _locked(cache_dir, repo_id, n, repo_type)
     )
     if not kept and skipped:
         raise LayoutError(
@@ -596,4 +633,5 @@ def remove(
         freed_bytes=freed,
         repo_removed=not kept,
         dry_run=dry_run,
+        repo_type=repo_type,
     )

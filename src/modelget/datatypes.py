@@ -15,6 +15,15 @@ from modelget.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_VERIFY
 MirrorKind = Literal["hf", "modelscope", "cdn"]
 MIRROR_KINDS: tuple[MirrorKind, ...] = ("hf", "modelscope", "cdn")
 
+RepoType = Literal["model", "dataset", "space"]
+"""The kind of Hub repository (``--repo-type``, as ``hf download``); ``model`` by default."""
+REPO_TYPES: tuple[RepoType, ...] = ("model", "dataset", "space")
+REPO_URL_PREFIXES: Mapping[RepoType, str] = MappingProxyType(
+    {"model": "", "dataset": "datasets/", "space": "spaces/"}
+)
+"""What goes before a repo id in a URL path (huggingface_hub's ``REPO_TYPES_URL_PREFIXES``):
+the Hub's ``/datasets/{repo}/resolve/...``, a cdn tree's ``datasets/{repo}/refs.json``."""
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -127,6 +136,7 @@ class Manifest:
     mirror: str
     mirror_repo_id: str = ""
     gated: bool = False
+    repo_type: RepoType = "model"
 
     def by_path(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.files}
@@ -228,6 +238,7 @@ class Plan:
     eta_s: float | None
     disagreements: tuple[Disagreement, ...] = ()
     excluded: tuple[str, ...] = ()
+    repo_type: RepoType = "model"
 
     @property
     def to_fetch(self) -> tuple[PlanItem, ...]:
@@ -279,6 +290,7 @@ class PullResult:
     """Every mirror whose listing of a planned file differed from the copy that was used
     (outvoted by the others, or proved wrong by the verified bytes where the mirrors tied),
     with the reason; ``standby`` ones were never settled (that file failed)."""
+    repo_type: RepoType = "model"
 
     @property
     def failed(self) -> tuple[FileOutcome, ...]:

@@ -37,6 +37,7 @@ from modelget.datatypes import (
     Plan,
     PlanItem,
     PullResult,
+    RepoType,
 )
 from modelget.engines import (
     Engine,
@@ -102,34 +103,35 @@ class Target:
     repo_id: str
     commit: str
     local_dir: Path | None
+    repo_type: RepoType = "model"
 
     def final(self, entry: FileEntry) -> Path:
         """Where the verified file ends up: its blob, or ``local_dir/path``."""
         if self.local_dir is not None:
             return layout.local_file_path(self.local_dir, entry)
-        return layout.blob_path(self.cache_dir, self.repo_id, entry)
+        return layout.blob_path(self.cache_dir, self.repo_id, entry, self.repo_type)
 
     def incomplete(self, entry: FileEntry) -> Path:
         if self.local_dir is not None:
             return layout.local_incomplete_path(self.local_dir, entry)
-        return layout.incomplete_path(self.cache_dir, self.repo_id, entry)
+        return layout.incomplete_path(self.cache_dir, self.repo_id, entry, self.repo_type)
 
     def lock(self, entry: FileEntry) -> Path:
         """The lock huggingface_hub takes for the same file (blob, or local-dir path)."""
         if self.local_dir is not None:
             return layout.local_lock_path(self.local_dir, entry)
-        return layout.lock_path(self.cache_dir, self.repo_id, entry)
+        return layout.lock_path(self.cache_dir, self.repo_id, entry, self.repo_type)
 
     def quarantine_dir(self) -> Path:
         if self.local_dir is not None:
             return layout.local_quarantine_dir(self.local_dir)
-        return layout.cache_quarantine_dir(self.cache_dir, self.repo_id)
+        return layout.cache_quarantine_dir(self.cache_dir, self.repo_id, self.repo_type)
 
     def cached_blob(self, entry: FileEntry) -> Path | None:
         """A local-dir download's copy in the HF cache, which may spare the transfer."""
         if self.local_dir is None:
             return None
-        return layout.blob_path(self.cache_dir, self.repo_id, entry)
+        return layout.blob_path(self.cache_dir, self.repo_id, entry, self.repo_type)
 
 
 def source_urls(item: PlanItem, mirrors: Mapping[str, Mirror]) -> list[SourceURL]:
@@ -149,7 +151,9 @@ def place(target: Target, entry: FileEntry) -> None:
     if target.local_dir is not None:
         layout.write_local_metadata(target.local_dir, entry, target.commit)
     else:
-        layout.link_snapshot(target.cache_dir, target.repo_id, target.commit, entry)
+        layout.link_snapshot(
+            target.cache_dir, target.repo_id, target.commit, entry, target.repo_type
+        )
 
 
 def _verifies(path: Path, entry: FileEntry) -> bool:
@@ -713,9 +717,9 @@ def carry_out(
         )
     if target.local_dir is None and (any(o.status != "failed" for o in outcomes) or not outcomes):
         try:
-            layout.write_ref(target.cache_dir, repo_id, ref, plan.commit)
+            layout.write_ref(target.cache_dir, repo_id, ref, plan.commit, target.repo_type)
             if main_too and ref != "main":
-                layout.write_ref(target.cache_dir, repo_id, "main", plan.commit)
+                layout.write_ref(target.cache_dir, repo_id, "main", plan.commit, target.repo_type)
         except OSError as exc:
             raise local_error(exc, repo_id, target.cache_dir) from exc
     _record(plan, target, executor, outcomes, reporter)
@@ -751,6 +755,7 @@ def _record(
             target.cache_dir,
             target.local_dir,
             verified,
+            target.repo_type,
         )
     except OSError as exc:
         reporter.on_message(
@@ -817,7 +822,9 @@ def _result(
             per_mirror[m] = per_mirror.get(m, 0) + n
     failed = [o for o in outcomes if o.status == "failed"]
     status = "ok" if not failed else ("error" if len(failed) == len(outcomes) else "partial")
-    where = target.local_dir or layout.snapshot_dir(target.cache_dir, target.repo_id, plan.commit)
+    where = target.local_dir or layout.snapshot_dir(
+        target.cache_dir, target.repo_id, plan.commit, target.repo_type
+    )
     order = {i.entry.path: n for n, i in enumerate(plan.items)}
     # Outvoted mirrors (the plan's), and where the mirrors tied, those the bytes proved wrong
     # (the executor's); a tie on a file that failed with every copy stays standby.
@@ -847,6 +854,7 @@ def _result(
         timings={**timings, "total": elapsed},
         connections=executor.connections,
         disagreements=disagreements,
+        repo_type=target.repo_type,
     )
 
 

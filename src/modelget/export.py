@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelget.datatypes import FileEntry, Manifest
+from modelget.datatypes import REPO_URL_PREFIXES, FileEntry, Manifest, RepoType
 from modelget.errors import LayoutError, ModelgetError, UsageError, VerificationError
 from modelget.layout import repo_dir
 from modelget.manifest import check_path
@@ -245,12 +245,19 @@ def _merged_refs(path: Path, names: tuple[str, ...], commit: str) -> str:
 
 
 def export_model(
-    repo_id: str, dest: Path, *, cache_dir: Path, revision: str | None = None
+    repo_id: str,
+    dest: Path,
+    *,
+    cache_dir: Path,
+    revision: str | None = None,
+    repo_type: RepoType = "model",
 ) -> ExportResult:
     """Write ``repo_id`` (at ``revision``, default ``main``) from the HF cache ``cache_dir``
     into the cdn tree rooted at ``dest``. Raises ``LayoutError`` when the model or revision is
-    not cached, ``VerificationError`` (nothing written) when a cached blob is corrupt."""
-    rdir = repo_dir(cache_dir, repo_id)
+    not cached, ``VerificationError`` (nothing written) when a cached blob is corrupt. A
+    dataset's or a space's JSON files go under ``datasets/``, ``spaces/`` (the blobs are
+    shared)."""
+    rdir = repo_dir(cache_dir, repo_id, repo_type)
     if not rdir.is_dir():
         raise LayoutError(
             f"{repo_id} is not in the Hugging Face cache at {cache_dir}",
@@ -280,8 +287,9 @@ def export_model(
         files=tuple(sorted((b.entry for b in blobs), key=lambda f: f.path)),
         mirror="local-cache",
         mirror_repo_id=repo_id,
+        repo_type=repo_type,
     )
-    repo_root = dest / repo_id
+    repo_root = dest / f"{REPO_URL_PREFIXES[repo_type]}{repo_id}"
     manifest_file = repo_root / "manifests" / f"{commit}.json"
     _write_atomic(manifest_file, manifest_document(manifest) + "\n")
     refs_file = repo_root / "refs.json"

@@ -1,8 +1,8 @@
 """Where files land, and what is already complete there.
 
 Default destination: the Hugging Face cache layout, exactly as huggingface_hub writes it
-(``models--{org}--{name}/blobs/{etag}``, ``snapshots/{commit}/{path}`` links, ``refs/{rev}``),
-so transformers, vLLM and huggingface_hub find the model offline. With ``--local-dir``, real
+(``models--{org}--{name}/blobs/{etag}``, ``snapshots/{commit}/{path}`` links, ``refs/{rev}``;
+``datasets--`` and ``spaces--`` folders for the other repo types), so transformers, vLLM and huggingface_hub find the model offline. With ``--local-dir``, real
 files in a plain directory plus huggingface_hub's ``.cache/huggingface/download/*.metadata``.
 """
 
@@ -14,12 +14,29 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from modelget.datatypes import FileEntry
+from modelget.datatypes import FileEntry, RepoType
+
+FOLDER_PREFIXES: dict[str, RepoType] = {
+    "models--": "model",
+    "datasets--": "dataset",
+    "spaces--": "space",
+}
+"""The cache folder prefix of each repo type (huggingface_hub's ``{repo_type}s--``)."""
 
 
-def repo_folder_name(repo_id: str) -> str:
-    """``models--org--name``, as huggingface_hub names a model repo's cache folder."""
-    return "models--" + "--".join(repo_id.split("/"))
+def repo_folder_name(repo_id: str, repo_type: RepoType = "model") -> str:
+    """``models--org--name`` (``datasets--``, ``spaces--``), as huggingface_hub names a repo's
+    cache folder."""
+    return "--".join([f"{repo_type}s", *repo_id.split("/")])
+
+
+def parse_folder_name(name: str) -> tuple[str, RepoType] | None:
+    """``models--org--name`` → (``org/name``, ``model``) (huggingface_hub's rule, every repo
+    type); None for a folder that is no repo's."""
+    for prefix, repo_type in FOLDER_PREFIXES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return name[len(prefix) :].replace("--", "/"), repo_type
+    return None
 
 
 def etag_of(entry: FileEntry) -> str:
@@ -29,8 +46,8 @@ def etag_of(entry: FileEntry) -> str:
     return entry.git_sha1 or entry.sha256 or ""
 
 
-def snapshot_dir(cache_dir: Path, repo_id: str, commit: str) -> Path:
-    return cache_dir / repo_folder_name(repo_id) / "snapshots" / commit
+def snapshot_dir(cache_dir: Path, repo_id: str, commit: str, repo_type: RepoType = "model") -> Path:
+    return cache_dir / repo_folder_name(repo_id, repo_type) / "snapshots" / commit
 
 
 def _metadata_ok(local_dir: Path, entry: FileEntry, commit: str) -> bool:
@@ -49,6 +66,7 @@ def scan(
     commit: str,
     cache_dir: Path,
     local_dir: Path | None = None,
+    repo_type: RepoType = "model",
 ) -> set[str]:
     """Paths of ``entries`` already complete at the destination (cheap: no hashing).
 
@@ -57,7 +75,7 @@ def scan(
     right size and a metadata sidecar naming this commit and etag.
     """
     present: set[str] = set()
-    snap = snapshot_dir(cache_dir, repo_id, commit)
+    snap = snapshot_dir(cache_dir, repo_id, commit, repo_type)
     for entry in entries:
         if local_dir is not None:
             target = local_dir / entry.path
@@ -92,22 +110,29 @@ def free_bytes(path: Path) -> int:
 # --- writing: blobs, snapshot links, refs, local dirs -------------------------------------
 
 
-def repo_dir(cache_dir: Path, repo_id: str) -> Path:
-    return cache_dir / repo_folder_name(repo_id)
+def repo_dir(cache_dir: Path, repo_id: str, repo_type: RepoType = "model") -> Path:
+    return cache_dir / repo_folder_name(repo_id, repo_type)
 
 
-def blob_path(cache_dir: Path, repo_id: str, entry: FileEntry) -> Path:
-    return repo_dir(cache_dir, repo_id) / "blobs" / etag_of(entry)
+def blob_path(
+    cache_dir: Path, repo_id: str, entry: FileEntry, repo_type: RepoType = "model"
+) -> Path:
+    return repo_dir(cache_dir, repo_id, repo_type) / "blobs" / etag_of(entry)
 
 
-def incomplete_path(cache_dir: Path, repo_id: str, entry: FileEntry) -> Path:
+def incomplete_path(
+    cache_dir: Path, repo_id: str, entry: FileEntry, repo_type: RepoType = "model"
+) -> Path:
     """Where an engine writes ``entry`` while it downloads (resumable across processes)."""
-    return repo_dir(cache_dir, repo_id) / "blobs" / f"{etag_of(entry)}.incomplete"
+    return repo_dir(cache_dir, repo_id, repo_type) / "blobs" / f"{etag_of(entry)}.incomplete"
 
 
-def lock_path(cache_dir: Path, repo_id: str, entry: FileEntry) -> Path:
+def lock_path(
+    cache_dir: Path, repo_id: str, entry: FileEntry, repo_type: RepoType = "model"
+) -> Path:
     """huggingface_hub's own lock path, so modelget and hf never fetch a blob at once."""
-    return cache_dir / ".locks" / repo_folder_name(repo_id) / f"{etag_of(entry)}.lock"
+    folder = repo_folder_name(repo_id, repo_type)
+    return cache_dir / ".locks" / folder / f"{etag_of(entry)}.lock"
 
 
 def commit_blob(tmp: Path, blob: Path) -> None:
@@ -124,12 +149,14 @@ def _atomic_symlink(target: str, link: Path) -> None:
     os.replace(tmp, link)
 
 
-def link_snapshot(cache_dir: Path, repo_id: str, commit: str, entry: FileEntry) -> Path:
+def link_snapshot(
+    cache_dir: Path, repo_id: str, commit: str, entry: FileEntry, repo_type: RepoType = "model"
+) -> Path:
     """``snapshots/{commit}/{path}`` → ``../../blobs/{etag}`` (relative, as huggingface_hub
     makes it); a real copy where the filesystem has no symlinks."""
-    link = snapshot_dir(cache_dir, repo_id, commit) / entry.path
+    link = snapshot_dir(cache_dir, repo_id, commit, repo_type) / entry.path
     link.parent.mkdir(parents=True, exist_ok=True)
-    blob = blob_path(cache_dir, repo_id, entry)
+    blob = blob_path(cache_dir, repo_id, entry, repo_type)
     target = os.path.relpath(blob, link.parent)
     try:
         if link.is_symlink() and os.readlink(link) == target:
@@ -142,11 +169,13 @@ def link_snapshot(cache_dir: Path, repo_id: str, commit: str, entry: FileEntry) 
     return link
 
 
-def write_ref(cache_dir: Path, repo_id: str, revision: str, commit: str) -> None:
+def write_ref(
+    cache_dir: Path, repo_id: str, revision: str, commit: str, repo_type: RepoType = "model"
+) -> None:
     """``refs/{revision}`` holding the commit, no trailing newline (huggingface_hub's format)."""
     if revision == commit:
         return
-    ref = repo_dir(cache_dir, repo_id) / "refs" / revision
+    ref = repo_dir(cache_dir, repo_id, repo_type) / "refs" / revision
     ref.parent.mkdir(parents=True, exist_ok=True)
     try:
         if ref.read_text() == commit:
@@ -221,8 +250,8 @@ def place_in_local_dir(blob: Path, local_dir: Path, entry: FileEntry, commit: st
     return target
 
 
-def cache_quarantine_dir(cache_dir: Path, repo_id: str) -> Path:
-    return repo_dir(cache_dir, repo_id) / ".quarantine"
+def cache_quarantine_dir(cache_dir: Path, repo_id: str, repo_type: RepoType = "model") -> Path:
+    return repo_dir(cache_dir, repo_id, repo_type) / ".quarantine"
 
 
 def quarantine(tmp: Path, qdir: Path, entry: FileEntry, mirrors: Iterable[str]) -> Path:

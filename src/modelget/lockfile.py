@@ -19,6 +19,9 @@ a lockfile diffs cleanly in review and two runs against the same mirrors write t
       ]
     }
 
+A dataset or a space carries ``"repo_type": "dataset"`` (or ``"space"``); a model has no such
+key (absent means ``model``, so lockfiles written before repo types read as they did).
+
 Everything read from a lockfile is checked as untrusted input: paths with
 :func:`~modelget.manifest.check_path`, digests as hex of the right length, sizes as
 non-negative integers. The comparison of a fresh manifest with a locked model
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelget.datatypes import Disagreement, FileEntry
+from modelget.datatypes import REPO_TYPES, Disagreement, FileEntry, RepoType
 from modelget.errors import LockfileError, ModelgetError, UnsafeManifestError
 from modelget.manifest import check_path, check_repo_id, check_revision
 
@@ -51,6 +54,7 @@ class LockedModel:
     revision: str
     commit: str
     files: tuple[FileEntry, ...]
+    repo_type: RepoType = "model"
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -98,12 +102,13 @@ def dumps(lock: Lockfile) -> str:
     Args:
         lock: what :func:`modelget.lock` returned (or :func:`load` read).
     """
-    models = sorted(lock.models, key=lambda m: (m.repo_id, m.commit))
+    models = sorted(lock.models, key=lambda m: (m.repo_id, m.repo_type, m.commit))
     doc = {
         "lockfile": FORMAT,
         "models": [
             {
                 "repo_id": m.repo_id,
+                **({"repo_type": m.repo_type} if m.repo_type != "model" else {}),
                 "revision": m.revision,
                 "commit": m.commit,
                 "files": [_file_dict(f) for f in sorted(m.files, key=lambda f: f.path)],
@@ -170,6 +175,9 @@ def _model(obj: Any, where: str) -> LockedModel:
     except ModelgetError as exc:
         raise _bad(where, exc.message) from None
     where = f"{where} ({repo_id})"
+    repo_type = obj.get("repo_type", "model")
+    if repo_type not in REPO_TYPES:
+        raise _bad(where, f"`repo_type` must be one of {', '.join(REPO_TYPES)}")
     commit = _str(obj, "commit", where)
     if not re.fullmatch(r"[0-9a-fA-F]{7,64}", commit):
         raise _bad(where, f"`commit` must be a commit hash, not {commit!r}")
@@ -189,7 +197,7 @@ def _model(obj: Any, where: str) -> LockedModel:
         if e.path in seen:
             raise _bad(where, f"file listed twice: {e.path}")
         seen.add(e.path)
-    return LockedModel(repo_id, revision, commit.lower(), entries)
+    return LockedModel(repo_id, revision, commit.lower(), entries, repo_type)
 
 
 def loads(text: str, *, source: str = "lockfile") -> Lockfile:
@@ -203,7 +211,7 @@ def loads(text: str, *, source: str = "lockfile") -> Lockfile:
     if not isinstance(models, list):
         raise _bad(source, "`models` must be a list")
     parsed = tuple(_model(m, f"{source}: models[{i}]") for i, m in enumerate(models))
-    keys = [(m.repo_id, m.commit) for m in parsed]
+    keys = [(m.repo_type, m.repo_id, m.commit) for m in parsed]
     if len(set(keys)) != len(keys):
         raise _bad(source, "a model is locked twice at the same commit")
     return Lockfile(parsed)

@@ -18,8 +18,9 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from modelget.datatypes import Disagreement, FileEntry, Manifest
+from modelget.datatypes import Disagreement, FileEntry, Manifest, RepoType
 from modelget.errors import UnsafeManifestError, UsageError
 
 MAX_FILES = 100_000
@@ -373,35 +374,58 @@ def _near_matches(include: Sequence[str], paths: Sequence[str]) -> str:
     )
 
 
-def parse_target(text: str) -> tuple[str, str | None, tuple[str, ...]]:
-    """What a user names a model with, as ``(repo_id, revision, paths)``: ``ORG/NAME``,
-    ``ORG/NAME@REV`` (as ``modelget lock`` takes it), or huggingface_hub's file-system URL
-    ``hf://[models/]ORG/NAME[@REV][/PATH]`` (``@refs%2Fpr%2F1``: the revision is URL-quoted
-    there). Datasets and spaces (``hf://datasets/...``) are a usage error: modelget pulls
-    models. Pure: the caller checks the id (:func:`check_repo_id`)."""
+class ParsedTarget(NamedTuple):
+    """A target as the user wrote it (see :func:`parse_target`)."""
+
+    repo_id: str
+    revision: str | None
+    paths: tuple[str, ...]
+    repo_type: RepoType | None
+    """What the text says the repo is (``hf://datasets/...``); None when it does not say."""
+
+
+_URL_TYPES: dict[str, RepoType] = {"models": "model", "datasets": "dataset", "spaces": "space"}
+
+
+def parse_target(text: str) -> ParsedTarget:
+    """What a user names a repo with, as ``(repo_id, revision, paths, repo_type)``:
+    ``ORG/NAME``, ``ORG/NAME@REV`` (as ``modelget lock`` takes it), or huggingface_hub's
+    file-system URL ``hf://[models/|datasets/|spaces/]ORG/NAME[@REV][/PATH]``
+    (``@refs%2Fpr%2F1``: the revision is URL-quoted there). ``repo_type`` is the URL's
+    ``models/``, ``datasets/`` or ``spaces/`` prefix, None without one (the caller's
+    ``--repo-type``, default model, decides). Pure: the caller checks the id
+    (:func:`check_repo_id`)."""
     from urllib.parse import unquote
 
     rest = text
     if text.startswith("hf://"):
         rest = text[len("hf://") :]
         kind, _, after = rest.partition("/")
-        if kind in ("datasets", "spaces"):
-            raise UsageError(
-                f"{text!r} is a {kind[:-1]}: modelget pulls models",
-                hint="use hf download --repo-type " + kind[:-1] + " for it",
-            )
-        if kind == "models":
+        repo_type = _URL_TYPES.get(kind)
+        if repo_type is not None:
             rest = after
         parts = rest.split("/")
         if len(parts) >= 2 and "@" in parts[1]:
             name, _, rev = parts[1].partition("@")
-            return f"{parts[0]}/{name}", unquote(rev) or None, tuple(p for p in parts[2:] if p)
+            paths = tuple(p for p in parts[2:] if p)
+            return ParsedTarget(f"{parts[0]}/{name}", unquote(rev) or None, paths, repo_type)
         head, paths = "/".join(parts[:2]), tuple(p for p in parts[2:] if p)
-        return head, None, ("/".join(paths),) if paths else ()
+        return ParsedTarget(head, None, ("/".join(paths),) if paths else (), repo_type)
     repo_id, at, rev = rest.partition("@")
     if at and not rev:
         raise UsageError(f"empty revision in {text!r}", hint="write REPO_ID@REVISION")
-    return repo_id, (rev or None), ()
+    return ParsedTarget(repo_id, (rev or None), (), None)
+
+
+def target_type(text: str, said: RepoType | None, given: RepoType | None) -> RepoType:
+    """The repo type of a target: what its URL says (``said``) or ``--repo-type`` (``given``),
+    default model; the two disagreeing is a usage error."""
+    if said is not None and given is not None and said != given:
+        raise UsageError(
+            f"{text!r} is a {said}, and --repo-type says {given}",
+            hint="give the repo type once",
+        )
+    return said or given or "model"
 
 
 def check_repo_id(repo_id: str) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modelget import layout
-from modelget.datatypes import FileEntry, FileOutcome, PullResult
+from modelget.datatypes import FileEntry, FileOutcome, PullResult, RepoType
 from modelget.errors import OfflineMissingError, UsageError
 from modelget.events import Reporter
 from modelget.lockfile import LockedModel
@@ -54,7 +54,19 @@ def _local_commit(local_dir: Path) -> str | None:
     return commits.pop() if len(commits) == 1 else None
 
 
-def _commit_of(repo_id: str, revision: str | None, cache_dir: Path, local_dir: Path | None) -> str:
+def _pull_command(repo_id: str, repo_type: RepoType) -> str:
+    return f"modelget pull {repo_id}" + (
+        f" --repo-type {repo_type}" if repo_type != "model" else ""
+    )
+
+
+def _commit_of(
+    repo_id: str,
+    revision: str | None,
+    cache_dir: Path,
+    local_dir: Path | None,
+    repo_type: RepoType = "model",
+) -> str:
     want = revision or "main"
     if local_dir is not None:
         commit = _local_commit(local_dir)
@@ -62,8 +74,8 @@ def _commit_of(repo_id: str, revision: str | None, cache_dir: Path, local_dir: P
             raise OfflineMissingError(
                 f"{local_dir} holds no complete download of {repo_id} "
                 "(no huggingface_hub metadata naming one commit)",
-                hint="pull it once with the network: `modelget pull "
-                f"{repo_id} --local-dir {local_dir}`",
+                hint="pull it once with the network: "
+                f"`{_pull_command(repo_id, repo_type)} --local-dir {local_dir}`",
             )
         if _COMMIT.fullmatch(want) and want != commit:
             raise OfflineMissingError(
@@ -73,7 +85,7 @@ def _commit_of(repo_id: str, revision: str | None, cache_dir: Path, local_dir: P
         return commit
     if _COMMIT.fullmatch(want):
         return want
-    ref = layout.repo_dir(cache_dir, repo_id) / "refs" / want
+    ref = layout.repo_dir(cache_dir, repo_id, repo_type) / "refs" / want
     try:
         commit = ref.read_text().strip() if not ref.is_symlink() else ""
     except OSError:
@@ -81,15 +93,14 @@ def _commit_of(repo_id: str, revision: str | None, cache_dir: Path, local_dir: P
     if not _COMMIT.fullmatch(commit):
         raise OfflineMissingError(
             f"{repo_id}@{want} is not in the cache at {cache_dir} (no refs/{want})",
-            hint=f"pull it once with the network: `modelget pull {repo_id}"
+            hint=f"pull it once with the network: `{_pull_command(repo_id, repo_type)}"
             + (f" --revision {revision}`" if revision else "`"),
         )
     return commit
 
 
-def _on_disk(repo_id: str, commit: str, cache_dir: Path, local_dir: Path | None) -> dict[str, int]:
-    """Without a record: the snapshot's files that are there (path → size)."""
-    root = local_dir if local_dir is not None else layout.snapshot_dir(cache_dir, repo_id, commit)
+def _on_disk(root: Path) -> dict[str, int]:
+    """Without a record: the snapshot's (or local dir's) files that are there (path → size)."""
     found: dict[str, int] = {}
     for dirpath, dirs, names in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
@@ -120,27 +131,32 @@ def from_disk(
     local_dir: Path | None = None,
     locked: LockedModel | None = None,
     reporter: Reporter | None = None,
+    repo_type: RepoType = "model",
 ) -> PullResult:
     """The pull's answer from disk alone (see the module doc), or ``OfflineMissingError``.
     Says through ``reporter`` when there was no record to check completeness against."""
     commit = (
-        locked.commit if locked is not None else _commit_of(repo_id, revision, cache_dir, local_dir)
+        locked.commit
+        if locked is not None
+        else _commit_of(repo_id, revision, cache_dir, local_dir, repo_type)
     )
     shown = f"{repo_id}@{commit[:12]}"
-    record = read_record(record_path(repo_id, commit, cache_dir, local_dir))
+    path = (
+        local_dir
+        if local_dir is not None
+        else layout.snapshot_dir(cache_dir, repo_id, commit, repo_type)
+    )
+    record = read_record(record_path(repo_id, commit, cache_dir, local_dir, repo_type))
     checked = record is not None
     if record is not None:
         known = [*record.files.values(), *(FileEntry(p, 0) for p in sorted(record.others))]
     else:
-        known = [
-            FileEntry(p, size)
-            for p, size in sorted(_on_disk(repo_id, commit, cache_dir, local_dir).items())
-        ]
+        known = [FileEntry(p, size) for p, size in sorted(_on_disk(path).items())]
         if not known:
             where = local_dir if local_dir is not None else cache_dir
             raise OfflineMissingError(
                 f"{shown} is not in {where}",
-                hint=f"pull it once with the network: `modelget pull {repo_id}`",
+                hint=f"pull it once with the network: `{_pull_command(repo_id, repo_type)}`",
             )
     if locked is not None:
         filenames, include, exclude = locked.paths, (), ()
@@ -156,7 +172,12 @@ def from_disk(
         recorded = [e for e in wanted if e.path in record.files]
         missing = [e.path for e in wanted if e.path not in record.files]
         present = layout.scan(
-            recorded, repo_id=repo_id, commit=commit, cache_dir=cache_dir, local_dir=local_dir
+            recorded,
+            repo_id=repo_id,
+            commit=commit,
+            cache_dir=cache_dir,
+            local_dir=local_dir,
+            repo_type=repo_type,
         )
         missing += [e.path for e in recorded if e.path not in present]
         if locked is not None:
@@ -179,7 +200,6 @@ def from_disk(
             f"{shown}: no modelget record of this commit (another tool downloaded it): "
             "using the files that are there, completeness not checked",
         )
-    path = local_dir if local_dir is not None else layout.snapshot_dir(cache_dir, repo_id, commit)
     files = tuple(FileOutcome(e.path, e.size, "reused") for e in wanted)
     return PullResult(
         repo_id=repo_id,
@@ -190,4 +210,5 @@ def from_disk(
         engine="none",
         files=files,
         bytes_fetched=0,
+        repo_type=repo_type,
     )

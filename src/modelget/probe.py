@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from modelget import http
 from modelget.auth import mirror_token, same_host
-from modelget.datatypes import Manifest, Mirror, ProbeResult
+from modelget.datatypes import Manifest, Mirror, ProbeResult, RepoType
 from modelget.errors import (
     AuthRequiredError,
     MirrorUnavailableError,
@@ -361,10 +361,11 @@ def probe_mirror(
     timeout: float,
     *,
     sample: bool = True,
+    repo_type: RepoType = "model",
 ) -> Outcome:
     """Probe one mirror on its own; never raises for the mirror's own faults."""
     tracker = _Tracker([mirror], "always" if sample else "never")
-    return _probe_one(mirror, repo_id, revision, timeout, tracker)
+    return _probe_one(mirror, repo_id, revision, timeout, tracker, repo_type=repo_type)
 
 
 def _probe_one(
@@ -375,6 +376,7 @@ def _probe_one(
     tracker: _Tracker,
     *,
     sample: bool = True,
+    repo_type: RepoType = "model",
 ) -> Outcome:
     """Connect and time a first byte while (with a repo id) the repo is resolved in a second
     thread, then sample throughput if ``tracker`` says so. Reports progress to ``tracker``."""
@@ -402,7 +404,9 @@ def _probe_one(
         # The metadata calls do not wait for the latency probe: both are in flight at once.
         def resolve() -> None:
             try:
-                resolved.append(source.resolve(mirror, repo_id, revision, timeout=timeout))
+                resolved.append(
+                    source.resolve(mirror, repo_id, revision, timeout=timeout, repo_type=repo_type)
+                )
             except ModelgetError as exc:
                 resolved.append(exc)
             tracker.progress(name)
@@ -488,16 +492,19 @@ def _resolve_cached(
     timeout: float,
     cached: ProbeResult,
     tracker: _Tracker,
+    repo_type: RepoType = "model",
 ) -> Outcome:
     """A mirror with a fresh cached probe result: only its manifest is fetched (manifests are
     never cached). If that fails, the mirror changed since: it is probed again, now."""
     if cached.status != "ok":
         return cached, None, None
     try:
-        manifest = get_source(mirror.kind).resolve(mirror, repo_id, revision, timeout=timeout)
+        manifest = get_source(mirror.kind).resolve(
+            mirror, repo_id, revision, timeout=timeout, repo_type=repo_type
+        )
     except ModelgetError as exc:
         result, manifest_, error = _probe_one(
-            mirror, repo_id, revision, timeout, tracker, sample=False
+            mirror, repo_id, revision, timeout, tracker, sample=False, repo_type=repo_type
         )
         return result, manifest_, error or exc
     return cached, manifest, None
@@ -511,6 +518,7 @@ def probe(
     timeout: float = DEFAULT_TIMEOUT_S,
     sample: SamplePolicy = "always",
     cached: Mapping[str, ProbeResult] | None = None,
+    repo_type: RepoType = "model",
 ) -> ProbeReport:
     """Probe every mirror at once; the whole call lasts at most about ``2 * timeout``.
 
@@ -519,6 +527,7 @@ def probe(
     mirror has answered, one that stays silent too long (see ``GRACE_MIN_S``) is reported
     ``down`` ("skipped") at once. ``sample``: see ``SamplePolicy``. ``cached``: fresh probe
     results to keep (with a repo id, those mirrors are only asked for their manifest).
+    ``repo_type``: the repo id names a model, a dataset or a space.
     """
     report = ProbeReport(cached=cached is not None)
     tracker = _Tracker(mirrors, sample)
@@ -527,9 +536,11 @@ def probe(
         if cached is not None and mirror.name in cached and repo_id is not None:
             before = cached[mirror.name]
             tracker.progress(mirror.name, latency_s=before.ttfb_s)
-            outcome = _resolve_cached(mirror, repo_id, revision, timeout, before, tracker)
+            outcome = _resolve_cached(
+                mirror, repo_id, revision, timeout, before, tracker, repo_type
+            )
         else:
-            outcome = _probe_one(mirror, repo_id, revision, timeout, tracker)
+            outcome = _probe_one(mirror, repo_id, revision, timeout, tracker, repo_type=repo_type)
         tracker.finish(mirror.name, outcome)
 
     start = time.perf_counter()
@@ -597,12 +608,16 @@ def _wait(tracker: _Tracker, deadline: float) -> dict[str, str]:
 # --- cache ---------------------------------------------------------------------------------
 
 
-def _cache_key(mirror: Mirror, repo_id: str | None, revision: str | None = None) -> str:
+def _cache_key(
+    mirror: Mirror, repo_id: str | None, revision: str | None = None, repo_type: RepoType = "model"
+) -> str:
     # A probe without certificate checks (--insecure) is not a result for one with them.
     insecure = "" if mirror.verify_tls else "|insecure"
     # Nor is one for another revision: a mirror may have main and not a typo'd branch.
     at = f"@{revision}" if revision else ""
-    return f"{mirror.name}|{mirror.endpoint}|{repo_id or ''}{at}{insecure}"
+    # Nor one for a model, for the dataset of the same name (a model's key is as it was).
+    kind = f"{repo_type}s/" if repo_id and repo_type != "model" else ""
+    return f"{mirror.name}|{mirror.endpoint}|{kind}{repo_id or ''}{at}{insecure}"
 
 
 def load_cached(
@@ -611,6 +626,7 @@ def load_cached(
     repo_id: str | None,
     ttl_s: float,
     revision: str | None = None,
+    repo_type: RepoType = "model",
 ) -> dict[str, ProbeResult] | None:
     """The fresh (younger than ``ttl_s``) cached results of those ``mirrors`` that have one,
     for this repo and revision; None when none has. Only good answers are ever cached (see
@@ -626,7 +642,7 @@ def load_cached(
     now = time.time()
     out: dict[str, ProbeResult] = {}
     for mirror in mirrors:
-        raw = data.get(_cache_key(mirror, repo_id, revision))
+        raw = data.get(_cache_key(mirror, repo_id, revision, repo_type))
         if not isinstance(raw, dict):
             continue
         try:
@@ -662,6 +678,7 @@ def store_cached(
     repo_id: str | None,
     results: Mapping[str, ProbeResult],
     revision: str | None = None,
+    repo_type: RepoType = "model",
 ) -> None:
     """Merge the good answers of ``results`` into the cache file (atomically; failures to
     write are not fatal). A failure is never cached: a mirror that was down, refused, or lacked
@@ -676,7 +693,7 @@ def store_cached(
     for mirror in mirrors:
         if mirror.name not in results:
             continue
-        key = _cache_key(mirror, repo_id, revision)
+        key = _cache_key(mirror, repo_id, revision, repo_type)
         if results[mirror.name].status == "ok":
             data[key] = asdict(results[mirror.name])
         else:

@@ -3,7 +3,7 @@
 After every pull, the entries of the files it verified into place (path, size, digests), the
 commit's other paths (left out by a filter, or failed), and a **stamp** per file verified in
 this run: the size and modification time (ns) of the bytes when their digest last matched.
-Written in ``models--{org}--{name}/.modelget/{commit}.json`` (cache) or
+Written in ``models--{org}--{name}/.modelget/{commit}.json`` (``datasets--``, ``spaces--``; cache) or
 ``DIR/.cache/huggingface/modelget/{commit}.json`` (local dir), merged with earlier records of
 the same commit (a commit's files never change). ``modelget verify`` refreshes the stamps of
 what it hashed.
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelget import layout
-from modelget.datatypes import FileEntry
+from modelget.datatypes import REPO_TYPES, FileEntry, RepoType
 
 Stamp = tuple[int, int]
 """(size, st_mtime_ns) of a file's bytes (a blob, or a local-dir file)."""
@@ -45,12 +45,19 @@ class Record:
     """The commit's other paths (left out by a filter, or failed): known, not here."""
     stamps: dict[str, Stamp] = field(default_factory=dict)
     """Per path: the stamp of its bytes when their digest last matched."""
+    repo_type: RepoType = "model"
 
 
-def record_path(repo_id: str, commit: str, cache_dir: Path, local_dir: Path | None) -> Path:
+def record_path(
+    repo_id: str,
+    commit: str,
+    cache_dir: Path,
+    local_dir: Path | None,
+    repo_type: RepoType = "model",
+) -> Path:
     if local_dir is not None:
         return local_dir / ".cache" / "huggingface" / "modelget" / f"{commit}.json"
-    return layout.repo_dir(cache_dir, repo_id) / ".modelget" / f"{commit}.json"
+    return layout.repo_dir(cache_dir, repo_id, repo_type) / ".modelget" / f"{commit}.json"
 
 
 def read_record(path: Path) -> Record | None:
@@ -73,8 +80,16 @@ def read_record(path: Path) -> Record | None:
             for p, v in raw.get("stamps", {}).items()
             if str(p) in files
         }
+        repo_type = raw.get("repo_type", "model")  # absent: a model (records before 0.x)
+        if repo_type not in REPO_TYPES:
+            return None
         return Record(
-            str(raw["repo_id"]), str(raw["commit"]), files, frozenset(raw["others"]), stamps
+            str(raw["repo_id"]),
+            str(raw["commit"]),
+            files,
+            frozenset(raw["others"]),
+            stamps,
+            repo_type,
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -103,6 +118,7 @@ def write_record(
     body = {
         "version": RECORD_VERSION,
         "repo_id": record.repo_id,
+        **({"repo_type": record.repo_type} if record.repo_type != "model" else {}),
         "commit": record.commit,
         "files": {
             p: {
@@ -130,35 +146,46 @@ def record_pull(
     cache_dir: Path,
     local_dir: Path | None,
     verified: Sequence[FileEntry] = (),
+    repo_type: RepoType = "model",
 ) -> None:
     """After a pull: ``placed`` are in place; ``others`` are the rest of the commit;
     ``verified`` (among ``placed``) had their digest checked in this run: they get a stamp."""
 
     def still_here(entry: FileEntry) -> bool:
         found = layout.scan(
-            [entry], repo_id=repo_id, commit=commit, cache_dir=cache_dir, local_dir=local_dir
+            [entry],
+            repo_id=repo_id,
+            commit=commit,
+            cache_dir=cache_dir,
+            local_dir=local_dir,
+            repo_type=repo_type,
         )
         return entry.path in found
 
     stamps = {}
     for entry in verified:
-        stamp = stamp_of(file_path(entry, repo_id, commit, cache_dir, local_dir))
+        stamp = stamp_of(file_path(entry, repo_id, commit, cache_dir, local_dir, repo_type))
         if stamp is not None:
             stamps[entry.path] = stamp
     write_record(
-        record_path(repo_id, commit, cache_dir, local_dir),
-        Record(repo_id, commit, {e.path: e for e in placed}, frozenset(others), stamps),
+        record_path(repo_id, commit, cache_dir, local_dir, repo_type),
+        Record(repo_id, commit, {e.path: e for e in placed}, frozenset(others), stamps, repo_type),
         still_here,
     )
 
 
 def file_path(
-    entry: FileEntry, repo_id: str, commit: str, cache_dir: Path, local_dir: Path | None
+    entry: FileEntry,
+    repo_id: str,
+    commit: str,
+    cache_dir: Path,
+    local_dir: Path | None,
+    repo_type: RepoType = "model",
 ) -> Path:
     """Where ``entry``'s bytes are: the local-dir file, or its blob in the cache."""
     if local_dir is not None:
         return layout.local_file_path(local_dir, entry)
-    return layout.blob_path(cache_dir, repo_id, entry)
+    return layout.blob_path(cache_dir, repo_id, entry, repo_type)
 
 
 def stamp_of(path: Path) -> Stamp | None:
@@ -182,14 +209,14 @@ def add_stamps(path: Path, stamps: Mapping[str, Stamp]) -> None:
     if old is None or not stamps:
         return
     fresh = {p: v for p, v in stamps.items() if p in old.files}
-    write_record(path, Record(old.repo_id, old.commit, {}, frozenset(), fresh))
+    write_record(path, Record(old.repo_id, old.commit, {}, frozenset(), fresh, old.repo_type))
 
 
 def record_of_dir(root: Path) -> tuple[Record, Path | None] | None:
     """The record describing a model directory (a cache snapshot, or a local dir) and, for a
     snapshot, the cache it is in; None when modelget recorded nothing there."""
     root = root.absolute()
-    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+    if root.parent.name == "snapshots" and layout.parse_folder_name(root.parent.parent.name):
         repo = root.parent.parent
         rec = read_record(repo / ".modelget" / f"{root.name}.json")
         return (rec, repo.parent) if rec is not None else None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from modelget import settings
 from modelget.auth import with_token
 from modelget.catalogue import load_catalogue
-from modelget.datatypes import FileEntry, Manifest, Mirror
+from modelget.datatypes import FileEntry, Manifest, Mirror, RepoType
 from modelget.errors import (
     AuthRequiredError,
     LockedCommitMissingError,
@@ -61,14 +61,16 @@ def resolve(
     reporter: Reporter | None = None,
     timings: dict[str, float] | None = None,
     token: str | None = None,
+    repo_type: RepoType = "model",
 ) -> Resolution:
-    """Probe the enabled mirrors for ``repo_id`` at ``revision`` and keep those that can
-    serve it, best first; mirrors left out for a problem are named through ``reporter``.
-    Raises the clearest single error when none can (see :func:`no_manifest_error`).
+    """Probe the enabled mirrors for ``repo_id`` (a ``repo_type``) at ``revision`` and keep
+    those that can serve it, best first; mirrors left out for a problem are named through
+    ``reporter``. Raises the clearest single error when none can (see
+    :func:`no_manifest_error`); a mirror kind without that repo type lacks the repo.
     ``token``: ``--token``, for the mirrors that take ``HF_TOKEN`` (``auth.with_token``)."""
     enabled = with_token(enabled_mirrors(mirrors, verify_tls), token)
     probe_started = time.perf_counter()
-    report = probe_for_plan(enabled, repo_id, revision)
+    report = probe_for_plan(enabled, repo_id, revision, repo_type)
     if timings is not None:
         timings["probe"] = time.perf_counter() - probe_started
     ranked = rank(enabled, report.results)
@@ -133,7 +135,9 @@ PROBLEMS = frozenset({"down", "error", "rate-limited", "auth"})
 catalogues have mirrors that simply lack most repos)."""
 
 
-def probe_for_plan(enabled: list[Mirror], repo_id: str, revision: str | None) -> ProbeReport:
+def probe_for_plan(
+    enabled: list[Mirror], repo_id: str, revision: str | None, repo_type: RepoType = "model"
+) -> ProbeReport:
     """Fresh probes, or cached ones plus the manifests (which are never cached), every mirror
     at once. A pull takes no throughput sample: the ranking is by latency (and by the
     throughput a `modelget probe` measured, while its cached result is fresh), and the
@@ -143,11 +147,19 @@ def probe_for_plan(enabled: list[Mirror], repo_id: str, revision: str | None) ->
     away)."""
     timeout = settings.probe_timeout_s()
     cache_file = settings.cache_dir() / "probes.json"
-    cached = load_cached(cache_file, enabled, repo_id, settings.probe_ttl_s(), revision)
-    report = run_probe(enabled, repo_id, revision, timeout=timeout, sample="never", cached=cached)
+    cached = load_cached(cache_file, enabled, repo_id, settings.probe_ttl_s(), revision, repo_type)
+    report = run_probe(
+        enabled,
+        repo_id,
+        revision,
+        timeout=timeout,
+        sample="never",
+        cached=cached,
+        repo_type=repo_type,
+    )
     fresh = {n: r for n, r in report.results.items() if cached is None or n not in cached}
     if fresh:
-        store_cached(cache_file, enabled, repo_id, fresh, revision)
+        store_cached(cache_file, enabled, repo_id, fresh, revision, repo_type)
     return report
 
 

@@ -91,6 +91,15 @@ def _add_token(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_repo_type(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--repo-type",
+        choices=["model", "dataset", "space"],
+        help="what REPO_ID names, as hf download --repo-type (default: model, or what an "
+        "hf://datasets/... or hf://spaces/... URL says)",
+    )
+
+
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--include",
@@ -133,6 +142,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "repo_id", nargs="?", metavar="REPO_ID", help="e.g. Qwen/Qwen2.5-0.5B-Instruct"
     )
     probe.add_argument("--revision", help="branch, tag or commit (default: the mirror's default)")
+    _add_repo_type(probe)
     probe.add_argument("--mirrors", metavar="FILE", help="catalogue file")
     probe.add_argument("--timeout", type=float, metavar="S", help="per-mirror timeout (default 5)")
     _add_json(probe)
@@ -183,6 +193,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="pull exactly the commits and files a lockfile pins (all its models, or REPO_ID)",
     )
     pull.add_argument("--revision", help="branch, tag or commit (default: main / master)")
+    _add_repo_type(pull)
     _add_filters(pull)
     pull.add_argument("--mirrors", metavar="FILE", help="catalogue file")
     _add_cache_dir(pull)
@@ -250,6 +261,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     lock.add_argument("targets", nargs="+", metavar="REPO_ID[@REVISION]")
     lock.add_argument("--revision", help="branch, tag or commit for targets without @REVISION")
+    _add_repo_type(lock)
     _add_filters(lock)
     lock.add_argument("--mirrors", metavar="FILE", help="catalogue file")
     lock.add_argument(
@@ -271,6 +283,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "target", metavar="REPO_ID|PATH", help="a repo id, a snapshot dir or a --local-dir"
     )
     verify.add_argument("--revision", help="only this branch, tag or commit (default: all)")
+    _add_repo_type(verify)
     verify.add_argument(
         "--repair",
         action="store_true",
@@ -286,9 +299,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser(
         "ls",
-        help="list the models in the Hugging Face cache",
-        description="List the models in the cache: id, revisions (refs and commits), size on "
-        "disk and when each was last used.",
+        help="list the models (and datasets, spaces) in the Hugging Face cache",
+        description="List the repos in the cache (models, datasets and spaces): id, "
+        "revisions (refs and commits), size on disk and when each was last used.",
     )
     _add_cache_dir(ls)
     _add_json(ls)
@@ -304,6 +317,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     rm.add_argument("repo_id", metavar="REPO_ID")
     rm.add_argument("--revision", help="only this branch, tag or commit (default: all)")
+    _add_repo_type(rm)
     _add_cache_dir(rm)
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask")
     _add_json(rm)
@@ -343,6 +357,7 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("repo_id", metavar="REPO_ID")
     export.add_argument("--to", required=True, metavar="DIR", help="root of the cdn tree")
     export.add_argument("--revision", help="branch, tag or commit in the cache (default: main)")
+    _add_repo_type(export)
     _add_cache_dir(export)
     _add_json(export)
     export.set_defaults(func=commands.export)

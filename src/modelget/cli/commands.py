@@ -77,9 +77,11 @@ def probe(args: argparse.Namespace) -> Outcome:
         timeout=args.timeout,
         verify_tls=not args.insecure,
         token=token(args),
+        repo_type=args.repo_type or "model",
     )
     payload = {
         "repo_id": summary.repo_id,
+        "repo_type": summary.repo_type,
         "elapsed_s": summary.report.elapsed_s,
         "mirrors": [
             {
@@ -164,6 +166,7 @@ def lock(args: argparse.Namespace) -> Outcome:
         mirrors=args.mirrors,
         verify_tls=not args.insecure,
         token=token(args),
+        repo_type=args.repo_type,
     )
     text = dumps(result)
     if args.output:
@@ -178,12 +181,19 @@ def lock(args: argparse.Namespace) -> Outcome:
 
 
 def _take_target(args: argparse.Namespace) -> None:
-    """``REPO_ID@REV`` and ``hf://ORG/NAME[@REV][/PATH]`` (see ``manifest.parse_target``) set
-    ``args.repo_id``, ``args.revision`` and the file names; a revision given twice and
-    differently is a usage error."""
-    from modelget.manifest import parse_target
+    """``REPO_ID@REV`` and ``hf://[datasets/|spaces/]ORG/NAME[@REV][/PATH]`` (see
+    ``manifest.parse_target``) set ``args.repo_id``, ``args.revision``, ``args.repo_type`` and
+    the file names; a revision or a repo type given twice and differently is a usage error."""
+    from modelget.manifest import parse_target, target_type
 
-    repo_id, revision, paths = parse_target(args.repo_id)
+    repo_id, revision, paths, said = parse_target(args.repo_id)
+    if hasattr(args, "repo_type"):
+        args.repo_type = target_type(args.repo_id, said, args.repo_type)
+    elif said not in (None, "model"):
+        raise UsageError(
+            f"{args.repo_id!r} is a {said}: {args.command} checks models",
+            hint="name a model",
+        )
     if revision is not None:
         if args.revision is not None and args.revision != revision:
             raise UsageError(
@@ -254,6 +264,7 @@ def _dry_run(args: argparse.Namespace, repo_id: str, locked: LockedModel | None)
         locked=locked,
         verify_tls=not args.insecure,
         token=token(args),
+        repo_type=args.repo_type or "model",
     )
     payload = {"plan": plan_dict(result)}
     return Outcome(payload, EXIT_OK, partial(render.plan_text, result), subject=repo_id)
@@ -263,6 +274,7 @@ def plan_dict(plan: Any) -> dict[str, Any]:
     """A ``Plan`` as JSON: the files in order, with their digests and sources."""
     return {
         "repo_id": plan.repo_id,
+        "repo_type": plan.repo_type,
         "revision": plan.revision,
         "commit": plan.commit,
         "manifest_mirror": plan.manifest_mirror,
@@ -341,6 +353,7 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
             force_download=args.force_download,
             repair=args.repair,
             token=token(args),
+            repo_type=args.repo_type or "model",
         )
     finally:
         close = getattr(reporter, "close", None)  # bars, heartbeat thread
@@ -419,6 +432,7 @@ def verify(args: argparse.Namespace) -> Outcome:
         repair=args.repair,
         mirrors=args.mirrors,
         engine=args.engine,
+        repo_type=args.repo_type or "model",
     )
     code = result.exit_code
     counts = {s: result.count(s) for s in ("ok", "missing", "corrupted", "extra")}
@@ -427,6 +441,7 @@ def verify(args: argparse.Namespace) -> Outcome:
         "kind": result.kind,
         "path": result.path,
         "repo_id": result.repo_id,
+        "repo_type": result.repo_type,
         "commits": list(result.commits),
         "ok": result.ok,
         "counts": counts,
@@ -452,7 +467,11 @@ def rm(args: argparse.Namespace) -> Outcome:
 
     if not args.yes:
         preview = remove(
-            args.repo_id, revision=args.revision, cache_dir=args.cache_dir, dry_run=True
+            args.repo_id,
+            revision=args.revision,
+            cache_dir=args.cache_dir,
+            dry_run=True,
+            repo_type=args.repo_type or "model",
         )
         render.note(render.rm_summary(preview))
         if not sys.stdin.isatty():
@@ -462,12 +481,23 @@ def rm(args: argparse.Namespace) -> Outcome:
         sys.stderr.flush()
         if input().strip().lower() not in ("y", "yes"):
             return Outcome(asdict(preview), EXIT_OK, partial(render.rm_text, preview))
-    result = remove(args.repo_id, revision=args.revision, cache_dir=args.cache_dir)
+    result = remove(
+        args.repo_id,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        repo_type=args.repo_type or "model",
+    )
     return Outcome(asdict(result), EXIT_OK, partial(render.rm_text, result))
 
 
 def export(args: argparse.Namespace) -> Outcome:
     from modelget.api import export
 
-    result = export(args.repo_id, args.to, revision=args.revision, cache_dir=args.cache_dir)
+    result = export(
+        args.repo_id,
+        args.to,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        repo_type=args.repo_type or "model",
+    )
     return Outcome(asdict(result), EXIT_OK, partial(render.export_text, result))

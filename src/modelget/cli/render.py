@@ -372,10 +372,15 @@ def verify_text(result: Any, counts: Mapping[str, int]) -> None:
     )
 
 
+def typed_id(repo_id: str, repo_type: str) -> str:
+    """A repo as ``hf://`` names it without the scheme: ``org/name``, ``datasets/org/name``."""
+    return repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
+
+
 def ls_text(models: Sequence[Any]) -> None:
     rows = [
         [
-            m.repo_id,
+            typed_id(m.repo_id, m.repo_type),
             ", ".join(
                 (f"{r.commit[:12]} ({', '.join(r.refs)})" if r.refs else r.commit[:12])
                 for r in m.revisions
@@ -395,7 +400,7 @@ def rm_summary(result: Any) -> str:
     verb = "would free" if result.dry_run else "freed"
     what = "every revision" if result.repo_removed else ", ".join(c[:12] for c in result.commits)
     text = (
-        f"{result.repo_id}: {what}; {len(result.blobs)} blobs, {len(result.partials)} partial "
+        f"{typed_id(result.repo_id, result.repo_type)}: {what}; {len(result.blobs)} blobs, {len(result.partials)} partial "
         f"files, refs: {', '.join(result.refs) or 'none'}; {verb} {size(result.freed_bytes)}"
     )
     if result.kept_commits:

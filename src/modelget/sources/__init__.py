@@ -9,16 +9,24 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind
+from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind, RepoType
 
 
 class Source(Protocol):
     kind: MirrorKind
 
     def resolve(
-        self, mirror: Mirror, repo_id: str, revision: str | None, *, timeout: float
+        self,
+        mirror: Mirror,
+        repo_id: str,
+        revision: str | None,
+        *,
+        timeout: float,
+        repo_type: RepoType = "model",
     ) -> Manifest:
-        """Pin ``revision`` (None: the mirror's default branch) to a commit and list files."""
+        """Pin ``revision`` (None: the mirror's default branch) to a commit and list files.
+        A mirror kind that serves no repo of ``repo_type`` raises ``ModelNotFoundError``: the
+        mirror lacks the repo (it is left out, as one that lacks a model)."""
         ...
 
     def file_url(self, mirror: Mirror, manifest: Manifest, entry: FileEntry) -> str:

@@ -7,6 +7,9 @@ Layout under the mirror's endpoint (format ``modelget.cdn/1``, see docs/mirrors.
                                           "files": [{"path", "size", "sha256"[, "git_sha1"]}]}
     blobs/sha256/{sha256[:2]}/{sha256}   the bytes, content-addressed (shared by every repo)
 
+A dataset's or a space's two JSON files are under ``datasets/{repo_id}/``, ``spaces/{repo_id}/``
+(the Hub's URL prefixes); the blobs are shared with the models.
+
 Every file is addressed by its sha256, so a tree can be published once and served by any
 static server with Range support; nothing but the two JSON files needs a server-side index.
 """
@@ -19,7 +22,7 @@ from typing import Any
 
 from modelget import http
 from modelget.auth import mirror_token
-from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind
+from modelget.datatypes import REPO_URL_PREFIXES, FileEntry, Manifest, Mirror, MirrorKind, RepoType
 from modelget.errors import (
     AuthRequiredError,
     MirrorUnavailableError,
@@ -101,11 +104,17 @@ class CdnSource:
         return response.status_code, None
 
     def resolve(
-        self, mirror: Mirror, repo_id: str, revision: str | None, *, timeout: float
+        self,
+        mirror: Mirror,
+        repo_id: str,
+        revision: str | None,
+        *,
+        timeout: float,
+        repo_type: RepoType = "model",
     ) -> Manifest:
         repo = mirror.map_repo_id(repo_id)
         rev = revision or DEFAULT_REVISION
-        base = f"{mirror.endpoint}/{repo}"
+        base = f"{mirror.endpoint}/{REPO_URL_PREFIXES[repo_type]}{repo}"
         if _COMMIT.match(rev):
             commit = rev
         else:
@@ -127,11 +136,17 @@ class CdnSource:
             raise RevisionNotFoundError(
                 f"commit {commit} of {repo_id} not found on {mirror.name} ({mirror.endpoint})"
             )
-        return self._parse(doc, mirror, repo_id, repo, rev, commit)
+        return self._parse(doc, mirror, repo_id, repo, rev, commit, repo_type)
 
     @staticmethod
     def _parse(
-        doc: Any, mirror: Mirror, repo_id: str, repo: str, rev: str, commit: str
+        doc: Any,
+        mirror: Mirror,
+        repo_id: str,
+        repo: str,
+        rev: str,
+        commit: str,
+        repo_type: RepoType = "model",
     ) -> Manifest:
         where = f"{mirror.name}: manifest of {repo_id}@{commit[:12]}"
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -168,6 +183,7 @@ class CdnSource:
                 files=tuple(sorted(files, key=lambda f: f.path)),
                 mirror=mirror.name,
                 mirror_repo_id=repo,
+                repo_type=repo_type,
             )
         )
 

@@ -1,8 +1,9 @@
 """Hugging Face Hub and every HF-compatible mirror (hf-mirror, olah, Artifactory, nginx caches).
 
 Metadata comes from huggingface_hub's ``HfApi`` pointed at the mirror's endpoint: the revision
-is pinned to its commit (``model_info``), then the recursive tree at that commit gives sizes,
-``lfs.sha256`` for LFS files and the git blob sha1 for the rest.
+is pinned to its commit (``repo_info``), then the recursive tree at that commit gives sizes,
+``lfs.sha256`` for LFS files and the git blob sha1 for the rest. Datasets and spaces are the
+same calls under the Hub's prefixes (``/api/datasets/...``, ``/datasets/{repo}/resolve/...``).
 
 Tokens: ``HfApi(token=None)`` would attach the user's implicit token (``HF_TOKEN`` or the
 login file) to whatever endpoint it is given, a third-party mirror included. So this adapter
@@ -23,7 +24,14 @@ from urllib.parse import quote, urlsplit
 from modelget import http
 from modelget._version import __version__
 from modelget.auth import mirror_token, takes_hf_token
-from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind
+from modelget.datatypes import (
+    REPO_URL_PREFIXES,
+    FileEntry,
+    Manifest,
+    Mirror,
+    MirrorKind,
+    RepoType,
+)
 from modelget.errors import (
     AuthRequiredError,
     MirrorUnavailableError,
@@ -191,7 +199,9 @@ id, LFS sha256 or None), values as the mirror sent them (checked by the caller).
 MAX_TREE_PAGES = 1000
 
 
-def _plain_listing(mirror: Mirror, mirror_repo: str, rev: str, timeout: float) -> _Listing | None:
+def _plain_listing(
+    mirror: Mirror, mirror_repo: str, rev: str, timeout: float, repo_type: RepoType = "model"
+) -> _Listing | None:
     """The same two calls ``HfApi`` makes (model info at ``rev``, then the recursive tree at
     its commit), made with httpx directly: importing huggingface_hub and building its client
     cost about 0.12 s of CPU before the first byte of a pull. Only well-formed 200 answers are
@@ -207,10 +217,11 @@ def _plain_listing(mirror: Mirror, mirror_repo: str, rev: str, timeout: float) -
     if token:
         headers["Authorization"] = f"Bearer {token}"
     base = mirror.endpoint.rstrip("/")
+    api = f"{base}/api/{repo_type}s/{mirror_repo}"
     origin = urlsplit(base)[:2]
     try:
         with http.client(timeout=timeout, verify_tls=mirror.verify_tls, headers=headers) as client:
-            answer = client.get(f"{base}/api/models/{mirror_repo}/revision/{quote(rev, safe='')}")
+            answer = client.get(f"{api}/revision/{quote(rev, safe='')}")
             info = answer.json() if answer.status_code == 200 else None
             if not isinstance(info, dict):
                 return None
@@ -220,7 +231,7 @@ def _plain_listing(mirror: Mirror, mirror_repo: str, rev: str, timeout: float) -
             if not isinstance(gated, (bool, str)):
                 return None
             files: list[tuple[Any, Any, Any, Any]] = []
-            url: str | None = f"{base}/api/models/{mirror_repo}/tree/{commit}"
+            url: str | None = f"{api}/tree/{commit}"
             params: dict[str, str] | None = {"recursive": "true", "expand": "false"}
             for _ in range(MAX_TREE_PAGES):
                 if url is None:
@@ -270,13 +281,19 @@ class HfSource:
         )
 
     def resolve(
-        self, mirror: Mirror, repo_id: str, revision: str | None, *, timeout: float
+        self,
+        mirror: Mirror,
+        repo_id: str,
+        revision: str | None,
+        *,
+        timeout: float,
+        repo_type: RepoType = "model",
     ) -> Manifest:
         mirror_repo = mirror.map_repo_id(repo_id)
         rev = revision or DEFAULT_REVISION
-        listing = _plain_listing(mirror, mirror_repo, rev, timeout)
+        listing = _plain_listing(mirror, mirror_repo, rev, timeout, repo_type)
         if listing is None:
-            listing = self._listing(mirror, repo_id, mirror_repo, rev, timeout)
+            listing = self._listing(mirror, repo_id, mirror_repo, rev, timeout, repo_type)
         commit, gated, entries = listing
         try:
             files = tuple(
@@ -313,11 +330,18 @@ class HfSource:
                 mirror=mirror.name,
                 mirror_repo_id=mirror_repo,
                 gated=gated,
+                repo_type=repo_type,
             )
         )
 
     def _listing(
-        self, mirror: Mirror, repo_id: str, mirror_repo: str, rev: str, timeout: float
+        self,
+        mirror: Mirror,
+        repo_id: str,
+        mirror_repo: str,
+        rev: str,
+        timeout: float,
+        repo_type: RepoType = "model",
     ) -> _Listing:
         """The commit, the gated flag and the files, through huggingface_hub's ``HfApi``
         (which maps every error the hub can answer)."""
@@ -327,7 +351,9 @@ class HfSource:
         tls = contextlib.nullcontext() if mirror.verify_tls else unverified(mirror.endpoint)
         try:
             with tls:
-                info = api.model_info(mirror_repo, revision=rev, timeout=timeout)
+                info = api.repo_info(
+                    mirror_repo, revision=rev, repo_type=repo_type, timeout=timeout
+                )
                 commit = info.sha
                 if not commit:
                     raise ResolveError(f"{mirror.name} gave no commit for {repo_id}@{rev}")
@@ -338,7 +364,9 @@ class HfSource:
                     )
                 entries = [
                     e
-                    for e in api.list_repo_tree(mirror_repo, revision=commit, recursive=True)
+                    for e in api.list_repo_tree(
+                        mirror_repo, revision=commit, recursive=True, repo_type=repo_type
+                    )
                     if isinstance(e, RepoFile)
                 ]
         except ModelgetError:
@@ -357,7 +385,7 @@ class HfSource:
         return commit, bool(getattr(info, "gated", False)), files
 
     def file_url(self, mirror: Mirror, manifest: Manifest, entry: FileEntry) -> str:
-        repo = manifest.mirror_repo_id or manifest.repo_id
+        repo = REPO_URL_PREFIXES[manifest.repo_type] + (manifest.mirror_repo_id or manifest.repo_id)
         return f"{mirror.endpoint}/{repo}/resolve/{manifest.commit}/{quote(entry.path)}"
 
     def ping_url(self, mirror: Mirror) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from modelget.auth import mirror_token
-from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind
+from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind, RepoType
 from modelget.errors import (
     AuthRequiredError,
     MirrorUnavailableError,
@@ -110,8 +110,21 @@ class ModelScopeSource:
         return ResolveError(f"{where}: unexpected answer for {shown}: {exc!r}")
 
     def resolve(
-        self, mirror: Mirror, repo_id: str, revision: str | None, *, timeout: float
+        self,
+        mirror: Mirror,
+        repo_id: str,
+        revision: str | None,
+        *,
+        timeout: float,
+        repo_type: RepoType = "model",
     ) -> Manifest:
+        if repo_type != "model":
+            # ModelScope's datasets are another API (``/api/v1/datasets/.../repo/tree``, their
+            # own file URLs), not supported yet; it has no spaces. The mirror lacks the repo.
+            raise ModelNotFoundError(
+                f"{mirror.name} ({mirror.endpoint}): modelget gets only models from ModelScope "
+                f"mirrors, not a {repo_type} ({repo_id})"
+            )
         ms_id = mirror.map_repo_id(repo_id)
         rev = revision or DEFAULT_REVISION
         api = self._api(mirror, timeout)

@@ -36,7 +36,14 @@ class ControlRoutes(HandlerBase):
                     rid: {"ms_id": r.ms_id, "branches": dict(r.branches), "tags": dict(r.tags)}
                     for rid, r in sim._repos.items()
                 }
-                self._send_json(200, {"repos": repos})
+                typed = {
+                    f"{kind}s": {
+                        rid: {"branches": dict(r.branches), "tags": dict(r.tags)}
+                        for rid, r in sim.repos_of(kind).items()
+                    }
+                    for kind in ("dataset", "space")
+                }
+                self._send_json(200, {"repos": repos, **typed})
             else:
                 self._send_json(404, {"error": f"no control endpoint {method} {path}"})
         except (ValueError, TypeError) as exc:

@@ -141,15 +141,19 @@ class Handler(HfRoutes, MsRoutes, ControlRoutes):
 
     def _plan_resolve(self, segs: list[str]) -> tuple[str, str, Callable[[], None]] | None:
         sim = self.server.sim
+        kind = {"datasets": "dataset", "spaces": "space"}.get(segs[0], "model")
+        if kind != "model":  # /datasets/{repo}/resolve/...: the Hub's prefix for the type
+            segs = segs[1:]
+        repos = sim.repos_of(kind)
         if len(segs) >= 4 and segs[2] == "resolve":
             repo_id, rest = f"{segs[0]}/{segs[1]}", segs[3:]
-        elif len(segs) >= 3 and segs[1] == "resolve" and segs[0] in sim._repos:
+        elif len(segs) >= 3 and segs[1] == "resolve" and segs[0] in repos:
             repo_id, rest = segs[0], segs[2:]
         else:
             return None
-        repo = sim._repos.get(repo_id)
+        repo = repos.get(repo_id)
         rev, path = split_revision(repo, rest)
-        return "hf-resolve", path, lambda: self._hf_resolve(repo_id, repo, rev, path)
+        return "hf-resolve", path, lambda: self._hf_resolve(repo_id, repo, rev, path, kind)
 
     def _plan_ms(self, segs: list[str]) -> tuple[str, str | None, Callable[[], None]]:
         sim = self.server.sim

@@ -1,7 +1,9 @@
 """The Hugging Face Hub routes: ``/api/models/{repo}[/revision/{rev}]``, ``.../tree/{rev}[/{path}]``
 (paginated with ``Link`` when the simulator has a ``page_size``), ``.../refs`` and
 ``HEAD``/``GET /{repo}/resolve/{rev}/{path}`` (ETag, X-Repo-Commit, X-Linked-Etag / -Size, a
-302 to a signed CDN URL for LFS files with ``cdn=True``), errors with ``X-Error-Code``."""
+302 to a signed CDN URL for LFS files with ``cdn=True``), errors with ``X-Error-Code``. Datasets
+and spaces: the same under ``/api/datasets/``, ``/api/spaces/`` and ``/datasets/{repo}/resolve/``,
+``/spaces/{repo}/resolve/``, each type its own namespace."""
 
 from __future__ import annotations
 
@@ -46,6 +48,22 @@ def hf_tree_item(entry: TreeEntry, snap: Snapshot, expand: bool) -> dict[str, An
     return item
 
 
+_API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+"""The Hub's API path segment of each repo type (``/api/datasets/...``)."""
+
+_INFO_EXTRAS: dict[str, Any] = {
+    # What the Hub adds to each type's info (model_info, dataset_info, space_info).
+    "model": lambda rid: {"modelId": rid, "downloads": 0, "library_name": None},
+    "dataset": lambda rid: {"downloads": 0, "description": "", "cardData": {}},
+    "space": lambda rid: {
+        "sdk": "static",
+        "subdomain": rid.replace("/", "-").lower(),
+        "host": "https://" + rid.replace("/", "-").lower() + ".hf.space",
+        "runtime": {"stage": "RUNNING", "hardware": {"current": None, "requested": None}},
+    },
+}
+
+
 class HfRoutes(FileServing):
     def _hf_error(
         self, status: int, code: str | None, message: str, headers: Sequence[tuple[str, str]] = ()
@@ -55,7 +73,7 @@ class HfRoutes(FileServing):
             hdrs.append(("X-Error-Code", code))
         self._send_json(status, {"error": message}, hdrs)
 
-    def _hf_repo_not_found(self, repo_id: str) -> None:
+    def _hf_repo_not_found(self, repo_id: str, repo_type: str = "model") -> None:
         """As the Hub answers for a repo that does not exist, or is private and not for this
         token (it never says which): 401 to a request without a token, 404 to one with."""
         status = 401 if self._presented_token(cookie=False) is None else 404
@@ -72,27 +90,28 @@ class HfRoutes(FileServing):
         if segs == ["agent-harnesses"]:
             self._send_json(200, {"standardEnvVars": [], "harnesses": {}})
             return
-        if len(segs) < 2 or segs[0] != "models":
-            if segs and segs[0] in ("datasets", "spaces", "kernels") and len(segs) >= 2:
-                self._hf_repo_not_found("/".join(segs[1:3]))
+        kind = _API_TYPES.get(segs[0]) if segs else None
+        if len(segs) < 2 or kind is None:
+            if segs and segs[0] == "kernels" and len(segs) >= 2:
+                self._hf_repo_not_found("/".join(segs[1:3]), "kernel")
             else:
                 self._hf_error(404, None, "Not Found")
             return
-        rest = segs[1:]
-        if len(rest) >= 2 and f"{rest[0]}/{rest[1]}" in sim._repos:
+        rest, repos = segs[1:], sim.repos_of(kind)
+        if len(rest) >= 2 and f"{rest[0]}/{rest[1]}" in repos:
             repo_id, tail = f"{rest[0]}/{rest[1]}", rest[2:]
-        elif rest[0] in sim._repos:
+        elif rest[0] in repos:
             repo_id, tail = rest[0], rest[1:]
         else:
-            self._hf_repo_not_found("/".join(rest[:2]))
+            self._hf_repo_not_found("/".join(rest[:2]), kind)
             return
-        repo = sim._repos[repo_id]
+        repo = repos[repo_id]
         if repo.private and self._auth_status(repo) != 200:
-            self._hf_repo_not_found(repo_id)
+            self._hf_repo_not_found(repo_id, kind)
         elif not tail:
-            self._hf_model_info(repo, None)
+            self._hf_model_info(repo, None, kind)
         elif tail[0] == "revision" and len(tail) >= 2:
-            self._hf_model_info(repo, "/".join(tail[1:]))
+            self._hf_model_info(repo, "/".join(tail[1:]), kind)
         elif tail[0] == "tree" and len(tail) >= 2:
             rev, path = split_revision(repo, tail[1:])
             self._hf_tree(repo, rev, path)
@@ -101,7 +120,7 @@ class HfRoutes(FileServing):
         else:
             self._hf_error(404, None, "Not Found")
 
-    def _hf_model_info(self, repo: Repo, revision: str | None) -> None:
+    def _hf_model_info(self, repo: Repo, revision: str | None, kind: str = "model") -> None:
         snap = repo.resolve(revision)
         if snap is None:
             self._hf_error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
@@ -118,9 +137,8 @@ class HfRoutes(FileServing):
             siblings.append(sib)
         author = repo.repo_id.split("/")[0] if "/" in repo.repo_id else None
         info = {
-            "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
+            "_id": hashlib.sha1(f"{kind}/{repo.repo_id}".encode()).hexdigest()[:24],
             "id": repo.repo_id,
-            "modelId": repo.repo_id,
             "author": author,
             "sha": snap.commit,
             "lastModified": iso(snap.created_at),
@@ -129,11 +147,10 @@ class HfRoutes(FileServing):
             "disabled": False,
             "gated": "auto" if repo.gated else False,
             "tags": [],
-            "downloads": 0,
             "likes": 0,
-            "library_name": None,
             "siblings": siblings,
             "usedStorage": snap.total_size,
+            **_INFO_EXTRAS[kind](repo.repo_id),
         }
         self._send_json(200, info)
 
@@ -184,9 +201,11 @@ class HfRoutes(FileServing):
             },
         )
 
-    def _hf_resolve(self, repo_id: str, repo: Repo | None, revision: str, path: str) -> None:
+    def _hf_resolve(
+        self, repo_id: str, repo: Repo | None, revision: str, path: str, kind: str = "model"
+    ) -> None:
         if repo is None or (repo.private and self._auth_status(repo) != 200):
-            self._hf_repo_not_found(repo_id)
+            self._hf_repo_not_found(repo_id, kind)
             return
         snap = repo.resolve(revision)
         if snap is None:
@@ -195,7 +214,7 @@ class HfRoutes(FileServing):
         commit = [("X-Repo-Commit", snap.commit)]
         if repo.gated and (status := self._auth_status(repo)) != 200:
             message = (
-                f"Access to model {repo_id} is restricted. You must have access to it and be "
+                f"Access to {kind} {repo_id} is restricted. You must have access to it and be "
                 "authenticated to access it. Please log in."
             )
             self._hf_error(status, "GatedRepo", message, commit)

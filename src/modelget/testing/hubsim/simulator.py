@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+from modelget.datatypes import REPO_TYPES, REPO_URL_PREFIXES, RepoType
 from modelget.testing.faults import Fault, FaultRegistry
 from modelget.testing.hubsim.records import RequestLog, RequestRecord, select
 from modelget.testing.hubsim.server import Listener, start_listeners, stop_listeners
@@ -60,6 +61,12 @@ class HubSimulator:
         self._want_ports = (port, cdn_port)
         self._lock = threading.RLock()
         self._repos: dict[str, Repo] = {}
+        """The models; datasets and spaces are in ``_typed`` (the Hub's separate namespaces)."""
+        self._typed: dict[str, dict[str, Repo]] = {
+            "model": self._repos,
+            "dataset": {},
+            "space": {},
+        }
         self._ms_ids: dict[str, str] = {}
         self._blobs: dict[str, tuple[RepoFile, str]] = {}
         self._faults = FaultRegistry()
@@ -157,6 +164,7 @@ class HubSimulator:
         gated: bool = False,
         token: str | None = None,
         ms_id: str | None = None,
+        repo_type: RepoType = "model",
     ) -> str:
         """Serve ``directory`` as ``repo_id`` at ``branch``; return the commit id.
 
@@ -164,7 +172,14 @@ class HubSimulator:
         The default commit id is derived from the files (paths, sizes, sha256). ``gated``
         (needs ``token``): metadata is public, downloads need ``Authorization: Bearer token``.
         ``token`` alone: a private repo. ``ms_id``: the id on the ModelScope routes.
+        ``repo_type``: ``dataset`` or ``space`` serves it as the Hub does those
+        (``/api/datasets/...``, ``/datasets/{repo}/resolve/...``), in their own namespace (a
+        model and a dataset may share a name); only models are on the ModelScope routes.
         """
+        if repo_type not in REPO_TYPES:
+            raise ValueError(f"repo_type must be one of {REPO_TYPES}, not {repo_type!r}")
+        if repo_type != "model" and ms_id is not None:
+            raise ValueError("only models are served on the ModelScope routes")
         if not repo_id or repo_id.startswith("/") or repo_id.endswith("/"):
             raise ValueError(f"invalid repo id {repo_id!r}")
         if gated and token is None:
@@ -177,7 +192,8 @@ class HubSimulator:
         snapshot = Snapshot.build(commit, files, created)
         tags = (tags,) if isinstance(tags, str) else tuple(tags)
         with self._lock:
-            existing = self._repos.get(repo_id)
+            repos = self._typed[repo_type]
+            existing = repos.get(repo_id)
             if existing is None:
                 repo = Repo(
                     repo_id=repo_id,
@@ -197,7 +213,8 @@ class HubSimulator:
                     raise ValueError(f"commit {commit} already exists with other files")
                 repo = existing.with_revision(branch, snapshot, tags, created)
                 if gated or token is not None or ms_id is not None:
-                    self._ms_ids.pop(repo.ms_id, None)
+                    if repo_type == "model":
+                        self._ms_ids.pop(repo.ms_id, None)
                     repo = Repo(
                         repo_id=repo.repo_id,
                         ms_id=ms_id or repo.ms_id,
@@ -208,20 +225,27 @@ class HubSimulator:
                         gated=gated or repo.gated,
                         token=token if token is not None else repo.token,
                     )
-            self._repos[repo_id] = repo
-            self._ms_ids[repo.ms_id] = repo_id
+            repos[repo_id] = repo
+            if repo_type == "model":
+                self._ms_ids[repo.ms_id] = repo_id
             for f in snapshot.files.values():
                 if f.lfs:
                     self._blobs.setdefault(f.sha256, (f, commit))
         return commit
 
-    def repo(self, repo_id: str) -> Repo:
+    def repo(self, repo_id: str, repo_type: RepoType = "model") -> Repo:
         """The repository served as ``repo_id`` (KeyError if none)."""
-        return self._repos[repo_id]
+        return self._typed[repo_type][repo_id]
 
-    def commit(self, repo_id: str, revision: str | None = None) -> str:
+    def repos_of(self, repo_type: str) -> dict[str, Repo]:
+        """The repositories of one type (``model``, ``dataset``, ``space``), by id."""
+        return self._typed[repo_type]
+
+    def commit(
+        self, repo_id: str, revision: str | None = None, repo_type: RepoType = "model"
+    ) -> str:
         """The commit a revision (default: the default branch) of ``repo_id`` resolves to."""
-        snap = self._repos[repo_id].resolve(revision)
+        snap = self._typed[repo_type][repo_id].resolve(revision)
         if snap is None:
             raise KeyError(f"{repo_id} has no revision {revision!r}")
         return snap.commit
@@ -232,9 +256,12 @@ class HubSimulator:
 
     # --- URLs -----------------------------------------------------------------------------------
 
-    def resolve_url(self, repo_id: str, path: str, revision: str = "main") -> str:
-        """The HF download URL of a file."""
-        return f"{self.url}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}"
+    def resolve_url(
+        self, repo_id: str, path: str, revision: str = "main", repo_type: RepoType = "model"
+    ) -> str:
+        """The HF download URL of a file (``/datasets/{repo}/resolve/...`` for a dataset)."""
+        repo = REPO_URL_PREFIXES[repo_type] + repo_id
+        return f"{self.url}/{repo}/resolve/{quote(revision, safe='')}/{quote(path)}"
 
     def ms_file_url(self, ms_id: str, path: str, revision: str = "master") -> str:
         """The ModelScope download URL of a file."""
