@@ -21,7 +21,7 @@ from modelget.datatypes import Mirror
 from modelget.engines import Engine, EngineName, EngineOptions, FetchJob, FetchResult, OnComplete
 from modelget.errors import ModelNotFoundError, UsageError
 from modelget.events import NullReporter, Reporter
-from modelget.probe import GRACE_MIN_S, MirrorClock, alone, grace_s, next_check, overdue
+from modelget.probe import GRACE_MIN_S, MirrorClock, grace_s, next_check, overdue
 from modelget.sources.hf import HfSource, _plain_listing
 from modelget.testing.hubsim import HubSimulator
 
@@ -75,18 +75,6 @@ def test_finished_or_given_up_mirrors_are_not_overdue() -> None:
     }
     assert overdue(10.0, clocks) == []
     assert next_check(clocks) is None
-
-
-def test_alone_means_no_other_mirror_can_still_be_used() -> None:
-    pending = MirrorClock(last=0.0)
-    failed = MirrorClock(last=0.0, done=True)
-    ok = MirrorClock(last=0.0, answered=True, done=True)
-    cut = MirrorClock(last=0.0, cut=True)
-    me = MirrorClock(last=0.0, answered=True)
-    assert alone("me", {"me": me})
-    assert alone("me", {"me": me, "x": failed, "y": cut})
-    assert not alone("me", {"me": me, "x": pending})
-    assert not alone("me", {"me": me, "x": ok})
 
 
 # --- the hub simulator ----------------------------------------------------------------------

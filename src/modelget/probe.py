@@ -240,10 +240,9 @@ mirror that accepts connections and never answers (a black hole) then costs abou
 second, not the probe timeout; a far but working mirror, judged by its own latency, is not
 cut. While no mirror has answered, every mirror gets its full timeout."""
 
-SamplePolicy = Literal["always", "unless-alone", "never"]
-"""``always``: sample every mirror that has the repo (``modelget probe``). ``unless-alone``: not
-when no other mirror can be used, since the sample cannot change the choice then (pulls, and
-the sample in flight stops when the others turn out unusable). ``never``: no sample."""
+SamplePolicy = Literal["always", "never"]
+"""``always``: sample every mirror that has the repo (``modelget probe``). ``never``: no sample
+(a pull: the pull-wide scheduler measures every mirror on the real bytes instead)."""
 
 
 @dataclass
@@ -296,12 +295,6 @@ def next_check(clocks: Mapping[str, MirrorClock]) -> float | None:
     return min(times) if times else None
 
 
-def alone(name: str, clocks: Mapping[str, MirrorClock]) -> bool:
-    """No mirror but ``name`` can still be used: every other one is over without answering,
-    or was given up on."""
-    return all(c.cut or (c.done and not c.answered) for n, c in clocks.items() if n != name)
-
-
 Outcome = tuple[ProbeResult, Manifest | None, ModelgetError | None]
 
 
@@ -311,9 +304,7 @@ class _Tracker:
     def __init__(self, mirrors: Sequence[Mirror], policy: SamplePolicy) -> None:
         now = time.perf_counter()
         self.cond = threading.Condition()
-        self.policy: SamplePolicy = (
-            policy if len(mirrors) > 1 else ("never" if policy == "unless-alone" else policy)
-        )
+        self.policy: SamplePolicy = policy
         self.clocks = {m.name: MirrorClock(last=now) for m in mirrors}
         self.outcomes: dict[str, Outcome] = {}
         self.provisional: dict[str, Outcome] = {}
@@ -349,9 +340,7 @@ class _Tracker:
         if self.policy == "never":
             return False
         with self.cond:
-            if self.clocks[name].cut:
-                return False
-            return self.policy == "always" or not alone(name, self.clocks)
+            return not self.clocks[name].cut
 
 
 def probe_mirror(
