@@ -234,6 +234,7 @@ def _dry_run(args: argparse.Namespace, repo_id: str, locked: LockedModel | None)
         local_dir=args.local_dir,
         locked=locked,
         verify_tls=not args.insecure,
+        layout=args.layout,
     )
     payload = {"plan": plan_dict(result)}
     return Outcome(payload, EXIT_OK, partial(render.plan_text, result), subject=repo_id)
@@ -320,6 +321,7 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
             offline=args.offline,
             force_download=args.force_download,
             repair=args.repair,
+            layout=args.layout,
         )
     finally:
         close = getattr(reporter, "close", None)  # bars, heartbeat thread
