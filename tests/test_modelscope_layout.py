@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from modelget import api, cli, layout
+from modelget import api, cli, layout, record
 from modelget.datatypes import FileEntry, Mirror, MirrorKind
 from modelget.engines import EngineName, EngineOptions, aria2c_path
 from modelget.errors import OfflineMissingError, UsageError
@@ -208,6 +208,9 @@ def test_offline_pull_answers_from_the_modelscope_layout(
     )  # fmt: skip
     assert offline.path == pulled.path and offline.commit == pulled.commit
     assert {f.status for f in offline.files} == {"reused"}
+    # The snapshot's record is found from its path (load-test's integrity check reads it).
+    found = record.record_of_dir(Path(pulled.path))
+    assert found is not None and found[0].commit == pulled.commit and WEIGHTS in found[0].files
     with pytest.raises(OfflineMissingError, match=r"config\.json"):
         api.pull(
             REPO, cache_dir=root, mirrors=cat, layout="modelscope", revision="main", offline=True
