@@ -35,7 +35,7 @@ from modelget.errors import (
 )
 from modelget.events import LOGGER, LoggingReporter, NullReporter, Reporter, as_reporter
 from modelget.export import ExportResult
-from modelget.layout import free_bytes, scan
+from modelget.layout import LayoutName, free_bytes, scan
 from modelget.lockfile import LockedModel, Lockfile
 from modelget.manifest import check_repo_id as _check_repo_id
 from modelget.manifest import check_revision as _check_revision
@@ -151,6 +151,7 @@ def plan(
     verify_tls: bool = True,
     token: str | None = None,
     repo_type: RepoType = "model",
+    layout: LayoutName | None = None,
 ) -> Plan:
     """What :func:`pull` would do, without downloading: the manifest the mirrors agree on,
     each file's sources in rank order, what is already present, the totals, and a refusal if
@@ -175,6 +176,8 @@ def plan(
             their own origin; never to aria2c, a disk, a log or a message.
         repo_type: ``model``, ``dataset`` or ``space`` (``--repo-type``; with ``locked``, the
             lock's).
+        layout: ``hf`` or ``modelscope``: which cache ``present`` is checked in (see
+            :func:`pull`).
 
     Returns:
         A :class:`Plan`. Mirrors left out for a problem are logged at WARNING.
@@ -185,6 +188,14 @@ def plan(
         InsufficientDiskSpaceError: the files to fetch do not fit.
         UsageError: a malformed argument, or filters that match no file.
     """
+    hub_cache, local = _destination(
+        repo_id,
+        locked.revision if locked is not None else revision,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
+        layout_name=layout,
+        mirrors=mirrors,
+    )
     return _plan(
         repo_id,
         filenames,
@@ -192,8 +203,8 @@ def plan(
         include=include,
         exclude=exclude,
         mirrors=mirrors,
-        cache_dir=cache_dir,
-        local_dir=local_dir,
+        cache_dir=hub_cache,
+        local_dir=local,
         locked=locked,
         verify_tls=verify_tls,
         reporter=LoggingReporter(NullReporter()),
@@ -407,6 +418,7 @@ def pull(
     repair: bool = False,
     token: str | None = None,
     repo_type: RepoType = "model",
+    layout: LayoutName | None = None,
 ) -> PullResult:
     """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache (or
     ``local_dir``), and return what happened.
@@ -455,6 +467,11 @@ def pull(
         repo_type: ``model``, ``dataset`` or ``space`` (``--repo-type``, as ``hf download``):
             a dataset lands in ``datasets--org--name`` in the cache. With ``locked``, the
             lock's.
+        layout: ``hf`` (the Hugging Face cache, or ``local_dir``) or ``modelscope``: real
+            files where ModelScope's ``snapshot_download(ID, local_files_only=True)`` finds
+            them, ``{root}/models/{owner}--{name}/snapshots/{revision or master}/``, ``root``
+            being ``cache_dir`` (default: ``$MODELSCOPE_CACHE``, ``~/.cache/modelscope``) and
+            ``ID`` the catalogue's ModelScope id for ``repo_id`` (default: ``hf``).
 
     Returns:
         A :class:`PullResult`: ``path``, ``commit``, ``status``, every file's outcome.
@@ -499,8 +516,14 @@ def pull(
 
         events.on_message("warning", INSECURE_WARNING)
         options = replace(options, verify_tls=False)
-    hub_cache = _hub_cache(cache_dir)
-    local = Path(local_dir).absolute() if local_dir else None
+    hub_cache, local = _destination(
+        repo_id,
+        locked.revision if locked is not None else revision,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
+        layout_name=layout,
+        mirrors=mirrors,
+    )
 
     def from_disk() -> PullResult:
         from modelget.offline import from_disk
@@ -531,8 +554,8 @@ def pull(
                 include=include,
                 exclude=exclude,
                 mirrors=mirrors,
-                cache_dir=cache_dir,
-                local_dir=local_dir,
+                cache_dir=hub_cache,
+                local_dir=local,
                 locked=locked,
                 verify_tls=verify_tls,
                 reporter=events,
@@ -598,6 +621,39 @@ def _logged(result: PullResult) -> PullResult:
     if result.timings:
         LOGGER.debug("timings: %s", ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items()))
     return result
+
+
+def _destination(
+    repo_id: str,
+    revision: str | None,
+    *,
+    cache_dir: StrPath | None,
+    local_dir: StrPath | None,
+    layout_name: LayoutName | None,
+    mirrors: StrPath | None,
+) -> tuple[Path, Path | None]:
+    """Where a pull writes: (the HF cache, the directory of real files or None). The
+    ModelScope layout is a directory of real files (its metadata beside it:
+    ``layout.local_meta_dir``); the HF cache is then only read (a blob there is copied)."""
+    if layout_name not in (None, *layout.LAYOUTS):
+        raise UsageError(
+            f"unknown layout {layout_name!r}", hint=f"one of: {', '.join(layout.LAYOUTS)}"
+        )
+    # ``auto_layout(None)``: nothing narrows the mirrors yet; ``--only`` will pass its choice.
+    if (layout_name or layout.auto_layout(None)) == "hf":
+        return _hub_cache(cache_dir), Path(local_dir).absolute() if local_dir else None
+    if local_dir is not None:
+        raise UsageError(
+            "--local-dir and --layout modelscope both say where the files go",
+            hint="leave out one: --layout modelscope fills the ModelScope cache "
+            "(--cache-dir DIR, else $MODELSCOPE_CACHE)",
+        )
+    root = Path(cache_dir) if cache_dir is not None else settings.modelscope_cache()
+    ms_id = next(
+        (m.map_repo_id(repo_id) for m in load_catalogue(mirrors).enabled if m.kind == "modelscope"),
+        repo_id,
+    )
+    return _hub_cache(None), layout.ms_snapshot_dir(root.absolute(), ms_id, revision or "master")
 
 
 def _hub_cache(cache_dir: StrPath | None) -> Path:

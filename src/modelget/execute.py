@@ -97,7 +97,11 @@ class _State:
 class Target:
     """Where the files land: the Hugging Face cache (blobs, snapshot links, refs), or, with
     ``local_dir``, that directory alone in huggingface_hub's local-dir layout (the cache is
-    only read: a blob already there is copied, never fetched again)."""
+    only read: a blob already there is copied, never fetched again).
+
+    The ModelScope layout is a ``local_dir``: the snapshot directory the ModelScope client
+    reads (``layout.ms_snapshot_dir``), whose metadata, partial files, locks and quarantine
+    ``layout.local_meta_dir`` puts beside it (``.modelget/{revision}/``), not inside it."""
 
     cache_dir: Path
     repo_id: str

@@ -4,6 +4,9 @@ Default destination: the Hugging Face cache layout, exactly as huggingface_hub w
 (``models--{org}--{name}/blobs/{etag}``, ``snapshots/{commit}/{path}`` links, ``refs/{rev}``;
 ``datasets--`` and ``spaces--`` folders for the other repo types), so transformers, vLLM and huggingface_hub find the model offline. With ``--local-dir``, real
 files in a plain directory plus huggingface_hub's ``.cache/huggingface/download/*.metadata``.
+With ``--layout modelscope``, real files where the ModelScope client looks
+(``{root}/models/{owner}--{name}/snapshots/{revision}/``): a local dir whose metadata sits
+beside the snapshot instead of inside it (:func:`local_meta_dir`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import shutil
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
-from modelget.datatypes import FileEntry, RepoType
+from modelget.datatypes import FileEntry, Mirror, RepoType
 
 FOLDER_PREFIXES: dict[str, RepoType] = {
     "models--": "model",
@@ -22,6 +26,10 @@ FOLDER_PREFIXES: dict[str, RepoType] = {
     "spaces--": "space",
 }
 """The cache folder prefix of each repo type (huggingface_hub's ``{repo_type}s--``)."""
+
+LayoutName = Literal["hf", "modelscope"]
+"""``hf``: the Hugging Face cache (or ``--local-dir``); ``modelscope``: the ModelScope cache."""
+LAYOUTS: tuple[LayoutName, ...] = ("hf", "modelscope")
 
 
 def repo_folder_name(repo_id: str, repo_type: RepoType = "model") -> str:
@@ -51,7 +59,7 @@ def snapshot_dir(cache_dir: Path, repo_id: str, commit: str, repo_type: RepoType
 
 
 def _metadata_ok(local_dir: Path, entry: FileEntry, commit: str) -> bool:
-    meta = local_dir / ".cache" / "huggingface" / "download" / f"{entry.path}.metadata"
+    meta = local_meta_dir(local_dir) / "download" / f"{entry.path}.metadata"
     try:
         lines = meta.read_text().splitlines()
     except OSError:
@@ -194,8 +202,18 @@ def write_ref(
 # ``{path}.metadata`` and ``{path}.lock``), verified there, then renamed to ``DIR/{path}``.
 
 
-def _local_meta_dir(local_dir: Path) -> Path:
+def local_meta_dir(local_dir: Path) -> Path:
+    """Where a local dir's metadata lives (hf's ``download/{path}.metadata``, partial files,
+    locks, ``quarantine/``, modelget's ``modelget/{commit}.json`` record): ``DIR/.cache/huggingface``;
+    for a ModelScope snapshot (:func:`is_ms_snapshot`), ``models/{owner}--{name}/.modelget/{rev}``
+    beside ``snapshots/``, so the snapshot the ModelScope client returns holds the model's
+    files only."""
+    if is_ms_snapshot(local_dir):
+        return local_dir.parent.parent / ".modelget" / local_dir.name
     return local_dir / ".cache" / "huggingface"
+
+
+_local_meta_dir = local_meta_dir
 
 
 def local_file_path(local_dir: Path, entry: FileEntry) -> Path:
@@ -248,6 +266,46 @@ def place_in_local_dir(blob: Path, local_dir: Path, entry: FileEntry, commit: st
     os.replace(tmp, target)
     write_local_metadata(local_dir, entry, commit)
     return target
+
+
+# --- the ModelScope layout: what modelscope-hub's snapshot_download(local_files_only=True) reads
+#
+# modelscope-hub (``modelscope`` >= 1.38) keeps a repo at
+# ``{root}/models/{owner}--{name}/snapshots/{revision}/{path}``: real files, no blobs, no refs,
+# no metadata, the directory named after the revision *string* asked for (``master`` by
+# default). modelget fills that directory as it fills a ``--local-dir``; its own metadata goes to
+# ``{root}/models/{owner}--{name}/.modelget/{revision}/`` (see docs/cache.md).
+
+
+def auto_layout(narrowed: Iterable[Mirror] | None) -> LayoutName:
+    """The layout of a pull that names none: ``modelscope`` when the user asked for ModelScope,
+    i.e. narrowed the pull to mirrors that are all ModelScope ones (``--only``); ``hf``
+    otherwise, a catalogue that enables only ModelScope included (transformers looks in the HF
+    cache)."""
+    kinds = {m.kind for m in narrowed or ()}
+    return "modelscope" if kinds == {"modelscope"} else "hf"
+
+
+def ms_repo_dir(root: Path, ms_id: str) -> Path:
+    """``{root}/models/{owner}--{name}``, as modelscope-hub names a model's cache folder (dots
+    kept: only the legacy clients wrote ``___``)."""
+    return root / "models" / ms_id.replace("/", "--")
+
+
+def ms_snapshot_dir(root: Path, ms_id: str, revision: str) -> Path:
+    return ms_repo_dir(root, ms_id) / "snapshots" / revision
+
+
+def is_ms_snapshot(path: Path) -> bool:
+    """``path`` is ``…/models/{owner}--{name}/snapshots/{rev}`` (a ModelScope snapshot), not an
+    HF cache snapshot (``models--{org}--{name}/snapshots/{commit}``)."""
+    repo = path.parent.parent
+    return (
+        path.parent.name == "snapshots"
+        and repo.parent.name == "models"
+        and "--" in repo.name
+        and not repo.name.startswith(tuple(FOLDER_PREFIXES))
+    )
 
 
 def cache_quarantine_dir(cache_dir: Path, repo_id: str, repo_type: RepoType = "model") -> Path:

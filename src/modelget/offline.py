@@ -40,7 +40,7 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 def _local_commit(local_dir: Path) -> str | None:
     """The commit a local dir's files were downloaded at (hf's metadata: first line), when
     they agree; None when there is none or they disagree."""
-    meta_root = local_dir / ".cache" / "huggingface" / "download"
+    meta_root = layout.local_meta_dir(local_dir) / "download"
     commits: set[str] = set()
     for root, _dirs, names in os.walk(meta_root):
         for name in names:

@@ -56,7 +56,7 @@ def record_path(
     repo_type: RepoType = "model",
 ) -> Path:
     if local_dir is not None:
-        return local_dir / ".cache" / "huggingface" / "modelget" / f"{commit}.json"
+        return layout.local_meta_dir(local_dir) / "modelget" / f"{commit}.json"
     return layout.repo_dir(cache_dir, repo_id, repo_type) / ".modelget" / f"{commit}.json"
 
 
@@ -220,7 +220,7 @@ def record_of_dir(root: Path) -> tuple[Record, Path | None] | None:
         repo = root.parent.parent
         rec = read_record(repo / ".modelget" / f"{root.name}.json")
         return (rec, repo.parent) if rec is not None else None
-    folder = root / ".cache" / "huggingface" / "modelget"
+    folder = layout.local_meta_dir(root) / "modelget"
     try:
         candidates = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     except OSError:

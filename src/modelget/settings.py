@@ -68,6 +68,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "HF_HUB_CACHE", "Hugging Face hub cache directory (where pulled models land by default)."
     ),
     EnvVar(
+        "MODELSCOPE_CACHE",
+        "The ModelScope cache (default ~/.cache/modelscope): where pull --layout modelscope "
+        "puts a model, as the ModelScope client looks for it.",
+    ),
+    EnvVar(
         "MODELSCOPE_API_TOKEN",
         "Token for the mirrors whose entry says token_env: MODELSCOPE_API_TOKEN (bundled: ModelScope).",
     ),
@@ -175,6 +180,13 @@ def hf_hub_cache() -> Path:
         return Path(explicit)
     home = env("HF_HOME")
     return Path(home) / "hub" if home else _xdg("XDG_CACHE_HOME", ".cache") / "huggingface" / "hub"
+
+
+def modelscope_cache() -> Path:
+    """The ModelScope cache root as modelscope-hub computes it: $MODELSCOPE_CACHE (``~``
+    expanded), else ``~/.cache/modelscope`` (no XDG: the client does not read it)."""
+    explicit = env("MODELSCOPE_CACHE")
+    return Path(explicit).expanduser() if explicit else Path.home() / ".cache" / "modelscope"
 
 
 def _float(name: str, default: float) -> float:

@@ -199,6 +199,14 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_cache_dir(pull)
     pull.add_argument("--local-dir", metavar="DIR", help="also put real files in DIR")
     pull.add_argument(
+        "--layout",
+        choices=["hf", "modelscope"],
+        default=None,
+        help="where the files go: hf (default: the Hugging Face cache, or --local-dir) or "
+        "modelscope (the ModelScope cache, --cache-dir else $MODELSCOPE_CACHE, where "
+        "modelscope's snapshot_download finds them)",
+    )
+    pull.add_argument(
         "--engine",
         choices=["auto", "aria2", "httpx"],
         default="auto",

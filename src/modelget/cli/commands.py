@@ -265,6 +265,7 @@ def _dry_run(args: argparse.Namespace, repo_id: str, locked: LockedModel | None)
         verify_tls=not args.insecure,
         token=token(args),
         repo_type=args.repo_type or "model",
+        layout=args.layout,
     )
     payload = {"plan": plan_dict(result)}
     return Outcome(payload, EXIT_OK, partial(render.plan_text, result), subject=repo_id)
@@ -354,6 +355,7 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
             repair=args.repair,
             token=token(args),
             repo_type=args.repo_type or "model",
+            layout=args.layout,
         )
     finally:
         close = getattr(reporter, "close", None)  # bars, heartbeat thread
