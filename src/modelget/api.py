@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from modelget import layout, settings
-from modelget.catalogue import load_catalogue
 from modelget.datatypes import (
     FileEntry,
     Mirror,
@@ -23,6 +22,7 @@ from modelget.datatypes import (
     PullResult,
     RankedMirror,
 )
+from modelget.endpoints import MirrorsArg, catalogue_in_force
 from modelget.engines import EngineName, EngineOptions
 from modelget.errors import (
     MirrorsUnreachableError,
@@ -70,7 +70,7 @@ def probe(
     repo_id: str | None = None,
     *,
     revision: str | None = None,
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     timeout: float | None = None,
     verify_tls: bool = True,
 ) -> ProbeSummary:
@@ -91,7 +91,7 @@ def plan(
     revision: str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
     locked: LockedModel | None = None,
@@ -121,7 +121,7 @@ def _plan(
     revision: str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
     locked: LockedModel | None = None,
@@ -200,7 +200,7 @@ def lock(
     revision: str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     verify_tls: bool = True,
 ) -> Lockfile:
     """Pin each ``REPO_ID`` (or ``REPO_ID@REVISION``) to its commit, with every file's size and
@@ -236,7 +236,7 @@ def pull(
     revision: str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
     engine: EngineName = "auto",
@@ -468,7 +468,7 @@ def doctor(
     repo_id: str | None = None,
     *,
     revision: str | None = None,
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     cache_dir: StrPath | None = None,
     timeout: float | None = None,
 ) -> DoctorReport:
@@ -480,7 +480,7 @@ def doctor(
 
     if repo_id is not None:
         _check_repo_id(repo_id)
-    enabled = list(load_catalogue(mirrors).enabled)
+    enabled = list(catalogue_in_force(mirrors).enabled)
     return run(
         enabled,
         repo_id,

@@ -59,6 +59,21 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "HF_HUB_OFFLINE",
         "huggingface_hub's offline switch, honoured the same way as MODELGET_OFFLINE.",
     ),
+    EnvVar(
+        "HF_ENDPOINT",
+        "huggingface_hub's Hub URL: with no catalogue file in force, an hf mirror (hf-endpoint, "
+        "token HF_TOKEN) in place of the bundled hf mirrors.",
+    ),
+    EnvVar(
+        "MODELSCOPE_ENDPOINT",
+        "The ModelScope client's API URL: with no catalogue file in force, a modelscope mirror "
+        "(modelscope-endpoint) in place of the bundled one.",
+    ),
+    EnvVar(
+        "MODELSCOPE_DOMAIN",
+        "The older ModelScope variable (a host; https:// is added): as MODELSCOPE_ENDPOINT, "
+        "which wins.",
+    ),
     EnvVar("HF_HOME", "Hugging Face home; the hub cache defaults to $HF_HOME/hub."),
     EnvVar(
         "HF_HUB_CACHE", "Hugging Face hub cache directory (where pulled models land by default)."
