@@ -23,6 +23,7 @@ from modelget.testing.hubsim import HubSimulator
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="modelget-tests-hf-")
 os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HF_ENDPOINT", None)  # huggingface_hub trusts its host for auth on redirects
 os.environ.pop("HF_HUB_CACHE", None)
 
 # Variables that would let a test reach a real hub, use a real token or a real cache.

@@ -111,6 +111,27 @@ def test_pull_lands_where_the_modelscope_client_finds_it_offline(
     assert hf_cache is None or not (hf_cache / "models--acme--tiny-0.5B").exists()
 
 
+def test_only_modelscope_mirrors_on_the_command_line_choose_the_modelscope_layout(
+    tmp_path: Path,
+    repo: Path,
+    mirrors: tuple[Path, HubSimulator],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The user asked for ModelScope (``--only`` a ModelScope mirror): its layout, unasked."""
+    from modelget import cli
+
+    cat, _ms = mirrors
+    ms_cache = Path(os.environ["MODELSCOPE_CACHE"])
+    code = cli.main(["pull", REPO, "--mirrors", str(cat), "--only", "ms", "--quiet"])
+    assert code == 0
+    snap = ms_cache / "models" / "acme-ms--tiny-0.5B" / "snapshots" / "master"
+    assert Path(capsys.readouterr().out.strip()) == snap
+    assert files_of(snap) == files_of(repo)
+    # --only the hf mirror, or both: the Hugging Face cache as usual.
+    assert cli.main(["pull", REPO, "--mirrors", str(cat), "--only", "hub", "--quiet"]) == 0
+    assert "models--acme--tiny-0.5B" in capsys.readouterr().out
+
+
 def test_cache_dir_overrides_modelscope_cache_and_a_rerun_fetches_nothing(
     engine: EngineName,
     tmp_path: Path,

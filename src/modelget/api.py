@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Literal
 
 from modelget import layout, settings
 from modelget.auth import check_token, with_token
-from modelget.catalogue import load_catalogue
 from modelget.datatypes import (
+    Catalogue,
     FileEntry,
     Mirror,
     Plan,
@@ -27,6 +27,7 @@ from modelget.datatypes import (
     RankedMirror,
     RepoType,
 )
+from modelget.endpoints import MirrorsArg, catalogue_in_force
 from modelget.engines import EngineName, EngineOptions
 from modelget.errors import (
     MirrorsUnreachableError,
@@ -77,7 +78,7 @@ def probe(
     repo_id: str | None = None,
     *,
     revision: str | None = None,
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     timeout: float | None = None,
     verify_tls: bool = True,
     token: str | None = None,
@@ -144,7 +145,7 @@ def plan(
     revision: str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
     locked: LockedModel | None = None,
@@ -220,7 +221,7 @@ def _plan(
     revision: str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
     locked: LockedModel | None = None,
@@ -334,7 +335,7 @@ def lock(
     revision: str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     verify_tls: bool = True,
     token: str | None = None,
     repo_type: RepoType | None = None,
@@ -404,7 +405,7 @@ def pull(
     revision: str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     cache_dir: StrPath | None = None,
     local_dir: StrPath | None = None,
     engine: EngineName = "auto",
@@ -630,7 +631,7 @@ def _destination(
     cache_dir: StrPath | None,
     local_dir: StrPath | None,
     layout_name: LayoutName | None,
-    mirrors: StrPath | None,
+    mirrors: MirrorsArg,
 ) -> tuple[Path, Path | None]:
     """Where a pull writes: (the HF cache, the directory of real files or None). The
     ModelScope layout is a directory of real files (its metadata beside it:
@@ -639,8 +640,10 @@ def _destination(
         raise UsageError(
             f"unknown layout {layout_name!r}", hint=f"one of: {', '.join(layout.LAYOUTS)}"
         )
-    # ``auto_layout(None)``: nothing narrows the mirrors yet; ``--only`` will pass its choice.
-    if (layout_name or layout.auto_layout(None)) == "hf":
+    # A Catalogue comes from the command line's --only/--endpoint: the user narrowed the
+    # mirrors, and when all they kept are ModelScope ones, the files go where ModelScope looks.
+    narrowed = catalogue_in_force(mirrors).enabled if isinstance(mirrors, Catalogue) else None
+    if (layout_name or layout.auto_layout(narrowed)) == "hf":
         return _hub_cache(cache_dir), Path(local_dir).absolute() if local_dir else None
     if local_dir is not None:
         raise UsageError(
@@ -650,7 +653,11 @@ def _destination(
         )
     root = Path(cache_dir) if cache_dir is not None else settings.modelscope_cache()
     ms_id = next(
-        (m.map_repo_id(repo_id) for m in load_catalogue(mirrors).enabled if m.kind == "modelscope"),
+        (
+            m.map_repo_id(repo_id)
+            for m in catalogue_in_force(mirrors).enabled
+            if m.kind == "modelscope"
+        ),
         repo_id,
     )
     return _hub_cache(None), layout.ms_snapshot_dir(root.absolute(), ms_id, revision or "master")
@@ -1039,7 +1046,7 @@ def doctor(
     repo_id: str | None = None,
     *,
     revision: str | None = None,
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     cache_dir: StrPath | None = None,
     timeout: float | None = None,
     token: str | None = None,
@@ -1073,7 +1080,7 @@ def doctor(
 
     if repo_id is not None:
         _check_repo_id(repo_id)
-    enabled = with_token(load_catalogue(mirrors).enabled, token)
+    enabled = with_token(list(catalogue_in_force(mirrors).enabled), token)
     return run(
         enabled,
         repo_id,

@@ -59,6 +59,7 @@ __all__ = [
     "builtin_text",
     "catalogue_path_and_origin",
     "load_catalogue",
+    "mirror_from_fields",
     "parse_catalogue",
 ]
 
@@ -526,6 +527,14 @@ def _url_parses(value: str) -> bool:
     return True
 
 
+def _no_credentials(value: str) -> bool:
+    """No ``user[:password]@`` before the host. Checked first, on the raw text (never raises),
+    so that no later message about the same URL (an unparsable port, a missing scheme) can
+    show a password."""
+    authority = value.split("://", 1)[1] if "://" in value else value
+    return "@" not in re.split(r"[/?#]", authority, maxsplit=1)[0]
+
+
 def _base_url(value: str) -> str:
     """The scheme lowercased, trailing slashes dropped; the rest as written."""
     scheme = urlsplit(value).scheme.lower()
@@ -622,14 +631,14 @@ _MIRROR: tuple[_Field, ...] = (
                 "endpoint must not contain spaces or control characters",
                 f"remove them ({_URL_EXAMPLE}); percent-encode a space in a path as %20",
             ),
-            _Rule(_url_parses, "endpoint {shown} is not a valid URL"),
             _Rule(
-                lambda v: "@" not in urlsplit(v).netloc,
+                _no_credentials,
                 "endpoint must not contain credentials (`user:password@`); credentials in URLs "
                 "are refused (the value is not shown)",
                 "remove `user:password@` from the URL (rotate the password if the file was "
                 "shared), put the token in an environment variable and name it with token_env",
             ),
+            _Rule(_url_parses, "endpoint {shown} is not a valid URL"),
             _Rule(
                 lambda v: urlsplit(v).scheme.lower() in ("http", "https") and urlsplit(v).netloc,
                 "endpoint must be an absolute http:// or https:// URL, {got}",
@@ -1115,3 +1124,48 @@ def _tag(tag: str) -> str:
 
 def _child(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
+
+
+# --------------------------------------------------------------------------------------------
+# Mirrors given outside a file
+
+
+def mirror_from_fields(
+    fields: Mapping[str, object], *, source: str, where: str, hint: str | None = None
+) -> Mirror:
+    """A :class:`Mirror` from field values given outside a catalogue file (an environment
+    variable, a command-line option), checked by the same rows as a file's entries.
+
+    ``source`` becomes :attr:`Mirror.source` (``HF_ENDPOINT``, ``--endpoint``); ``where`` names
+    what the user wrote in the error (``HF_ENDPOINT``, ``--endpoint hf=...``: never the value);
+    ``hint``, when given, replaces the row's hint (which speaks of mirrors.yaml). Raises
+    :class:`ConfigError`. Structured fields (``id_map``) cannot be given this way.
+    """
+    suggestion = _env_suggestion(
+        _str_or_none(fields.get("name")),
+        _str_or_none(fields.get("kind")),
+        _str_or_none(fields.get("endpoint")),
+    )
+    values: dict[str, Any] = {}
+    for key, value in fields.items():
+        row = _MIRROR_ROWS[key]  # a KeyError here is a caller's bug, not the user's input
+        if row.read is not None:
+            raise ValueError(f"{key} cannot be given outside a catalogue file")
+        try:
+            values[key] = row.check(value, suggestion)
+        except _Invalid as exc:
+            message, row_hint = exc.args
+            problem = ConfigError(message, field=where, hint=hint or row_hint)
+        else:
+            continue
+        raise problem  # outside the handler: no error's context to leak a value through
+    missing = [name for name in REQUIRED_FIELDS if name not in values]
+    if missing:
+        raise ValueError(f"missing required field(s) {', '.join(missing)}")
+    if values.get("use_hf_login") and values["kind"] != "hf":
+        raise ValueError("use_hf_login is only allowed for kind hf")
+    return Mirror(**values, source=source, line=None)
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None

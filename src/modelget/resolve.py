@@ -8,14 +8,13 @@ that lists the locked bytes). ``no_manifest_error`` is pure: which one error to 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
 from modelget import settings
 from modelget.auth import with_token
-from modelget.catalogue import load_catalogue
 from modelget.datatypes import FileEntry, Manifest, Mirror, RepoType
+from modelget.endpoints import MirrorsArg, catalogue_in_force
 from modelget.errors import (
     AuthRequiredError,
     LockedCommitMissingError,
@@ -33,8 +32,6 @@ from modelget.lockfile import LockedModel, check_entries
 from modelget.probe import ProbeReport, load_cached, store_cached
 from modelget.probe import probe as run_probe
 from modelget.rank import rank
-
-StrPath = str | os.PathLike[str]
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,7 @@ def resolve(
     repo_id: str,
     revision: str | None,
     *,
-    mirrors: StrPath | None = None,
+    mirrors: MirrorsArg = None,
     verify_tls: bool = True,
     locked: LockedModel | None = None,
     reporter: Reporter | None = None,
@@ -106,8 +103,8 @@ def resolve(
     return Resolution(order, report, lock_entries)
 
 
-def enabled_mirrors(mirrors: StrPath | None, verify_tls: bool = True) -> list[Mirror]:
-    catalogue = load_catalogue(mirrors)
+def enabled_mirrors(mirrors: MirrorsArg, verify_tls: bool = True) -> list[Mirror]:
+    catalogue = catalogue_in_force(mirrors)
     enabled = list(catalogue.enabled)
     if not enabled:
         raise NoMirrorError(

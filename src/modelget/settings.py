@@ -63,6 +63,21 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "HF_HUB_DISABLE_PROGRESS_BARS",
         "huggingface_hub's switch: if 1 (or true/yes/on), pulls draw no progress bars.",
     ),
+    EnvVar(
+        "HF_ENDPOINT",
+        "huggingface_hub's Hub URL: with no catalogue file in force, an hf mirror (hf-endpoint, "
+        "token HF_TOKEN) in place of the bundled hf mirrors.",
+    ),
+    EnvVar(
+        "MODELSCOPE_ENDPOINT",
+        "The ModelScope client's API URL: with no catalogue file in force, a modelscope mirror "
+        "(modelscope-endpoint) in place of the bundled one.",
+    ),
+    EnvVar(
+        "MODELSCOPE_DOMAIN",
+        "The older ModelScope variable (a host; https:// is added): as MODELSCOPE_ENDPOINT, "
+        "which wins.",
+    ),
     EnvVar("HF_HOME", "Hugging Face home; the hub cache defaults to $HF_HOME/hub."),
     EnvVar(
         "HF_HUB_CACHE", "Hugging Face hub cache directory (where pulled models land by default)."

@@ -113,6 +113,26 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_endpoints(p: argparse.ArgumentParser) -> None:
+    """``--endpoint`` and ``--only``: which mirrors this one command uses
+    (``modelget.endpoints``; docs/mirrors.md)."""
+    p.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="[KIND=]URL",
+        help="use this mirror instead of the catalogue (repeatable); KIND hf (default), "
+        "modelscope or cdn; no token is sent to it",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="use only this mirror of the catalogue (repeatable; see `modelget mirrors`)",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="modelget",
@@ -128,6 +148,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "Exit code 2 when the catalogue is invalid.",
     )
     mirrors.add_argument("--mirrors", metavar="FILE", help="catalogue file (default: see docs)")
+    _add_endpoints(mirrors)
     _add_json(mirrors)
     mirrors.set_defaults(func=commands.mirrors)
 
@@ -144,6 +165,7 @@ def _build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--revision", help="branch, tag or commit (default: the mirror's default)")
     _add_repo_type(probe)
     probe.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    _add_endpoints(probe)
     probe.add_argument("--timeout", type=float, metavar="S", help="per-mirror timeout (default 5)")
     _add_json(probe)
     _add_insecure(probe)
@@ -166,6 +188,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--revision", help="branch, tag or commit (default: the mirror's default)")
     doctor.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    _add_endpoints(doctor)
     _add_cache_dir(doctor)
     doctor.add_argument(
         "--timeout", type=float, metavar="S", help="per-step network timeout (default 5)"
@@ -196,6 +219,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_repo_type(pull)
     _add_filters(pull)
     pull.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    _add_endpoints(pull)
     _add_cache_dir(pull)
     pull.add_argument("--local-dir", metavar="DIR", help="also put real files in DIR")
     pull.add_argument(
@@ -272,6 +296,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_repo_type(lock)
     _add_filters(lock)
     lock.add_argument("--mirrors", metavar="FILE", help="catalogue file")
+    _add_endpoints(lock)
     lock.add_argument(
         "--output", "-o", metavar="FILE", help="write the lockfile to FILE instead of stdout"
     )

@@ -21,6 +21,7 @@ from modelget.cli.render import Outcome
 from modelget.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
+    from modelget.endpoints import MirrorsArg
     from modelget.engines import EngineOptions
     from modelget.lockfile import LockedModel
 
@@ -33,16 +34,28 @@ def _warn_insecure(args: argparse.Namespace) -> None:
         render.note(f"warning: {INSECURE_WARNING}")
 
 
+def _mirrors(args: argparse.Namespace) -> MirrorsArg:
+    """The API's ``mirrors=``: the ``--mirrors`` path, or with ``--endpoint``/``--only`` the
+    catalogue they make (built here only then: an offline pull reads no catalogue)."""
+    if not (args.endpoint or args.only):
+        path: str | None = args.mirrors
+        return path
+    from modelget.endpoints import select
+
+    return select(args.mirrors, endpoints=args.endpoint, only_names=args.only).catalogue
+
+
 def mirrors(args: argparse.Namespace) -> Outcome:
-    from modelget.catalogue import catalogue_path_and_origin, load_catalogue
+    from modelget.endpoints import select
     from modelget.settings import read_token
 
-    location = catalogue_path_and_origin(args.mirrors)
-    catalogue = load_catalogue(args.mirrors)
+    selection = select(args.mirrors, endpoints=args.endpoint, only_names=args.only)
+    catalogue = selection.catalogue
     payload = {
         "version": catalogue.version,
         "sources": list(catalogue.sources),
-        "origin": location.origin,
+        "origin": selection.origin,
+        "unused": list(selection.unused),
         "mirrors": [
             {
                 "name": m.name,
@@ -73,7 +86,7 @@ def probe(args: argparse.Namespace) -> Outcome:
     summary = probe(
         args.repo_id,
         revision=args.revision,
-        mirrors=args.mirrors,
+        mirrors=_mirrors(args),
         timeout=args.timeout,
         verify_tls=not args.insecure,
         token=token(args),
@@ -104,7 +117,7 @@ def doctor(args: argparse.Namespace) -> Outcome:
     report = doctor(
         args.repo_id,
         revision=args.revision,
-        mirrors=args.mirrors,
+        mirrors=_mirrors(args),
         cache_dir=args.cache_dir,
         timeout=args.timeout,
         token=token(args),
@@ -163,7 +176,7 @@ def lock(args: argparse.Namespace) -> Outcome:
         revision=args.revision,
         include=args.include,
         exclude=args.exclude,
-        mirrors=args.mirrors,
+        mirrors=_mirrors(args),
         verify_tls=not args.insecure,
         token=token(args),
         repo_type=args.repo_type,
@@ -258,7 +271,7 @@ def _dry_run(args: argparse.Namespace, repo_id: str, locked: LockedModel | None)
         revision=args.revision,
         include=args.include,
         exclude=args.exclude,
-        mirrors=args.mirrors,
+        mirrors=_mirrors(args),
         cache_dir=args.cache_dir,
         local_dir=args.local_dir,
         locked=locked,
@@ -342,7 +355,7 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
             revision=args.revision,
             include=args.include,
             exclude=args.exclude,
-            mirrors=args.mirrors,
+            mirrors=_mirrors(args),
             cache_dir=args.cache_dir,
             local_dir=args.local_dir,
             engine=args.engine,

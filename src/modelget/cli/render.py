@@ -134,11 +134,16 @@ def mirrors_text(payload: Mapping[str, Any]) -> None:
             (m["token_env"] + (" (set)" if m["token_set"] else " (unset)"))
             if m["token_env"]
             else "-",
+            m["source"] + (f":{m['line']}" if m["line"] else ""),
         ]
         for m in payload["mirrors"]
     ]
-    print(table(rows, ["MIRROR", "KIND", "ENDPOINT", "ENABLED", "WEIGHT", "CONNS", "TOKEN"]))
+    header = ["MIRROR", "KIND", "ENDPOINT", "ENABLED", "WEIGHT", "CONNS", "TOKEN", "FROM"]
+    print(table(rows, header))
     note(f"catalogue: {' + '.join(payload['sources'])} (from {payload['origin']})")
+    for variable in payload.get("unused", ()):
+        instead = "--endpoint" if payload["origin"] == "--endpoint" else "a catalogue file"
+        note(f"{variable} is set but not used: {instead} is in force (docs/mirrors.md)")
 
 
 def probe_text(summary: Any) -> None:

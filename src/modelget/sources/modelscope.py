@@ -12,6 +12,8 @@ entry names no ``token_env`` never receives one.
 from __future__ import annotations
 
 import re
+import threading
+import warnings
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +33,7 @@ from modelget.http import is_transport_error
 from modelget.manifest import check_manifest, check_path, check_size
 
 DEFAULT_REVISION = "master"
+_DEFAULT_CONFIG_LOCK = threading.Lock()
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -65,12 +68,28 @@ def _no_verify(merge: Any) -> Any:
     return merged
 
 
+def _quiet_default_config() -> None:
+    """Make modelscope-hub's process-wide default configuration without its warning that
+    ``MODELSCOPE_DOMAIN`` is deprecated: modelget reads that variable itself (it may make the
+    ``modelscope-endpoint`` mirror, docs/mirrors.md) and always gives the client an explicit
+    endpoint, so the warning would be noise on every run. The client builds that configuration
+    on first use (for its user agent, say) even when given an endpoint."""
+    from modelscope_hub import get_default_config
+
+    with _DEFAULT_CONFIG_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Environment variable MODELSCOPE_DOMAIN is deprecated"
+        )
+        get_default_config()
+
+
 class ModelScopeSource:
     kind: MirrorKind = "modelscope"
 
     def _api(self, mirror: Mirror, timeout: float) -> Any:
         from modelscope_hub import HubApi
 
+        _quiet_default_config()
         api = HubApi(endpoint=mirror.endpoint, token=mirror_token(mirror) or "")
         if not mirror.verify_tls:
             _skip_certificate_checks(api)
