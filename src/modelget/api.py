@@ -6,7 +6,6 @@ renders what these return.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -14,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from modelget import layout, settings
 from modelget.auth import check_token, with_token
@@ -52,7 +51,6 @@ if TYPE_CHECKING:
     from modelget.cache import CachedModel, RemoveResult, VerifyResult
     from modelget.doctor import DoctorReport
     from modelget.loadtest import LoadReport
-    from modelget.record import Record
 
 StrPath = str | os.PathLike[str]
 
@@ -711,82 +709,23 @@ def verify(
     from dataclasses import replace
 
     _check_repo_type(repo_type)
+    from modelget import integrity
+
     result = _verify_only(target, revision, cache_dir, repo_type)
-    _restamp(result)
+    integrity.restamp(result)
     if not repair or result.ok:
         return result
-    repaired = _repair(result, mirrors=mirrors, engine=engine, reporter=reporter)
-    after = _verify_only(target, revision, cache_dir, repo_type)
-    _restamp(after)
-    return replace(after, repaired=tuple(repaired))
 
-
-def _restamp(result: VerifyResult) -> None:
-    """Record the stamp of every file this check hashed and found good."""
-    from modelget import record
-
-    root = Path(result.path)
-    for commit in result.commits:
-        good = [f.path for f in result.files if f.status == "ok" and f.commit in (commit, None)]
-        if result.kind == "cache":
-            where = root / ".modelget" / f"{commit}.json"
-            files = {p: root / "snapshots" / commit / p for p in good}
-        else:
-            found = record.record_of_dir(root)
-            if found is None or found[0].commit != commit:
-                continue
-            where = record.record_path(found[0].repo_id, commit, root, root)
-            files = {p: root / p for p in good}
-        stamps = {p: s for p, f in files.items() if (s := record.stamp_of(f)) is not None}
-        with contextlib.suppress(OSError):  # a read-only cache can be verified, not stamped
-            record.add_stamps(where, stamps)
-
-
-def _repair(
-    result: VerifyResult,
-    *,
-    mirrors: StrPath | None,
-    engine: EngineName,
-    reporter: Reporter | None,
-) -> list[str]:
-    """Fetch again the files ``result`` found missing or corrupted, commit by commit."""
-    from modelget import record
-
-    root = Path(result.path)
-    bad: dict[str, list[str]] = {}
-    for f in result.problems:
-        bad.setdefault(f.commit or "", []).append(f.path)
-    repo_type = result.repo_type
-    if result.kind == "cache":
-        repo_id, cache_root, local = result.repo_id, root.parent, None
-    else:
-        found = record.record_of_dir(root)
-        if found is None:
-            raise UsageError(
-                f"cannot repair {root}: nothing says which repo it holds (it was not pulled by "
-                "modelget)",
-                hint="pull it again: modelget pull REPO_ID --local-dir DIR --repair",
-            )
-        repo_id, cache_root, local = found[0].repo_id, None, root
-        repo_type = found[0].repo_type
-        bad = {found[0].commit: [p for paths in bad.values() for p in paths]}
-    assert repo_id is not None
-    done: list[str] = []
-    for commit, paths in bad.items():
+    def fetch_again(repo_id: str, paths: list[str], **where: Any) -> list[str]:
         pulled = pull(
-            repo_id,
-            sorted(set(paths)),
-            revision=commit or None,
-            mirrors=mirrors,
-            cache_dir=cache_root,
-            local_dir=local,
-            engine=engine,
-            reporter=reporter,
-            repair=True,
-            repo_type=repo_type,
+            repo_id, paths, mirrors=mirrors, engine=engine, reporter=reporter, repair=True, **where
         )
-        done += [o.path for o in pulled.files if o.status == "fetched"]
-    return done
+        return [o.path for o in pulled.files if o.status == "fetched"]
+
+    repaired = integrity.repair(result, fetch_again)
+    after = _verify_only(target, revision, cache_dir, repo_type)
+    integrity.restamp(after)
+    return replace(after, repaired=tuple(repaired))
 
 
 def _verify_only(
@@ -967,10 +906,10 @@ def load_test(
         NotInCacheError: a repo id that is not in the cache.
         UsageError: ``device="cuda"`` without torch's CUDA and a visible GPU.
     """
-    from modelget import loadtest
+    from modelget import integrity, loadtest
 
     root = model_root(target, revision=revision, cache_dir=cache_dir)
-    how, bad = _integrity(root, full=verify)
+    how, bad = integrity.before_load(root, full=verify)
     if bad:
         # No tensor is loaded from bytes that failed their digest; the loader's own checks
         # (headers, index) still run, to say what a load would have met.
@@ -986,60 +925,6 @@ def load_test(
     report = loadtest.load_model(root, device)
     report.integrity = how
     return report
-
-
-def _integrity(root: Path, *, full: bool) -> tuple[str, list[tuple[str, str]]]:
-    """How the model's bytes were checked, and each file that failed with why."""
-    from modelget import cache, record
-    from modelget.errors import VerificationError
-    from modelget.verify import check
-
-    if full:
-        result = cache.verify_dir(root)
-        _restamp(result)
-        bad = [(f.path, f"{f.status}: {f.detail}") for f in result.problems]
-        return f"every file hashed ({len(result.files)} files)", bad
-    found = record.record_of_dir(root)
-    if found is None:
-        return "not checked: modelget has no record of these files (--verify hashes them)", []
-    rec, _ = found
-    bad, hashed, unstamped, fresh = [], 0, 0, {}
-    for path, entry in sorted(rec.files.items()):
-        where = root / path
-        if not where.exists():
-            continue  # not part of this directory's files (a filtered pull): the loader says
-        if path not in rec.stamps:
-            unstamped += 1
-            continue
-        if not record.changed(rec.stamps, path, where):
-            continue
-        hashed += 1
-        try:
-            check(where, entry)
-        except VerificationError as exc:
-            bad.append((path, f"the bytes changed since they were verified: {exc.message}"))
-            continue
-        stamp = record.stamp_of(where)
-        if stamp is not None:
-            fresh[path] = stamp
-    if fresh:
-        with contextlib.suppress(OSError):
-            record.add_stamps(_record_file(root, rec), fresh)
-    how = f"stamps (size + mtime) of {len(rec.stamps)} files"
-    if hashed:
-        how += f", {hashed} changed and hashed"
-    if unstamped:
-        how += f", {unstamped} without a stamp not checked"
-    return how + " (--verify hashes every file)", bad
-
-
-def _record_file(root: Path, rec: Record) -> Path:
-    from modelget import record
-
-    root = root.absolute()
-    if root.parent.name == "snapshots":
-        return root.parent.parent / ".modelget" / f"{rec.commit}.json"
-    return record.record_path(rec.repo_id, rec.commit, root, root)
 
 
 def doctor(

@@ -212,14 +212,14 @@ def add_stamps(path: Path, stamps: Mapping[str, Stamp]) -> None:
     write_record(path, Record(old.repo_id, old.commit, {}, frozenset(), fresh, old.repo_type))
 
 
-def record_of_dir(root: Path) -> tuple[Record, Path | None] | None:
-    """The record describing a model directory (a cache snapshot, or a local dir) and, for a
-    snapshot, the cache it is in; None when modelget recorded nothing there."""
+def record_of_dir(root: Path) -> tuple[Record, Path] | None:
+    """The record describing a model directory (a cache snapshot, a local dir, a ModelScope
+    snapshot) and the file it is in; None when modelget recorded nothing there."""
     root = root.absolute()
     if root.parent.name == "snapshots" and layout.parse_folder_name(root.parent.parent.name):
-        repo = root.parent.parent
-        rec = read_record(repo / ".modelget" / f"{root.name}.json")
-        return (rec, repo.parent) if rec is not None else None
+        where = root.parent.parent / ".modelget" / f"{root.name}.json"
+        rec = read_record(where)
+        return (rec, where) if rec is not None else None
     folder = layout.local_meta_dir(root) / "modelget"
     try:
         candidates = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -228,5 +228,5 @@ def record_of_dir(root: Path) -> tuple[Record, Path | None] | None:
     for candidate in candidates:
         rec = read_record(candidate)
         if rec is not None and _COMMIT.fullmatch(rec.commit):
-            return rec, None
+            return rec, candidate
     return None
