@@ -343,3 +343,21 @@ def test_the_cli_keeps_httpx_from_importing_its_own_command_line_client() -> Non
 
     if importlib.util.find_spec("rich") and importlib.util.find_spec("click"):
         assert run("import modelget.api") == "True True"  # the library changes nothing
+
+
+def test_a_bug_under_json_still_ends_in_one_error_envelope(
+    monkeypatch: Any, capsys: Any, tmp_path: Path
+) -> None:
+    from modelget import cli
+    from modelget.cli import commands
+
+    def broken(args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(commands, "ls", broken)
+    assert cli.main(["ls", "--cache-dir", str(tmp_path), "--json"]) == 1
+    out, err = capsys.readouterr()
+    (line,) = out.splitlines()
+    error = json.loads(line)
+    assert error["event"] == "error" and error["error"]["code"] == "internal-error"
+    assert "RuntimeError: boom" in err and "Traceback" in err  # for the bug report

@@ -265,9 +265,12 @@ def test_a_catalogue_file_wins_over_hf_endpoint(
     cat.write_text(
         f"version: 1\nmirrors:\n  - name: listed\n    kind: hf\n    endpoint: {listed.url}\n"
     )
-    code, _, err = run(capsys, *pull_args(tmp_path, "--mirrors", str(cat)))
+    code, events, err = run(capsys, *pull_args(tmp_path, "--mirrors", str(cat)))
     assert code == 0, err
     assert listed.requests(route="hf-resolve") and not ignored.log
+    # The pull says the variable is not used, once (it said nothing).
+    said = [e["text"] for e in events if e.get("event") == "message"]
+    assert sum("HF_ENDPOINT set but not used" in t for t in said) == 1, said
     code, (shown,), err = run(capsys, "mirrors", "--mirrors", str(cat))
     assert shown["unused"] == ["HF_ENDPOINT"] and shown["origin"] == "--mirrors"
 

@@ -239,6 +239,13 @@ class FixtureError(ModelgetError):
     code = "fixture-unavailable"
 
 
+class InternalError(ModelgetError):
+    """A bug: an exception modelget did not expect. The CLI reports it with this code (and the
+    traceback on stderr, for the report) instead of dying without its JSON line."""
+
+    code = "internal-error"
+
+
 class Interrupted(ModelgetError):
     """Stopped on request (Ctrl-C, SIGTERM, ``cancel``); resumable state is kept."""
 

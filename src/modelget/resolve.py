@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from modelget import settings
 from modelget.auth import with_token
-from modelget.datatypes import FileEntry, Manifest, Mirror, RepoType
-from modelget.endpoints import MirrorsArg, catalogue_in_force
+from modelget.datatypes import Catalogue, FileEntry, Manifest, Mirror, RepoType
+from modelget.endpoints import MirrorsArg, catalogue_in_force, select
 from modelget.errors import (
     AuthRequiredError,
     LockedCommitMissingError,
@@ -64,7 +64,17 @@ def resolve(
     those that can serve it, best first; mirrors left out for a problem are named through
     ``reporter``. Raises the clearest single error when none can (see
     :func:`no_manifest_error`); a mirror kind without that repo type lacks the repo.
-    ``token``: ``--token``, for the mirrors that take ``HF_TOKEN`` (``auth.with_token``)."""
+    ``token``: ``--token``, for the mirrors that take ``HF_TOKEN`` (``auth.with_token``).
+    An endpoint variable that is set but not used (a catalogue file wins) is said once."""
+    if not isinstance(mirrors, Catalogue):
+        selection = select(mirrors)
+        if selection.unused and reporter is not None:
+            reporter.on_message(
+                "info",
+                f"{', '.join(selection.unused)} set but not used: the {selection.origin} "
+                "catalogue is in force (docs/mirrors.md, endpoints)",
+            )
+        mirrors = selection.catalogue
     enabled = with_token(enabled_mirrors(mirrors, verify_tls), token)
     probe_started = time.perf_counter()
     report = probe_for_plan(enabled, repo_id, revision, repo_type)

@@ -27,6 +27,7 @@ from modelget.errors import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     EXIT_USAGE,
+    InternalError,
     Interrupted,
     ModelgetError,
     UsageError,
@@ -501,3 +502,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop, code = _stopped(_sigterm_seen)
         render.emit_error(args.command, stop, as_json, brief=True)
         return code
+    except Exception as exc:  # a bug: still one error record, and the traceback to report it
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        bug = InternalError(
+            f"unexpected {type(exc).__name__}: {exc}",
+            hint="this is a bug in modelget: please report it with the traceback above",
+        )
+        render.emit_error(args.command, bug, as_json)
+        return bug.exit_code
