@@ -363,7 +363,7 @@ def _verify_repo_dir(target: str, repo: Path, commits: list[str]) -> VerifyResul
 
 def verify_dir(path: Path, revision: str | None = None) -> VerifyResult:
     """Verify a directory: a cache snapshot, a ``models--org--name`` folder (``datasets--``,
-    ``spaces--``), or a local dir."""
+    ``spaces--``), a ModelScope snapshot (``layout.is_ms_snapshot``), or a local dir."""
     if not path.is_dir():
         raise UsageError(f"{path} is not a directory")
     real = path.resolve()

@@ -325,7 +325,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "are absent. Exit codes: 0 all good, 4 something missing or corrupted, 1 not cached.",
     )
     verify.add_argument(
-        "target", metavar="REPO_ID|PATH", help="a repo id, a snapshot dir or a --local-dir"
+        "target",
+        metavar="REPO_ID|PATH",
+        help="a repo id, a snapshot dir (of the HF or the ModelScope cache) or a --local-dir",
     )
     verify.add_argument("--revision", help="only this branch, tag or commit (default: all)")
     _add_repo_type(verify)
