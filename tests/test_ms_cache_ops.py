@@ -218,3 +218,28 @@ def test_rm_refuses_links_and_paths_outside(
     api.remove(MS_ID, cache_dir=root, layout="modelscope")
     assert not folder.exists() and (outside / "keep.txt").read_text() == "keep"
     assert other.is_symlink()
+
+
+def test_rm_refuses_a_revision_a_running_pull_holds(
+    tmp_path: Path, repo: Path, mirrors: tuple[Path, HubSimulator]
+) -> None:
+    from filelock import FileLock
+
+    cat, _ms = mirrors
+    root = tmp_path / "root"
+    snap = pull_ms(cat, root)
+    main = pull_ms(cat, root, revision="main")
+    lock = FileLock(snap.parent.parent / ".modelget" / "master" / "download" / f"{WEIGHTS}.lock")
+    with lock:
+        with pytest.raises(LayoutError, match="running"):
+            api.remove(MS_ID, revision="master", cache_dir=root, layout="modelscope")
+        with pytest.raises(LayoutError, match="running"):
+            api.remove(MS_ID, cache_dir=root, layout="modelscope")
+        assert files_of(snap) == files_of(repo) == files_of(main)
+        # Another revision is not held.
+        assert api.remove(MS_ID, revision="main", cache_dir=root, layout="modelscope").commits == (
+            "main",
+        )
+    assert not main.exists()
+    api.remove(MS_ID, revision="master", cache_dir=root, layout="modelscope")
+    assert not snap.parent.parent.exists()
