@@ -649,8 +649,16 @@ def _destination(
             hint="leave out one: --layout modelscope fills the ModelScope cache "
             "(--cache-dir DIR, else $MODELSCOPE_CACHE)",
         )
-    root = Path(cache_dir) if cache_dir is not None else settings.modelscope_cache()
-    ms_id = next(
+    ms_id = _ms_id(repo_id, mirrors)
+    return _hub_cache(None), layout.ms_snapshot_dir(
+        _ms_root(cache_dir), ms_id, revision or "master"
+    )
+
+
+def _ms_id(repo_id: str, mirrors: MirrorsArg) -> str:
+    """The ModelScope id of ``repo_id``: the ``id_map`` of the first enabled ``modelscope``
+    mirror, else the id as given."""
+    return next(
         (
             m.map_repo_id(repo_id)
             for m in catalogue_in_force(mirrors).enabled
@@ -658,7 +666,12 @@ def _destination(
         ),
         repo_id,
     )
-    return _hub_cache(None), layout.ms_snapshot_dir(root.absolute(), ms_id, revision or "master")
+
+
+def _ms_root(cache_dir: StrPath | None) -> Path:
+    """The ModelScope cache: ``cache_dir``, else ``$MODELSCOPE_CACHE``, else
+    ``~/.cache/modelscope`` (absolute)."""
+    return (Path(cache_dir) if cache_dir is not None else settings.modelscope_cache()).absolute()
 
 
 def _hub_cache(cache_dir: StrPath | None) -> Path:
@@ -686,7 +699,9 @@ def verify(
     Args:
         target: a repo id in the Hugging Face cache (every cached snapshot, or
             ``revision``'s), a ``snapshots/COMMIT`` or ``models--org--name`` directory
-            (``datasets--``, ``spaces--``), or a ``--local-dir`` download.
+            (``datasets--``, ``spaces--``), a ``--local-dir`` download, or a ModelScope
+            snapshot (``{root}/models/{owner}--{name}/snapshots/{revision}``, checked as a
+            local dir against modelget's metadata beside it; repaired in place).
         revision: only this branch, tag or commit (default: every cached snapshot).
         cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
             ``~/.cache/huggingface/hub``).
@@ -753,20 +768,34 @@ def _verify_only(
     return cache.verify_repo(hub_cache, text, revision, repo_type)
 
 
-def list_models(*, cache_dir: StrPath | None = None) -> tuple[CachedModel, ...]:
+def list_models(
+    *, cache_dir: StrPath | None = None, layout: LayoutName | None = None
+) -> tuple[CachedModel, ...]:
     """The repos in the Hugging Face cache (models, datasets and spaces: ``repo_type``):
-    revisions, refs, size on disk, last used.
+    revisions, refs, size on disk, last used; or the models in the ModelScope cache.
 
     Args:
         cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
-            ``~/.cache/huggingface/hub``).
+            ``~/.cache/huggingface/hub``); with ``layout="modelscope"``, the ModelScope cache
+            (default: ``$MODELSCOPE_CACHE``, ``~/.cache/modelscope``).
+        layout: ``hf`` (default) or ``modelscope``: the ``models/{owner}--{name}`` folders
+            of the ModelScope cache; each revision's ``refs`` is its snapshot's name (the
+            revision string), its ``commit`` the commit modelget recorded (else that name).
 
     Returns:
-        One :class:`CachedModel` per repo.
+        One :class:`CachedModel` per repo (``layout`` says which cache).
     """
     from modelget import cache
 
+    if _ms_layout(layout):
+        return cache.list_ms_models(_ms_root(cache_dir))
     return cache.list_models(_hub_cache(cache_dir))
+
+
+def _ms_layout(name: LayoutName | None) -> bool:
+    if name not in (None, *layout.LAYOUTS):
+        raise UsageError(f"unknown layout {name!r}", hint=f"one of: {', '.join(layout.LAYOUTS)}")
+    return name == "modelscope"
 
 
 def remove(
@@ -776,10 +805,12 @@ def remove(
     cache_dir: StrPath | None = None,
     dry_run: bool = False,
     repo_type: RepoType = "model",
+    layout: LayoutName | None = None,
 ) -> RemoveResult:
     """Remove ``repo_id``'s snapshot of ``revision`` (default: every snapshot), the blobs no
     remaining snapshot uses, partial downloads and refs to removed commits. Never follows a
-    symbolic link, never deletes outside ``models--org--name``.
+    symbolic link, never deletes outside ``models--org--name`` (ModelScope:
+    ``models/{owner}--{name}``).
 
     Args:
         repo_id: ``ORG/NAME``.
@@ -788,6 +819,12 @@ def remove(
             ``~/.cache/huggingface/hub``).
         dry_run: only say what would go.
         repo_type: ``model``, ``dataset`` or ``space`` (``datasets--org--name``, ...).
+        layout: ``hf`` (default) or ``modelscope``: remove from the ModelScope cache
+            (``cache_dir``, else ``$MODELSCOPE_CACHE``, ``~/.cache/modelscope``) the snapshot
+            named ``revision`` (``master``, ``v1.0``, ...) or every one, with modelget's
+            metadata beside it (``.modelget/{revision}/``); the whole folder when none
+            remains. ``repo_id`` is the ModelScope id (as ``ls`` shows it) or the id a pull
+            was given (mapped through the catalogue's ``id_map``).
 
     Returns:
         A :class:`RemoveResult` (``freed_bytes``, what went, what was kept).
@@ -799,6 +836,15 @@ def remove(
 
     _check_repo_id(repo_id)
     _check_repo_type(repo_type)
+    if _ms_layout(layout):
+        if repo_type != "model":
+            raise UsageError("the ModelScope layout holds models only")
+        root = _ms_root(cache_dir)
+        ms_id = repo_id
+        if not cache.ms_cached(root, ms_id):
+            ms_id = _ms_id(repo_id, None)
+            _check_repo_id(ms_id)
+        return cache.remove_ms(root, ms_id, revision, dry_run=dry_run)
     return cache.remove(
         _hub_cache(cache_dir), repo_id, revision, dry_run=dry_run, repo_type=repo_type
     )

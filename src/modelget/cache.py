@@ -5,7 +5,10 @@ a snapshot needs no manifest: each ``snapshots/{commit}/{path}`` link names the 
 bytes must have. A ``--local-dir`` download is checked against the etag in huggingface_hub's
 ``.cache/huggingface/download/{path}.metadata``.
 
-Every repo type is handled: ``models--``, ``datasets--`` and ``spaces--`` folders.
+Every repo type is handled: ``models--``, ``datasets--`` and ``spaces--`` folders. The
+ModelScope cache (``{root}/models/{owner}--{name}/snapshots/{revision}``, modelget's metadata
+in ``.modelget/{revision}/`` beside ``snapshots/``) is checked as a local dir, listed and
+cleaned by ``list_ms_models`` and ``remove_ms``.
 Removal never follows a symbolic link and never deletes outside ``models--{org}--{name}``
 (or the dataset's, the space's folder).
 Nothing here prints; the CLI renders what these functions return.
@@ -53,7 +56,7 @@ class FileCheck:
 @dataclass(frozen=True)
 class VerifyResult:
     target: str
-    kind: Literal["cache", "local-dir"]
+    kind: Literal["cache", "local-dir", "modelscope"]
     path: str
     repo_id: str | None
     commits: tuple[str, ...]
@@ -99,6 +102,7 @@ class CachedModel:
     partial_bytes: int
     last_used: float
     repo_type: RepoType = "model"
+    layout: Literal["hf", "modelscope"] = "hf"
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ class RemoveResult:
     repo_removed: bool
     dry_run: bool
     repo_type: RepoType = "model"
+    layout: Literal["hf", "modelscope"] = "hf"
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -358,7 +363,7 @@ def _verify_repo_dir(target: str, repo: Path, commits: list[str]) -> VerifyResul
 
 def verify_dir(path: Path, revision: str | None = None) -> VerifyResult:
     """Verify a directory: a cache snapshot, a ``models--org--name`` folder (``datasets--``,
-    ``spaces--``), or a local dir."""
+    ``spaces--``), a ModelScope snapshot (``layout.is_ms_snapshot``), or a local dir."""
     if not path.is_dir():
         raise UsageError(f"{path} is not a directory")
     real = path.resolve()
@@ -372,11 +377,24 @@ def verify_dir(path: Path, revision: str | None = None) -> VerifyResult:
         return _verify_repo_dir(str(path), real, commits)
     if revision is not None:
         raise UsageError("--revision does not apply to a local directory")
+    if layout.is_ms_snapshot(real):
+        return _verify_local_dir(real, "modelscope")
     return _verify_local_dir(path)
 
 
-def _verify_local_dir(root: Path) -> VerifyResult:
-    meta_root = root.joinpath(*_META_PARTS)
+def _verify_local_dir(
+    root: Path, kind: Literal["local-dir", "modelscope"] = "local-dir"
+) -> VerifyResult:
+    """A ``--local-dir`` download, or a ModelScope snapshot (``kind``: its metadata is
+    beside it, ``layout.local_meta_dir``, so nothing inside it is skipped)."""
+    meta_root = layout.local_meta_dir(root) / "download"
+    skip = ("/".join(_META_PARTS[:2]),) if kind == "local-dir" else ()
+    if kind == "modelscope" and not meta_root.is_dir():
+        raise UsageError(
+            f"{root} is a ModelScope snapshot that modelget did not pull (no metadata in "
+            f"{meta_root.parent}): nothing to check its files against",
+            hint="pull it with `modelget pull REPO_ID --layout modelscope`",
+        )
     if not meta_root.is_dir():
         raise UsageError(
             f"{root} is neither a snapshot in a Hugging Face cache nor a --local-dir download "
@@ -388,7 +406,7 @@ def _verify_local_dir(root: Path) -> VerifyResult:
     files: list[FileCheck] = []
     present: set[str] = set()
     commits: set[str] = set()
-    for rel, path in _walk(root, skip=("/".join(_META_PARTS[:2]),)):
+    for rel, path in _walk(root, skip=skip):
         present.add(rel)
         try:
             lines = (meta_root / f"{rel}.metadata").read_text().splitlines()
@@ -416,9 +434,7 @@ def _verify_local_dir(root: Path) -> VerifyResult:
             present.add(name)
     files += _index_gaps(root, present, None)
     files.sort(key=lambda f: f.path)
-    return VerifyResult(
-        str(root), "local-dir", str(root), None, tuple(sorted(commits)), tuple(files)
-    )
+    return VerifyResult(str(root), kind, str(root), None, tuple(sorted(commits)), tuple(files))
 
 
 # --- ls ------------------------------------------------------------------------------------
@@ -634,4 +650,187 @@ def remove(
         repo_removed=not kept,
         dry_run=dry_run,
         repo_type=repo_type,
+    )
+
+
+# --- the ModelScope cache --------------------------------------------------------------------
+#
+# ``{root}/models/{owner}--{name}/snapshots/{revision}/{path}`` (real files, named after the
+# revision string asked for) and modelget's metadata in ``.modelget/{revision}/`` beside
+# ``snapshots/`` (``layout.local_meta_dir``): per-file ``download/{path}.metadata``, partial
+# files and locks, ``quarantine/``, the record ``modelget/{commit}.json``.
+
+
+def _ms_meta(repo: Path, revision: str) -> Path:
+    return repo / ".modelget" / revision
+
+
+def _ms_commit(repo: Path, revision: str) -> str:
+    """The commit modelget recorded for a snapshot (the revision's name when none)."""
+    from modelget import record
+
+    found = record.record_of_dir(repo / "snapshots" / revision)
+    return found[0].commit if found is not None else revision
+
+
+def _ms_describe(repo: Path) -> CachedModel:
+    revisions = []
+    for rev in _snapshot_names(repo):
+        snap = repo / "snapshots" / rev
+        revisions.append(
+            CachedRevision(
+                _ms_commit(repo, rev),
+                (rev,),
+                sum(1 for _ in _walk(snap)),
+                _tree_bytes(snap),
+                _used(snap),
+            )
+        )
+    partial = _partial_bytes(repo / ".modelget")
+    return CachedModel(
+        repo.name.replace("--", "/", 1),
+        str(repo),
+        tuple(revisions),
+        _tree_bytes(repo),
+        partial,
+        max([0.0, *(r.last_used for r in revisions)]),
+        "model",
+        "modelscope",
+    )
+
+
+def _partial_files(root: Path) -> dict[str, int]:
+    """``{relative path: size}`` of the partial downloads (``*.incomplete``) under ``root``."""
+    found: dict[str, int] = {}
+    if root.is_symlink():
+        return found
+    for rel, path in _walk(root):
+        if not rel.endswith(PARTIAL_SUFFIXES):
+            continue
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            found[rel] = st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return found
+
+
+def _partial_bytes(root: Path) -> int:
+    return sum(_partial_files(root).values())
+
+
+def list_ms_models(root: Path) -> tuple[CachedModel, ...]:
+    """Every model in the ModelScope cache at ``root`` (``models/{owner}--{name}`` folders
+    with a ``snapshots/`` folder; the legacy ``models/{owner}/{name___}`` ones are not
+    listed), sorted by folder name. ``revisions[].refs`` holds the snapshot's name (the
+    revision string), ``commit`` the commit modelget recorded for it (else that name)."""
+    try:
+        entries = sorted(os.scandir(root / "models"), key=lambda e: e.name)
+    except OSError:
+        return ()
+    return tuple(
+        _ms_describe(Path(e.path))
+        for e in entries
+        if "--" in e.name
+        and e.is_dir(follow_symlinks=False)
+        and (Path(e.path) / "snapshots").is_dir()
+        and not (Path(e.path) / "snapshots").is_symlink()
+    )
+
+
+def ms_cached(root: Path, ms_id: str) -> bool:
+    """Whether the ModelScope cache at ``root`` has a ``snapshots/`` folder for ``ms_id``."""
+    return (layout.ms_repo_dir(root, ms_id) / "snapshots").is_dir()
+
+
+def _ms_locked(meta: Path) -> list[str]:
+    """The per-file locks (``download/{path}.lock``) a running pull holds in ``meta``."""
+    from filelock import FileLock, Timeout
+
+    held: list[str] = []
+    download = meta / "download"
+    if not download.is_dir() or download.is_symlink():
+        return held
+    for rel, path in _walk(download):
+        if not rel.endswith(".lock") or path.is_symlink():
+            continue
+        lock = FileLock(path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            held.append(rel)
+            continue
+        except OSError:
+            continue
+        lock.release()
+    return held
+
+
+def remove_ms(
+    root: Path, ms_id: str, revision: str | None = None, *, dry_run: bool = False
+) -> RemoveResult:
+    """Remove ``ms_id``'s snapshot of ``revision`` (its folder name: ``master``, ``v1.0``, a
+    commit) or every snapshot from the ModelScope cache at ``root``, with modelget's
+    metadata beside it (``.modelget/{revision}/``); the whole ``{owner}--{name}`` folder when
+    no snapshot remains. Nothing is followed through a symbolic link, nothing outside that
+    folder is touched, and a revision a running pull holds a lock in is refused."""
+    repo = layout.ms_repo_dir(root, ms_id)
+    for part in (repo, repo / "snapshots", repo / ".modelget"):
+        if part.is_symlink():
+            raise LayoutError(
+                f"{part} is a symbolic link; modelget deletes nothing through links",
+                hint="remove the link (or what it points at) yourself",
+            )
+    if not ms_cached(root, ms_id):
+        raise NotInCacheError(
+            f"{ms_id} is not in the ModelScope cache at {root}",
+            hint="`modelget ls --layout modelscope --cache-dir DIR` lists the cached models",
+        )
+    snapshots = _snapshot_names(repo)
+    if revision is not None and (not _safe_revision(revision) or revision not in snapshots):
+        raise NotInCacheError(
+            f"revision {revision!r} of {ms_id} is not in the ModelScope cache "
+            f"(cached: {', '.join(snapshots) or 'none'})",
+            hint="`modelget ls --layout modelscope` lists the cached models and their revisions",
+        )
+    gone = [revision] if revision is not None else snapshots
+    kept = [r for r in snapshots if r not in gone]
+    for rev in gone:
+        if _ms_meta(repo, rev).is_symlink():
+            raise LayoutError(
+                f"{_ms_meta(repo, rev)} is a symbolic link; modelget deletes nothing through links",
+                hint="remove the link (or what it points at) yourself",
+            )
+        held = _ms_locked(_ms_meta(repo, rev))
+        if held:
+            raise LayoutError(
+                f"a pull of {ms_id} @ {rev} is running ({len(held)} files locked); "
+                "nothing was removed",
+                hint="try again when it has finished",
+            )
+    partials = sorted(f"{rev}/{rel}" for rev in gone for rel in _partial_files(_ms_meta(repo, rev)))
+    if kept:
+        freed = sum(
+            _tree_bytes(repo / "snapshots" / rev) + _tree_bytes(_ms_meta(repo, rev)) for rev in gone
+        )
+    else:
+        freed = _tree_bytes(repo)
+    if not dry_run:
+        if kept:
+            for rev in gone:
+                _unlink(repo / "snapshots" / rev, repo)
+                _unlink(_ms_meta(repo, rev), repo)
+        else:
+            shutil.rmtree(repo)
+    return RemoveResult(
+        repo_id=ms_id,
+        path=str(repo),
+        commits=tuple(gone),
+        refs=(),
+        blobs=(),
+        partials=tuple(partials),
+        kept_commits=tuple(kept),
+        skipped=(),
+        freed_bytes=freed,
+        repo_removed=not kept,
+        dry_run=dry_run,
+        layout="modelscope",
     )

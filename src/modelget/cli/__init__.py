@@ -68,6 +68,17 @@ def _add_cache_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache (default: $HF_HUB_CACHE)")
 
 
+def _add_cache_layout(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument(
+        "--layout",
+        choices=["hf", "modelscope"],
+        default=None,
+        help=f"which cache to {verb}: hf (default: the Hugging Face cache) or modelscope (the "
+        "ModelScope cache that pull --layout modelscope fills: --cache-dir, else "
+        "$MODELSCOPE_CACHE)",
+    )
+
+
 def _add_json(p: argparse.ArgumentParser, what: str = "one JSON line instead of text") -> None:
     p.add_argument("--json", action="store_true", help=f"print {what} (docs/json.md)")
 
@@ -314,7 +325,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "are absent. Exit codes: 0 all good, 4 something missing or corrupted, 1 not cached.",
     )
     verify.add_argument(
-        "target", metavar="REPO_ID|PATH", help="a repo id, a snapshot dir or a --local-dir"
+        "target",
+        metavar="REPO_ID|PATH",
+        help="a repo id, a snapshot dir (of the HF or the ModelScope cache) or a --local-dir",
     )
     verify.add_argument("--revision", help="only this branch, tag or commit (default: all)")
     _add_repo_type(verify)
@@ -335,9 +348,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "ls",
         help="list the models (and datasets, spaces) in the Hugging Face cache",
         description="List the repos in the cache (models, datasets and spaces): id, "
-        "revisions (refs and commits), size on disk and when each was last used.",
+        "revisions (refs and commits), size on disk and when each was last used. With "
+        "--layout modelscope: the models in the ModelScope cache (revisions: snapshot names).",
     )
     _add_cache_dir(ls)
+    _add_cache_layout(ls, "list")
     _add_json(ls)
     ls.set_defaults(func=commands.ls)
 
@@ -346,13 +361,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help="remove a model (or one revision) from the Hugging Face cache",
         description="Remove a model's snapshot (one revision, or all), the blobs no remaining "
         "snapshot uses, partial downloads and refs to removed commits, then print what was "
-        "freed. Never follows a symbolic link, never deletes outside models--ORG--NAME. "
+        "freed. Never follows a symbolic link, never deletes outside models--ORG--NAME "
+        "(--layout modelscope: the snapshot and modelget's metadata beside it, never outside "
+        "models/OWNER--NAME). "
         "Without --yes: show what would go and ask (refused when stdin is not a terminal).",
     )
     rm.add_argument("repo_id", metavar="REPO_ID")
     rm.add_argument("--revision", help="only this branch, tag or commit (default: all)")
     _add_repo_type(rm)
     _add_cache_dir(rm)
+    _add_cache_layout(rm, "remove from")
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask")
     _add_json(rm)
     rm.set_defaults(func=commands.rm)

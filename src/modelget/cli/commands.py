@@ -469,7 +469,7 @@ def verify(args: argparse.Namespace) -> Outcome:
 def ls(args: argparse.Namespace) -> Outcome:
     from modelget.api import list_models
 
-    models = list_models(cache_dir=args.cache_dir)
+    models = list_models(cache_dir=args.cache_dir, layout=args.layout)
     payload = {"models": [asdict(m) for m in models]}
     return Outcome(payload, EXIT_OK, partial(render.ls_text, models))
 
@@ -487,6 +487,7 @@ def rm(args: argparse.Namespace) -> Outcome:
             cache_dir=args.cache_dir,
             dry_run=True,
             repo_type=args.repo_type or "model",
+            layout=args.layout,
         )
         render.note(render.rm_summary(preview))
         if not sys.stdin.isatty():
@@ -501,6 +502,7 @@ def rm(args: argparse.Namespace) -> Outcome:
         revision=args.revision,
         cache_dir=args.cache_dir,
         repo_type=args.repo_type or "model",
+        layout=args.layout,
     )
     return Outcome(asdict(result), EXIT_OK, partial(render.rm_text, result))
 

@@ -404,10 +404,16 @@ def ls_text(models: Sequence[Any]) -> None:
 def rm_summary(result: Any) -> str:
     verb = "would free" if result.dry_run else "freed"
     what = "every revision" if result.repo_removed else ", ".join(c[:12] for c in result.commits)
-    text = (
-        f"{typed_id(result.repo_id, result.repo_type)}: {what}; {len(result.blobs)} blobs, {len(result.partials)} partial "
-        f"files, refs: {', '.join(result.refs) or 'none'}; {verb} {size(result.freed_bytes)}"
-    )
+    if getattr(result, "layout", "hf") == "modelscope":
+        text = (
+            f"{result.repo_id} (ModelScope cache): {what} with modelget's metadata, "
+            f"{len(result.partials)} partial files; {verb} {size(result.freed_bytes)}"
+        )
+    else:
+        text = (
+            f"{typed_id(result.repo_id, result.repo_type)}: {what}; {len(result.blobs)} blobs, {len(result.partials)} partial "
+            f"files, refs: {', '.join(result.refs) or 'none'}; {verb} {size(result.freed_bytes)}"
+        )
     if result.kept_commits:
         text += f"; kept {', '.join(c[:12] for c in result.kept_commits)}"
     if result.skipped:
