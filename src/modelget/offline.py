@@ -18,7 +18,6 @@ the result says that completeness was not checked.
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,10 +28,7 @@ from modelget.errors import OfflineMissingError, UsageError
 from modelget.events import Reporter
 from modelget.lockfile import LockedModel
 from modelget.manifest import select_files
-from modelget.record import read_record, record_path
-
-_COMMIT = re.compile(r"[0-9a-f]{40}")
-
+from modelget.record import is_commit, read_record, record_path
 
 # --- answering a pull from disk -------------------------------------------------------------
 
@@ -49,7 +45,7 @@ def _local_commit(local_dir: Path) -> str | None:
                     first = (Path(root) / name).read_text().split("\n", 1)[0].strip()
                 except OSError:
                     continue
-                if _COMMIT.fullmatch(first):
+                if is_commit(first):
                     commits.add(first)
     return commits.pop() if len(commits) == 1 else None
 
@@ -77,20 +73,20 @@ def _commit_of(
                 hint="pull it once with the network: "
                 f"`{_pull_command(repo_id, repo_type)} --local-dir {local_dir}`",
             )
-        if _COMMIT.fullmatch(want) and want != commit:
+        if is_commit(want) and want != commit:
             raise OfflineMissingError(
                 f"{local_dir} holds commit {commit} of {repo_id}, not {want}",
                 hint="pull that revision once with the network",
             )
         return commit
-    if _COMMIT.fullmatch(want):
+    if is_commit(want):
         return want
     ref = layout.repo_dir(cache_dir, repo_id, repo_type) / "refs" / want
     try:
         commit = ref.read_text().strip() if not ref.is_symlink() else ""
     except OSError:
         commit = ""
-    if not _COMMIT.fullmatch(commit):
+    if not is_commit(commit):
         raise OfflineMissingError(
             f"{repo_id}@{want} is not in the cache at {cache_dir} (no refs/{want})",
             hint=f"pull it once with the network: `{_pull_command(repo_id, repo_type)}"

@@ -33,6 +33,11 @@ RECORD_VERSION = 1
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
+def is_commit(text: str) -> bool:
+    """A full git commit id (40 lower-case hex digits), as the records and refs hold them."""
+    return _COMMIT.fullmatch(text) is not None
+
+
 @dataclass(frozen=True)
 class Record:
     """What modelget knows it put in place for one commit."""
@@ -227,6 +232,6 @@ def record_of_dir(root: Path) -> tuple[Record, Path] | None:
         return None
     for candidate in candidates:
         rec = read_record(candidate)
-        if rec is not None and _COMMIT.fullmatch(rec.commit):
+        if rec is not None and is_commit(rec.commit):
             return rec, candidate
     return None
