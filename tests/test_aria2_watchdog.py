@@ -143,6 +143,34 @@ def test_a_merely_slower_holder_goes_silently() -> None:
     assert v.take_out[0].reason.startswith("too slow or stalled: 2048 KiB/s per connection")
 
 
+def test_a_holder_whose_connections_burst_then_stall_is_told_not_silently_slower() -> None:
+    """A new connection now and then brings 64 KiB and stalls: its bytes keep growing and
+    aria2's average says 1 MiB/s per connection, while 80 KiB/s per connection arrive."""
+    size = 64 * MB
+    clock = Clock(seen_bytes=20 * MB - 64 * 1024, last_byte_at=9.8, seen_at=9.8)
+    holder = MirrorLook("holder", clock, 4, 4 * MB, 20 * MB, None)  # no yardstick of its own
+    idle = mirror("idle", conns=0, speed=0.0, nbytes=40 * MB)
+    v = watchdog.decide(look([holder, idle], size=size, completed=60 * MB, progress_at=10.0), 10.0)
+    assert taken(v) == ["holder"]
+    out = v.take_out[0]
+    assert out.report and "stalled" in out.reason
+    assert out.reason.startswith("too slow or stalled: 80 KiB/s per connection")
+    assert clock.recent_bps is not None and round(clock.recent_bps) == 64 * 1024 * 5
+
+
+def test_a_slower_holder_with_its_own_yardstick_is_not_judged_by_one_look() -> None:
+    """A mirror with enough bytes for a yardstick of its own (2 MiB/s per connection here) is
+    merely slower even when the last look brought little (the split of bytes between mirrors
+    is an estimate, from one look to the next)."""
+    size = 64 * MB
+    clock = Clock(seen_bytes=20 * MB - 64 * 1024, last_byte_at=9.8, seen_at=9.8)
+    holder = MirrorLook("holder", clock, 4, 4 * FAST / 2, 20 * MB, FAST / 2)
+    idle = mirror("idle", conns=0, speed=0.0, nbytes=40 * MB)
+    v = watchdog.decide(look([holder, idle], size=size, completed=40 * MB, progress_at=10.0), 10.0)
+    assert taken(v) == ["holder"]
+    assert not v.take_out[0].report
+
+
 def test_endgame_waits_when_the_holder_finishes_soon_enough() -> None:
     # A little left, the holder nearly as fast: taking it out would cost more than it saves.
     holder = mirror("holder", conns=4, speed=4 * FAST * 0.9, rate=None)

@@ -106,6 +106,10 @@ class Clock:
     """Its bytes on the download at the last look (:func:`_endgame`)."""
     last_byte_at: float = 0.0
     """When those last grew (0: not looked yet)."""
+    seen_at: float = 0.0
+    """When ``seen_bytes`` was read (0: not looked yet)."""
+    recent_bps: float | None = None
+    """Its bytes per second on the download between the last two looks (None: one look)."""
 
 
 @dataclass(frozen=True)
@@ -300,9 +304,13 @@ def _endgame(look: Look, now: float) -> Verdict | None:
     over ``BEHIND_RATIO`` times slower, or brought no byte for ``STALLED_HOLDER_S``: a
     fault, reported); aria2 gives its unfinished segments, minus what is on disk, to the
     others."""
-    for s in look.sources:  # when each mirror last brought bytes to this download
-        if s.bytes != s.clock.seen_bytes or not s.clock.last_byte_at:
-            s.clock.seen_bytes, s.clock.last_byte_at = s.bytes, now
+    for s in look.sources:  # when each mirror last brought bytes, and at what rate lately
+        c = s.clock
+        if c.seen_at and now > c.seen_at:
+            c.recent_bps = max(0, s.bytes - c.seen_bytes) / (now - c.seen_at)
+        if s.bytes != c.seen_bytes or not c.last_byte_at:
+            c.last_byte_at = now
+        c.seen_bytes, c.seen_at = s.bytes, now
     left = look.size - look.completed
     if look.size <= SMALL_FILE or left <= 0 or len(look.sources) < 2:
         return None
@@ -329,8 +337,15 @@ def _endgame(look: Look, now: float) -> Verdict | None:
     if keep <= left / others + 2 * ENDGAME_RESTART_S:
         return None
     # Far behind (the 1/BEHIND_RATIO rule of _behind, before its hedge budget ran out):
-    # a fault worth a reason. Merely slower: no failure of the mirror.
+    # a fault worth a reason. Merely slower: no failure of the mirror. A holder without a
+    # yardstick of its own (too few bytes yet) is judged by what it brought since the last
+    # look: connections that each bring a burst and then stall (a new one opening now and
+    # then) keep its bytes growing and aria2's average high, while what arrives per
+    # connection is a trickle (seen in CI: such a mirror was taken out without a reason).
     per_conn = rate / conns
+    recent = holder.clock.recent_bps
+    if own is None and recent is not None:
+        per_conn = min(per_conn, recent / conns)
     why = (
         f"too slow or stalled: {per_conn / 1024:.0f} KiB/s per connection at the end of "
         f"the download, while another mirror sends {best / 1024:.0f} KiB/s per connection"
