@@ -118,74 +118,93 @@ def test_the_best_mirror_is_never_behind() -> None:
     assert watchdog.decide(look([a, b], progress_at=12.0), 12.0) == Verdict()
 
 
+def endgame(
+    holder: MirrorLook, idle: MirrorLook, looks: Sequence[tuple[float, int]], **kw: int
+) -> list[Verdict]:
+    """The watchdog's verdicts at looks (time, completed) at a 64 MiB download held by
+    ``holder`` alone, with ``idle`` done with its share."""
+    return [
+        watchdog.decide(
+            look([holder, idle], size=64 * MB, completed=done, progress_at=now, **kw), now
+        )
+        for now, done in looks
+    ]
+
+
 def test_silent_holder_at_the_end_is_stalled_with_a_reason() -> None:
-    size = 64 * MB
-    holder_clock = Clock(seen_bytes=20 * MB, last_byte_at=9.0)
-    # 200 KiB/s per connection by aria2's lagging average, but no byte since 9.0.
-    holder = MirrorLook("holder", holder_clock, 4, 4 * 200 * 1024, 20 * MB, None)
+    # 200 KiB/s per connection by aria2's lagging average, but no byte comes.
+    holder = MirrorLook("holder", Clock(), 4, 4 * 200 * 1024, 20 * MB, None)
     idle = mirror("idle", conns=0, speed=0.0, nbytes=40 * MB)
-    v = watchdog.decide(look([holder, idle], size=size, completed=60 * MB, progress_at=10.0), 10.0)
-    assert taken(v) == ["holder"]
-    out = v.take_out[0]
+    first, early, late = endgame(holder, idle, [(10.0, 60 * MB), (10.2, 60 * MB), (10.5, 60 * MB)])
+    assert first == Verdict()  # its own bytes are measured from here
+    assert early == Verdict()  # no byte for 0.2 s: not yet a stall
+    assert taken(late) == ["holder"]
+    out = late.take_out[0]
     assert out.report  # a fault, told
-    assert out.reason.startswith("stalled: no bytes at the end of the download")
-    assert not v.restart_clock
+    assert out.reason.startswith("stalled: no bytes for 0.5 s at the end of the download")
+    assert not late.restart_clock
 
 
 def test_a_merely_slower_holder_goes_silently() -> None:
-    size = 64 * MB
-    clock = Clock(seen_bytes=19 * MB, last_byte_at=9.9)  # it brought bytes at this look
-    holder = MirrorLook("holder", clock, 4, 4 * FAST / 2, 20 * MB, None)
+    # aria2 says 4 MiB/s per connection; 2 MiB/s per connection arrive; the idle one had 4.
+    holder = MirrorLook("holder", Clock(), 4, 4 * FAST, 20 * MB, None)
     idle = mirror("idle", conns=0, speed=0.0, nbytes=40 * MB)
-    v = watchdog.decide(look([holder, idle], size=size, completed=40 * MB, progress_at=10.0), 10.0)
-    assert taken(v) == ["holder"]
-    assert not v.take_out[0].report
-    assert v.take_out[0].reason.startswith("too slow or stalled: 2048 KiB/s per connection")
+    got = int(4 * FAST / 2 * 0.2)
+    first, second = endgame(holder, idle, [(10.0, 40 * MB), (10.2, 40 * MB + got)])
+    assert first == Verdict()
+    assert taken(second) == ["holder"]
+    assert not second.take_out[0].report
+    assert second.take_out[0].reason.startswith("too slow or stalled: 2048 KiB/s per connection")
 
 
 def test_a_holder_whose_connections_burst_then_stall_is_told_not_silently_slower() -> None:
-    """A new connection now and then brings 64 KiB and stalls: its bytes keep growing and
-    aria2's average says 1 MiB/s per connection, while 80 KiB/s per connection arrive."""
-    size = 64 * MB
-    clock = Clock(seen_bytes=20 * MB - 64 * 1024, last_byte_at=9.8, seen_at=9.8)
-    holder = MirrorLook("holder", clock, 4, 4 * MB, 20 * MB, None)  # no yardstick of its own
+    """A new connection now and then brings 64 KiB and stalls: aria2's average says 1 MiB/s
+    per connection (and the estimated split of bytes may credit it with the others'), while
+    80 KiB/s per connection arrive: measured while it holds the download alone."""
+    holder = MirrorLook("holder", Clock(), 4, 4 * MB, 20 * MB, FAST)  # a yardstick, wrong
     idle = mirror("idle", conns=0, speed=0.0, nbytes=40 * MB)
-    v = watchdog.decide(look([holder, idle], size=size, completed=60 * MB, progress_at=10.0), 10.0)
-    assert taken(v) == ["holder"]
-    out = v.take_out[0]
+    first, second = endgame(holder, idle, [(10.0, 60 * MB), (10.2, 60 * MB + 64 * 1024)])
+    assert first == Verdict()
+    assert taken(second) == ["holder"]
+    out = second.take_out[0]
     assert out.report and "stalled" in out.reason
     assert out.reason.startswith("too slow or stalled: 80 KiB/s per connection")
-    assert clock.recent_bps is not None and round(clock.recent_bps) == 64 * 1024 * 5
 
 
-def test_a_slower_holder_with_its_own_yardstick_is_not_judged_by_one_look() -> None:
-    """A mirror with enough bytes for a yardstick of its own (2 MiB/s per connection here) is
-    merely slower even when the last look brought little (the split of bytes between mirrors
-    is an estimate, from one look to the next)."""
-    size = 64 * MB
-    clock = Clock(seen_bytes=20 * MB - 64 * 1024, last_byte_at=9.8, seen_at=9.8)
-    holder = MirrorLook("holder", clock, 4, 4 * FAST / 2, 20 * MB, FAST / 2)
+def test_a_holder_is_measured_only_while_it_holds_every_connection() -> None:
+    # aria2 counts 12 connections on the download and names the holder's 4: the others'
+    # bytes may be flowing on connections not named yet, so nothing is measured (aria2's
+    # lagging average still says the holder is fast: no other rule acts).
+    holder = MirrorLook("holder", Clock(), 4, 4 * FAST, 20 * MB, None)
     idle = mirror("idle", conns=0, speed=0.0, nbytes=40 * MB)
-    v = watchdog.decide(look([holder, idle], size=size, completed=40 * MB, progress_at=10.0), 10.0)
-    assert taken(v) == ["holder"]
-    assert not v.take_out[0].report
+    looks = [(10.0, 60 * MB), (10.6, 60 * MB), (11.2, 60 * MB)]
+    assert endgame(holder, idle, looks, connections=12) == [Verdict()] * 3
+    assert holder.clock.alone_at is None
+    # Once they are all its own, it is measured from that look on.
+    first, second = endgame(holder, idle, [(12.0, 60 * MB), (12.5, 60 * MB)])
+    assert first == Verdict() and taken(second) == ["holder"]
+    # Another mirror opening a connection ends the measure.
+    holder.clock.alone_at = 12.5
+    both = [holder, mirror("idle", conns=1, speed=FAST, nbytes=40 * MB)]
+    watchdog.decide(look(both, size=64 * MB, completed=61 * MB, progress_at=13.0), 13.0)
+    assert holder.clock.alone_at is None
 
 
 def test_endgame_waits_when_the_holder_finishes_soon_enough() -> None:
     # A little left, the holder nearly as fast: taking it out would cost more than it saves.
-    holder = mirror("holder", conns=4, speed=4 * FAST * 0.9, rate=None)
+    holder = mirror("holder", conns=4, speed=4 * FAST, rate=None)
     idle = mirror("idle", conns=0, speed=0.0)
-    v = watchdog.decide(look([holder, idle], completed=255 * MB, progress_at=10.0), 10.0)
-    assert v == Verdict()
+    got = int(4 * FAST * 0.9 * 0.2)
+    done = 64 * MB - 2 * MB
+    assert endgame(holder, idle, [(10.0, done), (10.2, done + got)]) == [Verdict()] * 2
 
 
-def test_endgame_not_for_a_small_file_nor_a_download_that_did_not_grow() -> None:
+def test_endgame_not_for_a_small_file() -> None:
     holder = MirrorLook("holder", Clock(), 1, 1024.0, 1 * MB, None)
     idle = mirror("idle", conns=0, speed=0.0)
-    small = look([holder, idle], size=4 * MB, completed=2 * MB, progress_at=10.0)
-    assert watchdog.decide(small, 10.0) == Verdict()
-    still = look([holder, idle], progress_at=9.8)  # no byte since the last look
-    assert watchdog.decide(still, 10.0) == Verdict()
+    for now in (10.0, 10.6):
+        small = look([holder, idle], size=4 * MB, completed=2 * MB, progress_at=now)
+        assert watchdog.decide(small, now) == Verdict()
 
 
 def test_stalled_connections_lose_their_mirrors_while_another_is_left() -> None:

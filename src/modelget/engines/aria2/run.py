@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import math
 import subprocess
 import threading
@@ -98,6 +99,9 @@ _DIED = "aria2c exited unexpectedly"
 _LOCAL_ERRORS = frozenset({"9", "13", "15", "16", "17", "18", "28"})
 _DISK_FULL = "9"
 """aria2's "not enough disk space" error code."""
+
+
+_log = logging.getLogger(__name__)
 
 
 class _Run:
@@ -1037,6 +1041,13 @@ class _Run:
         by pausing the download around the change; the bytes on disk are kept; ``report``:
         as a failure of its mirror, with ``reason``)."""
         gid = state.gid
+        _log.debug(
+            "%s: %s taken out%s: %s",
+            state.job.path,
+            s.src.mirror,
+            "" if report else " (not reported)",
+            reason,
+        )
         if report:
             self._drop_source(state, s, reason)
         elif s in state.sources:

@@ -54,9 +54,12 @@ RATE_HALF_LIFE_S = 5.0
 ENDGAME_RESTART_S = 0.2
 """What taking a mirror out of a download costs the mirrors left (a pause and resume, new
 connections): :func:`_endgame` does it only when they would still finish sooner."""
+ALONE_MIN_S = 0.1
+"""The shortest span over which :func:`_endgame` measures a holder's own rate."""
 STALLED_HOLDER_S = 0.5
 """At the end of a download, a holder that brought no byte for this long is stalled (told
-with a reason), not merely slower (taken out silently)."""
+with a reason); before that, no byte is no verdict (a machine under load can hold a
+healthy connection's bytes back that long)."""
 MAX_REREOLVES_PER_SOURCE = 3
 """A redirected source's URL is resolved again (expired) at most this often per download."""
 
@@ -102,14 +105,11 @@ class Clock:
     """Since when aria2 has had no connection open to it."""
     behind_since: float | None = None
     """Since when its connections have been far behind another mirror's (``BEHIND_RATIO``)."""
-    seen_bytes: int = 0
-    """Its bytes on the download at the last look (:func:`_endgame`)."""
-    last_byte_at: float = 0.0
-    """When those last grew (0: not looked yet)."""
-    seen_at: float = 0.0
-    """When ``seen_bytes`` was read (0: not looked yet)."""
-    recent_bps: float | None = None
-    """Its bytes per second on the download between the last two looks (None: one look)."""
+    alone_completed: int = 0
+    """The download's completed length when it was last seen holding the download's end
+    alone (:func:`_endgame`)."""
+    alone_at: float | None = None
+    """When that was (None: not holding it alone at the last look)."""
 
 
 @dataclass(frozen=True)
@@ -293,71 +293,73 @@ def _endgame(look: Look, now: float) -> Verdict | None:
     mirrors done with theirs sit idle on it while a slower one finishes the segments it
     took (aria2 never re-splits a running one): at 1 MB/s per connection, a second or
     more per download, and the pull's last download ends that much later (bench S10).
-    When every connection still open on a download is on one mirror, another mirror of
-    the download is idle on it after bringing some of its bytes, and that one alone
-    would fetch what is left (at its rate per connection, :attr:`MirrorLook.rate`, on the
-    download's connections) sooner than the holder at its current speed, by more than
-    ``ENDGAME_RESTART_S`` twice over, while the download grows (a download that brought
-    nothing since the last look is stalled: :func:`_stalled` and :func:`_too_slow` take
-    it out, with a reason), the holder's URIs are taken out of this download (not a
-    failure: the mirror keeps its other downloads and no warning is given, unless it is
-    over ``BEHIND_RATIO`` times slower, or brought no byte for ``STALLED_HOLDER_S``: a
-    fault, reported); aria2 gives its unfinished segments, minus what is on disk, to the
-    others."""
-    for s in look.sources:  # when each mirror last brought bytes, and at what rate lately
-        c = s.clock
-        if c.seen_at and now > c.seen_at:
-            c.recent_bps = max(0, s.bytes - c.seen_bytes) / (now - c.seen_at)
-        if s.bytes != c.seen_bytes or not c.last_byte_at:
-            c.last_byte_at = now
-        c.seen_bytes, c.seen_at = s.bytes, now
-    left = look.size - look.completed
-    if look.size <= SMALL_FILE or left <= 0 or len(look.sources) < 2:
-        return None
-    if look.progress_at < now:
-        return None  # no byte since the last look: a stall, for the rules that report it
+
+    While every connection open on a download is on one mirror, look after look, what the
+    download brings is that mirror's, measured from the first of those looks (the bytes of
+    each mirror are otherwise an estimate from aria2's speeds, averaged over seconds: a mirror
+    whose connections bring a burst and stall looks fast for a while and is credited with
+    the others' bytes; CI saw such a mirror taken out as merely slower). If another
+    mirror of the download is idle on it after bringing some of its bytes, and that one
+    alone would fetch what is left (at its rate per connection, :attr:`MirrorLook.rate`,
+    on the download's connections) sooner than the holder at its measured rate, by more
+    than ``ENDGAME_RESTART_S`` twice over, the holder's URIs are taken out of this
+    download. Not a failure when it is merely slower (the mirror keeps its other
+    downloads and no warning is given); a fault, reported, when it brought nothing for
+    ``STALLED_HOLDER_S`` (stalled) or is over ``BEHIND_RATIO`` times slower. aria2 gives its
+    unfinished segments, minus what is on disk, to the others. Measuring first costs a poll
+    interval at the end of such a download (``STALLED_HOLDER_S`` when it stalled)."""
     holding = [i for i, s in enumerate(look.sources) if s.connections]
-    if len(holding) != 1:
+    alone = None
+    if len(holding) == 1 and look.connections <= look.sources[holding[0]].connections:
+        # Every connection of the download is its (aria2 names a connection among the
+        # download's servers only some time after it opens: the others' bytes may flow
+        # on connections it does not name yet).
+        alone = holding[0]
+    for i, s in enumerate(look.sources):
+        if i != alone:
+            s.clock.alone_at = None
+    left = look.size - look.completed
+    if alone is None or look.size <= SMALL_FILE or left <= 0 or len(look.sources) < 2:
         return None
-    h = holding[0]
-    holder = look.sources[h]
-    conns, speed = holder.connections, holder.speed
+    holder = look.sources[alone]
+    clock = holder.clock
+    since, before = clock.alone_at, clock.alone_completed
+    if since is None:
+        clock.alone_at, clock.alone_completed = now, look.completed
+        return None  # its own bytes are measured from this look on
+    span = now - since
+    got = max(0, look.completed - before)
+    if span < ALONE_MIN_S or (not got and span < STALLED_HOLDER_S):
+        return None
     rates = [
-        s.rate for i, s in enumerate(look.sources) if i != h and s.bytes > 0 and s.rate is not None
+        s.rate
+        for i, s in enumerate(look.sources)
+        if i != alone and s.bytes > 0 and s.rate is not None
     ]
     best = max(rates, default=0.0)
-    if best < MIN_REFERENCE_BPS or speed / conns >= best:
+    if best < MIN_REFERENCE_BPS:
         return None
-    # aria2's speed is an average over seconds (it lags a connection that slows down):
-    # the holder's own rate per connection over its recent bytes, if lower, counts.
-    own = holder.rate
-    rate = min(speed, conns * own) if own is not None else speed
+    conns = holder.connections
+    rate = got / span
+    if rate / conns >= best:
+        return None
     others = best * min(max(1, look.per_server), _need(left))
     keep = left / rate if rate > 0 else math.inf
     if keep <= left / others + 2 * ENDGAME_RESTART_S:
         return None
-    # Far behind (the 1/BEHIND_RATIO rule of _behind, before its hedge budget ran out):
-    # a fault worth a reason. Merely slower: no failure of the mirror. A holder without a
-    # yardstick of its own (too few bytes yet) is judged by what it brought since the last
-    # look: connections that each bring a burst and then stall (a new one opening now and
-    # then) keep its bytes growing and aria2's average high, while what arrives per
-    # connection is a trickle (seen in CI: such a mirror was taken out without a reason).
     per_conn = rate / conns
-    recent = holder.clock.recent_bps
-    if own is None and recent is not None:
-        per_conn = min(per_conn, recent / conns)
-    why = (
-        f"too slow or stalled: {per_conn / 1024:.0f} KiB/s per connection at the end of "
-        f"the download, while another mirror sends {best / 1024:.0f} KiB/s per connection"
-    )
-    stalled = now - holder.clock.last_byte_at >= STALLED_HOLDER_S
-    if stalled:
+    if rate <= 0:
         why = (
-            f"stalled: no bytes at the end of the download, while another mirror sends "
-            f"{best / 1024:.0f} KiB/s per connection"
+            f"stalled: no bytes for {span:.1f} s at the end of the download, while "
+            f"another mirror sends {best / 1024:.0f} KiB/s per connection"
         )
-    far = stalled or per_conn < best / BEHIND_RATIO
-    return Verdict((TakeOut(h, holder.mirror, why, report=far),))
+    else:
+        why = (
+            f"too slow or stalled: {per_conn / 1024:.0f} KiB/s per connection at the end of "
+            f"the download, while another mirror sends {best / 1024:.0f} KiB/s per connection"
+        )
+    far = per_conn < best / BEHIND_RATIO
+    return Verdict((TakeOut(alone, holder.mirror, why, report=far),))
 
 
 def _too_slow(look: Look, now: float) -> Verdict | None:
