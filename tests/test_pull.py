@@ -22,6 +22,7 @@ from modelget import api
 from modelget.engines import EngineName, EngineOptions, aria2c_path
 from modelget.testing import fixtures
 from modelget.testing.hubsim import Fault, HubSimulator, RequestRecord
+from modelget.testing.signals import interruptible_cli
 
 REPO = fixtures.MINILM_REPO_ID
 ENGINES = ["aria2", "httpx"]
@@ -393,7 +394,7 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes(
     cat = catalogue(tmp_path / "m.yaml", ("hub", sim.url, ""))
     cache = tmp_path / "c"
     proc = subprocess.Popen(
-        _pull_cmd(cat, cache, engine, "--quiet", "--connections", "4"),
+        [*interruptible_cli(), *_pull_cmd(cat, cache, engine, "--quiet", "--connections", "4")[3:]],
         stderr=subprocess.PIPE,
         text=True,
     )
