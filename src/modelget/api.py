@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from modelget import layout, settings
 from modelget.auth import check_token, with_token
 from modelget.datatypes import (
+    MS_REPO_TYPES,
     Catalogue,
     FileEntry,
     Mirror,
@@ -522,6 +523,7 @@ def pull(
         local_dir=local_dir,
         layout_name=layout,
         mirrors=mirrors,
+        repo_type=repo_type,
     )
 
     def from_disk() -> PullResult:
@@ -630,6 +632,7 @@ def _destination(
     local_dir: StrPath | None,
     layout_name: LayoutName | None,
     mirrors: MirrorsArg,
+    repo_type: RepoType = "model",
 ) -> tuple[Path, Path | None]:
     """Where a pull writes: (the HF cache, the directory of real files or None). The
     ModelScope layout is a directory of real files (its metadata beside it:
@@ -649,9 +652,15 @@ def _destination(
             hint="leave out one: --layout modelscope fills the ModelScope cache "
             "(--cache-dir DIR, else $MODELSCOPE_CACHE)",
         )
+    if repo_type not in MS_REPO_TYPES:
+        raise UsageError(
+            f"the ModelScope layout holds models and datasets, not a {repo_type}: ModelScope "
+            "has no spaces to download",
+            hint="leave out --layout modelscope: spaces go to the Hugging Face cache",
+        )
     ms_id = _ms_id(repo_id, mirrors)
     return _hub_cache(None), layout.ms_snapshot_dir(
-        _ms_root(cache_dir), ms_id, revision or "master"
+        _ms_root(cache_dir), ms_id, revision or "master", repo_type
     )
 
 
