@@ -1,8 +1,8 @@
 """ModelScope datasets (issue 17 §4): the ``modelscope`` source lists and fetches them
 (``/api/v1/datasets/...``), ``pull --repo-type dataset --layout modelscope`` writes them where
-the real client (modelscope-hub) finds them; a space asked of ModelScope mirrors only is a
-usage error. Against the hub simulator on 127.0.0.1, with the real client, on both engines
-where bytes move."""
+the real client (modelscope-hub) finds them, ``verify``/``rm``/``ls --layout modelscope``
+handle them by repo id; a space asked of ModelScope mirrors only is a usage error. Against the
+hub simulator on 127.0.0.1, with the real client, on both engines where bytes move."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from modelget import api, cli
 from modelget.engines import EngineName
+from modelget.errors import NotInCacheError, UsageError
 from modelget.testing.hubsim import HubSimulator
 from test_modelscope_layout import FAST, engine, files_of
 
@@ -148,6 +149,109 @@ def test_only_modelscope_on_the_command_line_puts_a_dataset_in_its_cache(
     assert hf.status == "ok" and "datasets--acme--rows" in hf.path
     assert hf.commit == offline.commit == hub.commit(DS, repo_type="dataset")
     assert files_of(Path(hf.path)) == files_of(dataset)
+
+
+def test_verify_by_repo_id_in_the_modelscope_cache(
+    tmp_path: Path,
+    dataset: Path,
+    sims_and_catalogues: tuple[HubSimulator, HubSimulator, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``verify REPO_ID --layout modelscope``: the ModelScope id or the pulled one, a dataset
+    (``--repo-type dataset``) or a model, one snapshot or all; repaired in place."""
+    _hub, _ms, _both, only_ms = sims_and_catalogues
+    root = tmp_path / "ms-root"
+
+    def pull(repo_type: Any = "dataset", revision: str | None = None) -> Path:
+        result = api.pull(
+            DS, repo_type=repo_type, mirrors=only_ms, engine="httpx", options=FAST,
+            layout="modelscope", cache_dir=root, revision=revision,
+        )  # fmt: skip
+        assert result.status == "ok"
+        return Path(result.path)
+
+    master, main, model = pull(), pull(revision="main"), pull("model")
+    assert model == root / "models" / "acme-ms--rows" / "snapshots" / "master"
+    one = api.verify(
+        MS_DS, repo_type="dataset", layout="modelscope", cache_dir=root, revision="master"
+    )
+    assert one.ok and one.kind == "modelscope" and one.path == str(master)
+    assert one.repo_id == MS_DS and one.repo_type == "dataset"
+    assert {f.path for f in one.files} == set(files_of(dataset))
+    # Every snapshot: each file's path under its snapshot's name.
+    every = api.verify(
+        DS, repo_type="dataset", layout="modelscope", cache_dir=root, mirrors=only_ms
+    )
+    assert every.ok and every.path == str(master.parent.parent)
+    assert {f.path for f in every.files} == {
+        f"{rev}/{p}" for rev in ("main", "master") for p in files_of(dataset)
+    }
+    # The model of the same id is another repo.
+    as_model = api.verify(MS_DS, layout="modelscope", cache_dir=root)
+    assert as_model.repo_type == "model" and [f.path for f in as_model.files] == ["config.json"]
+    # Corrupt one snapshot's LFS file (same size), lose a file of the other.
+    data = bytearray((master / PARQUET).read_bytes())
+    data[100] ^= 0xFF
+    (master / PARQUET).write_bytes(bytes(data))
+    (main / "README.md").unlink()
+    argv = ["verify", MS_DS, "--repo-type", "dataset", "--layout", "modelscope"]
+    capsys.readouterr()
+    assert cli.main([*argv, "--cache-dir", str(root), "--json"]) == 4
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    bad = {f["path"]: f["status"] for f in payload["files"] if f["status"] != "ok"}
+    assert bad == {f"master/{PARQUET}": "corrupted", "main/README.md": "missing"}
+    assert payload["kind"] == "modelscope" and payload["repo_type"] == "dataset"
+    fixed = api.verify(
+        DS, repo_type="dataset", layout="modelscope", cache_dir=root, repair=True,
+        mirrors=only_ms, engine="httpx",
+    )  # fmt: skip
+    assert fixed.ok and sorted(fixed.repaired) == ["main/README.md", f"master/{PARQUET}"]
+    assert files_of(master) == files_of(main) == files_of(dataset)
+    # Not there: not-in-cache (exit 1), naming the repo type; a space: a usage error.
+    with pytest.raises(NotInCacheError, match="dataset acme-ms/other"):
+        api.verify("acme-ms/other", repo_type="dataset", layout="modelscope", cache_dir=root)
+    with pytest.raises(NotInCacheError, match="'v9'"):
+        api.verify(MS_DS, repo_type="dataset", layout="modelscope", cache_dir=root, revision="v9")
+    with pytest.raises(UsageError, match="not a space"):
+        api.verify(MS_DS, repo_type="space", layout="modelscope", cache_dir=root)
+
+
+def test_ls_and_rm_a_dataset_in_the_modelscope_cache(
+    tmp_path: Path,
+    dataset: Path,
+    sims_and_catalogues: tuple[HubSimulator, HubSimulator, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _hub, _ms, _both, only_ms = sims_and_catalogues
+    root = tmp_path / "ms-root"
+    for repo_type in ("dataset", "model"):
+        api.pull(
+            DS, repo_type=repo_type, mirrors=only_ms, engine="httpx", options=FAST,
+            layout="modelscope", cache_dir=root,
+        )  # fmt: skip
+    listed = api.list_models(cache_dir=root, layout="modelscope")
+    assert [(m.repo_id, m.repo_type) for m in listed] == [(MS_DS, "model"), (MS_DS, "dataset")]
+    capsys.readouterr()
+    assert cli.main(["ls", "--layout", "modelscope", "--cache-dir", str(root)]) == 0
+    assert f"datasets/{MS_DS}" in capsys.readouterr().out
+    folder = root / "datasets" / "acme-ms--rows"
+    # rm --repo-type dataset removes the dataset's folder (by the id a pull was given, mapped
+    # through the catalogue in force), never the model of the same id.
+    monkeypatch.setenv("MODELGET_MIRRORS", str(only_ms))
+    argv = ["rm", DS, "--repo-type", "dataset", "--layout", "modelscope"]
+    assert cli.main([*argv, "--cache-dir", str(root), "--yes", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert payload["repo_id"] == MS_DS and payload["repo_type"] == "dataset"
+    assert payload["repo_removed"] and payload["layout"] == "modelscope"
+    assert not folder.exists() and (root / "datasets").is_dir()
+    assert files_of(root / "models" / "acme-ms--rows" / "snapshots" / "master") == {
+        "config.json": b'{"model": true}\n'
+    }
+    with pytest.raises(NotInCacheError, match="dataset acme-ms/rows"):
+        api.remove(MS_DS, repo_type="dataset", cache_dir=root, layout="modelscope")
+    with pytest.raises(UsageError, match="not a space"):
+        api.remove(MS_DS, repo_type="space", cache_dir=root, layout="modelscope")
 
 
 def test_a_space_from_modelscope_mirrors_only_is_a_usage_error(
