@@ -266,3 +266,18 @@ def test_a_space_from_modelscope_mirrors_only_is_a_usage_error(
     assert error["code"] == "usage" and "ModelScope has no spaces" in error["message"]
     assert cli.main([*argv, "--mirrors", str(only_ms)]) == 2
     assert not ms.log
+
+
+def test_a_missing_dataset_or_revision_on_modelscope_is_named_as_such(
+    sims_and_catalogues: tuple[HubSimulator, HubSimulator, Path, Path],
+) -> None:
+    """The ModelScope source asks the dataset routes whether the repo exists: a missing
+    dataset is model-not-found naming it a dataset, a missing revision revision-not-found."""
+    from modelget.errors import ModelNotFoundError, RevisionNotFoundError
+
+    _hub, ms, _both, only_ms = sims_and_catalogues
+    with pytest.raises(ModelNotFoundError, match="dataset acme/none"):
+        api.plan("acme/none", repo_type="dataset", mirrors=only_ms)
+    with pytest.raises(RevisionNotFoundError, match=r"'v9'.*dataset acme/rows"):
+        api.plan(DS, repo_type="dataset", mirrors=only_ms, revision="v9")
+    assert ms.requests(route="ms-api", path_glob=f"/api/v1/datasets/{MS_DS}")
