@@ -24,6 +24,10 @@ REPO_URL_PREFIXES: Mapping[RepoType, str] = MappingProxyType(
 """What goes before a repo id in a URL path (huggingface_hub's ``REPO_TYPES_URL_PREFIXES``):
 the Hub's ``/datasets/{repo}/resolve/...``, a cdn tree's ``datasets/{repo}/refs.json``."""
 
+MS_REPO_TYPES: tuple[RepoType, ...] = ("model", "dataset")
+"""The repo types ModelScope serves downloads of: its studios (spaces) are apps with no
+download API (its client's ``download`` takes ``--repo-type model|dataset`` only)."""
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
