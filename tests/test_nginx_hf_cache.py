@@ -227,3 +227,19 @@ def test_requests_with_a_token_neither_use_nor_fill_the_shared_cache(
     monkeypatch.delenv("TEAM_TOKEN")
     with pytest.raises(ModelgetError):
         api.pull(GATED, mirrors=anonymous, cache_dir=tmp_path / "node4", options=FAST)
+
+
+def test_paginated_listings_stay_on_the_cache(tmp_path: Path, model_dir: Path) -> None:
+    with HubSimulator(name="paged", cdn=True, page_size=1) as hub:
+        hub.add_repo(REPO, model_dir)
+        server = NginxHfCache(hub.url)
+        with server:
+            pull(REPO, catalogue(tmp_path / "mirrors.yaml", server), tmp_path / "node", model_dir)
+            pages = hub.requests(route="hf-api", path_glob=f"/api/models/{REPO}/tree/*")
+            # Every page (one per file and directory) was asked through nginx: the hub's
+            # `Link: <http://hub/...>; rel="next"` was rewritten to point at the cache.
+            assert len(pages) >= 3
+            through = [e for e in server.access_log() if "/tree/" in e["uri"]]
+            assert len(through) == len(pages)
+            assert all(r.query.get("cursor") for r in pages[1:])
+        server.close()
