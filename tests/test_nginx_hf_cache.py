@@ -243,3 +243,32 @@ def test_paginated_listings_stay_on_the_cache(tmp_path: Path, model_dir: Path) -
             assert len(through) == len(pages)
             assert all(r.query.get("cursor") for r in pages[1:])
         server.close()
+
+
+def test_a_redirect_to_the_hubs_own_path_is_followed_with_the_token(
+    tmp_path: Path,
+    hub: HubSimulator,
+    cache: NginxHfCache,
+    model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The Hub answers some resolves with a relative redirect (`/api/resolve-cache/...` for small
+    # files, a renamed repo): nginx follows it on the hub, and the token goes along there.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "moved-config.json").write_bytes((model_dir / "config.json").read_bytes())
+    commit = hub.add_repo("team/moved", moved, gated=True, token=TOKEN)
+    target = f"/team/moved/resolve/{commit}/moved-config.json"
+    hub.add_fault(Fault(route="hf-resolve", path_glob="config.json", redirect_to=target))
+    monkeypatch.setenv("TEAM_TOKEN", TOKEN)
+
+    pull(
+        GATED,
+        catalogue(tmp_path / "m.yaml", cache, token_env="TEAM_TOKEN"),
+        tmp_path / "n",
+        model_dir,
+    )
+
+    hops = hub.requests(route="hf-resolve", path_glob=target)
+    assert hops and all(r.status in (200, 206) for r in hops)
+    assert all(r.authorization == f"Bearer {TOKEN}" for r in hops)
