@@ -272,3 +272,28 @@ def test_a_redirect_to_the_hubs_own_path_is_followed_with_the_token(
     hops = hub.requests(route="hf-resolve", path_glob=target)
     assert hops and all(r.status in (200, 206) for r in hops)
     assert all(r.authorization == f"Bearer {TOKEN}" for r in hops)
+
+
+def test_huggingface_hub_downloads_through_the_cache(
+    tmp_path: Path, hub: HubSimulator, cache: NginxHfCache, model_dir: Path
+) -> None:
+    from huggingface_hub import hf_hub_download
+
+    data = (model_dir / "model.safetensors").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    # huggingface_hub takes the file's commit, sha256 and size from the answer to its HEAD:
+    # the hub's redirect said them, and the cache passes them on (the CDN does not send a size).
+    head = httpx.head(f"{cache.url}/{REPO}/resolve/main/model.safetensors")
+    assert head.status_code == 200
+    assert head.headers["x-repo-commit"] == hub.commit(REPO)
+    assert head.headers["x-linked-etag"] == f'"{sha}"'
+    assert head.headers["x-linked-size"] == str(len(data))
+
+    for n in (1, 2):
+        hub.clear_log()
+        path = hf_hub_download(
+            REPO, "model.safetensors", endpoint=cache.url, cache_dir=tmp_path / f"hf{n}"
+        )
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha
+        assert Path(path).resolve().name == sha  # the blob is named by the hub's X-Linked-Etag
+    assert hub.requests(listener="cdn") == []  # the second download came from the cache
