@@ -109,7 +109,7 @@ def cdn_bytes(hub: HubSimulator) -> int:
     return sum(r.bytes_sent for r in hub.requests(listener="cdn"))
 
 
-def test_the_helper_runs_the_shipped_example() -> None:
+def test_the_example_has_the_directives_the_docs_promise() -> None:
     text = EXAMPLE_CONF.read_text()
     # What the docs promise of this file; the tests below prove each one works.
     for directive in (
