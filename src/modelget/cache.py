@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import posixpath
-import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -30,15 +29,13 @@ from pathlib import Path
 from typing import Literal
 
 from modelget import layout
-from modelget.datatypes import RepoType
+from modelget.datatypes import RepoType, is_sha1_hex, is_sha256_hex
 from modelget.errors import EXIT_OK, EXIT_VERIFY, LayoutError, NotInCacheError, UsageError
 from modelget.verify import hash_file
 
 FileStatus = Literal["ok", "missing", "corrupted", "extra"]
 
 PARTIAL_SUFFIXES = (".incomplete", ".incomplete.ranges", ".incomplete.aria2")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_SHA1 = re.compile(r"[0-9a-f]{40}")
 _META_PARTS = (".cache", "huggingface", "download")
 
 
@@ -167,9 +164,9 @@ def _link_target(link: Path) -> Path:
 
 
 def _digest_kind(etag: str) -> Literal["sha256", "git-sha1"] | None:
-    if _SHA256.fullmatch(etag):
+    if is_sha256_hex(etag):
         return "sha256"
-    if _SHA1.fullmatch(etag):
+    if is_sha1_hex(etag):
         return "git-sha1"
     return None
 

@@ -16,14 +16,21 @@ entry names no ``token_env`` never receives one.
 
 from __future__ import annotations
 
-import re
 import threading
 import warnings
 from typing import Any
 from urllib.parse import quote
 
 from modelget.auth import mirror_token
-from modelget.datatypes import MS_REPO_TYPES, FileEntry, Manifest, Mirror, MirrorKind, RepoType
+from modelget.datatypes import (
+    MS_REPO_TYPES,
+    FileEntry,
+    Manifest,
+    Mirror,
+    MirrorKind,
+    RepoType,
+    is_commit,
+)
 from modelget.errors import (
     AuthRequiredError,
     MirrorUnavailableError,
@@ -39,7 +46,6 @@ from modelget.manifest import check_manifest, check_path, check_size
 
 DEFAULT_REVISION = "master"
 _DEFAULT_CONFIG_LOCK = threading.Lock()
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _skip_certificate_checks(api: Any) -> None:
@@ -164,7 +170,7 @@ class ModelScopeSource:
         try:
             # A dataset's listing is paged (repo/tree): the client pages through it all.
             listed = api.list_repo_files(ms_id, repo_type, revision=rev, recursive=True)
-            commit = rev if _COMMIT.match(rev) else self._commit_of(api, ms_id, rev, repo_type)
+            commit = rev if is_commit(rev) else self._commit_of(api, ms_id, rev, repo_type)
         except ModelgetError:
             raise
         except Exception as exc:
@@ -217,7 +223,7 @@ class ModelScopeSource:
         for entry in entries:
             if isinstance(entry, dict) and entry.get("Revision") == rev:
                 commit = entry.get("CommitId") or entry.get("Commit")
-                if isinstance(commit, str) and _COMMIT.match(commit):
+                if is_commit(commit):
                     return commit
         return rev
 
