@@ -168,6 +168,24 @@ def test_a_silent_owner_is_hedged_after_a_while() -> None:
     assert s.mirrors["b"].latency() == pytest.approx(0.1)
 
 
+def test_a_silent_range_is_taken_over_before_new_chunks_go_out() -> None:
+    """A flow that went silent mid-pull (a TCP retransmission timeout on a full link) holds
+    its file's prefix: the next idle connection takes it over rather than a fresh chunk."""
+    p = Policy(initial=2, ceiling=2, min_chunk=8 * MiB, max_chunk=8 * MiB, hedge_after_s=2.0)
+    s = Scheduler([("f", 64 * MiB, [(0, 64 * MiB)], ["a"])], [("a", None)], p)
+    first, second = _take(s), _take(s)
+    assert (first.start, second.start) == (0, 8 * MiB)
+    s.wrote(second, 8 * MiB, 1.0)
+    s.release(second, 1.0)
+    fresh = _take(s, 1.0)  # first is quiet for 1 s only: a new chunk
+    assert fresh.start == 16 * MiB
+    s.wrote(fresh, 8 * MiB, 2.5)
+    s.release(fresh, 2.5)
+    hedge = _take(s, 2.5)  # first has sent nothing for 2.5 s
+    assert (hedge.start, hedge.end) == (0, 8 * MiB)
+    assert first.left() == 0 and s.files["f"].queue == [(24 * MiB, 64 * MiB)]
+
+
 def test_the_silence_budget_follows_the_measured_latency() -> None:
     p = Policy(hedge_after_s=2.0, hedge_factor=4.0, hedge_min_s=1.0, hedge_max_s=10.0)
     s = Scheduler([("f", 64 * MiB, [(0, 64 * MiB)], ["a", "b"])], [("a", None), ("b", None)], p)

@@ -373,6 +373,13 @@ class Scheduler:
             ),
             key=lambda m: ((m.active - m.active_small) / m.target, m.rank),
         )
+        # A range whose owner went silent is taken over before new chunks go out: left alone
+        # it would hold its file's hashed prefix, and the pull's end, until the queue is empty
+        # (on a full link a flow can wait out TCP retransmission timeouts for seconds).
+        for m in order:
+            got = self._steal(m, now, silent_only=True)
+            if got is not None:
+                return Assign(got)
         for m in order:
             got = self._chunk(m, now)
             if got is not None:
@@ -496,11 +503,11 @@ class Scheduler:
         left += sum(r.left() for r in self.active.values())
         return mine, max(self.policy.steal_after_s, 2.0 * left / total), faster
 
-    def _steal(self, m: _MirrorState, now: float) -> Range | None:
+    def _steal(self, m: _MirrorState, now: float, *, silent_only: bool = False) -> Range | None:
         """For a connection to ``m``: the tail of the range that would finish last, split in
         proportion to the two connections' speeds; or the whole rest of a range whose owner
         went silent (a hedge) or is so slow that ``m`` would finish it all sooner than the
-        owner its smallest share."""
+        owner its smallest share. ``silent_only``: only such a hedge."""
         p = self.policy
         best: Range | None = None
         best_eta = p.steal_after_s
@@ -520,6 +527,8 @@ class Scheduler:
                 ):
                     continue  # another mirror hedges it
                 eta, whole = float("inf"), True
+            elif silent_only:
+                continue
             else:
                 rate = r.rate(now)
                 if rate <= 0 or now - r.since < p.observe_s:
