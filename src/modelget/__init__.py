@@ -70,12 +70,15 @@ from modelget.errors import (
     RateLimitedError,
     ResolveError,
     RevisionNotFoundError,
+    TorrentError,
+    TorrentMismatchError,
     TransferError,
     UnsafeManifestError,
     UsageError,
     VerificationError,
 )
 from modelget.events import NullReporter, Reporter
+from modelget.swarm.options import SwarmOptions
 
 if TYPE_CHECKING:
     from modelget.api import (
@@ -157,6 +160,9 @@ __all__ = [  # noqa: RUF022 (plain sorted(), as tests/test_public_api.py checks)
     "Reporter",
     "ResolveError",
     "RevisionNotFoundError",
+    "SwarmOptions",
+    "TorrentError",
+    "TorrentMismatchError",
     "TransferError",
     "UnsafeManifestError",
     "UsageError",

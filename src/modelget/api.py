@@ -46,11 +46,13 @@ from modelget.probe import probe as run_probe
 from modelget.rank import rank
 from modelget.resolve import enabled_mirrors, resolve
 from modelget.sources import get_source
+from modelget.swarm.options import SwarmOptions
 
 if TYPE_CHECKING:
     from modelget.cache import CachedModel, RemoveResult, VerifyResult
     from modelget.doctor import DoctorReport
     from modelget.loadtest import LoadReport
+    from modelget.swarm.engine import SwarmEngine
 
 StrPath = str | os.PathLike[str]
 
@@ -418,6 +420,7 @@ def pull(
     token: str | None = None,
     repo_type: RepoType = "model",
     layout: LayoutName | None = None,
+    swarm: SwarmOptions | None = None,
 ) -> PullResult:
     """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache (or
     ``local_dir``), and return what happened.
@@ -471,9 +474,16 @@ def pull(
             them, ``{root}/models/{owner}--{name}/snapshots/{revision or master}/``, ``root``
             being ``cache_dir`` (default: ``$MODELSCOPE_CACHE``, ``~/.cache/modelscope``) and
             ``ID`` the catalogue's ModelScope id for ``repo_id`` (default: ``hf``).
+        swarm: swarm mode (``--swarm``, :class:`SwarmOptions`): the big blobs travel between
+            the nodes that pull the same model over BitTorrent (aria2c's), so the mirrors send
+            about one copy in all; every blob is still verified by its sha256 before it lands.
+            A seeder hands the mirrors to the swarm as web seeds; a peer takes them only after
+            ``stall_s`` without progress. After the pull the node seeds on while the tracker
+            lists downloading peers, at most ``seed_for_s``.
 
     Returns:
-        A :class:`PullResult`: ``path``, ``commit``, ``status``, every file's outcome.
+        A :class:`PullResult`: ``path``, ``commit``, ``status``, every file's outcome
+        (``bytes_from_peers`` and ``bytes_from_mirrors`` in a swarm pull).
 
     Raises:
         ResolveError: no mirror can serve it (a subclass says why: ``model-not-found``,
@@ -508,6 +518,8 @@ def pull(
         repo_type = locked.repo_type
     _check_revision(locked.commit if locked is not None else revision)
     token = check_token(token)
+    if swarm is not None:
+        swarm.check()
     options = options or EngineOptions()
     verify_tls = verify_tls and options.verify_tls
     if not verify_tls:
@@ -542,6 +554,11 @@ def pull(
 
     if settings.offline() if offline is None else offline:
         return _logged(from_disk())
+    swarm_engine = (
+        _swarm_engine(swarm, events, hub_cache, local, repo_id, repo_type, options, verify_tls)
+        if swarm is not None
+        else None
+    )
     # The engine (aria2c) starts while the mirrors are probed and the plan is made.
     starter = EngineStarter(engine, options, events)
     try:
@@ -587,10 +604,54 @@ def pull(
             started=started,
             timings=timings,
             force=force_download,
+            wrap=swarm_engine.wrap if swarm_engine is not None else None,
         )
+        if swarm_engine is not None:
+            from dataclasses import replace as _replace
+
+            result = _replace(result, swarm_role=swarm_engine.role)
+            if result.status != "error":
+                swarm_engine.linger(cancel)
     finally:
         starter.close()
+        if swarm_engine is not None:
+            swarm_engine.close()
     return _logged(result)
+
+
+def _swarm_engine(
+    swarm: SwarmOptions,
+    events: Reporter,
+    hub_cache: Path,
+    local: Path | None,
+    repo_id: str,
+    repo_type: RepoType,
+    options: EngineOptions,
+    verify_tls: bool,
+) -> SwarmEngine:
+    """The swarm engine of a ``--swarm`` pull: its role (``policy.choose_role``, said through
+    ``events``) and the directory aria2c keeps the blobs in, beside the destination (the same
+    file system: a landed blob is a hardlink of the one aria2c seeds)."""
+    from modelget.swarm.engine import SwarmEngine
+    from modelget.swarm.policy import choose_role
+
+    role, why = choose_role(swarm.role, settings.swarm_rank(), swarm.seeders)
+    events.on_message(
+        "warning" if swarm.role == "auto" and settings.swarm_rank() is None else "info",
+        f"swarm: {why}",
+    )
+    if local is not None:
+        data_dir = layout.local_meta_dir(local) / "swarm"
+    else:
+        data_dir = layout.repo_dir(hub_cache, repo_id, repo_type) / ".swarm"
+    return SwarmEngine(
+        swarm,
+        role,
+        data_dir,
+        events,
+        verify_tls=verify_tls,
+        max_rate_bps=options.max_rate_bps,
+    )
 
 
 def _logged(result: PullResult) -> PullResult:

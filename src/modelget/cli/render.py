@@ -255,6 +255,12 @@ def pull_text(
             f"{len(failed)} failed; {size(result.bytes_fetched)} in {result.elapsed_s:.1f} s "
             f"({rate / 1e6:.1f} MB/s, engine {result.engine})"
             + (f"; from {mirrors}" if mirrors else "")
+            + (
+                f"; swarm ({result.swarm_role}): {size(result.bytes_from_peers)} from peers, "
+                f"{size(result.bytes_from_mirrors)} from mirrors"
+                if result.swarm_role
+                else ""
+            )
         )
     if verbose and not quiet:
         if result.connections:

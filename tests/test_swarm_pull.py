@@ -1,0 +1,375 @@
+"""Swarm mode end to end, on 127.0.0.1 only: the hub simulator as the origin, a real opentracker
+as the tracker, each node a real pull (``api.pull`` in a thread, or ``modelget pull`` in a
+process where a test kills it) with its own cache and its own aria2c. What is checked: every
+node's files (sha256), what the origin sent (the simulator's log), and what the nodes say
+(warnings, bytes from peers and from mirrors). No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelget import api
+from modelget.datatypes import PullResult
+from modelget.engines import aria2c_path
+from modelget.events import Reporter
+from modelget.swarm.options import SwarmOptions
+from modelget.swarm.torrent import BlobTorrent, make_torrent, torrent_relpath
+from modelget.testing.hubsim import Fault, HubSimulator
+from modelget.testing.tracker import Tracker, opentracker_path
+
+REPO = "acme/swarm"
+SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+SIZES = (10 * 1024 * 1024 + 777, 8 * 1024 * 1024 + 5)
+BIG_TOTAL = sum(SIZES)
+ORIGIN_RATE = 12_000_000
+"""Origin bytes/s per response: the seeder's web seeds take a second or two, so the peers
+fetch pieces from it while it downloads."""
+
+pytestmark = [
+    pytest.mark.skipif(aria2c_path() is None, reason="aria2c is not installed"),
+    pytest.mark.skipif(opentracker_path() is None, reason="opentracker is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def blobs() -> dict[str, bytes]:
+    rng = random.Random(18)
+    return {name: rng.randbytes(size) for name, size in zip(SHARDS, SIZES, strict=True)}
+
+
+@pytest.fixture
+def repo_dir(tmp_path: Path, blobs: dict[str, bytes]) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name, data in blobs.items():
+        (root / name).write_bytes(data)
+    (root / "config.json").write_text('{"hidden_size": 8}\n')
+    return root
+
+
+@pytest.fixture
+def tracker() -> Iterator[Tracker]:
+    with Tracker() as t:
+        yield t
+
+
+class Events(Reporter):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.messages: list[tuple[str, str]] = []
+
+    def on_message(self, level: str, text: str) -> None:
+        with self.lock:
+            self.messages.append((level, text))
+
+    def warnings(self) -> list[str]:
+        with self.lock:
+            return [t for lv, t in self.messages if lv == "warning"]
+
+
+def origin(
+    sims: list[HubSimulator], repo_dir: Path, tmp_path: Path, *names: str
+) -> tuple[list[HubSimulator], Path]:
+    """Simulators serving the repo (the first is the origin), a catalogue naming them, probed
+    once (every node then reads the probe cache: the probe's sample is not the nodes' pull)."""
+    started = []
+    body = "version: 1\nmirrors:\n"
+    for name in names or ("origin",):
+        sim = HubSimulator(name=name).start()
+        sims.append(sim)
+        started.append(sim)
+        sim.add_repo(REPO, repo_dir)
+        body += textwrap.indent(f"- name: {name}\n  kind: hf\n  endpoint: {sim.url}\n", "  ")
+    cat = tmp_path / "mirrors.yaml"
+    cat.write_text(body)
+    api.probe(REPO, mirrors=cat)
+    for sim in started:
+        sim.clear_log()
+        sim.add_fault(Fault(route="hf-resolve", rate_bps=ORIGIN_RATE))
+    return started, cat
+
+
+def premade(repo_dir: Path, torrent_dir: Path, tracker: Tracker | None) -> list[BlobTorrent]:
+    """The torrents an earlier pull or ``export --torrents`` made (on the tracker's list)."""
+    out = []
+    for name in SHARDS:
+        torrent, sha = make_torrent(repo_dir / name)
+        path = torrent_dir / torrent_relpath(sha)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(torrent.to_bytes())
+        out.append(torrent)
+        if tracker is not None:
+            tracker.allow(torrent.info_hash)
+    return out
+
+
+class Node:
+    """One node's pull in a thread (its own cache dir)."""
+
+    def __init__(self, name: str, tmp_path: Path, cat: Path, swarm: SwarmOptions) -> None:
+        self.name = name
+        self.cache = tmp_path / f"node-{name}"
+        self.events = Events()
+        self.result: PullResult | None = None
+        self.error: BaseException | None = None
+        self.cancel = threading.Event()
+
+        def work() -> None:
+            try:
+                self.result = api.pull(
+                    REPO,
+                    mirrors=cat,
+                    cache_dir=self.cache,
+                    engine="httpx",
+                    reporter=self.events,
+                    swarm=swarm,
+                    cancel=self.cancel,
+                )
+            except BaseException as exc:  # read by the test
+                self.error = exc
+
+        self.thread = threading.Thread(target=work, name=f"node-{name}", daemon=True)
+        self.thread.start()
+
+    def wait(self, timeout: float = 90) -> PullResult:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.cancel.set()
+            self.thread.join(30)
+            pytest.fail(f"node {self.name} did not finish; said {self.events.messages}")
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def assert_files(result: PullResult, blobs: dict[str, bytes]) -> None:
+    assert result.status == "ok", [(f.path, f.error) for f in result.failed]
+    snap = Path(result.path)
+    for name, data in blobs.items():
+        got = hashlib.sha256((snap / name).read_bytes()).hexdigest()
+        assert got == hashlib.sha256(data).hexdigest(), name
+    assert (snap / "config.json").read_text() == '{"hidden_size": 8}\n'
+
+
+def origin_big_bytes(sims: list[HubSimulator]) -> int:
+    return sum(sim.file_bytes_sent(name) for sim in sims for name in SHARDS)
+
+
+def opts(tracker: str, tmp: Path, role: str, **kw: object) -> SwarmOptions:
+    return SwarmOptions(
+        tracker=tracker,
+        role=role,  # type: ignore[arg-type]
+        torrent_dir=tmp / "torrents",
+        interface="127.0.0.1",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.timeout(120)
+def test_three_nodes_pull_one_copy_from_the_origin(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+) -> None:
+    """Pre-made torrents, one seeder (web seeds), two peers (none): every node's files are
+    right and the origin sent the big blobs about once."""
+    (_sim,), cat = origin(sims, repo_dir, tmp_path)
+    premade(repo_dir, tmp_path / "torrents", tracker)
+    peers = [
+        Node(f"p{i}", tmp_path, cat, opts(tracker.announce, tmp_path, "peer", seed_for_s=0))
+        for i in (1, 2)
+    ]
+    seeder = Node("s", tmp_path, cat, opts(tracker.announce, tmp_path, "seed", seed_for_s=60))
+    results = [p.wait() for p in peers]
+    seeded = seeder.wait()
+    for r in [*results, seeded]:
+        assert_files(r, blobs)
+    sent = origin_big_bytes(sims)
+    assert sent <= 1.05 * BIG_TOTAL, sent / BIG_TOTAL
+    for r in results:
+        assert r.swarm_role == "peer"
+        assert r.bytes_from_peers >= BIG_TOTAL
+        assert r.bytes_from_mirrors < 1024 * 1024  # config.json only
+    assert seeded.swarm_role == "seed"
+    assert not any("swarm" in w for p in peers for w in p.events.warnings())
+    # What landed is what aria2c seeds: the same inode, hardlinked (or no copy left at all).
+
+
+@pytest.mark.timeout(120)
+def test_a_cold_model_is_published_blob_by_blob(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+) -> None:
+    """No torrent anywhere: the seeder fetches from the mirrors, publishes each blob's torrent
+    once its sha256 matched, and seeds it; the peers wait for the torrents (the seeder's
+    heartbeat) and get the blobs from it."""
+    (_sim,), cat = origin(sims, repo_dir, tmp_path)
+    tdir = tmp_path / "torrents"
+    tracker.follow(tdir)  # the operator's hook: what is published is listed
+    peers = [
+        Node(f"p{i}", tmp_path, cat, opts(tracker.announce, tmp_path, "peer", seed_for_s=0))
+        for i in (1, 2)
+    ]
+    seeder = Node("s", tmp_path, cat, opts(tracker.announce, tmp_path, "seed", seed_for_s=60))
+    results = [p.wait() for p in peers]
+    seeded = seeder.wait()
+    for r in [*results, seeded]:
+        assert_files(r, blobs)
+    for name in SHARDS:
+        torrent, sha = make_torrent(repo_dir / name)
+        assert (tdir / torrent_relpath(sha)).read_bytes() == torrent.to_bytes()
+        assert not (tdir / torrent_relpath(sha)).with_suffix(".torrent.pending").exists()
+    sent = origin_big_bytes(sims)
+    assert sent <= 1.05 * BIG_TOTAL, sent / BIG_TOTAL
+    for r in results:
+        assert r.bytes_from_peers >= BIG_TOTAL
+
+
+@pytest.mark.timeout(90)
+def test_no_tracker_falls_back_to_the_mirrors(
+    tmp_path: Path, repo_dir: Path, blobs: dict[str, bytes], sims: list[HubSimulator]
+) -> None:
+    """A tracker nobody answers at: the peer's swarm never moves, so after --swarm-stall it
+    adds the mirrors, says so, and the pull completes."""
+    (_sim,), cat = origin(sims, repo_dir, tmp_path)
+    premade(repo_dir, tmp_path / "torrents", None)
+    dead = "http://127.0.0.1:9/announce"
+    node = Node("p", tmp_path, cat, opts(dead, tmp_path, "peer", stall_s=2.0, seed_for_s=0))
+    result = node.wait()
+    assert_files(result, blobs)
+    assert any("adding the mirrors" in w for w in node.events.warnings()), node.events.messages
+    assert result.bytes_from_mirrors >= BIG_TOTAL
+
+
+@pytest.mark.timeout(90)
+def test_a_torrent_that_disagrees_with_the_manifest_is_refused(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+) -> None:
+    (_sim,), cat = origin(sims, repo_dir, tmp_path)
+    tdir = tmp_path / "torrents"
+    first, second = (make_torrent(repo_dir / name) for name in SHARDS)
+    # Shard 1's torrent file holds shard 2's torrent (another blob, another length).
+    path = tdir / torrent_relpath(first[1])
+    path.parent.mkdir(parents=True)
+    path.write_bytes(second[0].to_bytes())
+    node = Node(
+        "p", tmp_path, cat, opts(tracker.announce, tmp_path, "peer", stall_s=2.0, seed_for_s=0)
+    )
+    result = node.wait()
+    assert_files(result, blobs)
+    refused = [w for w in node.events.warnings() if "refused" in w]
+    assert refused and SHARDS[0] in refused[0], node.events.messages
+
+
+@pytest.mark.timeout(90)
+def test_a_corrupt_web_seed_is_never_accepted(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+) -> None:
+    """The seeder's web seeds: a mirror that corrupts every file it sends, and a good one.
+    aria2 throws the bad pieces away; the blobs that land are right."""
+    (bad, _good), cat = origin(sims, repo_dir, tmp_path, "bad", "good")
+    bad.add_fault(Fault(route="hf-resolve", corrupt_every=(1 << 20)))
+    premade(repo_dir, tmp_path / "torrents", tracker)
+    node = Node(
+        "s", tmp_path, cat, opts(tracker.announce, tmp_path, "seed", stall_s=3.0, seed_for_s=0)
+    )
+    result = node.wait()
+    assert_files(result, blobs)
+    assert bad.file_bytes_sent("") > 0  # it was asked
+
+
+@pytest.mark.timeout(120)
+def test_peers_finish_from_the_mirrors_when_the_seeder_dies(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+) -> None:
+    """The seeder (a process) is killed while it fetches: the peers' swarm stalls, they add the
+    mirrors and finish."""
+    (sim,), cat = origin(sims, repo_dir, tmp_path)
+    sim.clear_faults()
+    sim.add_fault(Fault(route="hf-resolve", rate_bps=2_000_000))  # the seeder takes ~10 s
+    premade(repo_dir, tmp_path / "torrents", tracker)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    seeder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelget",
+            "pull",
+            REPO,
+            "--mirrors",
+            str(cat),
+            "--cache-dir",
+            str(tmp_path / "node-s"),
+            "--engine",
+            "httpx",
+            "--quiet",
+            "--swarm",
+            tracker.announce,
+            "--swarm-role",
+            "seed",
+            "--swarm-dir",
+            str(tmp_path / "torrents"),
+            "--swarm-interface",
+            "127.0.0.1",
+            "--seed-for",
+            "0",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        peers = [
+            Node(
+                f"p{i}",
+                tmp_path,
+                cat,
+                opts(tracker.announce, tmp_path, "peer", stall_s=2.0, seed_for_s=0),
+            )
+            for i in (1, 2)
+        ]
+        deadline = time.monotonic() + 30
+        while sim.file_bytes_sent("") < 4 * 1024 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.killpg(seeder.pid, 9)
+        seeder.wait(10)
+        sim.clear_faults()
+        results = [p.wait() for p in peers]
+    finally:
+        if seeder.poll() is None:
+            os.killpg(seeder.pid, 9)
+            seeder.wait(10)
+    for r, p in zip(results, peers, strict=True):
+        assert_files(r, blobs)
+        assert any("adding the mirrors" in w for w in p.events.warnings()), p.events.messages
