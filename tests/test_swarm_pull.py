@@ -69,6 +69,12 @@ class Events(Reporter):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.messages: list[tuple[str, str]] = []
+        self.from_swarm = 0
+
+    def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
+        if mirror == "swarm":
+            with self.lock:
+                self.from_swarm += nbytes
 
     def on_message(self, level: str, text: str) -> None:
         with self.lock:
@@ -304,6 +310,7 @@ def test_a_corrupt_web_seed_is_never_accepted(
     assert bad.file_bytes_sent("") > 0  # it was asked
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_peers_finish_from_the_mirrors_when_the_seeder_dies(
     tmp_path: Path,
@@ -312,8 +319,8 @@ def test_peers_finish_from_the_mirrors_when_the_seeder_dies(
     sims: list[HubSimulator],
     tracker: Tracker,
 ) -> None:
-    """The seeder (a process) is killed while it fetches: the peers' swarm stalls, they add the
-    mirrors and finish."""
+    """The seeder (a process) is killed while it fetches, after the peers got bytes from it:
+    their swarm stalls, they add the mirrors and finish."""
     (sim,), cat = origin(sims, repo_dir, tmp_path)
     sim.clear_faults()
     sim.add_fault(Fault(route="hf-resolve", rate_bps=2_000_000))  # the seeder takes ~10 s
@@ -355,13 +362,14 @@ def test_peers_finish_from_the_mirrors_when_the_seeder_dies(
                 f"p{i}",
                 tmp_path,
                 cat,
-                opts(tracker.announce, tmp_path, "peer", stall_s=2.0, seed_for_s=0),
+                opts(tracker.announce, tmp_path, "peer", stall_s=5.0, seed_for_s=0),
             )
             for i in (1, 2)
         ]
-        deadline = time.monotonic() + 30
-        while sim.file_bytes_sent("") < 4 * 1024 * 1024 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(p.events.from_swarm for p in peers):
             time.sleep(0.1)
+        assert all(p.events.from_swarm for p in peers), "the peers got nothing from the seeder"
         os.killpg(seeder.pid, 9)
         seeder.wait(10)
         sim.clear_faults()
@@ -373,3 +381,33 @@ def test_peers_finish_from_the_mirrors_when_the_seeder_dies(
     for r, p in zip(results, peers, strict=True):
         assert_files(r, blobs)
         assert any("adding the mirrors" in w for w in p.events.warnings()), p.events.messages
+        assert r.bytes_from_peers > 0
+        assert r.bytes_from_mirrors > 0
+
+
+@pytest.mark.timeout(120)
+def test_bytes_from_a_corrupt_only_web_seed_never_land(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+) -> None:
+    """The only mirror corrupts every file: the swarm never completes a piece from it, the
+    mirrors' engine gets bytes that fail their sha256, and nothing lands."""
+    (bad,), cat = origin(sims, repo_dir, tmp_path)
+    bad.add_fault(Fault(route="hf-resolve", corrupt_every=(1 << 20)))
+    premade(repo_dir, tmp_path / "torrents", tracker)
+    node = Node(
+        "s", tmp_path, cat, opts(tracker.announce, tmp_path, "seed", stall_s=2.0, seed_for_s=0)
+    )
+    result = node.wait()
+    assert result.status != "ok"
+    assert {f.path for f in result.failed} >= set(SHARDS)
+    assert all(f.bad_mirrors for f in result.failed)
+    snap = Path(result.path)
+    for name in SHARDS:
+        assert not (snap / name).exists()
+    blobs_dir = node.cache / "models--acme--swarm" / "blobs"
+    for name, data in blobs.items():
+        assert not (blobs_dir / hashlib.sha256(data).hexdigest()).exists(), name

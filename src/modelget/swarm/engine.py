@@ -438,15 +438,15 @@ class SwarmEngine:
         try:
             st = self.node.status(b.gid)
             web = self.node.web_seed_speed(b.gid) if b.mirrors_added else 0
+            peers = self.node.peer_speed(b.gid) if b.mirrors_added else 1
         except RPCError as exc:
             reporter.on_message("warning", f"swarm: {b.job.path}: {exc}; from the mirrors")
             self._to_http(b, lane, on_complete, reporter)
             return
         completed = int(st.get("completedLength", 0))
-        speed = int(st.get("downloadSpeed", 0) or 0)
         if completed > b.completed:
             delta = completed - b.completed
-            share = min(1.0, web / speed) if speed > 0 else (1.0 if web > 0 else 0.0)
+            share = policy.mirror_share(web, peers)
             b.mirror_bytes += delta * share
             b.peer_bytes += delta * (1 - share)
             reporter.on_bytes(b.job.path, delta, SWARM if share < 0.5 else None)

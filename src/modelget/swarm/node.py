@@ -244,6 +244,18 @@ class SwarmNode:
                     total += int(s.get("downloadSpeed", 0))
         return total
 
+    def peer_speed(self, gid: str) -> int:
+        """Bytes/s the download gets from BitTorrent peers now."""
+        try:
+            peers = self.call("aria2.getPeers", gid)
+        except RPCError:
+            return 0
+        total = 0
+        for p in peers or []:
+            with contextlib.suppress(TypeError, ValueError):
+                total += int(p.get("downloadSpeed", 0))
+        return total
+
     def remove(self, gid: str) -> None:
         with contextlib.suppress(RPCError):
             self.call("aria2.forceRemove", gid)

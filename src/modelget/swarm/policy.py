@@ -94,3 +94,14 @@ def split_bytes(completed: int, web_seed_bytes: float) -> tuple[int, int]:
     clamped to what completed)."""
     mirrors = max(0, min(completed, round(web_seed_bytes)))
     return completed - mirrors, mirrors
+
+
+def mirror_share(web_seed_bps: int, peer_bps: int) -> float:
+    """The share of a swarm download's new bytes credited to the mirrors (its web seeds), from
+    what aria2 says each side brings now: all of it with no peer sending, none with no web seed
+    sending, else in proportion (an estimate: aria2 counts no bytes per source)."""
+    if peer_bps <= 0:
+        return 1.0
+    if web_seed_bps <= 0:
+        return 0.0
+    return web_seed_bps / (web_seed_bps + peer_bps)
