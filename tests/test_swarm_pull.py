@@ -411,3 +411,64 @@ def test_bytes_from_a_corrupt_only_web_seed_never_land(
     blobs_dir = node.cache / "models--acme--swarm" / "blobs"
     for name, data in blobs.items():
         assert not (blobs_dir / hashlib.sha256(data).hexdigest()).exists(), name
+
+
+@pytest.mark.timeout(120)
+def test_export_torrents_and_swarm_serve_feed_a_late_joiner(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+) -> None:
+    """A node that pulled the model the ordinary way exports it with --torrents and keeps it
+    seeding (``swarm serve``); a late peer, pointed at the export's torrents/, gets every big
+    blob from it: the origin sends none of them."""
+    (sim,), cat = origin(sims, repo_dir, tmp_path)
+    first = tmp_path / "first"
+    done = api.pull(REPO, mirrors=cat, cache_dir=first, engine="httpx")
+    assert_files(done, blobs)
+    tree = tmp_path / "tree"
+    exported = api.export(REPO, tree, cache_dir=first, torrents=True)
+    assert exported.torrents == len(SHARDS)
+    tdir = tree / "torrents"
+    for name in SHARDS:
+        torrent, sha = make_torrent(repo_dir / name)
+        assert (tdir / torrent_relpath(sha)).read_bytes() == torrent.to_bytes()
+        tracker.allow(torrent.info_hash)
+    assert not list(tdir.rglob("*config*"))  # small files have no torrent
+    sim.clear_log()
+
+    stop = threading.Event()
+    served: list[object] = []
+    swarm = SwarmOptions(
+        tracker.announce, torrent_dir=tdir, interface="127.0.0.1", seed_for_s=float("inf")
+    )
+    server = threading.Thread(
+        target=lambda: served.append(api.swarm_serve(REPO, swarm, cache_dir=first, cancel=stop)),
+        daemon=True,
+    )
+    server.start()
+    try:
+        late = Node(
+            "late",
+            tmp_path,
+            cat,
+            SwarmOptions(
+                tracker.announce,
+                role="peer",
+                torrent_dir=tdir,
+                interface="127.0.0.1",
+                seed_for_s=0,
+            ),
+        )
+        result = late.wait()
+    finally:
+        stop.set()
+        server.join(30)
+    assert_files(result, blobs)
+    assert origin_big_bytes(sims) == 0
+    assert result.bytes_from_peers >= BIG_TOTAL
+    (report,) = served
+    assert report.uploaded >= BIG_TOTAL  # type: ignore[attr-defined]
+    assert len(report.info_hashes) == len(SHARDS)  # type: ignore[attr-defined]

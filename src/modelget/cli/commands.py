@@ -567,5 +567,29 @@ def export(args: argparse.Namespace) -> Outcome:
         revision=args.revision,
         cache_dir=args.cache_dir,
         repo_type=args.repo_type or "model",
+        torrents=args.torrents,
     )
     return Outcome(asdict(result), EXIT_OK, partial(render.export_text, result))
+
+
+def swarm_serve(args: argparse.Namespace) -> Outcome:
+    from modelget.api import swarm_serve
+    from modelget.cli.progress import reporter_for
+
+    options = swarm_options(args, serve=True)
+    assert options is not None  # --swarm is required
+    reporter = reporter_for(json=args.json, quiet=False, verbose=False)
+    try:
+        result = swarm_serve(
+            args.repo_id,
+            options,
+            revision=args.revision,
+            cache_dir=args.cache_dir,
+            repo_type=args.repo_type or "model",
+            reporter=reporter,
+        )
+    finally:
+        close = getattr(reporter, "close", None)
+        if close is not None:
+            close()
+    return Outcome(asdict(result), EXIT_OK, partial(render.swarm_serve_text, result))
