@@ -472,3 +472,45 @@ def test_export_torrents_and_swarm_serve_feed_a_late_joiner(
     (report,) = served
     assert report.uploaded >= BIG_TOTAL  # type: ignore[attr-defined]
     assert len(report.info_hashes) == len(SHARDS)  # type: ignore[attr-defined]
+
+
+TOKEN = "hf_swarmSECRETtoken"
+
+
+@pytest.mark.timeout(120)
+def test_a_gated_model_token_never_reaches_aria2c_or_the_cdn(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gated repo whose blobs redirect to a signed CDN URL: the seeder resolves the redirect
+    in Python (the token only on the hub) and gives aria2c the signed URL; the CDN never sees
+    the token, the peer's blobs come from the seeder, and no torrent holds a URL."""
+    hub = HubSimulator(name="hub", cdn=True).start()
+    sims.append(hub)
+    hub.add_repo(REPO, repo_dir, gated=True, token=TOKEN)
+    monkeypatch.setenv("OFFICIAL_TOKEN", TOKEN)
+    cat = tmp_path / "m.yaml"
+    cat.write_text(
+        "version: 1\nmirrors:\n"
+        f"  - name: hub\n    kind: hf\n    endpoint: {hub.url}\n    token_env: OFFICIAL_TOKEN\n"
+    )
+    api.probe(REPO, mirrors=cat)
+    hub.clear_log()
+    premade(repo_dir, tmp_path / "torrents", tracker)
+    peer = Node("p", tmp_path, cat, opts(tracker.announce, tmp_path, "peer", seed_for_s=0))
+    seeder = Node("s", tmp_path, cat, opts(tracker.announce, tmp_path, "seed", seed_for_s=30))
+    assert_files(peer.wait(), blobs)
+    assert_files(seeder.wait(), blobs)
+    cdn = hub.requests(route="cdn")
+    assert cdn and all(r.authorization is None for r in cdn)
+    assert any(r.user_agent == "modelget-aria2" for r in cdn)  # the web seeds
+    assert all(r.authorization in (None, f"Bearer {TOKEN}") for r in hub.log)
+    sent = sum(r.bytes_sent for r in cdn)
+    assert sent <= 1.05 * BIG_TOTAL, sent / BIG_TOTAL
+    for path in (tmp_path / "torrents").rglob("*.torrent"):
+        data = path.read_bytes()
+        assert b"http" not in data and TOKEN.encode() not in data

@@ -208,7 +208,7 @@ def swarm_options(args: argparse.Namespace, *, serve: bool = False) -> SwarmOpti
         seeders=getattr(args, "swarm_seeders", 1),
         torrent_dir=Path(args.swarm_dir) if args.swarm_dir else None,
         seed_for_s=duration(args.seed_for) if args.seed_for is not None else default_seed,
-        stall_s=getattr(args, "swarm_stall", None) or DEFAULT_STALL_S,
+        stall_s=DEFAULT_STALL_S if getattr(args, "swarm_stall", None) is None else args.swarm_stall,
         interface=args.swarm_interface,
         port=args.swarm_port,
     )
