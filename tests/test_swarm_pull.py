@@ -216,6 +216,7 @@ def test_three_nodes_pull_one_copy_from_the_origin(
     # What landed is what aria2c seeds: the same inode, hardlinked (or no copy left at all).
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_cold_model_is_published_blob_by_blob(
     tmp_path: Path,
@@ -514,3 +515,28 @@ def test_a_gated_model_token_never_reaches_aria2c_or_the_cdn(
     for path in (tmp_path / "torrents").rglob("*.torrent"):
         data = path.read_bytes()
         assert b"http" not in data and TOKEN.encode() not in data
+
+
+@pytest.mark.timeout(120)
+def test_a_seeder_that_has_the_model_serves_it_without_fetching(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+) -> None:
+    """The seeder's cache already holds the model (every file reused): it still seeds the
+    blobs, publishing their torrents (a cold --swarm-dir), and the peer gets them from it."""
+    (sim,), cat = origin(sims, repo_dir, tmp_path)
+    tdir = tmp_path / "torrents"
+    tracker.follow(tdir)
+    assert_files(api.pull(REPO, mirrors=cat, cache_dir=tmp_path / "node-s", engine="httpx"), blobs)
+    sim.clear_log()
+    peer = Node("p", tmp_path, cat, opts(tracker.announce, tmp_path, "peer", seed_for_s=0))
+    seeder = Node("s", tmp_path, cat, opts(tracker.announce, tmp_path, "seed", seed_for_s=60))
+    result = peer.wait()
+    seeded = seeder.wait()
+    assert_files(result, blobs)
+    assert all(f.status == "reused" for f in seeded.files)
+    assert origin_big_bytes(sims) == 0
+    assert result.bytes_from_peers >= BIG_TOTAL

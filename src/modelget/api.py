@@ -593,10 +593,11 @@ def pull(
                 f"offline: mirrors unreachable, using the cached snapshot {result.commit}",
             )
             return _logged(result)
+        target = Target(hub_cache, repo_id, the_plan.commit, local, repo_type)
         result = carry_out(
             the_plan,
             by_name,
-            Target(hub_cache, repo_id, the_plan.commit, local, repo_type),
+            target,
             starter,
             events,
             cancel,
@@ -611,7 +612,15 @@ def pull(
             from dataclasses import replace as _replace
 
             result = _replace(result, swarm_role=swarm_engine.role)
-            if result.status != "error":
+            if result.status != "error" and swarm is not None and swarm.seed_for_s > 0:
+                placed = {f.path for f in result.files if f.status != "failed"}
+                swarm_engine.seed_present(
+                    [
+                        (i.entry.path, i.entry.size, i.entry.sha256, target.final(i.entry))
+                        for i in the_plan.items
+                        if i.entry.path in placed
+                    ]
+                )
                 swarm_engine.linger(cancel)
     finally:
         starter.close()

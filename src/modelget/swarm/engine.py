@@ -554,6 +554,36 @@ class SwarmEngine:
 
     # --- after the pull ------------------------------------------------------------------------
 
+    def seed_present(self, files: Sequence[tuple[str, int, str | None, Path]]) -> None:
+        """Seed the big blobs the pull found already in place ((path, size, sha256, where it
+        is)): a seeder whose cache holds the model serves it without fetching a byte. The
+        blob's torrent is taken from ``torrent_dir`` when there, else made from the blob (one
+        read, which also checks its sha256)."""
+        if not files:
+            return
+        try:
+            self._start()
+        except Exception as exc:  # aria2c would not start: nothing to seed with
+            self.reporter.on_message("warning", f"swarm: not seeding: {exc}")
+            return
+        for path, size, sha256, where in files:
+            if sha256 is None or not policy.through_swarm(size, sha256):
+                continue
+            if (self.data_dir / sha256.lower()) in self._complete:
+                continue  # fetched (and seeded) by this pull
+            job = FetchJob(sha256, path, size, where, (), sha256=sha256)
+            found = self._find_torrent(_Blob(job), self.reporter)
+            try:
+                if isinstance(found, BlobTorrent):
+                    torrent = found
+                else:
+                    torrent, sha = make_torrent(where)
+                    if sha != sha256.lower() or torrent.length != size:
+                        continue
+                self.publish(job, torrent, self.reporter)
+            except (OSError, TorrentError) as exc:
+                self.reporter.on_message("warning", f"swarm: {path}: not seeded: {exc}")
+
     def linger(self, cancel: threading.Event, seed_for_s: float | None = None) -> None:
         """Seed on after the pull while ``policy.keep_seeding`` says so (``seed_for_s``:
         instead of the options' bound; ``float('inf')``: until ``cancel``)."""
