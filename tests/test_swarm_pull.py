@@ -248,7 +248,6 @@ def test_a_cold_model_is_published_blob_by_blob(
     assert sent <= 1.05 * BIG_TOTAL, sent / BIG_TOTAL
     for r in results:
         assert r.bytes_from_peers >= BIG_TOTAL
-    print(f"origin sent {sent / BIG_TOTAL:.3f}x the big blobs (cold)")
 
 
 @pytest.mark.timeout(90)
