@@ -358,12 +358,17 @@ def test_peers_finish_from_the_mirrors_when_the_seeder_dies(
         start_new_session=True,
     )
     try:
+        # The peers start once the seeder fetches (their stall clock must not run out while
+        # a loaded machine starts the seeder's interpreter).
+        deadline = time.monotonic() + 60
+        while sim.file_bytes_sent("") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         peers = [
             Node(
                 f"p{i}",
                 tmp_path,
                 cat,
-                opts(tracker.announce, tmp_path, "peer", stall_s=5.0, seed_for_s=0),
+                opts(tracker.announce, tmp_path, "peer", stall_s=6.0, seed_for_s=0),
             )
             for i in (1, 2)
         ]
@@ -379,11 +384,14 @@ def test_peers_finish_from_the_mirrors_when_the_seeder_dies(
         if seeder.poll() is None:
             os.killpg(seeder.pid, 9)
             seeder.wait(10)
-    for r, p in zip(results, peers, strict=True):
+    for r in results:
         assert_files(r, blobs)
-        assert any("adding the mirrors" in w for w in p.events.warnings()), p.events.messages
         assert r.bytes_from_peers > 0
-        assert r.bytes_from_mirrors > 0
+    # The swarm stalled, so a peer took the mirrors (one may then have got the rest from the
+    # other, which uploads what its web seeds bring: that is the swarm working).
+    said = [w for p in peers for w in p.events.warnings()]
+    assert any("adding the mirrors" in w for w in said), said
+    assert sum(r.bytes_from_mirrors for r in results) > 0
 
 
 @pytest.mark.timeout(120)
