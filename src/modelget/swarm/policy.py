@@ -12,9 +12,14 @@ from modelget.swarm.options import SwarmRole
 Role = Literal["seed", "peer"]
 MIN_SWARM_BYTES = 1024 * 1024
 """Smaller files (and those without a sha256: git-stored, non-LFS) come from the mirrors."""
-MIN_SEED_S = 5.0
-"""A node seeds at least this long after its pull (peers that are about to announce), unless
-``seed_for_s`` is shorter."""
+TRACKER_INTERVAL_S = 5
+"""How often a node announces (opentracker's own interval is ~30 min): peers find each other,
+and a seeder's scrape sees them, within seconds; a refused announce (a whitelist not yet
+reloaded) is tried again within this long."""
+MIN_SEED_S = 2 * TRACKER_INTERVAL_S + 2.0
+"""A node seeds at least this long after its pull, unless ``seed_for_s`` is shorter: a peer
+whose first announce the tracker refused (its whitelist not yet reloaded for a just-published
+torrent) is not in the scrape until it announces again, one interval later."""
 
 
 def through_swarm(size: int, sha256: str | None) -> bool:
