@@ -124,7 +124,14 @@ def premade(repo_dir: Path, torrent_dir: Path, tracker: Tracker | None) -> list[
 class Node:
     """One node's pull in a thread (its own cache dir)."""
 
-    def __init__(self, name: str, tmp_path: Path, cat: Path, swarm: SwarmOptions) -> None:
+    def __init__(
+        self,
+        name: str,
+        tmp_path: Path,
+        cat: Path,
+        swarm: SwarmOptions,
+        local_dir: Path | None = None,
+    ) -> None:
         self.name = name
         self.cache = tmp_path / f"node-{name}"
         self.events = Events()
@@ -138,6 +145,7 @@ class Node:
                     REPO,
                     mirrors=cat,
                     cache_dir=self.cache,
+                    local_dir=local_dir,
                     engine="httpx",
                     reporter=self.events,
                     swarm=swarm,
@@ -219,7 +227,9 @@ def test_three_nodes_pull_one_copy_from_the_origin(
         assert r.bytes_from_mirrors < 1024 * 1024  # config.json only
     assert seeded.swarm_role == "seed"
     assert not any("swarm" in w for p in peers for w in p.events.warnings())
-    # What landed is what aria2c seeds: the same inode, hardlinked (or no copy left at all).
+    # aria2c seeded the landed blobs through hardlinks, removed when it stopped: no copy left.
+    for node in [*peers, seeder]:
+        assert not (node.cache / "models--acme--swarm" / ".swarm").exists()
 
 
 @pytest.mark.slow
@@ -441,8 +451,8 @@ def test_export_torrents_and_swarm_serve_feed_a_late_joiner(
     tracker: Tracker,
 ) -> None:
     """A node that pulled the model the ordinary way exports it with --torrents and keeps it
-    seeding (``swarm serve``); a late peer, pointed at the export's torrents/, gets every big
-    blob from it: the origin sends none of them."""
+    seeding (``swarm serve``); a late peer (into a --local-dir), pointed at the export's
+    torrents/, gets every big blob from it: the origin sends none of them."""
     (sim,), cat = origin(sims, repo_dir, tmp_path)
     first = tmp_path / "first"
     done = api.pull(REPO, mirrors=cat, cache_dir=first, engine="httpx")
@@ -480,12 +490,15 @@ def test_export_torrents_and_swarm_serve_feed_a_late_joiner(
                 interface="127.0.0.1",
                 seed_for_s=0,
             ),
+            local_dir=tmp_path / "late-local",
         )
         result = late.wait()
     finally:
         stop.set()
         server.join(30)
     assert_files(result, blobs)
+    assert result.path == str(tmp_path / "late-local")
+    assert not (tmp_path / "late-local" / ".cache" / "huggingface" / "swarm").exists()
     assert origin_big_bytes(sims) == 0
     assert result.bytes_from_peers >= BIG_TOTAL
     (report,) = served
