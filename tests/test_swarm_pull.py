@@ -37,10 +37,16 @@ ORIGIN_RATE = 12_000_000
 """Origin bytes/s per response: the seeder's web seeds take a second or two, so the peers
 fetch pieces from it while it downloads."""
 
-pytestmark = [
-    pytest.mark.skipif(aria2c_path() is None, reason="aria2c is not installed"),
-    pytest.mark.skipif(opentracker_path() is None, reason="opentracker is not installed"),
-]
+
+@pytest.fixture(autouse=True)
+def need_aria2c_and_opentracker() -> None:
+    missing = [
+        n for n, p in (("aria2c", aria2c_path()), ("opentracker", opentracker_path())) if not p
+    ]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{', '.join(missing)} required in CI (scripts/bootstrap installs them)")
+        pytest.skip(f"{', '.join(missing)} not installed")
 
 
 @pytest.fixture(scope="module")
