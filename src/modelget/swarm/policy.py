@@ -74,11 +74,12 @@ def stall_action(p: Progress, stall_s: float) -> StallAction:
 
 def wait_for_torrent(waited_s: float, publisher_quiet_s: float | None, stall_s: float) -> bool:
     """A peer without the blob's torrent yet (a cold model): keep waiting for the seeder to
-    publish it while the seeder says it is fetching that blob (its heartbeat file is younger
-    than ``stall_s``: ``publisher_quiet_s``), or, with no heartbeat, for ``stall_s``."""
-    if publisher_quiet_s is not None:
-        return publisher_quiet_s < stall_s
-    return waited_s < stall_s
+    publish it for ``stall_s`` from the start (a seeder starting with it, or a heartbeat file
+    left by one that crashed), and after that while the seeder says it is fetching that blob
+    (its heartbeat file is younger than ``stall_s``: ``publisher_quiet_s``)."""
+    if waited_s < stall_s:
+        return True
+    return publisher_quiet_s is not None and publisher_quiet_s < stall_s
 
 
 def keep_seeding(seeding_s: float, seed_for_s: float, downloading: int | None) -> bool:
