@@ -47,11 +47,14 @@ from modelget.probe import probe as run_probe
 from modelget.rank import rank
 from modelget.resolve import enabled_mirrors, resolve
 from modelget.sources import get_source
+from modelget.swarm.options import SwarmOptions
 
 if TYPE_CHECKING:
     from modelget.cache import CachedModel, RemoveResult, VerifyResult
     from modelget.doctor import DoctorReport
     from modelget.loadtest import LoadReport
+    from modelget.swarm.engine import SwarmEngine
+    from modelget.swarm.serve import SwarmServeResult
 
 StrPath = str | os.PathLike[str]
 
@@ -419,6 +422,7 @@ def pull(
     token: str | None = None,
     repo_type: RepoType = "model",
     layout: LayoutName | None = None,
+    swarm: SwarmOptions | None = None,
 ) -> PullResult:
     """Get ``repo_id``'s files onto this machine, verified, in the Hugging Face cache (or
     ``local_dir``), and return what happened.
@@ -472,9 +476,16 @@ def pull(
             them, ``{root}/models/{owner}--{name}/snapshots/{revision or master}/``, ``root``
             being ``cache_dir`` (default: ``$MODELSCOPE_CACHE``, ``~/.cache/modelscope``) and
             ``ID`` the catalogue's ModelScope id for ``repo_id`` (default: ``hf``).
+        swarm: swarm mode (``--swarm``, :class:`SwarmOptions`): the big blobs travel between
+            the nodes that pull the same model over BitTorrent (aria2c's), so the mirrors send
+            about one copy in all; every blob is still verified by its sha256 before it lands.
+            A seeder hands the mirrors to the swarm as web seeds; a peer takes them only after
+            ``stall_s`` without progress. After the pull the node seeds on while the tracker
+            lists downloading peers, at most ``seed_for_s``.
 
     Returns:
-        A :class:`PullResult`: ``path``, ``commit``, ``status``, every file's outcome.
+        A :class:`PullResult`: ``path``, ``commit``, ``status``, every file's outcome
+        (``bytes_from_peers`` and ``bytes_from_mirrors`` in a swarm pull).
 
     Raises:
         ResolveError: no mirror can serve it (a subclass says why: ``model-not-found``,
@@ -509,6 +520,8 @@ def pull(
         repo_type = locked.repo_type
     _check_revision(locked.commit if locked is not None else revision)
     token = check_token(token)
+    if swarm is not None:
+        swarm.check()
     options = options or EngineOptions()
     verify_tls = verify_tls and options.verify_tls
     if not verify_tls:
@@ -544,6 +557,11 @@ def pull(
 
     if settings.offline() if offline is None else offline:
         return _logged(from_disk())
+    swarm_engine = (
+        _swarm_engine(swarm, events, hub_cache, local, repo_id, repo_type, options, verify_tls)
+        if swarm is not None
+        else None
+    )
     # The engine (aria2c) starts while the mirrors are probed and the plan is made.
     starter = EngineStarter(engine, options, events)
     try:
@@ -577,10 +595,11 @@ def pull(
                 f"offline: mirrors unreachable, using the cached snapshot {result.commit}",
             )
             return _logged(result)
+        target = Target(hub_cache, repo_id, the_plan.commit, local, repo_type)
         result = carry_out(
             the_plan,
             by_name,
-            Target(hub_cache, repo_id, the_plan.commit, local, repo_type),
+            target,
             starter,
             events,
             cancel,
@@ -589,10 +608,62 @@ def pull(
             started=started,
             timings=timings,
             force=force_download,
+            wrap=swarm_engine.wrap if swarm_engine is not None else None,
         )
+        if swarm_engine is not None:
+            from dataclasses import replace as _replace
+
+            result = _replace(result, swarm_role=swarm_engine.role)
+            if result.status != "error" and swarm is not None and swarm.seed_for_s > 0:
+                placed = {f.path for f in result.files if f.status != "failed"}
+                swarm_engine.seed_present(
+                    [
+                        (i.entry.path, i.entry.size, i.entry.sha256, target.final(i.entry))
+                        for i in the_plan.items
+                        if i.entry.path in placed
+                    ]
+                )
+                swarm_engine.linger(cancel)
     finally:
         starter.close()
+        if swarm_engine is not None:
+            swarm_engine.close()
     return _logged(result)
+
+
+def _swarm_engine(
+    swarm: SwarmOptions,
+    events: Reporter,
+    hub_cache: Path,
+    local: Path | None,
+    repo_id: str,
+    repo_type: RepoType,
+    options: EngineOptions,
+    verify_tls: bool,
+) -> SwarmEngine:
+    """The swarm engine of a ``--swarm`` pull: its role (``policy.choose_role``, said through
+    ``events``) and the directory aria2c keeps the blobs in, beside the destination (the same
+    file system: a landed blob is a hardlink of the one aria2c seeds)."""
+    from modelget.swarm.engine import SwarmEngine
+    from modelget.swarm.policy import choose_role
+
+    role, why = choose_role(swarm.role, settings.swarm_rank(), swarm.seeders)
+    events.on_message(
+        "warning" if swarm.role == "auto" and settings.swarm_rank() is None else "info",
+        f"swarm: {why}",
+    )
+    if local is not None:
+        data_dir = layout.local_meta_dir(local) / "swarm"
+    else:
+        data_dir = layout.repo_dir(hub_cache, repo_id, repo_type) / ".swarm"
+    return SwarmEngine(
+        swarm,
+        role,
+        data_dir,
+        events,
+        verify_tls=verify_tls,
+        max_rate_bps=options.max_rate_bps,
+    )
 
 
 def _logged(result: PullResult) -> PullResult:
@@ -925,6 +996,7 @@ def export(
     revision: str | None = None,
     cache_dir: StrPath | None = None,
     repo_type: RepoType = "model",
+    torrents: bool = False,
 ) -> ExportResult:
     """Publish ``repo_id`` from the Hugging Face cache as a static ``cdn`` tree
     (``modelget.cdn/1``, see docs/mirrors.md): every blob verified, hardlinked or copied, then
@@ -938,6 +1010,9 @@ def export(
             ``~/.cache/huggingface/hub``).
         repo_type: ``model``, ``dataset`` or ``space``; a dataset's tree is under
             ``datasets/ORG/NAME/`` (blobs shared), where a ``cdn`` mirror looks for it.
+        torrents: also write each big blob's swarm torrent (made in the read that verifies
+            it) to ``torrents/sha256/xx/SHA.torrent`` in the tree (``--torrents``): that
+            directory is a ``pull --swarm-dir``.
 
     Returns:
         An :class:`ExportResult`.
@@ -953,7 +1028,61 @@ def export(
     _check_repo_type(repo_type)
     hub_cache = _hub_cache(cache_dir)
     return export_model(
-        repo_id, Path(to), cache_dir=hub_cache, revision=revision, repo_type=repo_type
+        repo_id,
+        Path(to),
+        cache_dir=hub_cache,
+        revision=revision,
+        repo_type=repo_type,
+        torrents=torrents,
+    )
+
+
+def swarm_serve(
+    repo_id: str,
+    swarm: SwarmOptions,
+    *,
+    revision: str | None = None,
+    cache_dir: StrPath | None = None,
+    repo_type: RepoType = "model",
+    reporter: Reporter | object | None = None,
+    cancel: threading.Event | None = None,
+) -> SwarmServeResult:
+    """Seed ``repo_id``'s big blobs from the Hugging Face cache for the nodes that pull it
+    with ``swarm`` (``modelget swarm serve``), until ``cancel`` is set or
+    ``swarm.seed_for_s`` has passed (``float("inf")``: until ``cancel``). Each blob is hashed
+    first (its torrent made in the same read; a blob whose sha256 is not its name is not
+    seeded) and its torrent written to ``swarm.torrent_dir`` when missing.
+
+    Args:
+        repo_id: ``ORG/NAME``, already pulled into the cache.
+        swarm: the swarm (:class:`SwarmOptions`: tracker, torrent dir, interface, port); its
+            ``role``, ``seeders`` and ``stall_s`` do not apply.
+        revision: the branch, tag or commit in the cache (default: ``main``).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ...).
+        repo_type: ``model``, ``dataset`` or ``space``.
+        reporter: events (messages) as for :func:`pull`.
+        cancel: set it to stop seeding.
+
+    Returns:
+        A ``SwarmServeResult``: the info-hashes seeded, their bytes, seconds, bytes uploaded.
+
+    Raises:
+        LayoutError: the model or revision is not in the cache, or it has no blob to seed.
+        UsageError: a malformed argument.
+    """
+    from modelget.swarm.serve import serve
+
+    _check_repo_id(repo_id)
+    _check_repo_type(repo_type)
+    swarm.check()
+    return serve(
+        repo_id,
+        swarm,
+        cache_dir=_hub_cache(cache_dir),
+        revision=revision,
+        repo_type=repo_type,
+        reporter=LoggingReporter(as_reporter(reporter)),
+        cancel=cancel or threading.Event(),
     )
 
 

@@ -285,6 +285,8 @@ class FileOutcome:
     seconds: float = 0.0
     error: str | None = None
     bad_mirrors: tuple[str, ...] = ()
+    bytes_from_peers: int = 0
+    """Bytes other nodes of a swarm brought (``pull --swarm``); not in ``bytes_by_mirror``."""
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,12 @@ class PullResult:
     (outvoted by the others, or proved wrong by the verified bytes where the mirrors tied),
     with the reason; ``standby`` ones were never settled (that file failed)."""
     repo_type: RepoType = "model"
+    bytes_from_mirrors: int = 0
+    """Of ``bytes_fetched``, those the mirrors sent (the sum of ``bytes_by_mirror``)."""
+    bytes_from_peers: int = 0
+    """Of ``bytes_fetched``, those a swarm's other nodes sent (``pull --swarm``; else 0)."""
+    swarm_role: str | None = None
+    """``seed`` or ``peer`` in a swarm pull (``pull --swarm``); None otherwise."""
 
     @property
     def failed(self) -> tuple[FileOutcome, ...]:

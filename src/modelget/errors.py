@@ -18,6 +18,8 @@ Nothing here imports from the rest of modelget: every stage may raise these.
     ├── VerificationError              exit 4
     │   └── LockMismatchError          exit 4   (pull --lock: mirrors list other bytes)
     ├── LockfileError                  exit 2   (the lockfile is unreadable or malformed)
+    ├── TorrentError                   exit 1   (swarm: a .torrent is malformed)
+    │   └── TorrentMismatchError       exit 1   (swarm: a torrent is not the manifest's blob)
     ├── LayoutError                    exit 1
     │   └── InsufficientDiskSpaceError exit 1
     ├── NotInCacheError                exit 1   (verify/rm: model or revision not in the cache)
@@ -207,6 +209,20 @@ class LockfileError(ModelgetError):
 
     code = "lockfile-invalid"
     exit_code = EXIT_USAGE
+
+
+class TorrentError(ModelgetError):
+    """A ``.torrent`` file (untrusted input: swarm mode) is malformed, too big, or describes
+    another blob than the manifest's entry (name or length disagree): it is refused."""
+
+    code = "torrent-invalid"
+
+
+class TorrentMismatchError(TorrentError):
+    """A torrent whose name (sha256) or length disagree with the manifest entry it was
+    meant for: refused, never downloaded."""
+
+    code = "torrent-mismatch"
 
 
 class LayoutError(ModelgetError):

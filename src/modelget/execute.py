@@ -40,6 +40,7 @@ from modelget.datatypes import (
     RepoType,
 )
 from modelget.engines import (
+    SWARM_PEERS,
     Engine,
     EngineName,
     EngineOptions,
@@ -73,6 +74,8 @@ class _State:
     item: PlanItem
     sources: list[SourceURL]
     bytes_by_mirror: dict[str, int] = field(default_factory=dict)
+    bytes_from_peers: int = 0
+    """Bytes a swarm's peers brought (``pull --swarm``)."""
     bad_mirrors: list[str] = field(default_factory=list)
     attempts: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -310,11 +313,16 @@ class Executor:
         entry = state.item.entry
         for mirror, n in result.bytes_by_mirror.items():
             state.bytes_by_mirror[mirror] = state.bytes_by_mirror.get(mirror, 0) + n
+        state.bytes_from_peers += result.bytes_from_peers
         state.seconds += result.seconds
+        brought = {**result.bytes_by_mirror}
+        if result.bytes_from_peers:
+            brought[SWARM_PEERS] = brought.get(SWARM_PEERS, 0) + result.bytes_from_peers
         try:
             check(job.dest, entry, result.digests)
         except VerificationError as exc:
-            contributors = tuple(m for m, n in result.bytes_by_mirror.items() if n > 0) or tuple(
+            # (A swarm's peers are one contributor: their blob is then fetched from the mirrors.)
+            contributors = tuple(m for m, n in brought.items() if n > 0) or tuple(
                 s.mirror for s in job.sources
             )
             layout.quarantine(job.dest, self.target.quarantine_dir(), entry, contributors)
@@ -338,9 +346,7 @@ class Executor:
         layout.commit_blob(job.dest, self.target.final(entry))
         state.verified = True
         place(self.target, entry)
-        got_from = [m for m, n in result.bytes_by_mirror.items() if n > 0] or [
-            s.mirror for s in job.sources
-        ]
+        got_from = [m for m, n in brought.items() if n > 0] or [s.mirror for s in job.sources]
         self._settle(state, f"verified, from {'+'.join(got_from)}")
         state.outcome = FileOutcome(
             entry.path,
@@ -349,6 +355,7 @@ class Executor:
             bytes_by_mirror=dict(state.bytes_by_mirror),
             seconds=state.seconds,
             bad_mirrors=tuple(state.bad_mirrors),
+            bytes_from_peers=state.bytes_from_peers,
         )
         self.reporter.on_file_done(entry.path, entry.size, state.seconds, False)
 
@@ -438,6 +445,7 @@ class Executor:
             seconds=seconds,
             error="; ".join([*state.copy_errors, error]),
             bad_mirrors=tuple(state.bad_mirrors),
+            bytes_from_peers=state.bytes_from_peers,
         )
 
     def _on_complete(self, job: FetchJob, result: FetchResult) -> None:
@@ -480,13 +488,14 @@ class Executor:
                 continue
             for mirror, n in result.bytes_by_mirror.items():
                 state.bytes_by_mirror[mirror] = state.bytes_by_mirror.get(mirror, 0) + n
+            state.bytes_from_peers += result.bytes_from_peers
             state.attempts.extend(result.attempts)
             if result.cancelled:
                 continue
             if result.failure == "disk-full":
                 self.disk_full = True
             elif (
-                sum(result.bytes_by_mirror.values()) > 0
+                sum(result.bytes_by_mirror.values()) + result.bytes_from_peers > 0
                 and state.transfer_retries < TRANSFER_RETRIES
                 and not self.cancel.is_set()
             ):
@@ -684,8 +693,10 @@ def carry_out(
     started: float,
     timings: dict[str, float],
     force: bool = False,
+    wrap: Callable[[Engine], Engine] | None = None,
 ) -> PullResult:
-    """Run ``plan`` to the end with the engine ``starter`` brings up, and say what happened.
+    """Run ``plan`` to the end with the engine ``starter`` brings up (``wrap``ped: a swarm
+    pull's ``SwarmEngine`` around it), and say what happened.
 
     Points ``refs/<ref>`` (and ``refs/main`` too with ``main_too``: huggingface_hub and
     transformers look it up when given no revision) at the commit when any file is in place.
@@ -696,6 +707,8 @@ def carry_out(
     _announce(plan, target.repo_id, reporter)
     waited = time.perf_counter()
     chosen = starter.engine()
+    if wrap is not None:
+        chosen = wrap(chosen)
     timings["engine_start"] = starter.seconds
     timings["engine_wait"] = time.perf_counter() - waited
     transfer_started = time.perf_counter()
@@ -824,6 +837,7 @@ def _result(
     for o in outcomes:
         for m, n in o.bytes_by_mirror.items():
             per_mirror[m] = per_mirror.get(m, 0) + n
+    from_peers = sum(o.bytes_from_peers for o in outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
     status = "ok" if not failed else ("error" if len(failed) == len(outcomes) else "partial")
     where = target.local_dir or layout.snapshot_dir(
@@ -850,8 +864,10 @@ def _result(
         status=status,
         engine=engine,
         files=tuple(sorted(outcomes, key=lambda o: order.get(o.path, 0))),
-        bytes_fetched=sum(per_mirror.values()),
+        bytes_fetched=sum(per_mirror.values()) + from_peers,
         bytes_by_mirror=per_mirror,
+        bytes_from_mirrors=sum(per_mirror.values()),
+        bytes_from_peers=from_peers,
         elapsed_s=elapsed,
         plan_s=plan_s,
         transfer_s=transfer_s,

@@ -91,6 +91,17 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "MODELSCOPE_API_TOKEN",
         "Token for the mirrors whose entry says token_env: MODELSCOPE_API_TOKEN (bundled: ModelScope).",
     ),
+    # A node's rank in a job: ``pull --swarm`` with ``--swarm-role auto`` makes the first
+    # ``--swarm-seeders`` ranks seeders (``swarm_rank``: the first of these that is set).
+    EnvVar(
+        "RANK",
+        "A node's rank (torchrun, Kubernetes jobs): pull --swarm-role auto seeds below --swarm-seeders.",
+    ),
+    EnvVar("SLURM_PROCID", "Slurm's task rank, read when RANK is unset (pull --swarm-role auto)."),
+    EnvVar(
+        "JOB_COMPLETION_INDEX",
+        "A Kubernetes Indexed Job's index, read when RANK and SLURM_PROCID are unset (pull --swarm-role auto).",
+    ),
     # The proxy variables: either case counts (lower case wins where both are set), read the
     # way httpx reads them (``proxy_env``); ``http.proxy_for`` applies them.
     EnvVar("HTTP_PROXY", "Proxy for http:// URLs (or http_proxy), for every request and engine."),
@@ -241,6 +252,19 @@ def progress_bars_disabled() -> bool:
 
 def _true(name: str) -> bool:
     return (env(name) or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+SWARM_RANK_VARS = ("RANK", "SLURM_PROCID", "JOB_COMPLETION_INDEX")
+
+
+def swarm_rank() -> tuple[str, str] | None:
+    """The first of ``RANK``, ``SLURM_PROCID``, ``JOB_COMPLETION_INDEX`` that is set, as
+    (name, raw value), or None (``swarm.policy.choose_role`` decides what it means)."""
+    for name in SWARM_RANK_VARS:
+        value = env(name)
+        if value is not None:
+            return name, value.strip()
+    return None
 
 
 def aria2c_override() -> str | None:

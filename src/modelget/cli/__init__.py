@@ -87,6 +87,68 @@ def _add_insecure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true", help=_INSECURE_HELP)
 
 
+def _add_swarm(p: argparse.ArgumentParser, *, serve: bool = False) -> None:
+    """The swarm-mode options (``pull --swarm``, ``swarm serve``): docs/pull.md#swarm-mode."""
+    g = p.add_argument_group("swarm mode (docs/pull.md#swarm-mode)")
+    g.add_argument(
+        "--swarm",
+        metavar="URL|lpd",
+        required=serve,
+        help="share the big blobs with the other nodes pulling this model over BitTorrent: "
+        "the tracker's announce URL (http://host:6969/announce), or lpd (no tracker: local "
+        "peer discovery on one network segment)",
+    )
+    if not serve:
+        g.add_argument(
+            "--swarm-role",
+            choices=["auto", "seed", "peer"],
+            default="auto",
+            help="seed: fetch from the mirrors and hand them to the swarm; peer: only from the "
+            "swarm (the mirrors after --swarm-stall without progress); auto (default): seed "
+            "when RANK / SLURM_PROCID / JOB_COMPLETION_INDEX < --swarm-seeders",
+        )
+        g.add_argument(
+            "--swarm-seeders",
+            type=int,
+            default=1,
+            metavar="K",
+            help="with --swarm-role auto: the ranks below K seed (default 1)",
+        )
+    g.add_argument(
+        "--swarm-dir",
+        metavar="DIR",
+        help="the torrents: a directory every node sees (a seeder writes each blob's torrent "
+        "there as soon as it is verified; peers wait for them), or an export tree's torrents/",
+    )
+    g.add_argument(
+        "--seed-for",
+        metavar="DURATION",
+        help="seed at most this long (e.g. 90s, 10m, 1h; 0: not at all) "
+        + (
+            "(default: until stopped)"
+            if serve
+            else "after the pull while the tracker lists downloading peers (default 10m)"
+        ),
+    )
+    if not serve:
+        g.add_argument(
+            "--swarm-stall",
+            type=float,
+            metavar="SECONDS",
+            help="a peer adds the mirrors after this long without progress from the swarm "
+            "(default 30)",
+        )
+    g.add_argument(
+        "--swarm-interface",
+        metavar="IFACE",
+        help="bind aria2c's sockets, its BitTorrent port included, to this interface or "
+        "address (anyone who reaches the port and knows a blob's hash can fetch it)",
+    )
+    g.add_argument(
+        "--swarm-port", type=int, metavar="PORT", help="BitTorrent listening port (default: free)"
+    )
+
+
 def _add_token(p: argparse.ArgumentParser) -> None:
     """``--token`` / ``--token-file`` (issue 17 §3): HF_TOKEN's value for one command."""
     token = p.add_mutually_exclusive_group()
@@ -282,6 +344,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also show the connections per mirror as the scheduler changes them, and the "
         "time each stage took",
     )
+    _add_swarm(pull)
     _add_json(pull, "JSON lines: progress events, then the result (the plan with --dry-run)")
     pull.add_argument(
         "--load-test",
@@ -416,8 +479,36 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--revision", help="branch, tag or commit in the cache (default: main)")
     _add_repo_type(export)
     _add_cache_dir(export)
+    export.add_argument(
+        "--torrents",
+        action="store_true",
+        help="also write each big blob's swarm torrent to DIR/torrents/ (a pull --swarm-dir)",
+    )
     _add_json(export)
     export.set_defaults(func=commands.export)
+
+    swarm = sub.add_parser(
+        "swarm",
+        help="swarm mode: keep a cached model seeding for other nodes (swarm serve)",
+        description="Swarm mode (pull --swarm, docs/pull.md#swarm-mode): nodes pulling the same "
+        "model share its big blobs over BitTorrent.",
+    )
+    swarm_sub = swarm.add_subparsers(dest="swarm_command", metavar="SUBCOMMAND", required=True)
+    serve = swarm_sub.add_parser(
+        "serve",
+        help="seed a model from the Hugging Face cache until stopped (or --seed-for)",
+        description="Seed REPO_ID's big blobs from the Hugging Face cache for the nodes that pull "
+        "it with --swarm (late joiners). Each blob is hashed first (its torrent is made in the "
+        "same read; one that does not match its name is not seeded) and its torrent written to "
+        "--swarm-dir when missing. Runs until Ctrl-C or --seed-for.",
+    )
+    serve.add_argument("repo_id", metavar="REPO_ID")
+    serve.add_argument("--revision", help="branch, tag or commit in the cache (default: main)")
+    _add_repo_type(serve)
+    _add_cache_dir(serve)
+    _add_swarm(serve, serve=True)
+    _add_json(serve)
+    serve.set_defaults(func=commands.swarm_serve)
     return parser
 
 

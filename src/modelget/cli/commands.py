@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from modelget.endpoints import MirrorsArg
     from modelget.engines import EngineOptions
     from modelget.lockfile import LockedModel
+    from modelget.swarm.options import SwarmOptions
 
 
 def _warn_insecure(args: argparse.Namespace) -> None:
@@ -164,6 +165,55 @@ def rate(text: str) -> int:
     if value <= 0:
         raise UsageError(f"--max-rate must be positive, not {text!r}")
     return int(value)
+
+
+_DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|h|d)?\s*", re.IGNORECASE)
+
+
+def duration(text: str, flag: str = "--seed-for") -> float:
+    """Seconds from ``90``, ``90s``, ``10m``, ``1.5h``, ``1d``; a usage error otherwise."""
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise UsageError(f"{flag}: not a duration: {text!r}", hint="e.g. 90s, 10m, 1h or 0")
+    number, unit = match.groups()
+    return float(number) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[(unit or "s").lower()]
+
+
+def swarm_options(args: argparse.Namespace, *, serve: bool = False) -> SwarmOptions | None:
+    """``--swarm`` and its companions as ``SwarmOptions`` (None without ``--swarm``; a usage
+    error for a companion given without it)."""
+    from modelget.swarm.options import DEFAULT_SEED_FOR_S, DEFAULT_STALL_S, SwarmOptions
+
+    given = [
+        flag
+        for flag, value in (
+            ("--swarm-role", None if getattr(args, "swarm_role", "auto") == "auto" else 1),
+            ("--swarm-seeders", None if getattr(args, "swarm_seeders", 1) == 1 else 1),
+            ("--swarm-dir", args.swarm_dir),
+            ("--seed-for", args.seed_for),
+            ("--swarm-stall", getattr(args, "swarm_stall", None)),
+            ("--swarm-interface", args.swarm_interface),
+            ("--swarm-port", args.swarm_port),
+        )
+        if value is not None
+    ]
+    if args.swarm is None:
+        if given:
+            raise UsageError(f"{given[0]} needs --swarm URL|lpd")
+        return None
+    default_seed = float("inf") if serve else DEFAULT_SEED_FOR_S
+    options = SwarmOptions(
+        tracker=args.swarm,
+        role=getattr(args, "swarm_role", "seed"),
+        seeders=getattr(args, "swarm_seeders", 1),
+        torrent_dir=Path(args.swarm_dir) if args.swarm_dir else None,
+        seed_for_s=duration(args.seed_for) if args.seed_for is not None else default_seed,
+        stall_s=DEFAULT_STALL_S if getattr(args, "swarm_stall", None) is None else args.swarm_stall,
+        interface=args.swarm_interface,
+        port=args.swarm_port,
+    )
+    options.check()
+    return options
 
 
 def lock(args: argparse.Namespace) -> Outcome:
@@ -369,6 +419,7 @@ def _pull_one(args: argparse.Namespace, repo_id: str, locked: LockedModel | None
             token=token(args),
             repo_type=args.repo_type or "model",
             layout=args.layout,
+            swarm=swarm_options(args),
         )
     finally:
         close = getattr(reporter, "close", None)  # bars, heartbeat thread
@@ -517,5 +568,29 @@ def export(args: argparse.Namespace) -> Outcome:
         revision=args.revision,
         cache_dir=args.cache_dir,
         repo_type=args.repo_type or "model",
+        torrents=args.torrents,
     )
     return Outcome(asdict(result), EXIT_OK, partial(render.export_text, result))
+
+
+def swarm_serve(args: argparse.Namespace) -> Outcome:
+    from modelget.api import swarm_serve
+    from modelget.cli.progress import reporter_for
+
+    options = swarm_options(args, serve=True)
+    assert options is not None  # --swarm is required
+    reporter = reporter_for(json=args.json, quiet=False, verbose=False)
+    try:
+        result = swarm_serve(
+            args.repo_id,
+            options,
+            revision=args.revision,
+            cache_dir=args.cache_dir,
+            repo_type=args.repo_type or "model",
+            reporter=reporter,
+        )
+    finally:
+        close = getattr(reporter, "close", None)
+        if close is not None:
+            close()
+    return Outcome(asdict(result), EXIT_OK, partial(render.swarm_serve_text, result))

@@ -55,6 +55,11 @@ class FetchJob:
     hashes while downloading computes sha256 when known, else the git blob sha1."""
 
 
+SWARM_PEERS = "swarm"
+"""What the peers of a swarm (``pull --swarm``) are called where mirrors are named: progress
+events, the contributors of a file that failed verification. Never a mirror's name (those are
+checked by the catalogue; a mirror may be called ``swarm``, which then reads the same)."""
+
 FailureCode = Literal["disk-full", "engine-died", "no-mirror", "cancelled", "local-io"]
 """Why a fetch failed (``FetchResult.failure``)."""
 
@@ -86,6 +91,9 @@ class FetchResult:
     """Not fetched: only sources that need their headers (a token) on their own origin are
     left, and this engine cannot send headers safely (aria2c sends them on across redirects).
     The caller fetches the job with an engine that can (``execute.fetch``)."""
+    bytes_from_peers: int = 0
+    """Bytes that came from other nodes of a swarm (``pull --swarm``), not from a mirror:
+    counted here, not in ``bytes_by_mirror``."""
     failure: FailureCode | None = None
     """Why a job that is not ``ok`` failed, as data (``error`` and ``attempts`` are the prose
     for people): ``disk-full`` (no space left: the pull stops, resumable), ``engine-died``
