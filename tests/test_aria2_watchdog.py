@@ -171,6 +171,21 @@ def test_a_holder_whose_connections_burst_then_stall_is_told_not_silently_slower
     assert out.reason.startswith("too slow or stalled: 80 KiB/s per connection")
 
 
+def test_a_mirror_that_finished_its_share_long_ago_is_still_the_yardstick() -> None:
+    """The other mirror brought its share and has been idle on the download for longer than
+    a yardstick's recency (its ``rate`` is gone): what it did before still measures the
+    holder, which trickles a burst now and then and so never lets the download stall."""
+    holder = MirrorLook("holder", Clock(), 4, 4 * MB, 20 * MB, None)
+    idle = MirrorLook("idle", Clock(), 0, 0.0, 40 * MB, None, rate_before=FAST)
+    first, second = endgame(holder, idle, [(30.0, 60 * MB), (30.2, 60 * MB + 64 * 1024)])
+    assert first == Verdict()
+    assert taken(second) == ["holder"] and second.take_out[0].report
+    # With nothing at all to measure it by, nothing is decided.
+    lone = MirrorLook("holder", Clock(), 4, 4 * MB, 20 * MB, None)
+    blank = MirrorLook("idle", Clock(), 0, 0.0, 40 * MB, None)
+    assert endgame(lone, blank, [(30.0, 60 * MB), (30.6, 60 * MB)]) == [Verdict()] * 2
+
+
 def test_a_holder_is_measured_only_while_it_holds_every_connection() -> None:
     # aria2 counts 12 connections on the download and names the holder's 4: the others'
     # bytes may be flowing on connections not named yet, so nothing is measured (aria2's

@@ -933,6 +933,9 @@ class _Run:
                 *servers.get(s.src.mirror, (0, 0.0)),
                 bytes=by_mirror.get(s.src.mirror, 0),
                 rate=watchdog.yardstick(self.delivered.get(s.src.mirror), now, hedge_s),
+                rate_before=watchdog.yardstick(
+                    self.delivered.get(s.src.mirror), now, hedge_s, lately=False
+                ),
                 recheckable=s.resolved.redirected
                 and s.rerolves < watchdog.MAX_REREOLVES_PER_SOURCE
                 and s.src.mirror not in state.rerolve,

@@ -84,11 +84,15 @@ class Delivered:
             self.flowing_at = now
 
 
-def yardstick(d: Delivered | None, now: float, hedge_s: float) -> float | None:
+def yardstick(
+    d: Delivered | None, now: float, hedge_s: float, *, lately: bool = True
+) -> float | None:
     """A mirror's rate per connection (B/s) over its recent downloads, while bytes came from
     it lately (within twice the hedge budget: a mirror that finished its segments has no
-    connection, but was fast a moment ago); None when it rests on too little."""
-    if d is None or now - d.flowing_at > 2 * hedge_s:
+    connection, but was fast a moment ago; ``lately=False``: however long ago, for a mirror
+    idle on a download because it finished its share there); None when it rests on too
+    little."""
+    if d is None or (lately and now - d.flowing_at > 2 * hedge_s):
         return None
     if d.bytes < YARDSTICK_BYTES:
         return None
@@ -126,6 +130,9 @@ class MirrorLook:
     """Its bytes on this download so far."""
     rate: float | None = None
     """Its rate per connection over its recent downloads (:func:`yardstick`)."""
+    rate_before: float | None = None
+    """The same, however long ago its bytes came (``yardstick(..., lately=False)``): what a
+    mirror idle on the download since it finished its share there could do (:func:`_endgame`)."""
     recheckable: bool = False
     """A redirected source that may be resolved again (``MAX_REREOLVES_PER_SOURCE`` not
     spent, no check of its mirror under way)."""
@@ -331,11 +338,14 @@ def _endgame(look: Look, now: float) -> Verdict | None:
     got = max(0, look.completed - before)
     if span < ALONE_MIN_S or (not got and span < STALLED_HOLDER_S):
         return None
-    rates = [
-        s.rate
-        for i, s in enumerate(look.sources)
-        if i != alone and s.bytes > 0 and s.rate is not None
-    ]
+    # The others are idle on the download after bringing some of its bytes: what they did,
+    # even if longer ago than a yardstick's recency allows (a holder that trickles can keep
+    # the download from stalling long after the others finished their shares).
+    rates: list[float] = []
+    for i, s in enumerate(look.sources):
+        rate = s.rate if s.rate is not None else s.rate_before
+        if i != alone and s.bytes > 0 and rate is not None:
+            rates.append(rate)
     best = max(rates, default=0.0)
     if best < MIN_REFERENCE_BPS:
         return None
