@@ -174,13 +174,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_json = results_dir / f"{profile.name}-latest.json"
     out_json.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     _say(f"raw results: {out_json}")
-    text = report.render(scenes, meta=meta, machine_info=machine_info, version_info=version_info)
+    # A scene with a section of its own (S12) is written there; the main section is rewritten
+    # only when other scenes ran.
+    sections: list[tuple[str, str, str]] = []
+    main_scenes = [s for s in scenes if s.id not in report.OWN_SECTIONS]
+    if main_scenes:
+        text = report.render(
+            main_scenes, meta=meta, machine_info=machine_info, version_info=version_info
+        )
+        sections.append((report.BEGIN, report.END, text))
+    for s in scenes:
+        if s.id in report.OWN_SECTIONS:
+            begin, end, title = report.OWN_SECTIONS[s.id]
+            text = report.render(
+                [s], meta=meta, machine_info=machine_info, version_info=version_info, title=title
+            )
+            sections.append((begin, end, text))
     doc = args.doc if args.doc is not None else (None if args.quick else DOC)
     if doc is not None and not args.no_doc:
         old = doc.read_text() if doc.exists() else "# Benchmarks\n"
-        doc.write_text(replace_between(old, report.BEGIN, report.END, text))
+        for begin, end, text in sections:
+            old = replace_between(old, begin, end, text)
+        doc.write_text(old)
         _say(f"results written to {doc}")
     else:
-        _say(text)
+        for _, _, text in sections:
+            _say(text)
     _say(f"done in {duration / 60:.1f} min")
     return 0
