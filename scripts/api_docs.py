@@ -35,6 +35,7 @@ FUNCTIONS = [
     "list_models",
     "remove",
     "export",
+    "swarm_serve",
     "doctor",
     "load_catalogue",
 ]

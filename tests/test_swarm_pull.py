@@ -216,6 +216,7 @@ def test_three_nodes_pull_one_copy_from_the_origin(
     # What landed is what aria2c seeds: the same inode, hardlinked (or no copy left at all).
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_cold_model_is_published_blob_by_blob(
     tmp_path: Path,
@@ -411,3 +412,131 @@ def test_bytes_from_a_corrupt_only_web_seed_never_land(
     blobs_dir = node.cache / "models--acme--swarm" / "blobs"
     for name, data in blobs.items():
         assert not (blobs_dir / hashlib.sha256(data).hexdigest()).exists(), name
+
+
+@pytest.mark.timeout(120)
+def test_export_torrents_and_swarm_serve_feed_a_late_joiner(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+) -> None:
+    """A node that pulled the model the ordinary way exports it with --torrents and keeps it
+    seeding (``swarm serve``); a late peer, pointed at the export's torrents/, gets every big
+    blob from it: the origin sends none of them."""
+    (sim,), cat = origin(sims, repo_dir, tmp_path)
+    first = tmp_path / "first"
+    done = api.pull(REPO, mirrors=cat, cache_dir=first, engine="httpx")
+    assert_files(done, blobs)
+    tree = tmp_path / "tree"
+    exported = api.export(REPO, tree, cache_dir=first, torrents=True)
+    assert exported.torrents == len(SHARDS)
+    tdir = tree / "torrents"
+    for name in SHARDS:
+        torrent, sha = make_torrent(repo_dir / name)
+        assert (tdir / torrent_relpath(sha)).read_bytes() == torrent.to_bytes()
+        tracker.allow(torrent.info_hash)
+    assert not list(tdir.rglob("*config*"))  # small files have no torrent
+    sim.clear_log()
+
+    stop = threading.Event()
+    served: list[object] = []
+    swarm = SwarmOptions(
+        tracker.announce, torrent_dir=tdir, interface="127.0.0.1", seed_for_s=float("inf")
+    )
+    server = threading.Thread(
+        target=lambda: served.append(api.swarm_serve(REPO, swarm, cache_dir=first, cancel=stop)),
+        daemon=True,
+    )
+    server.start()
+    try:
+        late = Node(
+            "late",
+            tmp_path,
+            cat,
+            SwarmOptions(
+                tracker.announce,
+                role="peer",
+                torrent_dir=tdir,
+                interface="127.0.0.1",
+                seed_for_s=0,
+            ),
+        )
+        result = late.wait()
+    finally:
+        stop.set()
+        server.join(30)
+    assert_files(result, blobs)
+    assert origin_big_bytes(sims) == 0
+    assert result.bytes_from_peers >= BIG_TOTAL
+    (report,) = served
+    assert report.uploaded >= BIG_TOTAL  # type: ignore[attr-defined]
+    assert len(report.info_hashes) == len(SHARDS)  # type: ignore[attr-defined]
+
+
+TOKEN = "hf_swarmSECRETtoken"
+
+
+@pytest.mark.timeout(120)
+def test_a_gated_model_token_never_reaches_aria2c_or_the_cdn(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gated repo whose blobs redirect to a signed CDN URL: the seeder resolves the redirect
+    in Python (the token only on the hub) and gives aria2c the signed URL; the CDN never sees
+    the token, the peer's blobs come from the seeder, and no torrent holds a URL."""
+    hub = HubSimulator(name="hub", cdn=True).start()
+    sims.append(hub)
+    hub.add_repo(REPO, repo_dir, gated=True, token=TOKEN)
+    monkeypatch.setenv("OFFICIAL_TOKEN", TOKEN)
+    cat = tmp_path / "m.yaml"
+    cat.write_text(
+        "version: 1\nmirrors:\n"
+        f"  - name: hub\n    kind: hf\n    endpoint: {hub.url}\n    token_env: OFFICIAL_TOKEN\n"
+    )
+    api.probe(REPO, mirrors=cat)
+    hub.clear_log()
+    premade(repo_dir, tmp_path / "torrents", tracker)
+    peer = Node("p", tmp_path, cat, opts(tracker.announce, tmp_path, "peer", seed_for_s=0))
+    seeder = Node("s", tmp_path, cat, opts(tracker.announce, tmp_path, "seed", seed_for_s=30))
+    assert_files(peer.wait(), blobs)
+    assert_files(seeder.wait(), blobs)
+    cdn = hub.requests(route="cdn")
+    assert cdn and all(r.authorization is None for r in cdn)
+    assert any(r.user_agent == "modelget-aria2" for r in cdn)  # the web seeds
+    assert all(r.authorization in (None, f"Bearer {TOKEN}") for r in hub.log)
+    sent = sum(r.bytes_sent for r in cdn)
+    assert sent <= 1.05 * BIG_TOTAL, sent / BIG_TOTAL
+    for path in (tmp_path / "torrents").rglob("*.torrent"):
+        data = path.read_bytes()
+        assert b"http" not in data and TOKEN.encode() not in data
+
+
+@pytest.mark.timeout(120)
+def test_a_seeder_that_has_the_model_serves_it_without_fetching(
+    tmp_path: Path,
+    repo_dir: Path,
+    blobs: dict[str, bytes],
+    sims: list[HubSimulator],
+    tracker: Tracker,
+) -> None:
+    """The seeder's cache already holds the model (every file reused): it still seeds the
+    blobs, publishing their torrents (a cold --swarm-dir), and the peer gets them from it."""
+    (sim,), cat = origin(sims, repo_dir, tmp_path)
+    tdir = tmp_path / "torrents"
+    tracker.follow(tdir)
+    assert_files(api.pull(REPO, mirrors=cat, cache_dir=tmp_path / "node-s", engine="httpx"), blobs)
+    sim.clear_log()
+    peer = Node("p", tmp_path, cat, opts(tracker.announce, tmp_path, "peer", seed_for_s=0))
+    seeder = Node("s", tmp_path, cat, opts(tracker.announce, tmp_path, "seed", seed_for_s=60))
+    result = peer.wait()
+    seeded = seeder.wait()
+    assert_files(result, blobs)
+    assert all(f.status == "reused" for f in seeded.files)
+    assert origin_big_bytes(sims) == 0
+    assert result.bytes_from_peers >= BIG_TOTAL

@@ -93,6 +93,7 @@ if TYPE_CHECKING:
         probe,
         pull,
         remove,
+        swarm_serve,
         verify,
     )
     from modelget.cache import CachedModel, RemoveResult, VerifyResult
@@ -103,6 +104,7 @@ if TYPE_CHECKING:
     from modelget.lockfile import LockedModel, Lockfile
     from modelget.lockfile import dumps as dump_lockfile
     from modelget.lockfile import load as load_lockfile
+    from modelget.swarm.serve import SwarmServeResult
 
 from modelget._version import __version__
 
@@ -161,6 +163,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), as tests/test_public_api.py checks)
     "ResolveError",
     "RevisionNotFoundError",
     "SwarmOptions",
+    "SwarmServeResult",
     "TorrentError",
     "TorrentMismatchError",
     "TransferError",
@@ -182,6 +185,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), as tests/test_public_api.py checks)
     "probe",
     "pull",
     "remove",
+    "swarm_serve",
     "verify",
 ]
 
@@ -200,6 +204,7 @@ _LAZY = {
             "probe",
             "pull",
             "remove",
+            "swarm_serve",
             "verify",
             "ProbeSummary",
         )
@@ -215,6 +220,7 @@ _LAZY = {
     "LockedModel": ("modelget.lockfile", "LockedModel"),
     "dump_lockfile": ("modelget.lockfile", "dumps"),
     "load_lockfile": ("modelget.lockfile", "load"),
+    "SwarmServeResult": ("modelget.swarm.serve", "SwarmServeResult"),
 }
 
 

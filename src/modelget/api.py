@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from modelget.doctor import DoctorReport
     from modelget.loadtest import LoadReport
     from modelget.swarm.engine import SwarmEngine
+    from modelget.swarm.serve import SwarmServeResult
 
 StrPath = str | os.PathLike[str]
 
@@ -592,10 +593,11 @@ def pull(
                 f"offline: mirrors unreachable, using the cached snapshot {result.commit}",
             )
             return _logged(result)
+        target = Target(hub_cache, repo_id, the_plan.commit, local, repo_type)
         result = carry_out(
             the_plan,
             by_name,
-            Target(hub_cache, repo_id, the_plan.commit, local, repo_type),
+            target,
             starter,
             events,
             cancel,
@@ -610,7 +612,15 @@ def pull(
             from dataclasses import replace as _replace
 
             result = _replace(result, swarm_role=swarm_engine.role)
-            if result.status != "error":
+            if result.status != "error" and swarm is not None and swarm.seed_for_s > 0:
+                placed = {f.path for f in result.files if f.status != "failed"}
+                swarm_engine.seed_present(
+                    [
+                        (i.entry.path, i.entry.size, i.entry.sha256, target.final(i.entry))
+                        for i in the_plan.items
+                        if i.entry.path in placed
+                    ]
+                )
                 swarm_engine.linger(cancel)
     finally:
         starter.close()
@@ -918,6 +928,7 @@ def export(
     revision: str | None = None,
     cache_dir: StrPath | None = None,
     repo_type: RepoType = "model",
+    torrents: bool = False,
 ) -> ExportResult:
     """Publish ``repo_id`` from the Hugging Face cache as a static ``cdn`` tree
     (``modelget.cdn/1``, see docs/mirrors.md): every blob verified, hardlinked or copied, then
@@ -931,6 +942,9 @@ def export(
             ``~/.cache/huggingface/hub``).
         repo_type: ``model``, ``dataset`` or ``space``; a dataset's tree is under
             ``datasets/ORG/NAME/`` (blobs shared), where a ``cdn`` mirror looks for it.
+        torrents: also write each big blob's swarm torrent (made in the read that verifies
+            it) to ``torrents/sha256/xx/SHA.torrent`` in the tree (``--torrents``): that
+            directory is a ``pull --swarm-dir``.
 
     Returns:
         An :class:`ExportResult`.
@@ -946,7 +960,61 @@ def export(
     _check_repo_type(repo_type)
     hub_cache = _hub_cache(cache_dir)
     return export_model(
-        repo_id, Path(to), cache_dir=hub_cache, revision=revision, repo_type=repo_type
+        repo_id,
+        Path(to),
+        cache_dir=hub_cache,
+        revision=revision,
+        repo_type=repo_type,
+        torrents=torrents,
+    )
+
+
+def swarm_serve(
+    repo_id: str,
+    swarm: SwarmOptions,
+    *,
+    revision: str | None = None,
+    cache_dir: StrPath | None = None,
+    repo_type: RepoType = "model",
+    reporter: Reporter | object | None = None,
+    cancel: threading.Event | None = None,
+) -> SwarmServeResult:
+    """Seed ``repo_id``'s big blobs from the Hugging Face cache for the nodes that pull it
+    with ``swarm`` (``modelget swarm serve``), until ``cancel`` is set or
+    ``swarm.seed_for_s`` has passed (``float("inf")``: until ``cancel``). Each blob is hashed
+    first (its torrent made in the same read; a blob whose sha256 is not its name is not
+    seeded) and its torrent written to ``swarm.torrent_dir`` when missing.
+
+    Args:
+        repo_id: ``ORG/NAME``, already pulled into the cache.
+        swarm: the swarm (:class:`SwarmOptions`: tracker, torrent dir, interface, port); its
+            ``role``, ``seeders`` and ``stall_s`` do not apply.
+        revision: the branch, tag or commit in the cache (default: ``main``).
+        cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ...).
+        repo_type: ``model``, ``dataset`` or ``space``.
+        reporter: events (messages) as for :func:`pull`.
+        cancel: set it to stop seeding.
+
+    Returns:
+        A ``SwarmServeResult``: the info-hashes seeded, their bytes, seconds, bytes uploaded.
+
+    Raises:
+        LayoutError: the model or revision is not in the cache, or it has no blob to seed.
+        UsageError: a malformed argument.
+    """
+    from modelget.swarm.serve import serve
+
+    _check_repo_id(repo_id)
+    _check_repo_type(repo_type)
+    swarm.check()
+    return serve(
+        repo_id,
+        swarm,
+        cache_dir=_hub_cache(cache_dir),
+        revision=revision,
+        repo_type=repo_type,
+        reporter=LoggingReporter(as_reporter(reporter)),
+        cancel=cancel or threading.Event(),
     )
 
 

@@ -11,6 +11,11 @@ checks what is already there.
     {dest}/{repo_id}/refs.json
     {dest}/{repo_id}/manifests/{commit}.json
     {dest}/blobs/sha256/{sha[0:2]}/{sha}
+    {dest}/torrents/sha256/{sha[0:2]}/{sha}.torrent      (with torrents=True: swarm mode)
+
+With ``torrents=True`` each big blob's torrent (``modelget.swarm.torrent``: the same bytes any
+node makes) is computed in the read that verifies the blob, and written beside the blobs:
+``{dest}/torrents`` is a ``pull --swarm-dir``.
 
 Nothing here prints; the CLI renders the ``ExportResult``.
 """
@@ -54,12 +59,16 @@ class ExportResult:
     linked: int
     copied: int
     reused: int
+    torrents: int = 0
+    """Torrents written (``torrents=True``; those already there and equal count too)."""
 
 
 @dataclass(frozen=True)
 class _Blob:
     source: Path
     entry: FileEntry
+    torrent: bytes | None = None
+    """The blob's published torrent (``torrents=True``, a blob that goes through a swarm)."""
 
 
 def _read_ref(ref: Path) -> str | None:
@@ -111,8 +120,9 @@ def _resolve(rdir: Path, repo_id: str, revision: str | None) -> tuple[str, tuple
     return commit, names
 
 
-def _entry_for(path: str, link: Path, blobs_dir: Path) -> _Blob:
-    """Verify one snapshot file against the digest its cache blob is named by."""
+def _entry_for(path: str, link: Path, blobs_dir: Path, torrents: bool = False) -> _Blob:
+    """Verify one snapshot file against the digest its cache blob is named by (and, with
+    ``torrents``, make a big blob's torrent in the same read)."""
     try:
         real = Path(os.path.realpath(link))
         size = real.stat().st_size
@@ -120,13 +130,22 @@ def _entry_for(path: str, link: Path, blobs_dir: Path) -> _Blob:
         raise LayoutError(f"{path}: cannot read {link}: {exc}") from exc
     name = real.name if real.parent == Path(os.path.realpath(blobs_dir)) else ""
     if _SHA256.match(name):
-        got = hash_file(real, sha256=True)
-        if got.sha256 != name:
+        torrent: bytes | None = None
+        from modelget.swarm.policy import through_swarm
+
+        if torrents and through_swarm(size, name):
+            from modelget.swarm.torrent import make_torrent
+
+            made, sha = make_torrent(real)
+            torrent = made.to_bytes()
+        else:
+            sha = hash_file(real, sha256=True).sha256 or ""
+        if sha != name:
             raise VerificationError(
-                f"{path}: cached blob {real} is corrupt: its sha256 is {got.sha256}",
+                f"{path}: cached blob {real} is corrupt: its sha256 is {sha}",
                 hint="refusing to publish it; pull the model again to repair the cache",
             )
-        return _Blob(real, FileEntry(path=path, size=size, sha256=name, lfs=True))
+        return _Blob(real, FileEntry(path=path, size=size, sha256=name, lfs=True), torrent)
     got = hash_file(real, sha256=True, git_sha1=True)
     assert got.sha256 is not None and got.git_sha1 is not None
     if _SHA1.match(name):
@@ -157,7 +176,7 @@ def _entry_for(path: str, link: Path, blobs_dir: Path) -> _Blob:
     )
 
 
-def _snapshot_entries(rdir: Path, commit: str) -> list[_Blob]:
+def _snapshot_entries(rdir: Path, commit: str, torrents: bool = False) -> list[_Blob]:
     snap = rdir / "snapshots" / commit
     out: list[_Blob] = []
     for item in sorted(snap.rglob("*")):
@@ -175,7 +194,7 @@ def _snapshot_entries(rdir: Path, commit: str) -> list[_Blob]:
                 f"{rel}: {item} is a broken link (its blob is missing from the cache)",
                 hint="pull the model again to repair the cache",
             )
-        out.append(_entry_for(rel, item, rdir / "blobs"))
+        out.append(_entry_for(rel, item, rdir / "blobs", torrents))
     if not out:
         raise LayoutError(f"the snapshot {snap} holds no files")
     return out
@@ -223,6 +242,18 @@ def _write_atomic(path: Path, text: str) -> None:
         raise LayoutError(f"cannot write {path}: {exc}") from exc
 
 
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise LayoutError(f"cannot write {path}: {exc}") from exc
+
+
 def _merged_refs(path: Path, names: tuple[str, ...], commit: str) -> str:
     refs: dict[str, Any] = {}
     if path.exists():
@@ -251,6 +282,7 @@ def export_model(
     cache_dir: Path,
     revision: str | None = None,
     repo_type: RepoType = "model",
+    torrents: bool = False,
 ) -> ExportResult:
     """Write ``repo_id`` (at ``revision``, default ``main``) from the HF cache ``cache_dir``
     into the cdn tree rooted at ``dest``. Raises ``LayoutError`` when the model or revision is
@@ -268,7 +300,7 @@ def export_model(
     commit, names = _resolve(rdir, repo_id, revision)
 
     # 1. Verify every blob before writing anything.
-    blobs = _snapshot_entries(rdir, commit)
+    blobs = _snapshot_entries(rdir, commit, torrents)
 
     # 2. Blobs (content-addressed: a sha256 shared by two paths is placed once).
     counts = {"linked": 0, "copied": 0, "reused": 0}
@@ -278,6 +310,15 @@ def export_model(
         unique.setdefault(b.entry.sha256, b)
     for sha, b in unique.items():
         counts[_place(b, dest / blob_path(sha))] += 1
+    written = 0
+    for sha, b in unique.items():
+        if b.torrent is not None:
+            from modelget.swarm.torrent import torrent_relpath
+
+            tpath = dest / "torrents" / torrent_relpath(sha)
+            if not (tpath.is_file() and tpath.read_bytes() == b.torrent):
+                _write_bytes_atomic(tpath, b.torrent)
+            written += 1
 
     # 3. The manifest, then refs.json: readers see the new revision only once it is complete.
     manifest = Manifest(
@@ -307,4 +348,5 @@ def export_model(
         linked=counts["linked"],
         copied=counts["copied"],
         reused=counts["reused"],
+        torrents=written,
     )

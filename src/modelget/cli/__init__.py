@@ -474,8 +474,36 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--revision", help="branch, tag or commit in the cache (default: main)")
     _add_repo_type(export)
     _add_cache_dir(export)
+    export.add_argument(
+        "--torrents",
+        action="store_true",
+        help="also write each big blob's swarm torrent to DIR/torrents/ (a pull --swarm-dir)",
+    )
     _add_json(export)
     export.set_defaults(func=commands.export)
+
+    swarm = sub.add_parser(
+        "swarm",
+        help="swarm mode: keep a cached model seeding for other nodes (swarm serve)",
+        description="Swarm mode (pull --swarm, docs/pull.md#swarm-mode): nodes pulling the same "
+        "model share its big blobs over BitTorrent.",
+    )
+    swarm_sub = swarm.add_subparsers(dest="swarm_command", metavar="SUBCOMMAND", required=True)
+    serve = swarm_sub.add_parser(
+        "serve",
+        help="seed a model from the Hugging Face cache until stopped (or --seed-for)",
+        description="Seed REPO_ID's big blobs from the Hugging Face cache for the nodes that pull "
+        "it with --swarm (late joiners). Each blob is hashed first (its torrent is made in the "
+        "same read; one that does not match its name is not seeded) and its torrent written to "
+        "--swarm-dir when missing. Runs until Ctrl-C or --seed-for.",
+    )
+    serve.add_argument("repo_id", metavar="REPO_ID")
+    serve.add_argument("--revision", help="branch, tag or commit in the cache (default: main)")
+    _add_repo_type(serve)
+    _add_cache_dir(serve)
+    _add_swarm(serve, serve=True)
+    _add_json(serve)
+    serve.set_defaults(func=commands.swarm_serve)
     return parser
 
 

@@ -208,7 +208,7 @@ def swarm_options(args: argparse.Namespace, *, serve: bool = False) -> SwarmOpti
         seeders=getattr(args, "swarm_seeders", 1),
         torrent_dir=Path(args.swarm_dir) if args.swarm_dir else None,
         seed_for_s=duration(args.seed_for) if args.seed_for is not None else default_seed,
-        stall_s=getattr(args, "swarm_stall", None) or DEFAULT_STALL_S,
+        stall_s=DEFAULT_STALL_S if getattr(args, "swarm_stall", None) is None else args.swarm_stall,
         interface=args.swarm_interface,
         port=args.swarm_port,
     )
@@ -567,5 +567,29 @@ def export(args: argparse.Namespace) -> Outcome:
         revision=args.revision,
         cache_dir=args.cache_dir,
         repo_type=args.repo_type or "model",
+        torrents=args.torrents,
     )
     return Outcome(asdict(result), EXIT_OK, partial(render.export_text, result))
+
+
+def swarm_serve(args: argparse.Namespace) -> Outcome:
+    from modelget.api import swarm_serve
+    from modelget.cli.progress import reporter_for
+
+    options = swarm_options(args, serve=True)
+    assert options is not None  # --swarm is required
+    reporter = reporter_for(json=args.json, quiet=False, verbose=False)
+    try:
+        result = swarm_serve(
+            args.repo_id,
+            options,
+            revision=args.revision,
+            cache_dir=args.cache_dir,
+            repo_type=args.repo_type or "model",
+            reporter=reporter,
+        )
+    finally:
+        close = getattr(reporter, "close", None)
+        if close is not None:
+            close()
+    return Outcome(asdict(result), EXIT_OK, partial(render.swarm_serve_text, result))

@@ -441,5 +441,13 @@ def export_text(result: Any) -> None:
         f"{result.repo_id} @ {result.commit[:12]}: {result.files} files, {size(result.bytes)}; "
         f"blobs: {result.linked} linked, {result.copied} copied, {result.reused} already there; "
         f"refs: {refs}"
+        + (f"; torrents: {result.torrents} (in {result.dir}/torrents)" if result.torrents else "")
     )
     print(result.dir)
+
+
+def swarm_serve_text(result: Any) -> None:
+    note(
+        f"{result.repo_id} @ {result.commit[:12]}: seeded {len(result.info_hashes)} blobs "
+        f"({size(result.bytes)}) for {result.seconds:.0f} s; {size(result.uploaded)} uploaded"
+    )

@@ -116,7 +116,8 @@ class SwarmEngine:
         self._complete: set[Path] = set()
         """``data_dir`` files that are complete blobs (links to landed ones: removed at close)."""
         self._lock = threading.Lock()
-        self._http_error: BaseException | None = None
+        self._fetching: set[str] = set()
+        """Keys of the blobs the usual engine is fetching to publish (a seeder's heartbeat)."""
         self._closed = False
 
     # --- Engine protocol -----------------------------------------------------------------------
@@ -125,6 +126,11 @@ class SwarmEngine:
         self.inner = inner
         self.name = inner.name
         return self
+
+    @property
+    def options(self) -> object:
+        """The usual engine's ``EngineOptions`` (the executor's httpx fallback takes them)."""
+        return getattr(self.inner, "options", None)
 
     @property
     def connections(self) -> dict[str, int]:
@@ -185,9 +191,14 @@ class SwarmEngine:
                 lane.submit(plain, on_complete)
             cold = [b for b in blobs if b.phase == "http"]
             if cold:
+                with self._lock:
+                    self._fetching |= {b.job.key for b in cold}
                 lane.submit([b.job for b in cold], self._publishing(on_complete, reporter))
             self._loop(blobs, lane, reporter, cancel, on_complete)
             results = lane.join()
+            for b in blobs:
+                if b.phase == "http":
+                    self._heartbeat_done(b.job)  # (a beat that raced the publication)
         finally:
             lane.stop()
         by_key = {r.key: r for r in results}
@@ -295,7 +306,7 @@ class SwarmEngine:
                 torrent, sha = make_torrent(job.dest)
                 result.digests = Digests(torrent.length, sha, None)
                 if sha == (job.sha256 or "").lower() and torrent.length == job.size:
-                    self._publish(job, torrent, reporter)
+                    self.publish(job, torrent, reporter)
             except (OSError, TorrentError) as exc:
                 reporter.on_message("warning", f"swarm: {job.path}: not seeded: {exc}")
             finally:
@@ -305,6 +316,7 @@ class SwarmEngine:
 
         def hand_over(job: FetchJob, result: FetchResult) -> None:
             if job.sha256 is None or not result.ok:
+                self._heartbeat_done(job)
                 if on_complete is not None:
                     on_complete(job, result)
                 return
@@ -313,7 +325,7 @@ class SwarmEngine:
         hand_over.pool = pool  # type: ignore[attr-defined]
         return hand_over
 
-    def _publish(self, job: FetchJob, torrent: BlobTorrent, reporter: Reporter) -> None:
+    def publish(self, job: FetchJob, torrent: BlobTorrent, reporter: Reporter) -> None:
         """Seed a verified blob (hardlinked into ``data_dir``) and write its torrent to
         ``torrent_dir`` (atomically; never overwriting one that is there)."""
         link = self.data_dir / torrent.name
@@ -343,7 +355,11 @@ class SwarmEngine:
 
     def _heartbeat(self, blobs: Sequence[_Blob]) -> None:
         """A seeder fetching blobs from the mirrors says so to the waiting peers."""
+        with self._lock:
+            fetching = set(self._fetching)
         for b in blobs:
+            if b.job.key not in fetching:
+                continue
             path = self._torrent_path(b.job)
             if path is None:
                 continue
@@ -353,6 +369,8 @@ class SwarmEngine:
                 pending.touch()
 
     def _heartbeat_done(self, job: FetchJob) -> None:
+        with self._lock:
+            self._fetching.discard(job.key)
         path = self._torrent_path(job)
         if path is not None:
             with contextlib.suppress(OSError):
@@ -372,11 +390,12 @@ class SwarmEngine:
         told_waiting = False
         while not cancel.is_set():
             now = time.monotonic()
-            if self.role == "seed" and now - last_beat >= HEARTBEAT_S:
+            beating = self.role == "seed" and self.swarm.torrent_dir is not None
+            if beating and now - last_beat >= HEARTBEAT_S:
                 last_beat = now
-                self._heartbeat([b for b in blobs if b.phase == "http" and b.result is None])
+                self._heartbeat([b for b in blobs if b.phase == "http"])
             pending = [b for b in blobs if b.phase in ("wait", "bt")]
-            if not pending:
+            if not pending and not (beating and not lane.idle()):
                 return
             for b in pending:
                 if b.phase == "wait":
@@ -402,6 +421,8 @@ class SwarmEngine:
                 self._seeded.pop(b.torrent.info_hash, None)
             b.gid = None
         b.phase = "http"
+        with self._lock:
+            self._fetching.add(b.job.key)
         lane.submit([b.job], self._publishing(on_complete, reporter))
 
     def _wait_step(
@@ -533,6 +554,36 @@ class SwarmEngine:
 
     # --- after the pull ------------------------------------------------------------------------
 
+    def seed_present(self, files: Sequence[tuple[str, int, str | None, Path]]) -> None:
+        """Seed the big blobs the pull found already in place ((path, size, sha256, where it
+        is)): a seeder whose cache holds the model serves it without fetching a byte. The
+        blob's torrent is taken from ``torrent_dir`` when there, else made from the blob (one
+        read, which also checks its sha256)."""
+        if not files:
+            return
+        try:
+            self._start()
+        except Exception as exc:  # aria2c would not start: nothing to seed with
+            self.reporter.on_message("warning", f"swarm: not seeding: {exc}")
+            return
+        for path, size, sha256, where in files:
+            if sha256 is None or not policy.through_swarm(size, sha256):
+                continue
+            if (self.data_dir / sha256.lower()) in self._complete:
+                continue  # fetched (and seeded) by this pull
+            job = FetchJob(sha256, path, size, where, (), sha256=sha256)
+            found = self._find_torrent(_Blob(job), self.reporter)
+            try:
+                if isinstance(found, BlobTorrent):
+                    torrent = found
+                else:
+                    torrent, sha = make_torrent(where)
+                    if sha != sha256.lower() or torrent.length != size:
+                        continue
+                self.publish(job, torrent, self.reporter)
+            except (OSError, TorrentError) as exc:
+                self.reporter.on_message("warning", f"swarm: {path}: not seeded: {exc}")
+
     def linger(self, cancel: threading.Event, seed_for_s: float | None = None) -> None:
         """Seed on after the pull while ``policy.keep_seeding`` says so (``seed_for_s``:
         instead of the options' bound; ``float('inf')``: until ``cancel``)."""
@@ -620,6 +671,11 @@ class _HttpLane:
                 self._results.extend(results)
                 self._busy = False
                 self._cv.notify_all()
+
+    def idle(self) -> bool:
+        """Every batch submitted so far is done."""
+        with self._cv:
+            return not self._batches and not self._busy
 
     def join(self) -> list[FetchResult]:
         """Wait for every batch submitted so far; their results."""
