@@ -11,9 +11,9 @@ the others are peers. Cases:
 - ``single-swarm``: node 0 alone with ``--swarm`` (torrents pre-made): what swarm mode costs
   one node;
 - ``plain-N``: every node a plain ``modelget pull`` at once (today: N× the origin traffic);
-- ``warm-N``: every node ``--swarm`` with the torrents pre-made in ``--swarm-dir`` (what an
-  earlier pull or ``export --torrents`` leaves; here written with modelget's own torrent
-  writer, as ``modelget export --torrents`` is not on the swarm branch yet);
+- ``warm-N``: every node ``--swarm`` with the torrents pre-made: ``--swarm-dir`` is the
+  ``torrents/`` of a ``modelget export --torrents`` tree (made before the cases, from a pull
+  of its own);
 - ``cold-N``: every node ``--swarm`` with an empty shared ``--swarm-dir``: the seeder publishes
   each blob's torrent as soon as it has passed sha256, the peers wait for it (the tracker's
   whitelist follows that directory, as an operator's hook would);
@@ -264,8 +264,8 @@ class SwarmScene:
             f"version: 1\nmirrors:\n  - name: origin\n    kind: hf\n    endpoint: {self.origin.url}\n"
         )
         self.probe_cache = scratch / "probe-cache"
-        self.premade = scratch / "torrents-premade"
-        self.info_hashes = self._premade_torrents()
+        self.premade = scratch / "export" / "torrents"
+        self.info_hashes: list[str] = []
         self.commands: dict[str, str] = {}
 
     def _model(self) -> BenchRepo:
@@ -279,21 +279,43 @@ class SwarmScene:
             stamp.write_text("written by python -m bench\n")
         return BenchRepo.scan(REPO_ID, out)
 
-    def _premade_torrents(self) -> list[str]:
-        """What an earlier pull (or ``export --torrents``) leaves in a torrent dir."""
+    def export_torrents(self) -> None:
+        """The warm cases' torrents, as a team makes them: one pull (unmeasured, node 0, into
+        a cache of its own), then ``modelget export --to DIR --torrents``; ``DIR/torrents`` is
+        the ``--swarm-dir``. Each is checked against modelget's torrent writer run on the
+        origin's own file (the same bytes: the info dict is deterministic)."""
         from modelget.swarm.policy import through_swarm
-        from modelget.swarm.torrent import make_torrent, torrent_relpath
+        from modelget.swarm.torrent import make_torrent, read_torrent, torrent_relpath
 
-        hashes = []
+        cache, tree = self.scratch / "export-cache", self.scratch / "export"
+        env = {**self.b.env, "MODELGET_CACHE_DIR": str(self.probe_cache)}
+        for cmd in (
+            [sys.executable, "-m", "modelget", "pull", self.repo.repo_id, "--mirrors",
+             str(self.catalogue), "--cache-dir", str(cache), "--quiet"],
+            [sys.executable, "-m", "modelget", "export", self.repo.repo_id, "--to", str(tree),
+             "--torrents", "--cache-dir", str(cache)],
+        ):  # fmt: skip
+            done = subprocess.run(
+                self.net.wrap(swarmnet.node_ns(0), cmd),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=self.p.timeout_s,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[2:4])} failed: {done.stderr.strip()[-400:]}")
+        self.premade = tree / "torrents"
+        self.info_hashes = []
         for f in self.repo.files:
             if not through_swarm(f.size, f.sha256 if f.lfs else None):
                 continue
-            torrent, sha = make_torrent(f.source)
-            path = self.premade / torrent_relpath(sha)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(torrent.to_bytes())
-            hashes.append(torrent.info_hash)
-        return hashes
+            path = self.premade / torrent_relpath(f.sha256)
+            exported = read_torrent(path)
+            mine, _ = make_torrent(f.source)
+            if path.read_bytes() != mine.to_bytes():
+                raise RuntimeError(f"export --torrents wrote {path} unlike the torrent writer's")
+            self.info_hashes.append(exported.info_hash)
+        shutil.rmtree(cache, ignore_errors=True)
 
     def probe(self) -> None:
         """One probe before the cases (each node then reads a copy of its cache: the probe's
@@ -585,6 +607,7 @@ def s12(b: Bench) -> SceneResult:
             sc = SwarmScene(b, p, net, scratch)
             try:
                 sc.probe()
+                sc.export_torrents()
                 plan = [
                     ("single", 1, None),
                     ("single-swarm", 1, "warm"),
@@ -665,6 +688,9 @@ def _report(
         f"- model `{repo.repo_id}`: {p.shards} safetensors shards of {p.shard_bytes / 1e6:g} MB "
         f"+ 3 small files, {fmt_bytes(size)} in all ({fmt_bytes(big)} through the swarm: files "
         "≥ 1 MiB with a sha256)",
+        "- warm torrents: the `torrents/` of `modelget export --to DIR --torrents` after one "
+        "unmeasured pull made before the cases (each checked byte for byte against modelget's "
+        "torrent writer run on the origin's file); cold: an empty shared `--swarm-dir`",
         "- origin: the hub simulator (bench/swarm_origin.py), no CDN redirect; egress = its "
         "count of file body bytes sent",
         f"- tracker: opentracker on the bridge, whitelist mode; every node announces every 5 s; "
