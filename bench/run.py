@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "for a full run; a --quick run writes none unless given one)",
     )
     p.add_argument("--no-doc", action="store_true", help="do not touch the Markdown file")
+    p.add_argument(
+        "--swarm-queue",
+        choices=("short", "pfifo"),
+        help="S12: the queue under each cap: short (default: 10 ms of the rate) or pfifo "
+        "(htb's default 1000 packets, as the research prototype)",
+    )
     return p
 
 
@@ -86,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(
             "note: S8 also reads the S1/S2 runs of the synthetic checkpoint; add them for those rows"
         )
+    if args.swarm_queue is not None:
+        from bench import swarm
+
+        swarm.QUEUE = args.swarm_queue
     data = args.data.expanduser()
     work = (args.work or data / "work").expanduser()
     started = time.perf_counter()

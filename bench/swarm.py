@@ -39,7 +39,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -69,6 +70,10 @@ class SwarmProfile:
     loopback_bytes: int
     loopback_runs: int
     timeout_s: float
+    queue: str = "short"
+    """Under each cap: ``short`` (a bfifo of 10 ms of the rate, as the other shaped scenes'
+    queues) or ``pfifo`` (htb's default 1000-packet FIFO, as the prototype's net.sh); see
+    bench/swarmnet.py. ``python -m bench --swarm-queue`` sets it."""
 
 
 FULL = SwarmProfile(
@@ -335,7 +340,9 @@ class SwarmScene:
 
     # --- one case ------------------------------------------------------------------------
 
-    def run_case(self, case: str, nodes: int, swarm: str | None) -> CaseRun:
+    def run_case(
+        self, case: str, nodes: int, swarm: str | None, extra_args: Sequence[str] = ()
+    ) -> CaseRun:
         """``swarm``: None (plain pulls), ``warm`` (torrents pre-made), ``cold`` (none: the
         seeder publishes them; the tracker's whitelist follows the torrent dir) or
         ``cold-listed`` (the same, the hashes on the whitelist from the start)."""
@@ -386,6 +393,7 @@ class SwarmScene:
                     str(node_dir / "model"),
                     "--json",
                     *extra,
+                    *extra_args,
                 ]
                 env = {**self.b.env, "MODELGET_CACHE_DIR": str(node_dir / "state"), "RANK": str(i)}
                 cmds.append((self.net.wrap(swarmnet.node_ns(i), cmd), env))
@@ -585,8 +593,14 @@ def _why_not() -> str:
     return ""
 
 
+QUEUE: str | None = None
+"""``--swarm-queue``: overrides the profile's ``queue`` (set by bench.run)."""
+
+
 def s12(b: Bench) -> SceneResult:
     p = QUICK if b.profile.name == "quick" else FULL
+    if QUEUE is not None:
+        p = replace(p, queue=QUEUE)
     res = SceneResult(
         SCENE,
         f"Swarm mode: {p.nodes} nodes behind a {p.wan_bps * 8 / 1e6:g} Mbit/s uplink (issue 18)",
@@ -601,7 +615,7 @@ def s12(b: Bench) -> SceneResult:
     scratch.mkdir(parents=True)
     cases: dict[str, CaseRun] = {}
     loops: list[LoopbackRun] = []
-    net = swarmnet.SwarmNet(p.nodes, p.wan_bps, p.nic_bps)
+    net = swarmnet.SwarmNet(p.nodes, p.wan_bps, p.nic_bps, leaf=p.queue)
     try:
         with net:
             sc = SwarmScene(b, p, net, scratch)
@@ -684,7 +698,13 @@ def _report(
     res.setup = [
         f"- network (bench/swarmnet.py, the prototype's net.sh in Python): origin namespace "
         f"behind a {p.wan_bps * 8 / 1e6:g} Mbit/s WAN cap (htb on its egress), {p.nodes} node "
-        f"namespaces with {p.nic_bps * 8 / 1e6:g} Mbit/s NICs each way, one bridge; MTU 1500",
+        f"namespaces with {p.nic_bps * 8 / 1e6:g} Mbit/s NICs each way, one bridge; MTU 1500; "
+        + (
+            "under each cap a bfifo of 10 ms of its rate (`--swarm-queue short`)"
+            if p.queue == "short"
+            else "under each cap htb's default 1000-packet FIFO, as the prototype "
+            "(`--swarm-queue pfifo`)"
+        ),
         f"- model `{repo.repo_id}`: {p.shards} safetensors shards of {p.shard_bytes / 1e6:g} MB "
         f"+ 3 small files, {fmt_bytes(size)} in all ({fmt_bytes(big)} through the swarm: files "
         "≥ 1 MiB with a sha256)",
@@ -700,7 +720,12 @@ def _report(
         "- T1 = the single node's plain `modelget pull`; \"done\" = the node's last file in "
         "place under its final name (polled every 0.1 s), from the common start",
     ]
-    res.setup.append("\nShaping:\n\n```sh\n" + "\n".join(tc_lines[:4]) + "\n...\n```")
+    shown = [c for c in tc_lines if any(k in c for k in ("mgsw-origin ", "mgsw-n0 ", "s-n0 "))]
+    res.setup.append(
+        "\nShaping (the origin's WAN, node 0's NIC up and down; the other nodes alike):\n\n```sh\n"
+        + "\n".join(shown)
+        + "\n```"
+    )
     rows = []
     for c in cases.values():
         done = [n.done_s for n in c.nodes if n.done_s is not None]

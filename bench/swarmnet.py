@@ -87,7 +87,7 @@ def _alive(pid: int) -> bool:
 class SwarmNet:
     """``with SwarmNet(nodes, wan_bps, nic_bps) as net:`` the namespaces above, up."""
 
-    def __init__(self, nodes: int, wan_bps: int, nic_bps: int) -> None:
+    def __init__(self, nodes: int, wan_bps: int, nic_bps: int, leaf: str = "pfifo") -> None:
         why = available()
         if why is not None:
             raise NetnsError(why)
@@ -96,6 +96,12 @@ class SwarmNet:
         self.nodes = nodes
         self.wan_bps = wan_bps
         self.nic_bps = nic_bps
+        if leaf not in ("pfifo", "short"):
+            raise ValueError("leaf: pfifo (htb's own, 1000 packets) or short (10 ms of the rate)")
+        self.leaf = leaf
+        """The queue under each cap: htb's default FIFO of 1000 packets (as the prototype's
+        net.sh: 30 ms at 400 Mbit/s, 120 ms at 100 Mbit/s), or a bfifo of 10 ms of the rate
+        (a node's ACKs wait less behind its own uploads). This kernel has no fq_codel."""
         self.commands: list[str] = []
         """Every ``tc`` command applied (for the report)."""
         self._made: list[str] = []
@@ -143,6 +149,12 @@ class SwarmNet:
         ):  # fmt: skip
             self.commands.append(f"ip netns exec {ns} tc " + " ".join(args))
             _sh("ip", "netns", "exec", ns, "tc", *args)
+        if self.leaf == "short":
+            limit = str(max(64 * 1024, bps // 100))
+            leaf = ("qdisc", "add", "dev", dev, "parent", "1:10", "handle", "10:", "bfifo",
+                    "limit", limit)  # fmt: skip
+            self.commands.append(f"ip netns exec {ns} tc " + " ".join(leaf))
+            _sh("ip", "netns", "exec", ns, "tc", *leaf)
 
     def _attach(self, ns: str, ip: str, *, up_bps: int, down_bps: int) -> None:
         self._add_ns(ns)

@@ -331,8 +331,8 @@ def test_swarm_case_verdicts() -> None:
     case = CaseRun("warm-2", nodes, 100, 3, 7.0, 0.5)
     assert case.ok and case.slowest_s == 6.0 and case.fastest_s == 4.0
     nodes[1].bad_files = ["model.safetensors: sha256 differs"]
-    assert not case.ok  # a wrong file fails the case, whatever the times
+    assert not bool(case.ok)  # a wrong file fails the case, whatever the times
     nodes[1].bad_files, nodes[1].result = [], {"status": "partial", "exit_code": 3}
-    assert not case.ok
+    assert not bool(case.ok)
     nodes[1].done_s = None
     assert math.isnan(case.slowest_s)  # a node that never finished has no "slowest" time
