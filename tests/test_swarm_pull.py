@@ -37,10 +37,16 @@ ORIGIN_RATE = 12_000_000
 """Origin bytes/s per response: the seeder's web seeds take a second or two, so the peers
 fetch pieces from it while it downloads."""
 
-pytestmark = [
-    pytest.mark.skipif(aria2c_path() is None, reason="aria2c is not installed"),
-    pytest.mark.skipif(opentracker_path() is None, reason="opentracker is not installed"),
-]
+
+@pytest.fixture(autouse=True)
+def need_aria2c_and_opentracker() -> None:
+    missing = [
+        n for n, p in (("aria2c", aria2c_path()), ("opentracker", opentracker_path())) if not p
+    ]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{', '.join(missing)} required in CI (scripts/bootstrap installs them)")
+        pytest.skip(f"{', '.join(missing)} not installed")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +130,14 @@ def premade(repo_dir: Path, torrent_dir: Path, tracker: Tracker | None) -> list[
 class Node:
     """One node's pull in a thread (its own cache dir)."""
 
-    def __init__(self, name: str, tmp_path: Path, cat: Path, swarm: SwarmOptions) -> None:
+    def __init__(
+        self,
+        name: str,
+        tmp_path: Path,
+        cat: Path,
+        swarm: SwarmOptions,
+        local_dir: Path | None = None,
+    ) -> None:
         self.name = name
         self.cache = tmp_path / f"node-{name}"
         self.events = Events()
@@ -138,6 +151,7 @@ class Node:
                     REPO,
                     mirrors=cat,
                     cache_dir=self.cache,
+                    local_dir=local_dir,
                     engine="httpx",
                     reporter=self.events,
                     swarm=swarm,
@@ -148,6 +162,10 @@ class Node:
 
         self.thread = threading.Thread(target=work, name=f"node-{name}", daemon=True)
         self.thread.start()
+
+    def stop_seeding(self) -> None:
+        """What Ctrl-C does after the pull: the node stops seeding (its pull result stands)."""
+        self.cancel.set()
 
     def wait(self, timeout: float = 90) -> PullResult:
         self.thread.join(timeout)
@@ -184,6 +202,7 @@ def opts(tracker: str, tmp: Path, role: str, **kw: object) -> SwarmOptions:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_three_nodes_pull_one_copy_from_the_origin(
     tmp_path: Path,
@@ -193,7 +212,8 @@ def test_three_nodes_pull_one_copy_from_the_origin(
     tracker: Tracker,
 ) -> None:
     """Pre-made torrents, one seeder (web seeds), two peers (none): every node's files are
-    right and the origin sent the big blobs about once."""
+    right and the origin sent the big blobs about once. The seeder seeds on after its pull
+    until the tracker's scrape lists no downloading peer (not stopped by the test)."""
     (_sim,), cat = origin(sims, repo_dir, tmp_path)
     premade(repo_dir, tmp_path / "torrents", tracker)
     peers = [
@@ -213,7 +233,9 @@ def test_three_nodes_pull_one_copy_from_the_origin(
         assert r.bytes_from_mirrors < 1024 * 1024  # config.json only
     assert seeded.swarm_role == "seed"
     assert not any("swarm" in w for p in peers for w in p.events.warnings())
-    # What landed is what aria2c seeds: the same inode, hardlinked (or no copy left at all).
+    # aria2c seeded the landed blobs through hardlinks, removed when it stopped: no copy left.
+    for node in [*peers, seeder]:
+        assert not (node.cache / "models--acme--swarm" / ".swarm").exists()
 
 
 @pytest.mark.slow
@@ -237,6 +259,7 @@ def test_a_cold_model_is_published_blob_by_blob(
     ]
     seeder = Node("s", tmp_path, cat, opts(tracker.announce, tmp_path, "seed", seed_for_s=60))
     results = [p.wait() for p in peers]
+    seeder.stop_seeding()
     seeded = seeder.wait()
     for r in [*results, seeded]:
         assert_files(r, blobs)
@@ -288,6 +311,9 @@ def test_a_torrent_that_disagrees_with_the_manifest_is_refused(
     assert_files(result, blobs)
     refused = [w for w in node.events.warnings() if "refused" in w]
     assert refused and SHARDS[0] in refused[0], node.events.messages
+    # The node fetched that blob from the mirrors, verified it, and put the right torrent in
+    # the stale one's place.
+    assert path.read_bytes() == first[0].to_bytes()
 
 
 @pytest.mark.timeout(90)
@@ -358,12 +384,17 @@ def test_peers_finish_from_the_mirrors_when_the_seeder_dies(
         start_new_session=True,
     )
     try:
+        # The peers start once the seeder fetches (their stall clock must not run out while
+        # a loaded machine starts the seeder's interpreter).
+        deadline = time.monotonic() + 60
+        while sim.file_bytes_sent("") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         peers = [
             Node(
                 f"p{i}",
                 tmp_path,
                 cat,
-                opts(tracker.announce, tmp_path, "peer", stall_s=5.0, seed_for_s=0),
+                opts(tracker.announce, tmp_path, "peer", stall_s=6.0, seed_for_s=0),
             )
             for i in (1, 2)
         ]
@@ -379,11 +410,14 @@ def test_peers_finish_from_the_mirrors_when_the_seeder_dies(
         if seeder.poll() is None:
             os.killpg(seeder.pid, 9)
             seeder.wait(10)
-    for r, p in zip(results, peers, strict=True):
+    for r in results:
         assert_files(r, blobs)
-        assert any("adding the mirrors" in w for w in p.events.warnings()), p.events.messages
         assert r.bytes_from_peers > 0
-        assert r.bytes_from_mirrors > 0
+    # The swarm stalled, so a peer took the mirrors (one may then have got the rest from the
+    # other, which uploads what its web seeds bring: that is the swarm working).
+    said = [w for p in peers for w in p.events.warnings()]
+    assert any("adding the mirrors" in w for w in said), said
+    assert sum(r.bytes_from_mirrors for r in results) > 0
 
 
 @pytest.mark.timeout(120)
@@ -423,8 +457,8 @@ def test_export_torrents_and_swarm_serve_feed_a_late_joiner(
     tracker: Tracker,
 ) -> None:
     """A node that pulled the model the ordinary way exports it with --torrents and keeps it
-    seeding (``swarm serve``); a late peer, pointed at the export's torrents/, gets every big
-    blob from it: the origin sends none of them."""
+    seeding (``swarm serve``); a late peer (into a --local-dir), pointed at the export's
+    torrents/, gets every big blob from it: the origin sends none of them."""
     (sim,), cat = origin(sims, repo_dir, tmp_path)
     first = tmp_path / "first"
     done = api.pull(REPO, mirrors=cat, cache_dir=first, engine="httpx")
@@ -462,12 +496,15 @@ def test_export_torrents_and_swarm_serve_feed_a_late_joiner(
                 interface="127.0.0.1",
                 seed_for_s=0,
             ),
+            local_dir=tmp_path / "late-local",
         )
         result = late.wait()
     finally:
         stop.set()
         server.join(30)
     assert_files(result, blobs)
+    assert result.path == str(tmp_path / "late-local")
+    assert not (tmp_path / "late-local" / ".cache" / "huggingface" / "swarm").exists()
     assert origin_big_bytes(sims) == 0
     assert result.bytes_from_peers >= BIG_TOTAL
     (report,) = served
@@ -505,6 +542,7 @@ def test_a_gated_model_token_never_reaches_aria2c_or_the_cdn(
     peer = Node("p", tmp_path, cat, opts(tracker.announce, tmp_path, "peer", seed_for_s=0))
     seeder = Node("s", tmp_path, cat, opts(tracker.announce, tmp_path, "seed", seed_for_s=30))
     assert_files(peer.wait(), blobs)
+    seeder.stop_seeding()
     assert_files(seeder.wait(), blobs)
     cdn = hub.requests(route="cdn")
     assert cdn and all(r.authorization is None for r in cdn)
@@ -535,6 +573,7 @@ def test_a_seeder_that_has_the_model_serves_it_without_fetching(
     peer = Node("p", tmp_path, cat, opts(tracker.announce, tmp_path, "peer", seed_for_s=0))
     seeder = Node("s", tmp_path, cat, opts(tracker.announce, tmp_path, "seed", seed_for_s=60))
     result = peer.wait()
+    seeder.stop_seeding()
     seeded = seeder.wait()
     assert_files(result, blobs)
     assert all(f.status == "reused" for f in seeded.files)

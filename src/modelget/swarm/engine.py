@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -338,11 +338,17 @@ class SwarmEngine:
         if self.swarm.lpd:
             torrent = torrent.public()
         path = self._torrent_path(job)
-        if path is not None and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(_published(torrent))
-            os.replace(tmp, path)
+        if path is not None:
+            data = _published(replace(torrent, private=True))  # one canonical file
+            try:
+                there = path.read_bytes() if path.stat().st_size == len(data) else b""
+            except OSError:
+                there = b""
+            if there != data:  # missing, or refused (the torrents are deterministic)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
         if torrent.info_hash not in self._seeded:
             announce = None if self.swarm.lpd else self.swarm.tracker
             try:

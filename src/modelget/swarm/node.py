@@ -29,12 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from modelget.errors import EngineUnavailableError
+from modelget.swarm.policy import TRACKER_INTERVAL_S
 
 READY_TIMEOUT_S = 10.0
 RPC_TIMEOUT_S = 10.0
-TRACKER_INTERVAL_S = 5
-"""How often a node announces (opentracker's own interval is ~30 min): peers find each other,
-and a seeder's scrape sees them, within seconds."""
 
 
 class RPCError(Exception):

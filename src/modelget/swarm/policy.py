@@ -12,9 +12,14 @@ from modelget.swarm.options import SwarmRole
 Role = Literal["seed", "peer"]
 MIN_SWARM_BYTES = 1024 * 1024
 """Smaller files (and those without a sha256: git-stored, non-LFS) come from the mirrors."""
-MIN_SEED_S = 5.0
-"""A node seeds at least this long after its pull (peers that are about to announce), unless
-``seed_for_s`` is shorter."""
+TRACKER_INTERVAL_S = 5
+"""How often a node announces (opentracker's own interval is ~30 min): peers find each other,
+and a seeder's scrape sees them, within seconds; a refused announce (a whitelist not yet
+reloaded) is tried again within this long."""
+MIN_SEED_S = 2 * TRACKER_INTERVAL_S + 2.0
+"""A node seeds at least this long after its pull, unless ``seed_for_s`` is shorter: a peer
+whose first announce the tracker refused (its whitelist not yet reloaded for a just-published
+torrent) is not in the scrape until it announces again, one interval later."""
 
 
 def through_swarm(size: int, sha256: str | None) -> bool:
@@ -69,11 +74,12 @@ def stall_action(p: Progress, stall_s: float) -> StallAction:
 
 def wait_for_torrent(waited_s: float, publisher_quiet_s: float | None, stall_s: float) -> bool:
     """A peer without the blob's torrent yet (a cold model): keep waiting for the seeder to
-    publish it while the seeder says it is fetching that blob (its heartbeat file is younger
-    than ``stall_s``: ``publisher_quiet_s``), or, with no heartbeat, for ``stall_s``."""
-    if publisher_quiet_s is not None:
-        return publisher_quiet_s < stall_s
-    return waited_s < stall_s
+    publish it for ``stall_s`` from the start (a seeder starting with it, or a heartbeat file
+    left by one that crashed), and after that while the seeder says it is fetching that blob
+    (its heartbeat file is younger than ``stall_s``: ``publisher_quiet_s``)."""
+    if waited_s < stall_s:
+        return True
+    return publisher_quiet_s is not None and publisher_quiet_s < stall_s
 
 
 def keep_seeding(seeding_s: float, seed_for_s: float, downloading: int | None) -> bool:
