@@ -196,8 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in scenes:
         if s.id in report.OWN_SECTIONS:
             begin, end, title = report.OWN_SECTIONS[s.id]
+            own = {**meta, "link": "none; the scene builds its own network (see its set-up)"}
             text = report.render(
-                [s], meta=meta, machine_info=machine_info, version_info=version_info, title=title
+                [s], meta=own, machine_info=machine_info, version_info=version_info, title=title
             )
             sections.append((begin, end, text))
     doc = args.doc if args.doc is not None else (None if args.quick else DOC)
