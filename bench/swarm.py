@@ -483,7 +483,12 @@ class SwarmScene:
         text = " ".join(cmd)
         text = text.replace(sys.executable, "python").replace(str(root), "$CASE")
         text = text.replace(str(self.scratch), "$SCRATCH")
-        return f"RANK=0..{nodes - 1} {text}"
+        last = nodes - 1
+        text = text.replace(f"{swarmnet.node_ns(last)} ", f"{swarmnet.PREFIX}n$i ")
+        text = text.replace(f"$CASE/n{last}/", "$CASE/n$i/")
+        if nodes == 1:
+            return f"RANK=0 {text.replace('$i', '0')}"
+        return f"# node i = 0..{last}, started at once:\nRANK=$i {text}"
 
     def _say(self, c: CaseRun) -> None:
         size = self.repo.size
