@@ -162,6 +162,30 @@ def test_a_bad_mirror_is_dropped_and_the_good_one_finishes_the_file(
         assert reason in reporter.failed[0][1], reporter.failed
 
 
+def test_a_stalled_connection_taken_over_on_its_own_mirror_is_no_mirror_failure(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
+) -> None:
+    """One request of the only mirror stalls (as a flow does on a full link, waiting out its
+    retransmission timeout): another connection to the same mirror takes its range over.
+    The attempts say so; no warning blames the mirror."""
+    sim = start(sims, repo_dir, name="hub")
+    handle = sim.add_fault(
+        Fault(route="hf-resolve", stall_after_bytes=300_000, stall_s=30, times=1)
+    )
+    job = job_for(
+        tmp_path,
+        repo_dir,
+        SourceURL("hub", sim.resolve_url(REPO, "weights.bin"), max_connections=4),
+    )
+    reporter = Recorder()
+    result = run(job, reporter, stall_timeout_s=30.0)
+    assert result.ok, result
+    assert digest_ok(job)
+    assert sim.fault_hits(handle) == 1
+    assert any(a.startswith("hub: stalled") for a in result.attempts), result.attempts
+    assert reporter.failed == []
+
+
 def test_retry_after_on_429_is_honoured_and_the_only_mirror_recovers(
     tmp_path: Path, repo_dir: Path, sims: list[HubSimulator]
 ) -> None:

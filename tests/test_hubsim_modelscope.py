@@ -364,3 +364,90 @@ def test_token_stays_off_the_cdn(repo_dir: Path, cache: Path) -> None:
         assert [r.status for r in cdn] == [200]
         assert cdn[0].authorization is None and cdn[0].cookie is None
         assert all(r.authorization == f"Bearer {TOKEN}" for r in sim.requests(listener="hub"))
+
+
+# --- datasets: /api/v1/datasets/..., a paged repo/tree ----------------------------------------
+
+
+def make_dataset(root: Path, rows: int) -> Path:
+    """A dataset with more files in one folder than modelscope-hub lists in a page (200)."""
+    (root / "data").mkdir(parents=True)
+    (root / "README.md").write_text("# a dataset\n")
+    (root / ".gitattributes").write_text("*.parquet filter=lfs diff=lfs merge=lfs -text\n")
+    for i in range(rows):
+        (root / "data" / f"part-{i:04d}.jsonl").write_text(f'{{"row": {i}}}\n')
+    (root / "train.parquet").write_bytes(random.Random(1).randbytes(300_000))
+    return root
+
+
+@pytest.mark.parametrize("cdn", [False, True], ids=["direct", "cdn"])
+def test_dataset_snapshot_download_pages_through_the_tree(
+    http: httpx.Client, tmp_path: Path, cache: Path, cdn: bool
+) -> None:
+    from modelscope_hub.compat.file_download import dataset_file_download
+    from modelscope_hub.compat.snapshot_download import dataset_snapshot_download
+
+    data = make_dataset(tmp_path / "ds", rows=230)
+    with HubSimulator(cdn=cdn) as sim:
+        sim.add_repo("acme/rows", data, repo_type="dataset", ms_id="Acme/Rows")
+        # A model of the same id is another repo (each type its own namespace).
+        sim.add_repo("acme/rows", make_repo(tmp_path / "model"), ms_id="Acme/Rows")
+        path = Path(dataset_snapshot_download("Acme/Rows", endpoint=sim.url, cache_dir=str(cache)))
+        assert path == cache / "datasets" / "Acme--Rows" / "snapshots" / "master"
+        assert digests(path) == digests(data)
+        pages = sim.requests(route="ms-api", path_glob="/api/v1/datasets/Acme/Rows/repo/tree")
+        # 232 files + the data/ folder, 200 a page: two pages, the second short.
+        assert [(r.query["PageNumber"], r.query["PageSize"]) for r in pages] == [
+            ("1", "200"),
+            ("2", "200"),
+        ]
+        files = {r.query["FilePath"] for r in sim.requests(route="ms-file")}
+        assert files == set(digests(data))
+        assert all(
+            r.path == "/api/v1/datasets/Acme/Rows/repo" for r in sim.requests(route="ms-file")
+        )
+        assert bool(sim.requests(listener="cdn")) == cdn
+        # The client's own offline read, and one file.
+        assert (
+            Path(
+                dataset_snapshot_download("Acme/Rows", local_files_only=True, cache_dir=str(cache))
+            )
+            == path
+        )
+        one = dataset_file_download(
+            "Acme/Rows", "data/part-0007.jsonl", endpoint=sim.url, cache_dir=str(tmp_path / "c1")
+        )
+        assert Path(one).read_text() == '{"row": 7}\n'
+        # The API: revisions name the commit; a page past the end is empty; a model route
+        # does not list the dataset's files, nor a dataset route the model's.
+        api = HubApi(endpoint=sim.url, token="")
+        commit = sim.commit("acme/rows", repo_type="dataset")
+        revisions = api.list_repo_revisions("Acme/Rows", "dataset")
+        assert {"Revision": "master", "CommitId": commit} in [
+            {k: r[k] for k in ("Revision", "CommitId")} for r in revisions
+        ]
+        past = ms_get(
+            http, sim, "/api/v1/datasets/Acme/Rows/repo/tree", PageNumber="9", PageSize="200",
+            Recursive="True",
+        )  # fmt: skip
+        assert past.status_code == 200 and past.json()["Data"]["Files"] == []
+        assert ms_get(http, sim, "/api/v1/datasets/Acme/Rows/repo/files").status_code == 404
+        model_files = {f.path for f in api.list_repo_files("Acme/Rows", "model")}
+        assert "model.safetensors" in model_files and "train.parquet" not in model_files
+        assert api.repo_exists("Acme/Rows", "dataset")
+        assert not api.repo_exists("Acme/Other", "dataset")
+        url = sim.ms_file_url("Acme/Rows", "README.md", repo_type="dataset")
+        assert http.get(url).content == b"# a dataset\n"
+
+
+def test_no_studio_routes(http: httpx.Client, tmp_path: Path, sim: HubSimulator) -> None:
+    """ModelScope has no download API for its studios: a space is not on the ModelScope
+    routes, and cannot be given a ModelScope id."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "app.py").write_text("print('hi')\n")
+    sim.add_repo("acme/app", app, repo_type="space")
+    assert ms_get(http, sim, "/api/v1/studios/acme/app/repo/files").status_code == 404
+    assert ms_get(http, sim, "/api/v1/datasets/acme/app").status_code == 404
+    with pytest.raises(ValueError, match="spaces"):
+        sim.add_repo("acme/app2", app, repo_type="space", ms_id="Acme/App2")

@@ -72,6 +72,8 @@ def _doc(**file: object) -> str:
         (_doc(size=-1), "non-negative integer"),
         (_doc(size="12"), "non-negative integer"),
         (_doc(sha256="xyz"), "hex digest"),
+        (_doc(sha256=SHA_A + "\n"), "hex digest"),  # the whole text is the digest
+        (_doc(sha256=SHA_A, git_sha1=SHA1_A + "\n"), "hex digest"),
         (_doc(sha256=None), "needs a sha256 or a git_sha1"),
         (_doc(lfs="yes"), "true or false"),
     ],

@@ -22,6 +22,7 @@ from modelget import api
 from modelget.engines import EngineName, EngineOptions, aria2c_path
 from modelget.testing import fixtures
 from modelget.testing.hubsim import Fault, HubSimulator, RequestRecord
+from modelget.testing.signals import interruptible_cli
 
 REPO = fixtures.MINILM_REPO_ID
 ENGINES = ["aria2", "httpx"]
@@ -387,17 +388,21 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes(
 ) -> None:
     sim = start(sims, name="hub")
     sim.add_repo(REPO, minilm_dir)
-    sim.add_fault(Fault(route="hf-resolve", path_glob="model.safetensors", rate_bps=4e6))
+    # 2 MB/s per connection, 4 connections: the 90 MB file takes over 10 s, the signal comes
+    # after about 10 MB.
+    sim.add_fault(Fault(route="hf-resolve", path_glob="model.safetensors", rate_bps=2e6))
     cat = catalogue(tmp_path / "m.yaml", ("hub", sim.url, ""))
     cache = tmp_path / "c"
     proc = subprocess.Popen(
-        _pull_cmd(cat, cache, engine, "--quiet", "--connections", "4"),
+        [*interruptible_cli(), *_pull_cmd(cat, cache, engine, "--quiet", "--connections", "4")[3:]],
         stderr=subprocess.PIPE,
         text=True,
     )
     deadline = time.monotonic() + 60
     while sim.file_bytes_sent("model.safetensors") < 10_000_000 and time.monotonic() < deadline:
+        assert proc.poll() is None, "the pull ended before it could be interrupted"
         time.sleep(0.1)
+    assert proc.poll() is None, "the pull ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

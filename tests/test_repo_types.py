@@ -14,7 +14,7 @@ import pytest
 from modelget import api, cli
 from modelget.datatypes import Mirror, RepoType
 from modelget.engines import EngineName, EngineOptions
-from modelget.errors import ModelNotFoundError, UsageError
+from modelget.errors import UsageError
 from modelget.lockfile import dumps, loads
 from modelget.manifest import parse_target
 from modelget.probe import _cache_key
@@ -237,9 +237,12 @@ def test_verify_ls_rm_a_dataset(
         api.remove(NAME, repo_type="dataset", cache_dir=cache)
 
 
-def test_a_modelscope_mirror_lacks_datasets_and_is_left_out(
+def test_a_modelscope_mirror_serves_datasets_and_lacks_spaces(
     tmp_path: Path, hub: tuple[HubSimulator, Path]
 ) -> None:
+    """ModelScope serves datasets (``/api/v1/datasets/...``) but downloads no spaces: a
+    ModelScope mirror beside an hf one is left out of a space's pull as lacking it; with only
+    ModelScope mirrors, a space is a usage error before any request."""
     sim, _ = hub
     both = tmp_path / "both.yaml"
     both.write_text(
@@ -249,18 +252,31 @@ def test_a_modelscope_mirror_lacks_datasets_and_is_left_out(
     )
     summary = api.probe(NAME, repo_type="dataset", mirrors=both)
     states = {r.mirror: r.status for r in summary.report.results.values()}
+    assert states == {"ms": "ok", "hub": "ok"}
+    summary = api.probe(SPACE, repo_type="space", mirrors=both)
+    states = {r.mirror: r.status for r in summary.report.results.values()}
     assert states == {"ms": "no-repo", "hub": "ok"}
-    result = api.pull(
-        NAME, repo_type="dataset", mirrors=both, cache_dir=tmp_path / "c", engine="httpx"
-    )
+    result = api.pull(SPACE, repo_type="space", mirrors=both, cache_dir=tmp_path / "c")
     assert result.status == "ok" and set(result.bytes_by_mirror) == {"hub"}
     only_ms = tmp_path / "ms.yaml"
     only_ms.write_text(
         f"version: 1\nmirrors:\n  - name: ms\n    kind: modelscope\n    endpoint: {sim.url}\n"
     )
-    with pytest.raises(ModelNotFoundError, match="only models"):
-        api.plan(NAME, repo_type="dataset", mirrors=only_ms)
-    assert not [r for r in sim.log if r.route.startswith("ms-") and r.route != "ms-api"]
+    sim.clear_log()
+    with pytest.raises(UsageError, match="ModelScope has no spaces") as refused:
+        api.plan(SPACE, repo_type="space", mirrors=only_ms)
+    assert refused.value.exit_code == 2 and "hf mirror" in (refused.value.hint or "")
+    assert not sim.log  # said up front: nothing was asked of the mirror
+    with pytest.raises(UsageError, match="not a space"):
+        api.pull(SPACE, repo_type="space", mirrors=both, layout="modelscope")
+    # A dataset from the ModelScope mirror alone: its files, the Hub's commit on both.
+    plan = api.plan(NAME, repo_type="dataset", mirrors=only_ms)
+    assert sorted(i.entry.path for i in plan.items) == [
+        "README.md",
+        "data/test.parquet",
+        "data/train.parquet",
+    ]
+    assert sim.requests(route="ms-api", path_glob="/api/v1/datasets/acme/thing/repo/tree")
 
 
 @pytest.mark.nginx

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from modelget.engines import EngineName
 from modelget.testing.faults import Fault
 from modelget.testing.hubsim import HubSimulator
+from modelget.testing.signals import interruptible_cli
 
 REPO = "acme/signals"
 WEIGHTS = "model.safetensors"
@@ -23,7 +23,7 @@ WEIGHTS = "model.safetensors"
 
 def pull_cmd(cat: Path, cache: Path, engine: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "modelget", "pull", REPO, "--mirrors", str(cat),
+        *interruptible_cli(), "pull", REPO, "--mirrors", str(cat),
         "--cache-dir", str(cache), "--engine", engine, *extra,
     ]  # fmt: skip
 

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from modelget import layout, settings
 from modelget.auth import check_token, with_token
 from modelget.datatypes import (
+    MS_REPO_TYPES,
     Catalogue,
     FileEntry,
     Mirror,
@@ -535,6 +536,7 @@ def pull(
         local_dir=local_dir,
         layout_name=layout,
         mirrors=mirrors,
+        repo_type=repo_type,
     )
 
     def from_disk() -> PullResult:
@@ -701,6 +703,7 @@ def _destination(
     local_dir: StrPath | None,
     layout_name: LayoutName | None,
     mirrors: MirrorsArg,
+    repo_type: RepoType = "model",
 ) -> tuple[Path, Path | None]:
     """Where a pull writes: (the HF cache, the directory of real files or None). The
     ModelScope layout is a directory of real files (its metadata beside it:
@@ -720,9 +723,15 @@ def _destination(
             hint="leave out one: --layout modelscope fills the ModelScope cache "
             "(--cache-dir DIR, else $MODELSCOPE_CACHE)",
         )
+    if repo_type not in MS_REPO_TYPES:
+        raise UsageError(
+            f"the ModelScope layout holds models and datasets, not a {repo_type}: ModelScope "
+            "has no spaces to download",
+            hint="leave out --layout modelscope: spaces go to the Hugging Face cache",
+        )
     ms_id = _ms_id(repo_id, mirrors)
     return _hub_cache(None), layout.ms_snapshot_dir(
-        _ms_root(cache_dir), ms_id, revision or "master"
+        _ms_root(cache_dir), ms_id, revision or "master", repo_type
     )
 
 
@@ -760,6 +769,7 @@ def verify(
     engine: EngineName = "auto",
     reporter: Reporter | None = None,
     repo_type: RepoType = "model",
+    layout: LayoutName | None = None,
 ) -> VerifyResult:
     """Re-hash what is on disk against the recorded digests.
 
@@ -785,6 +795,13 @@ def verify(
         reporter: with ``repair``: progress events of the pulls that repair.
         repo_type: ``model``, ``dataset`` or ``space``: what a repo id ``target`` names
             (a directory says it itself).
+        layout: ``hf`` (default) or ``modelscope``: a repo id ``target`` is looked up in the
+            ModelScope cache (``cache_dir``, else ``$MODELSCOPE_CACHE``,
+            ``~/.cache/modelscope``): its ModelScope id (as ``ls`` shows it) or the id a pull
+            was given (mapped through the catalogue's ``id_map``); ``revision`` is a snapshot's
+            name (``master``, ``v1.0``). Every snapshot of it is checked (and repaired) as a
+            ModelScope snapshot path would be; with several, each file's path starts with its
+            snapshot's name (``master/config.json``).
 
     Returns:
         A :class:`VerifyResult`, one ``FileCheck`` per file.
@@ -795,6 +812,17 @@ def verify(
     from dataclasses import replace
 
     _check_repo_type(repo_type)
+    if _ms_layout(layout) and _is_repo_id(target):
+        return _verify_ms_repo(
+            os.fspath(target),
+            revision,
+            cache_dir,
+            repo_type,
+            lambda snap: verify(
+                snap, repair=repair, mirrors=mirrors, engine=engine, reporter=reporter
+            ),
+            mirrors,
+        )
     from modelget import integrity
 
     result = _verify_only(target, revision, cache_dir, repo_type)
@@ -814,6 +842,54 @@ def verify(
     return replace(after, repaired=tuple(repaired))
 
 
+def _is_repo_id(target: StrPath) -> bool:
+    """``target`` is written as a repo id, not a path (``./x``, ``/x``, ``~/x``, a ``Path``)."""
+    text = os.fspath(target)
+    return (
+        isinstance(target, str)
+        and not text.startswith(("/", "./", "../", "~"))
+        and text not in (".", "..")
+    )
+
+
+def _verify_ms_repo(
+    text: str,
+    revision: str | None,
+    cache_dir: StrPath | None,
+    repo_type: RepoType,
+    check: Callable[[Path], VerifyResult],
+    mirrors: MirrorsArg,
+) -> VerifyResult:
+    """``verify REPO_ID --layout modelscope``: each snapshot of the repo in the ModelScope
+    cache, checked (and repaired) by ``check`` as a snapshot path is, in one result."""
+    from modelget import cache
+
+    _check_repo_id(text)
+    root = _ms_root(cache_dir)
+    ms_id = _ms_cache_id(root, text, repo_type, mirrors)
+    snapshots = cache.ms_snapshots(root, ms_id, revision, repo_type)
+    results = [check(snap) for snap in snapshots]
+    return cache.merge_ms_checks(text, ms_id, repo_type, snapshots, results)
+
+
+def _ms_cache_id(root: Path, repo_id: str, repo_type: RepoType, mirrors: MirrorsArg) -> str:
+    """The ModelScope id ``repo_id`` is cached under at ``root``: itself when cached so (the
+    id ``ls`` shows), else its ``id_map`` mapping (the id a pull was given)."""
+    from modelget import cache
+
+    if repo_type not in MS_REPO_TYPES:
+        raise UsageError(
+            f"the ModelScope cache holds models and datasets, not a {repo_type}: ModelScope "
+            "has no spaces to download",
+            hint="leave out --layout modelscope: spaces are in the Hugging Face cache",
+        )
+    if cache.ms_cached(root, repo_id, repo_type):
+        return repo_id
+    ms_id = _ms_id(repo_id, mirrors)
+    _check_repo_id(ms_id)
+    return ms_id
+
+
 def _verify_only(
     target: StrPath, revision: str | None, cache_dir: StrPath | None, repo_type: RepoType = "model"
 ) -> VerifyResult:
@@ -822,11 +898,7 @@ def _verify_only(
     text = os.fspath(target)
     path = Path(text).expanduser()
     hub_cache = _hub_cache(cache_dir)
-    if (
-        not isinstance(target, str)
-        or text.startswith(("/", "./", "../", "~"))
-        or text in (".", "..")
-    ):
+    if not _is_repo_id(target):
         return cache.verify_dir(path, revision)
     try:
         _check_repo_id(text)
@@ -889,7 +961,8 @@ def remove(
         cache_dir: the Hugging Face hub cache (default: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
             ``~/.cache/huggingface/hub``).
         dry_run: only say what would go.
-        repo_type: ``model``, ``dataset`` or ``space`` (``datasets--org--name``, ...).
+        repo_type: ``model``, ``dataset`` or ``space`` (``datasets--org--name``, ...; in the
+            ModelScope cache ``datasets/{owner}--{name}``, and no spaces).
         layout: ``hf`` (default) or ``modelscope``: remove from the ModelScope cache
             (``cache_dir``, else ``$MODELSCOPE_CACHE``, ``~/.cache/modelscope``) the snapshot
             named ``revision`` (``master``, ``v1.0``, ...) or every one, with modelget's
@@ -908,14 +981,9 @@ def remove(
     _check_repo_id(repo_id)
     _check_repo_type(repo_type)
     if _ms_layout(layout):
-        if repo_type != "model":
-            raise UsageError("the ModelScope layout holds models only")
         root = _ms_root(cache_dir)
-        ms_id = repo_id
-        if not cache.ms_cached(root, ms_id):
-            ms_id = _ms_id(repo_id, None)
-            _check_repo_id(ms_id)
-        return cache.remove_ms(root, ms_id, revision, dry_run=dry_run)
+        ms_id = _ms_cache_id(root, repo_id, repo_type, None)
+        return cache.remove_ms(root, ms_id, revision, dry_run=dry_run, repo_type=repo_type)
     return cache.remove(
         _hub_cache(cache_dir), repo_id, revision, dry_run=dry_run, repo_type=repo_type
     )

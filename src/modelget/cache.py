@@ -6,9 +6,10 @@ bytes must have. A ``--local-dir`` download is checked against the etag in huggi
 ``.cache/huggingface/download/{path}.metadata``.
 
 Every repo type is handled: ``models--``, ``datasets--`` and ``spaces--`` folders. The
-ModelScope cache (``{root}/models/{owner}--{name}/snapshots/{revision}``, modelget's metadata
-in ``.modelget/{revision}/`` beside ``snapshots/``) is checked as a local dir, listed and
-cleaned by ``list_ms_models`` and ``remove_ms``.
+ModelScope cache (``{root}/models/{owner}--{name}/snapshots/{revision}``, ``datasets/`` for a
+dataset, modelget's metadata in ``.modelget/{revision}/`` beside ``snapshots/``) is checked as
+a local dir (``ms_snapshots`` finds a repo's by id), listed and cleaned by ``list_ms_models``
+and ``remove_ms``.
 Removal never follows a symbolic link and never deletes outside ``models--{org}--{name}``
 (or the dataset's, the space's folder).
 Nothing here prints; the CLI renders what these functions return.
@@ -20,7 +21,6 @@ import contextlib
 import json
 import os
 import posixpath
-import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -29,15 +29,13 @@ from pathlib import Path
 from typing import Literal
 
 from modelget import layout
-from modelget.datatypes import RepoType
+from modelget.datatypes import RepoType, is_sha1_hex, is_sha256_hex
 from modelget.errors import EXIT_OK, EXIT_VERIFY, LayoutError, NotInCacheError, UsageError
 from modelget.verify import hash_file
 
 FileStatus = Literal["ok", "missing", "corrupted", "extra"]
 
 PARTIAL_SUFFIXES = (".incomplete", ".incomplete.ranges", ".incomplete.aria2")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_SHA1 = re.compile(r"[0-9a-f]{40}")
 _META_PARTS = (".cache", "huggingface", "download")
 
 
@@ -166,9 +164,9 @@ def _link_target(link: Path) -> Path:
 
 
 def _digest_kind(etag: str) -> Literal["sha256", "git-sha1"] | None:
-    if _SHA256.fullmatch(etag):
+    if is_sha256_hex(etag):
         return "sha256"
-    if _SHA1.fullmatch(etag):
+    if is_sha1_hex(etag):
         return "git-sha1"
     return None
 
@@ -389,6 +387,7 @@ def _verify_local_dir(
     beside it, ``layout.local_meta_dir``, so nothing inside it is skipped)."""
     meta_root = layout.local_meta_dir(root) / "download"
     skip = ("/".join(_META_PARTS[:2]),) if kind == "local-dir" else ()
+    ms_type = layout.ms_type_of(root) if kind == "modelscope" else None
     if kind == "modelscope" and not meta_root.is_dir():
         raise UsageError(
             f"{root} is a ModelScope snapshot that modelget did not pull (no metadata in "
@@ -434,7 +433,15 @@ def _verify_local_dir(
             present.add(name)
     files += _index_gaps(root, present, None)
     files.sort(key=lambda f: f.path)
-    return VerifyResult(str(root), kind, str(root), None, tuple(sorted(commits)), tuple(files))
+    return VerifyResult(
+        str(root),
+        kind,
+        str(root),
+        root.parent.parent.name.replace("--", "/", 1) if ms_type is not None else None,
+        tuple(sorted(commits)),
+        tuple(files),
+        repo_type=ms_type or "model",
+    )
 
 
 # --- ls ------------------------------------------------------------------------------------
@@ -673,7 +680,7 @@ def _ms_commit(repo: Path, revision: str) -> str:
     return found[0].commit if found is not None else revision
 
 
-def _ms_describe(repo: Path) -> CachedModel:
+def _ms_describe(repo: Path, repo_type: RepoType = "model") -> CachedModel:
     revisions = []
     for rev in _snapshot_names(repo):
         snap = repo / "snapshots" / rev
@@ -694,7 +701,7 @@ def _ms_describe(repo: Path) -> CachedModel:
         _tree_bytes(repo),
         partial,
         max([0.0, *(r.last_used for r in revisions)]),
-        "model",
+        repo_type,
         "modelscope",
     )
 
@@ -718,27 +725,102 @@ def _partial_bytes(root: Path) -> int:
 
 
 def list_ms_models(root: Path) -> tuple[CachedModel, ...]:
-    """Every model in the ModelScope cache at ``root`` (``models/{owner}--{name}`` folders
-    with a ``snapshots/`` folder; the legacy ``models/{owner}/{name___}`` ones are not
-    listed), sorted by folder name. ``revisions[].refs`` holds the snapshot's name (the
-    revision string), ``commit`` the commit modelget recorded for it (else that name)."""
-    try:
-        entries = sorted(os.scandir(root / "models"), key=lambda e: e.name)
-    except OSError:
-        return ()
-    return tuple(
-        _ms_describe(Path(e.path))
-        for e in entries
-        if "--" in e.name
-        and e.is_dir(follow_symlinks=False)
-        and (Path(e.path) / "snapshots").is_dir()
-        and not (Path(e.path) / "snapshots").is_symlink()
-    )
+    """Every model and dataset in the ModelScope cache at ``root`` (``models/{owner}--{name}``
+    and ``datasets/{owner}--{name}`` folders with a ``snapshots/`` folder; the legacy
+    ``models/{owner}/{name___}`` ones are not listed), models first, each sorted by folder
+    name. ``revisions[].refs`` holds the snapshot's name (the revision string), ``commit`` the
+    commit modelget recorded for it (else that name)."""
+    found: list[CachedModel] = []
+    for folder, repo_type in layout.MS_FOLDERS.items():
+        try:
+            entries = sorted(os.scandir(root / folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        found += (
+            _ms_describe(Path(e.path), repo_type)
+            for e in entries
+            if "--" in e.name
+            and e.is_dir(follow_symlinks=False)
+            and (Path(e.path) / "snapshots").is_dir()
+            and not (Path(e.path) / "snapshots").is_symlink()
+        )
+    return tuple(found)
 
 
-def ms_cached(root: Path, ms_id: str) -> bool:
+def ms_cached(root: Path, ms_id: str, repo_type: RepoType = "model") -> bool:
     """Whether the ModelScope cache at ``root`` has a ``snapshots/`` folder for ``ms_id``."""
-    return (layout.ms_repo_dir(root, ms_id) / "snapshots").is_dir()
+    return (layout.ms_repo_dir(root, ms_id, repo_type) / "snapshots").is_dir()
+
+
+def _ms_what(ms_id: str, repo_type: RepoType) -> str:
+    return ms_id if repo_type == "model" else f"{repo_type} {ms_id}"
+
+
+def ms_snapshots(
+    root: Path, ms_id: str, revision: str | None = None, repo_type: RepoType = "model"
+) -> list[Path]:
+    """The snapshot folders of ``ms_id`` in the ModelScope cache at ``root``: the one named
+    ``revision`` (``master``, ``v1.0``: the revision string a pull was given), else every one,
+    sorted by name. Links are not snapshots. NotInCacheError when there is none."""
+    repo = layout.ms_repo_dir(root, ms_id, repo_type)
+    what = _ms_what(ms_id, repo_type)
+    flag = "" if repo_type == "model" else f" --repo-type {repo_type}"
+    if not ms_cached(root, ms_id, repo_type) or (repo / "snapshots").is_symlink():
+        raise NotInCacheError(
+            f"{what} is not in the ModelScope cache at {root}",
+            hint="`modelget ls --layout modelscope --cache-dir DIR` lists the cached repos; "
+            f"`modelget pull REPO_ID{flag} --layout modelscope` fetches it",
+        )
+    names = _snapshot_names(repo)
+    if revision is not None and (not _safe_revision(revision) or revision not in names):
+        raise NotInCacheError(
+            f"revision {revision!r} of {what} is not in the ModelScope cache "
+            f"(cached: {', '.join(names) or 'none'})",
+            hint="`modelget ls --layout modelscope` lists the cached repos and their revisions",
+        )
+    if not names:
+        raise NotInCacheError(
+            f"{what} has no snapshot in the ModelScope cache at {root}",
+            hint=f"run `modelget pull REPO_ID{flag} --layout modelscope`",
+        )
+    return [repo / "snapshots" / name for name in ([revision] if revision else names)]
+
+
+def merge_ms_checks(
+    target: str, ms_id: str, repo_type: RepoType, snapshots: list[Path], results: list[VerifyResult]
+) -> VerifyResult:
+    """One result for a repo's ModelScope snapshots checked one by one: one snapshot's as it
+    is; several, each file's path (and each repaired one) prefixed with its snapshot's name
+    (``master/config.json``), since two revision names may hold the same commit."""
+    if len(results) == 1:
+        return VerifyResult(
+            target,
+            "modelscope",
+            str(snapshots[0]),
+            ms_id,
+            results[0].commits,
+            results[0].files,
+            results[0].repaired,
+            repo_type,
+        )
+    files: list[FileCheck] = []
+    repaired: list[str] = []
+    for snap, result in zip(snapshots, results, strict=True):
+        files += (
+            FileCheck(f"{snap.name}/{f.path}", f.status, f.expected, f.got, f.commit, f.detail)
+            for f in result.files
+        )
+        repaired += (f"{snap.name}/{p}" for p in result.repaired)
+    return VerifyResult(
+        target,
+        "modelscope",
+        str(snapshots[0].parent.parent),
+        ms_id,
+        tuple(sorted({c for r in results for c in r.commits})),
+        tuple(files),
+        tuple(repaired),
+        repo_type,
+    )
 
 
 def _ms_locked(meta: Path) -> list[str]:
@@ -765,29 +847,36 @@ def _ms_locked(meta: Path) -> list[str]:
 
 
 def remove_ms(
-    root: Path, ms_id: str, revision: str | None = None, *, dry_run: bool = False
+    root: Path,
+    ms_id: str,
+    revision: str | None = None,
+    *,
+    dry_run: bool = False,
+    repo_type: RepoType = "model",
 ) -> RemoveResult:
     """Remove ``ms_id``'s snapshot of ``revision`` (its folder name: ``master``, ``v1.0``, a
     commit) or every snapshot from the ModelScope cache at ``root``, with modelget's
     metadata beside it (``.modelget/{revision}/``); the whole ``{owner}--{name}`` folder when
     no snapshot remains. Nothing is followed through a symbolic link, nothing outside that
-    folder is touched, and a revision a running pull holds a lock in is refused."""
-    repo = layout.ms_repo_dir(root, ms_id)
+    folder is touched, and a revision a running pull holds a lock in is refused (a
+    dataset's folder is ``datasets/{owner}--{name}``)."""
+    repo = layout.ms_repo_dir(root, ms_id, repo_type)
+    what = _ms_what(ms_id, repo_type)
     for part in (repo, repo / "snapshots", repo / ".modelget"):
         if part.is_symlink():
             raise LayoutError(
                 f"{part} is a symbolic link; modelget deletes nothing through links",
                 hint="remove the link (or what it points at) yourself",
             )
-    if not ms_cached(root, ms_id):
+    if not ms_cached(root, ms_id, repo_type):
         raise NotInCacheError(
-            f"{ms_id} is not in the ModelScope cache at {root}",
+            f"{what} is not in the ModelScope cache at {root}",
             hint="`modelget ls --layout modelscope --cache-dir DIR` lists the cached models",
         )
     snapshots = _snapshot_names(repo)
     if revision is not None and (not _safe_revision(revision) or revision not in snapshots):
         raise NotInCacheError(
-            f"revision {revision!r} of {ms_id} is not in the ModelScope cache "
+            f"revision {revision!r} of {what} is not in the ModelScope cache "
             f"(cached: {', '.join(snapshots) or 'none'})",
             hint="`modelget ls --layout modelscope` lists the cached models and their revisions",
         )
@@ -802,7 +891,7 @@ def remove_ms(
         held = _ms_locked(_ms_meta(repo, rev))
         if held:
             raise LayoutError(
-                f"a pull of {ms_id} @ {rev} is running ({len(held)} files locked); "
+                f"a pull of {what} @ {rev} is running ({len(held)} files locked); "
                 "nothing was removed",
                 hint="try again when it has finished",
             )
@@ -832,5 +921,6 @@ def remove_ms(
         freed_bytes=freed,
         repo_removed=not kept,
         dry_run=dry_run,
+        repo_type=repo_type,
         layout="modelscope",
     )

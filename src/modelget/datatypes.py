@@ -4,13 +4,34 @@ the exit codes of ``errors`` (a leaf as well)."""
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, TypeGuard
 from urllib.parse import urlsplit
 
 from modelget.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_VERIFY
+
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_commit(text: object) -> TypeGuard[str]:
+    """A full git commit id: 40 lower-case hex digits, the whole text (as refs, records,
+    lockfiles and the hubs' answers hold them; a trailing newline is not part of one)."""
+    return isinstance(text, str) and _HEX40.fullmatch(text) is not None
+
+
+def is_sha1_hex(text: object) -> TypeGuard[str]:
+    """A git object id (a file's git blob SHA-1): 40 lower-case hex digits, the whole text."""
+    return isinstance(text, str) and _HEX40.fullmatch(text) is not None
+
+
+def is_sha256_hex(text: object) -> TypeGuard[str]:
+    """A SHA-256 digest: 64 lower-case hex digits, the whole text."""
+    return isinstance(text, str) and _HEX64.fullmatch(text) is not None
+
 
 MirrorKind = Literal["hf", "modelscope", "cdn"]
 MIRROR_KINDS: tuple[MirrorKind, ...] = ("hf", "modelscope", "cdn")
@@ -23,6 +44,10 @@ REPO_URL_PREFIXES: Mapping[RepoType, str] = MappingProxyType(
 )
 """What goes before a repo id in a URL path (huggingface_hub's ``REPO_TYPES_URL_PREFIXES``):
 the Hub's ``/datasets/{repo}/resolve/...``, a cdn tree's ``datasets/{repo}/refs.json``."""
+
+MS_REPO_TYPES: tuple[RepoType, ...] = ("model", "dataset")
+"""The repo types ModelScope serves downloads of: its studios (spaces) are apps with no
+download API (its client's ``download`` takes ``--repo-type model|dataset`` only)."""
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 

@@ -30,15 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelget.datatypes import REPO_URL_PREFIXES, FileEntry, Manifest, RepoType
+from modelget.datatypes import (
+    REPO_URL_PREFIXES,
+    FileEntry,
+    Manifest,
+    RepoType,
+    is_commit,
+    is_sha256_hex,
+)
 from modelget.errors import LayoutError, ModelgetError, UsageError, VerificationError
 from modelget.layout import repo_dir
 from modelget.manifest import check_path
 from modelget.sources.cdn import DEFAULT_REVISION, FORMAT, blob_path, manifest_document
 from modelget.verify import hash_file
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _TMP = re.compile(r"^\..+\.\d+\.tmp$")  # layout's own transient temp files
 
 
@@ -76,7 +81,7 @@ def _read_ref(ref: Path) -> str | None:
         text = ref.read_text().strip()
     except OSError:
         return None
-    return text if _SHA1.match(text) else None
+    return text if is_commit(text) else None
 
 
 def _refs_in_cache(rdir: Path) -> dict[str, str]:
@@ -99,7 +104,7 @@ def _resolve(rdir: Path, repo_id: str, revision: str | None) -> tuple[str, tuple
     cached = _refs_in_cache(rdir)
     rev = revision or DEFAULT_REVISION
     pull_hint = f"run `modelget pull {repo_id} --revision {rev}` first (with the same cache)"
-    if _SHA1.match(rev):
+    if is_commit(rev):
         commit = rev
     elif rev in cached:
         commit = cached[rev]
@@ -113,7 +118,7 @@ def _resolve(rdir: Path, repo_id: str, revision: str | None) -> tuple[str, tuple
         raise LayoutError(
             f"commit {commit} of {repo_id} has no snapshot in the cache at {rdir}", hint=pull_hint
         )
-    if revision is not None and not _SHA1.match(revision):
+    if revision is not None and not is_commit(revision):
         names: tuple[str, ...] = (revision,)
     else:
         names = tuple(sorted(name for name, c in cached.items() if c == commit))
@@ -129,7 +134,7 @@ def _entry_for(path: str, link: Path, blobs_dir: Path, torrents: bool = False) -
     except OSError as exc:
         raise LayoutError(f"{path}: cannot read {link}: {exc}") from exc
     name = real.name if real.parent == Path(os.path.realpath(blobs_dir)) else ""
-    if _SHA256.match(name):
+    if is_sha256_hex(name):
         torrent: bytes | None = None
         from modelget.swarm.policy import through_swarm
 
@@ -148,7 +153,7 @@ def _entry_for(path: str, link: Path, blobs_dir: Path, torrents: bool = False) -
         return _Blob(real, FileEntry(path=path, size=size, sha256=name, lfs=True), torrent)
     got = hash_file(real, sha256=True, git_sha1=True)
     assert got.sha256 is not None and got.git_sha1 is not None
-    if _SHA1.match(name):
+    if is_commit(name):
         if got.git_sha1 != name:
             raise VerificationError(
                 f"{path}: cached blob {real} is corrupt: its git blob sha1 is {got.git_sha1}",

@@ -5,8 +5,8 @@ Default destination: the Hugging Face cache layout, exactly as huggingface_hub w
 ``datasets--`` and ``spaces--`` folders for the other repo types), so transformers, vLLM and huggingface_hub find the model offline. With ``--local-dir``, real
 files in a plain directory plus huggingface_hub's ``.cache/huggingface/download/*.metadata``.
 With ``--layout modelscope``, real files where the ModelScope client looks
-(``{root}/models/{owner}--{name}/snapshots/{revision}/``): a local dir whose metadata sits
-beside the snapshot instead of inside it (:func:`local_meta_dir`).
+(``{root}/models/{owner}--{name}/snapshots/{revision}/``, ``datasets/`` for a dataset): a local
+dir whose metadata sits beside the snapshot instead of inside it (:func:`local_meta_dir`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from modelget.datatypes import FileEntry, Mirror, RepoType
+from modelget.datatypes import MS_REPO_TYPES, FileEntry, Mirror, RepoType
 
 FOLDER_PREFIXES: dict[str, RepoType] = {
     "models--": "model",
@@ -206,7 +206,7 @@ def local_meta_dir(local_dir: Path) -> Path:
     """Where a local dir's metadata lives (hf's ``download/{path}.metadata``, partial files,
     locks, ``quarantine/``, modelget's ``modelget/{commit}.json`` record): ``DIR/.cache/huggingface``;
     for a ModelScope snapshot (:func:`is_ms_snapshot`), ``models/{owner}--{name}/.modelget/{rev}``
-    beside ``snapshots/``, so the snapshot the ModelScope client returns holds the model's
+    (``datasets/...`` alike) beside ``snapshots/``, so the snapshot the ModelScope client returns holds the model's
     files only."""
     if is_ms_snapshot(local_dir):
         return local_dir.parent.parent / ".modelget" / local_dir.name
@@ -273,7 +273,8 @@ def place_in_local_dir(blob: Path, local_dir: Path, entry: FileEntry, commit: st
 # modelscope-hub (``modelscope`` >= 1.38) keeps a repo at
 # ``{root}/models/{owner}--{name}/snapshots/{revision}/{path}``: real files, no blobs, no refs,
 # no metadata, the directory named after the revision *string* asked for (``master`` by
-# default). modelget fills that directory as it fills a ``--local-dir``; its own metadata goes to
+# default). A dataset is the same under ``{root}/datasets/`` (``HubApi._repo_cache_dir_path``:
+# ``{type}s/{owner}--{name}``); ModelScope downloads no spaces. modelget fills that directory as it fills a ``--local-dir``; its own metadata goes to
 # ``{root}/models/{owner}--{name}/.modelget/{revision}/`` (see docs/cache.md).
 
 
@@ -286,26 +287,39 @@ def auto_layout(narrowed: Iterable[Mirror] | None) -> LayoutName:
     return "modelscope" if kinds == {"modelscope"} else "hf"
 
 
-def ms_repo_dir(root: Path, ms_id: str) -> Path:
-    """``{root}/models/{owner}--{name}``, as modelscope-hub names a model's cache folder (dots
-    kept: only the legacy clients wrote ``___``)."""
-    return root / "models" / ms_id.replace("/", "--")
+MS_FOLDERS: dict[str, RepoType] = {f"{t}s": t for t in MS_REPO_TYPES}
+"""The ModelScope cache's folder of each repo type it downloads (``{root}/datasets/...``)."""
 
 
-def ms_snapshot_dir(root: Path, ms_id: str, revision: str) -> Path:
-    return ms_repo_dir(root, ms_id) / "snapshots" / revision
+def ms_repo_dir(root: Path, ms_id: str, repo_type: RepoType = "model") -> Path:
+    """``{root}/models/{owner}--{name}`` (``datasets/`` for a dataset), as modelscope-hub
+    names a repo's cache folder (dots kept: only the legacy clients wrote ``___``)."""
+    if repo_type not in MS_REPO_TYPES:
+        raise ValueError(f"the ModelScope cache holds no {repo_type}s")
+    return root / f"{repo_type}s" / ms_id.replace("/", "--")
+
+
+def ms_snapshot_dir(root: Path, ms_id: str, revision: str, repo_type: RepoType = "model") -> Path:
+    return ms_repo_dir(root, ms_id, repo_type) / "snapshots" / revision
 
 
 def is_ms_snapshot(path: Path) -> bool:
-    """``path`` is ``…/models/{owner}--{name}/snapshots/{rev}`` (a ModelScope snapshot), not an
-    HF cache snapshot (``models--{org}--{name}/snapshots/{commit}``)."""
+    """``path`` is ``…/models/{owner}--{name}/snapshots/{rev}`` (``datasets/`` alike: a
+    ModelScope snapshot), not an HF cache snapshot (``models--{org}--{name}/snapshots/{commit}``)."""
+    return ms_type_of(path) is not None
+
+
+def ms_type_of(path: Path) -> RepoType | None:
+    """The repo type of a ModelScope snapshot ``path`` (its ``models/``, ``datasets/``
+    folder), None when ``path`` is no ModelScope snapshot."""
     repo = path.parent.parent
-    return (
+    if (
         path.parent.name == "snapshots"
-        and repo.parent.name == "models"
         and "--" in repo.name
         and not repo.name.startswith(tuple(FOLDER_PREFIXES))
-    )
+    ):
+        return MS_FOLDERS.get(repo.parent.name)
+    return None
 
 
 def cache_quarantine_dir(cache_dir: Path, repo_id: str, repo_type: RepoType = "model") -> Path:

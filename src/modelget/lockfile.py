@@ -32,18 +32,23 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelget.datatypes import REPO_TYPES, Disagreement, FileEntry, RepoType
+from modelget.datatypes import (
+    REPO_TYPES,
+    Disagreement,
+    FileEntry,
+    RepoType,
+    is_sha1_hex,
+    is_sha256_hex,
+)
 from modelget.errors import LockfileError, ModelgetError, UnsafeManifestError
 from modelget.manifest import check_path, check_repo_id, check_revision
 
 FORMAT = "modelget/1"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_SHA1 = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -136,11 +141,13 @@ def _str(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _digest(obj: dict[str, Any], key: str, pattern: re.Pattern[str], where: str) -> str | None:
+def _digest(
+    obj: dict[str, Any], key: str, valid: Callable[[object], bool], where: str
+) -> str | None:
     value = obj.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not pattern.match(value.lower()):
+    if not isinstance(value, str) or not valid(value.lower()):
         raise _bad(where, f"`{key}` is not a {key.replace('_', ' ')} hex digest")
     return value.lower()
 
@@ -156,8 +163,8 @@ def _file(obj: Any, where: str) -> FileEntry:
     size = obj.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise _bad(f"{where} ({path})", "`size` must be a non-negative integer")
-    sha256 = _digest(obj, "sha256", _SHA256, f"{where} ({path})")
-    git_sha1 = _digest(obj, "git_sha1", _SHA1, f"{where} ({path})")
+    sha256 = _digest(obj, "sha256", is_sha256_hex, f"{where} ({path})")
+    git_sha1 = _digest(obj, "git_sha1", is_sha1_hex, f"{where} ({path})")
     if not sha256 and not git_sha1:
         raise _bad(f"{where} ({path})", "a file needs a sha256 or a git_sha1")
     lfs = obj.get("lfs", False)

@@ -23,12 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modelget import layout
-from modelget.datatypes import FileEntry, FileOutcome, PullResult, RepoType
+from modelget.datatypes import FileEntry, FileOutcome, PullResult, RepoType, is_commit
 from modelget.errors import OfflineMissingError, UsageError
 from modelget.events import Reporter
 from modelget.lockfile import LockedModel
 from modelget.manifest import select_files
-from modelget.record import is_commit, read_record, record_path
+from modelget.record import read_record, record_path
 
 # --- answering a pull from disk -------------------------------------------------------------
 

@@ -18,24 +18,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelget import layout
-from modelget.datatypes import REPO_TYPES, FileEntry, RepoType
+from modelget.datatypes import REPO_TYPES, FileEntry, RepoType, is_commit
 
 Stamp = tuple[int, int]
 """(size, st_mtime_ns) of a file's bytes (a blob, or a local-dir file)."""
 
 RECORD_VERSION = 1
-_COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
-def is_commit(text: str) -> bool:
-    """A full git commit id (40 lower-case hex digits), as the records and refs hold them."""
-    return _COMMIT.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)

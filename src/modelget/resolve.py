@@ -26,6 +26,7 @@ from modelget.errors import (
     RateLimitedError,
     RevisionNotFoundError,
     UnsafeManifestError,
+    UsageError,
 )
 from modelget.events import Reporter
 from modelget.lockfile import LockedModel, check_entries
@@ -76,6 +77,7 @@ def resolve(
             )
         mirrors = selection.catalogue
     enabled = with_token(enabled_mirrors(mirrors, verify_tls), token)
+    check_kinds_serve(enabled, repo_type)
     probe_started = time.perf_counter()
     report = probe_for_plan(enabled, repo_id, revision, repo_type)
     if timings is not None:
@@ -111,6 +113,20 @@ def resolve(
     if locked is not None:
         order, lock_entries = reference_for_lock(locked, order, report.manifests)
     return Resolution(order, report, lock_entries)
+
+
+def check_kinds_serve(enabled: list[Mirror], repo_type: RepoType) -> None:
+    """A usage error when no enabled mirror's kind serves ``repo_type`` at all: a space asked
+    of ModelScope mirrors only (ModelScope's studios have no download API), said up front
+    rather than as each mirror lacking the repo."""
+    if repo_type == "space" and enabled and all(m.kind == "modelscope" for m in enabled):
+        names = ", ".join(m.name for m in enabled)
+        raise UsageError(
+            f"ModelScope has no spaces to download (its studios are apps, with no download "
+            f"API), and every mirror in use is a ModelScope one ({names})",
+            hint="spaces come from Hugging Face: use an hf mirror (leave out --only, or "
+            "--only an hf mirror such as huggingface)",
+        )
 
 
 def enabled_mirrors(mirrors: MirrorsArg, verify_tls: bool = True) -> list[Mirror]:

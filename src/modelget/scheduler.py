@@ -125,7 +125,8 @@ class Takeover:
     """The rest of a range went whole to another connection: its owner on ``mirror`` was
     ``silent`` beyond the budget, or too slow (``rate`` bytes/s since it took the range,
     against ``thief_rate`` for the connection that took it); ``quiet_s``: since its last
-    byte."""
+    byte; ``by``: the mirror of the connection that took it (the same one: a hiccup of one
+    connection, not the mirror's)."""
 
     file: str
     mirror: str
@@ -133,6 +134,7 @@ class Takeover:
     quiet_s: float
     rate: float
     thief_rate: float
+    by: str = ""
 
 
 @dataclass(frozen=True)
@@ -537,7 +539,9 @@ class Scheduler:
             cut = best.pos
             silent = best_eta == float("inf")
             self.taken_over.append(
-                Takeover(best.file, best.mirror, silent, now - best.last, best.rate(now), mine)
+                Takeover(
+                    best.file, best.mirror, silent, now - best.last, best.rate(now), mine, m.name
+                )
             )
             if silent and best.mirror != m.name:
                 self._suspect(self.mirrors[best.mirror], now)

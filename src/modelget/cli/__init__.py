@@ -392,7 +392,11 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="REPO_ID|PATH",
         help="a repo id, a snapshot dir (of the HF or the ModelScope cache) or a --local-dir",
     )
-    verify.add_argument("--revision", help="only this branch, tag or commit (default: all)")
+    verify.add_argument(
+        "--revision",
+        help="only this branch, tag or commit (default: all; --layout modelscope: a snapshot's "
+        "name, e.g. master)",
+    )
     _add_repo_type(verify)
     verify.add_argument(
         "--repair",
@@ -404,6 +408,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--engine", choices=["auto", "aria2", "httpx"], default="auto", help="with --repair"
     )
     _add_cache_dir(verify)
+    _add_cache_layout(verify, "look REPO_ID up in")
     _add_json(verify)
     verify.set_defaults(func=commands.verify)
 

@@ -499,6 +499,7 @@ def verify(args: argparse.Namespace) -> Outcome:
         mirrors=args.mirrors,
         engine=args.engine,
         repo_type=args.repo_type or "model",
+        layout=args.layout,
     )
     code = result.exit_code
     counts = {s: result.count(s) for s in ("ok", "missing", "corrupted", "extra")}

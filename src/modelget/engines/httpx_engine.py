@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import threading
@@ -69,6 +70,8 @@ from modelget.retry import (
 )
 from modelget.scheduler import Assign, Policy, Range, Scheduler, Takeover
 from modelget.verify import PrefixHasher
+
+_log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 FLUSH_INTERVAL_S = 0.5
@@ -547,6 +550,12 @@ class _Pull:
             )
         with self.lock:
             self._note(f, t.mirror, message)
+            if t.by == t.mirror:
+                # Another connection to the same mirror took it: one connection's hiccup (a
+                # TCP loss on a full link stalls a flow for its retransmission timeout), not
+                # the mirror's failure: told at debug level only, never as a warning.
+                _log.debug("%s: %s (%s)", f.job.path, message, t.mirror)
+                return
             first = t.mirror not in f.reported
             f.reported.add(t.mirror)
         if first and not self.cancel.is_set():

@@ -17,12 +17,20 @@ static server with Range support; nothing but the two JSON files needs a server-
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from modelget import http
 from modelget.auth import mirror_token
-from modelget.datatypes import REPO_URL_PREFIXES, FileEntry, Manifest, Mirror, MirrorKind, RepoType
+from modelget.datatypes import (
+    REPO_URL_PREFIXES,
+    FileEntry,
+    Manifest,
+    Mirror,
+    MirrorKind,
+    RepoType,
+    is_commit,
+    is_sha256_hex,
+)
 from modelget.errors import (
     AuthRequiredError,
     MirrorUnavailableError,
@@ -38,8 +46,6 @@ DEFAULT_REVISION = "main"
 MAX_REDIRECTS = 20
 """Redirects followed for the JSON files (httpx's own limit, which applied before they went
 through :func:`modelget.http.follow`)."""
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def blob_path(sha256: str) -> str:
@@ -115,7 +121,7 @@ class CdnSource:
         repo = mirror.map_repo_id(repo_id)
         rev = revision or DEFAULT_REVISION
         base = f"{mirror.endpoint}/{REPO_URL_PREFIXES[repo_type]}{repo}"
-        if _COMMIT.match(rev):
+        if is_commit(rev):
             commit = rev
         else:
             status, refs = self._get_json(mirror, f"{base}/refs.json", timeout)
@@ -126,7 +132,7 @@ class CdnSource:
             if not isinstance(refs, dict) or refs.get("format") != FORMAT:
                 raise ResolveError(f"{mirror.name}: {base}/refs.json is not a {FORMAT} refs file")
             found = (refs.get("refs") or {}).get(rev)
-            if not isinstance(found, str) or not _COMMIT.match(found):
+            if not isinstance(found, str) or not is_commit(found):
                 raise RevisionNotFoundError(
                     f"revision {rev!r} of {repo_id} not found on {mirror.name} ({mirror.endpoint})"
                 )
@@ -163,7 +169,7 @@ class CdnSource:
             path, size, sha = item.get("path"), item.get("size"), item.get("sha256")
             if not isinstance(path, str) or not isinstance(size, int) or size < 0:
                 raise ResolveError(f"{where} has a malformed file entry: {item!r:.200}")
-            if not isinstance(sha, str) or not _SHA256.match(sha):
+            if not isinstance(sha, str) or not is_sha256_hex(sha):
                 raise ResolveError(f"{where}: {path} has no valid sha256")
             sha1 = item.get("git_sha1")
             files.append(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from modelget.datatypes import (
     Mirror,
     MirrorKind,
     RepoType,
+    is_commit,
 )
 from modelget.errors import (
     AuthRequiredError,
@@ -47,7 +47,6 @@ from modelget.http import Origin, is_transport_error, origin, origin_of
 from modelget.manifest import check_manifest, check_path, check_size
 
 DEFAULT_REVISION = "main"
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def _retry_after(exc: Any) -> float | None:
@@ -226,7 +225,7 @@ def _plain_listing(
             if not isinstance(info, dict):
                 return None
             commit, gated = info.get("sha"), info.get("gated", False)
-            if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+            if not is_commit(commit):
                 return None
             if not isinstance(gated, (bool, str)):
                 return None
@@ -357,7 +356,7 @@ class HfSource:
                 commit = info.sha
                 if not commit:
                     raise ResolveError(f"{mirror.name} gave no commit for {repo_id}@{rev}")
-                if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+                if not is_commit(commit):
                     raise UnsafeManifestError(
                         f"{mirror.name} ({repo_id}): refusing the commit id {commit!r:.80}: "
                         "it is not 40 hex digits"

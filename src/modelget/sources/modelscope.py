@@ -4,6 +4,11 @@ ModelScope ids can differ from Hugging Face ids (``meta-llama/...`` is ``LLM-Res
 the mirror entry's ``id_map`` translates them. With no revision given, ModelScope's default
 branch ``master`` is used, as its own client does.
 
+Datasets: the same client calls with ``repo_type="dataset"``, which modelscope-hub routes to
+``/api/v1/datasets/{owner}/{name}/...`` (its listing is ``repo/tree``, paged: the client pages
+through it). Spaces: ModelScope's studios are apps with no download API (its client's
+``download`` takes ``--repo-type model|dataset`` only), so a ModelScope mirror lacks every space.
+
 Tokens: ``HubApi()`` picks up ``MODELSCOPE_API_TOKEN`` or the stored login by itself; passing
 ``token=""`` is the client's documented way to run without local credentials, so a mirror whose
 entry names no ``token_env`` never receives one.
@@ -11,14 +16,21 @@ entry names no ``token_env`` never receives one.
 
 from __future__ import annotations
 
-import re
 import threading
 import warnings
 from typing import Any
 from urllib.parse import quote
 
 from modelget.auth import mirror_token
-from modelget.datatypes import FileEntry, Manifest, Mirror, MirrorKind, RepoType
+from modelget.datatypes import (
+    MS_REPO_TYPES,
+    FileEntry,
+    Manifest,
+    Mirror,
+    MirrorKind,
+    RepoType,
+    is_commit,
+)
 from modelget.errors import (
     AuthRequiredError,
     MirrorUnavailableError,
@@ -34,7 +46,6 @@ from modelget.manifest import check_manifest, check_path, check_size
 
 DEFAULT_REVISION = "master"
 _DEFAULT_CONFIG_LOCK = threading.Lock()
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _skip_certificate_checks(api: Any) -> None:
@@ -96,12 +107,21 @@ class ModelScopeSource:
         return api
 
     def _map_error(
-        self, exc: Exception, api: Any, mirror: Mirror, repo_id: str, ms_id: str, rev: str
+        self,
+        exc: Exception,
+        api: Any,
+        mirror: Mirror,
+        repo_id: str,
+        ms_id: str,
+        rev: str,
+        repo_type: RepoType = "model",
     ) -> ModelgetError:
         import modelscope_hub as ms
 
         where = f"{mirror.name} ({mirror.endpoint})"
         shown = repo_id if ms_id == repo_id else f"{repo_id} (as {ms_id})"
+        if repo_type != "model":
+            shown = f"{repo_type} {shown}"
         if isinstance(exc, (ms.AuthenticationError, ms.PermissionDeniedError)):
             return AuthRequiredError(
                 f"{where} refused access to {shown}",
@@ -116,7 +136,7 @@ class ModelScopeSource:
             )
         if isinstance(exc, (ms.NotExistError, ms.NotFoundError)):
             try:
-                exists = bool(api.repo_exists(ms_id, "model"))
+                exists = bool(api.repo_exists(ms_id, repo_type))
             except Exception:
                 exists = False
             if exists:
@@ -137,23 +157,24 @@ class ModelScopeSource:
         timeout: float,
         repo_type: RepoType = "model",
     ) -> Manifest:
-        if repo_type != "model":
-            # ModelScope's datasets are another API (``/api/v1/datasets/.../repo/tree``, their
-            # own file URLs), not supported yet; it has no spaces. The mirror lacks the repo.
+        if repo_type not in MS_REPO_TYPES:
+            # ModelScope's studios have no download API: the mirror lacks every space.
             raise ModelNotFoundError(
-                f"{mirror.name} ({mirror.endpoint}): modelget gets only models from ModelScope "
-                f"mirrors, not a {repo_type} ({repo_id})"
+                f"{mirror.name} ({mirror.endpoint}): ModelScope serves no {repo_type} "
+                f"downloads ({repo_id}); its studios are apps, not repos to fetch",
+                hint="spaces come from Hugging Face (hf) mirrors",
             )
         ms_id = mirror.map_repo_id(repo_id)
         rev = revision or DEFAULT_REVISION
         api = self._api(mirror, timeout)
         try:
-            listed = api.list_repo_files(ms_id, "model", revision=rev, recursive=True)
-            commit = rev if _COMMIT.match(rev) else self._commit_of(api, ms_id, rev)
+            # A dataset's listing is paged (repo/tree): the client pages through it all.
+            listed = api.list_repo_files(ms_id, repo_type, revision=rev, recursive=True)
+            commit = rev if is_commit(rev) else self._commit_of(api, ms_id, rev, repo_type)
         except ModelgetError:
             raise
         except Exception as exc:
-            raise self._map_error(exc, api, mirror, repo_id, ms_id, rev) from exc
+            raise self._map_error(exc, api, mirror, repo_id, ms_id, rev, repo_type) from exc
         try:
             files = tuple(
                 sorted(
@@ -182,14 +203,15 @@ class ModelScopeSource:
                 files=files,
                 mirror=mirror.name,
                 mirror_repo_id=ms_id,
+                repo_type=repo_type,
             )
         )
 
     @staticmethod
-    def _commit_of(api: Any, ms_id: str, rev: str) -> str:
+    def _commit_of(api: Any, ms_id: str, rev: str, repo_type: RepoType = "model") -> str:
         """The commit id a branch or tag points at, when the service says; else ``rev``."""
         try:
-            revisions = api.list_repo_revisions(ms_id, "model")
+            revisions = api.list_repo_revisions(ms_id, repo_type)
         except Exception:
             return rev
         entries: list[Any] = []
@@ -201,16 +223,18 @@ class ModelScopeSource:
         for entry in entries:
             if isinstance(entry, dict) and entry.get("Revision") == rev:
                 commit = entry.get("CommitId") or entry.get("Commit")
-                if isinstance(commit, str) and _COMMIT.match(commit):
+                if is_commit(commit):
                     return commit
         return rev
 
     def file_url(self, mirror: Mirror, manifest: Manifest, entry: FileEntry) -> str:
         # The revision *name* goes in the URL, as ModelScope's own client does; the bytes are
         # verified against the manifest's sha256 whatever the branch does meanwhile.
+        # modelscope-hub's own URL (``LegacyClient.get_download_url``), built here because the
+        # engines fetch it, not the client: ``/api/v1/{models|datasets}/{owner}/{name}/repo``.
         repo = manifest.mirror_repo_id or manifest.repo_id
         return (
-            f"{mirror.endpoint}/api/v1/models/{repo}/repo"
+            f"{mirror.endpoint}/api/v1/{manifest.repo_type}s/{repo}/repo"
             f"?Revision={quote(manifest.revision, safe='')}&FilePath={quote(entry.path, safe='')}"
         )
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from modelget.datatypes import RepoType
 from modelget.testing.faults import BodySource, Effects, Fault, MatchContext, Progress, Stopped
 from modelget.testing.hubsim.base import Headers
 from modelget.testing.hubsim.control import ControlRoutes
@@ -157,14 +158,17 @@ class Handler(HfRoutes, MsRoutes, ControlRoutes):
 
     def _plan_ms(self, segs: list[str]) -> tuple[str, str | None, Callable[[], None]]:
         sim = self.server.sim
-        if segs[:3] == ["api", "v1", "models"] and len(segs) >= 5:
+        # Models and datasets (ModelScope's studios, its spaces, have no download routes).
+        types: dict[str, RepoType] = {"models": "model", "datasets": "dataset"}
+        kind = types.get(segs[2]) if len(segs) > 2 else None
+        if segs[:2] == ["api", "v1"] and kind is not None and len(segs) >= 5:
             ms_id = f"{segs[3]}/{segs[4]}"
             tail = segs[5:]
-            repo = sim._repo_by_ms_id(ms_id)
+            repo = sim._repo_by_ms_id(ms_id, kind)
             if tail == ["repo"]:
                 path = self._query.get("FilePath", "").lstrip("/")
-                return "ms-file", path, lambda: self._ms_file(repo, ms_id, path)
-            return "ms-api", None, lambda: self._ms_api(repo, ms_id, tail)
+                return "ms-file", path, lambda: self._ms_file(repo, ms_id, path, kind)
+            return "ms-api", None, lambda: self._ms_api(repo, ms_id, tail, kind)
         return "ms-api", None, lambda: self._ms_error(404, f"{self._raw_path} not found")
 
     def _send_fault_status(self, fault: Fault) -> None:

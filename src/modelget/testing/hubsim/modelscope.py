@@ -1,7 +1,10 @@
 """The ModelScope routes: ``/api/v1/models/{owner}/{name}`` (model info), ``.../repo/files``,
 ``.../revisions`` and ``.../repo?FilePath=`` (the file, or a 302 to the CDN with ``cdn=True``),
 in ModelScope's JSON envelope; a private repo takes a bearer token or the ``m_session_id``
-cookie."""
+cookie. Datasets are the same under ``/api/v1/datasets/{owner}/{name}``, except that their
+listing is ``.../repo/tree``, paged with ``PageNumber``/``PageSize`` (what modelscope-hub's
+``list_dataset_files_paginated`` reads: it stops at the first page shorter than it asked for).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,14 @@ import hashlib
 import uuid
 from typing import Any
 
+from modelget.datatypes import RepoType
 from modelget.testing.hubsim.base import truthy
 from modelget.testing.hubsim.files import FileServing
 from modelget.testing.repos import Repo, Snapshot, TreeEntry
 
 TAG_CREATED_AT = 4102444800  # 2100-01-01: legacy ModelScope clients never auto-pick these tags
+DATASET_PAGE_SIZE = 100
+"""``repo/tree``'s page size when the request names none."""
 
 
 def ms_envelope(data: Any, *, code: int = 200, message: str = "success") -> dict[str, Any]:
@@ -54,9 +60,11 @@ class MsRoutes(FileServing):
     def _ms_error(self, status: int, message: str) -> None:
         self._send_json(status, ms_envelope(None, code=status, message=message))
 
-    def _ms_api(self, repo: Repo | None, ms_id: str, tail: list[str]) -> None:
+    def _ms_api(
+        self, repo: Repo | None, ms_id: str, tail: list[str], kind: RepoType = "model"
+    ) -> None:
         if repo is None:
-            self._ms_error(404, f"model {ms_id} not found")
+            self._ms_error(404, f"{kind} {ms_id} not found")
             return
         if repo.private and (status := self._auth_status(repo, cookie=True)) != 200:
             self._ms_error(status, "Unauthorized: please log in")
@@ -65,8 +73,10 @@ class MsRoutes(FileServing):
             self._ms_error(405, "method not allowed")
         elif not tail:
             self._ms_model_info(repo, ms_id)
-        elif tail == ["repo", "files"]:
+        elif tail == ["repo", "files"] and kind == "model":
             self._ms_files(repo)
+        elif tail == ["repo", "tree"] and kind == "dataset":
+            self._ms_dataset_tree(repo)
         elif tail == ["revisions"]:
             self._ms_revisions(repo)
         else:
@@ -80,6 +90,7 @@ class MsRoutes(FileServing):
             "Id": int(hashlib.sha1(ms_id.encode()).hexdigest()[:8], 16),
             "Name": name,
             "Path": owner,
+            "Namespace": owner,
             "ChineseName": "",
             "Description": "",
             "CreatedTime": int(repo.created_at),
@@ -108,6 +119,32 @@ class MsRoutes(FileServing):
         files = [ms_file_item(e, snap) for e in entries]
         self._send_json(200, ms_envelope({"Files": files}))
 
+    def _ms_dataset_tree(self, repo: Repo) -> None:
+        """A dataset's listing: one page (``PageNumber`` from 1) of the entries under ``Root``
+        (``/`` or absent: the whole repo), directories included, as the models' listing."""
+        revision = self._query.get("Revision")
+        snap = repo.resolve_ms(revision)
+        if snap is None:
+            self._ms_error(404, f"revision {revision} not found")
+            return
+        try:
+            number = int(self._query.get("PageNumber") or 1)
+            size = int(self._query.get("PageSize") or DATASET_PAGE_SIZE)
+        except ValueError:
+            self._ms_error(400, "PageNumber and PageSize are numbers")
+            return
+        if number < 1 or size < 1:
+            self._ms_error(400, "PageNumber and PageSize start at 1")
+            return
+        root = self._query.get("Root", "").strip("/")
+        entries = snap.entries(root, recursive=truthy(self._query.get("Recursive")))
+        if entries is None:
+            self._ms_error(404, f"path {root} not found")
+            return
+        page = entries[(number - 1) * size : number * size]
+        files = [ms_file_item(e, snap) for e in page]
+        self._send_json(200, ms_envelope({"Files": files}))
+
     def _ms_revisions(self, repo: Repo) -> None:
         def created(commit: str) -> int:
             return int(repo.snapshots[commit].created_at)
@@ -127,12 +164,12 @@ class MsRoutes(FileServing):
         ]
         self._send_json(200, ms_envelope({"RevisionMap": {"Branches": branches, "Tags": tags}}))
 
-    def _ms_file(self, repo: Repo | None, ms_id: str, path: str) -> None:
+    def _ms_file(self, repo: Repo | None, ms_id: str, path: str, kind: RepoType = "model") -> None:
         if self.command not in ("GET", "HEAD"):
             self._ms_error(405, "method not allowed")
             return
         if repo is None:
-            self._ms_error(404, f"model {ms_id} not found")
+            self._ms_error(404, f"{kind} {ms_id} not found")
             return
         if (status := self._auth_status(repo, cookie=True)) != 200:
             self._ms_error(status, "Unauthorized: please log in")

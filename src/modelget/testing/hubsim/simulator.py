@@ -67,7 +67,9 @@ class HubSimulator:
             "dataset": {},
             "space": {},
         }
-        self._ms_ids: dict[str, str] = {}
+        self._ms_ids: dict[str, dict[str, str]] = {"model": {}, "dataset": {}}
+        """ModelScope id -> repo id, per type ModelScope serves (``/api/v1/models/``,
+        ``/api/v1/datasets/``); it has no spaces to download (its studios are apps)."""
         self._blobs: dict[str, tuple[RepoFile, str]] = {}
         self._faults = FaultRegistry()
         self._reqlog = RequestLog()
@@ -174,12 +176,14 @@ class HubSimulator:
         ``token`` alone: a private repo. ``ms_id``: the id on the ModelScope routes.
         ``repo_type``: ``dataset`` or ``space`` serves it as the Hub does those
         (``/api/datasets/...``, ``/datasets/{repo}/resolve/...``), in their own namespace (a
-        model and a dataset may share a name); only models are on the ModelScope routes.
+        model and a dataset may share a name). Models and datasets are also on the ModelScope
+        routes (``/api/v1/models/...``, ``/api/v1/datasets/...``, each its own namespace);
+        spaces are not (ModelScope's studios have no download API).
         """
         if repo_type not in REPO_TYPES:
             raise ValueError(f"repo_type must be one of {REPO_TYPES}, not {repo_type!r}")
-        if repo_type != "model" and ms_id is not None:
-            raise ValueError("only models are served on the ModelScope routes")
+        if repo_type == "space" and ms_id is not None:
+            raise ValueError("spaces are not served on the ModelScope routes")
         if not repo_id or repo_id.startswith("/") or repo_id.endswith("/"):
             raise ValueError(f"invalid repo id {repo_id!r}")
         if gated and token is None:
@@ -213,8 +217,8 @@ class HubSimulator:
                     raise ValueError(f"commit {commit} already exists with other files")
                 repo = existing.with_revision(branch, snapshot, tags, created)
                 if gated or token is not None or ms_id is not None:
-                    if repo_type == "model":
-                        self._ms_ids.pop(repo.ms_id, None)
+                    if repo_type in self._ms_ids:
+                        self._ms_ids[repo_type].pop(repo.ms_id, None)
                     repo = Repo(
                         repo_id=repo.repo_id,
                         ms_id=ms_id or repo.ms_id,
@@ -226,8 +230,8 @@ class HubSimulator:
                         token=token if token is not None else repo.token,
                     )
             repos[repo_id] = repo
-            if repo_type == "model":
-                self._ms_ids[repo.ms_id] = repo_id
+            if repo_type in self._ms_ids:
+                self._ms_ids[repo_type][repo.ms_id] = repo_id
             for f in snapshot.files.values():
                 if f.lfs:
                     self._blobs.setdefault(f.sha256, (f, commit))
@@ -250,9 +254,9 @@ class HubSimulator:
             raise KeyError(f"{repo_id} has no revision {revision!r}")
         return snap.commit
 
-    def _repo_by_ms_id(self, ms_id: str) -> Repo | None:
-        repo_id = self._ms_ids.get(ms_id)
-        return self._repos.get(repo_id) if repo_id is not None else None
+    def _repo_by_ms_id(self, ms_id: str, repo_type: RepoType = "model") -> Repo | None:
+        repo_id = self._ms_ids.get(repo_type, {}).get(ms_id)
+        return self._typed[repo_type].get(repo_id) if repo_id is not None else None
 
     # --- URLs -----------------------------------------------------------------------------------
 
@@ -263,10 +267,12 @@ class HubSimulator:
         repo = REPO_URL_PREFIXES[repo_type] + repo_id
         return f"{self.url}/{repo}/resolve/{quote(revision, safe='')}/{quote(path)}"
 
-    def ms_file_url(self, ms_id: str, path: str, revision: str = "master") -> str:
-        """The ModelScope download URL of a file."""
+    def ms_file_url(
+        self, ms_id: str, path: str, revision: str = "master", repo_type: RepoType = "model"
+    ) -> str:
+        """The ModelScope download URL of a file (``/api/v1/datasets/...`` for a dataset)."""
         return (
-            f"{self.url}/api/v1/models/{ms_id}/repo"
+            f"{self.url}/api/v1/{repo_type}s/{ms_id}/repo"
             f"?Revision={quote(revision, safe='')}&FilePath={quote(path, safe='')}"
         )
 
