@@ -19,6 +19,10 @@ from bench.stats import markdown_table
 
 BEGIN = "<!-- bench:results:begin (written by python -m bench; edit outside these markers) -->"
 END = "<!-- bench:results:end -->"
+SWARM_BEGIN = "<!-- bench:swarm:begin (written by python -m bench --scenes S12; edit outside these markers) -->"
+SWARM_END = "<!-- bench:swarm:end -->"
+OWN_SECTIONS = {"S12": (SWARM_BEGIN, SWARM_END, "Swarm mode (issue 18): results of the last run")}
+"""Scenes written into a section of their own (a run of only them leaves the main one alone)."""
 
 
 def _out(cmd: Sequence[str]) -> str:
@@ -129,9 +133,10 @@ def render(
     meta: dict[str, Any],
     machine_info: dict[str, str],
     version_info: dict[str, str],
+    title: str = "Results of the last run",
 ) -> str:
     out: list[str] = []
-    out.append("## Results of the last run\n")
+    out.append(f"## {title}\n")
     out.append(
         f"- date: {meta['date']}; profile **{meta['profile']}** ({meta['runs']} run(s) per "
         f"tool and case); whole run {meta['duration_s'] / 60:.1f} min\n"

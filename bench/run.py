@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "for a full run; a --quick run writes none unless given one)",
     )
     p.add_argument("--no-doc", action="store_true", help="do not touch the Markdown file")
+    p.add_argument(
+        "--swarm-queue",
+        choices=("short", "pfifo"),
+        help="S12: the queue under each cap: short (default: 10 ms of the rate) or pfifo "
+        "(htb's default 1000 packets, as the research prototype)",
+    )
     return p
 
 
@@ -86,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(
             "note: S8 also reads the S1/S2 runs of the synthetic checkpoint; add them for those rows"
         )
+    if args.swarm_queue is not None:
+        from bench import swarm
+
+        swarm.QUEUE = args.swarm_queue
     data = args.data.expanduser()
     work = (args.work or data / "work").expanduser()
     started = time.perf_counter()
@@ -174,13 +184,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_json = results_dir / f"{profile.name}-latest.json"
     out_json.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     _say(f"raw results: {out_json}")
-    text = report.render(scenes, meta=meta, machine_info=machine_info, version_info=version_info)
+    # A scene with a section of its own (S12) is written there; the main section is rewritten
+    # only when other scenes ran.
+    sections: list[tuple[str, str, str]] = []
+    main_scenes = [s for s in scenes if s.id not in report.OWN_SECTIONS]
+    if main_scenes:
+        text = report.render(
+            main_scenes, meta=meta, machine_info=machine_info, version_info=version_info
+        )
+        sections.append((report.BEGIN, report.END, text))
+    for s in scenes:
+        if s.id in report.OWN_SECTIONS:
+            begin, end, title = report.OWN_SECTIONS[s.id]
+            own = {**meta, "link": "none; the scene builds its own network (see its set-up)"}
+            text = report.render(
+                [s], meta=own, machine_info=machine_info, version_info=version_info, title=title
+            )
+            sections.append((begin, end, text))
     doc = args.doc if args.doc is not None else (None if args.quick else DOC)
     if doc is not None and not args.no_doc:
         old = doc.read_text() if doc.exists() else "# Benchmarks\n"
-        doc.write_text(replace_between(old, report.BEGIN, report.END, text))
+        for begin, end, text in sections:
+            old = replace_between(old, begin, end, text)
+        doc.write_text(old)
         _say(f"results written to {doc}")
     else:
-        _say(text)
+        for _, _, text in sections:
+            _say(text)
     _say(f"done in {duration / 60:.1f} min")
     return 0

@@ -40,6 +40,7 @@ from bench.stats import (
     median,
     ratio,
 )
+from bench.swarm import s12
 from modelget.testing.hubsim import Fault
 from modelget.testing.nginx import NginxServer, find_free_port
 
@@ -1516,5 +1517,6 @@ SCENES: dict[str, Callable[[Bench], SceneResult]] = {
     "S9": s9,
     "S10": s10,
     "S11": s11,
+    "S12": s12,
     "D": diagnose,
 }

@@ -302,9 +302,37 @@ def test_parser_and_profiles() -> None:
         "S9",
         "S10",
         "S11",
+        "S12",
         "D",
     }
     assert FULL.runs >= 3 and FULL.big_gb >= 4.0 and QUICK.runs == 1
     assert FULL.big_gb / FULL.shard_gb >= 3  # several shards
     assert (FULL.shards, FULL.shard_bytes, FULL.s9_conn) == (8, 64_000_000, 4_000_000)
     assert FULL.s10_fast_uplink > FULL.s10_slow_uplink and FULL.s8_connections == 64
+
+
+def test_swarm_scene_is_registered_and_writes_its_own_section() -> None:
+    from bench import swarm
+
+    assert SCENES["S12"] is swarm.s12
+    begin, end, _title = report.OWN_SECTIONS["S12"]
+    doc = "\n".join(["# B", report.BEGIN, "main", report.END, begin, "old", end, ""])
+    new = stats.replace_between(doc, begin, end, "swarm figures")
+    assert "main" in new and "old" not in new and "swarm figures" in new
+    assert new.index(report.END) < new.index("swarm figures")
+    assert swarm.QUICK.nodes >= 2 and swarm.FULL.shard_bytes > swarm.QUICK.shard_bytes
+
+
+def test_swarm_case_verdicts() -> None:
+    from bench.swarm import CaseRun, NodeRun
+
+    good = {"status": "ok", "exit_code": 0}
+    nodes = [NodeRun(0, 4.0, 0, good), NodeRun(1, 6.0, 0, good)]
+    case = CaseRun("warm-2", nodes, 100, 3, 7.0, 0.5)
+    assert case.ok and case.slowest_s == 6.0 and case.fastest_s == 4.0
+    nodes[1].bad_files = ["model.safetensors: sha256 differs"]
+    assert not bool(case.ok)  # a wrong file fails the case, whatever the times
+    nodes[1].bad_files, nodes[1].result = [], {"status": "partial", "exit_code": 3}
+    assert not bool(case.ok)
+    nodes[1].done_s = None
+    assert math.isnan(case.slowest_s)  # a node that never finished has no "slowest" time
