@@ -50,6 +50,7 @@ from bench.harness import Bench, Run, write_shards
 from bench.results import Headline, SceneResult
 from bench.sites import BenchRepo
 from bench.stats import Target, fmt_bytes, fmt_ratio, fmt_s, markdown_table, ratio
+from modelget.swarm.policy import TRACKER_INTERVAL_S
 from modelget.testing.tracker import Tracker, opentracker_path
 
 SCENE = "S12"
@@ -738,7 +739,7 @@ def _report(
         "torrent writer run on the origin's file); cold: an empty shared `--swarm-dir`",
         "- origin: the hub simulator (bench/swarm_origin.py), no CDN redirect; egress = its "
         "count of file body bytes sent",
-        f"- tracker: opentracker on the bridge, whitelist mode; every node announces every 5 s; "
+        f"- tracker: opentracker on the bridge, whitelist mode; every node announces every {TRACKER_INTERVAL_S} s; "
         f"`--seed-for {SEED_FOR}` (nodes seed on while the tracker lists downloading peers)",
         "- node data on a tmpfs (/dev/shm), as in the prototype; each node its own cache, "
         "destination (`--local-dir`) and probe cache (a copy of one probe made before the cases)",
@@ -837,7 +838,8 @@ def _report(
         "tracker's whitelist from the start. In `cold` the whitelist follows the torrent "
         "directory (polled every 0.1 s, then SIGHUP), as an operator's hook would; an announce "
         "that arrives before the reload is refused, and aria2 announces again only after "
-        "`--bt-tracker-interval` (5 s). The difference between the two rows is that race."
+        f"`--bt-tracker-interval` ({TRACKER_INTERVAL_S} s). The difference between the two rows "
+        "is that race."
     )
     warm, cold, plain = (cases.get(f"{k}-{p.nodes}") for k in ("warm", "cold", "plain"))
     heads = res.headlines

@@ -12,7 +12,7 @@ from modelget.swarm.options import SwarmRole
 Role = Literal["seed", "peer"]
 MIN_SWARM_BYTES = 1024 * 1024
 """Smaller files (and those without a sha256: git-stored, non-LFS) come from the mirrors."""
-TRACKER_INTERVAL_S = 5
+TRACKER_INTERVAL_S = 2
 """How often a node announces (opentracker's own interval is ~30 min): peers find each other,
 and a seeder's scrape sees them, within seconds; a refused announce (a whitelist not yet
 reloaded) is tried again within this long."""
