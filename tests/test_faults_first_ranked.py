@@ -122,8 +122,10 @@ def test_a_slow_first_mirror_loses_its_share(
     assert_complete(result, data)
     assert bad.fault_hits(handle) > 0
     big = next(f for f in result.files if f.path == BIG)
-    from_bad = big.bytes_by_mirror.get("bad", 0)
-    assert from_bad < SIZE // 8, big.bytes_by_mirror
+    # What the slow mirror really sent (the simulator's count): the aria2 engine's split of a
+    # download's bytes between mirrors is an estimate from aria2's speeds, averaged over
+    # seconds, and once credited this mirror with 3.3 MB it could not have sent (CI).
+    assert transfer_bytes(bad) < SIZE // 8, (transfer_bytes(bad), big.bytes_by_mirror)
     assert not reporter.reasons("good")
     assert took < WAIT_BOUND_S, f"{took:.1f} s: the slow mirror kept its share"
 
