@@ -236,15 +236,7 @@ def _place(blob: _Blob, dest: Path) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise LayoutError(f"cannot write {path}: {exc}") from exc
+    _write_bytes_atomic(path, text.encode())
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
