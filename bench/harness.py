@@ -191,7 +191,7 @@ def _evict(paths: Sequence[Path]) -> None:
                 os.close(fd)
 
 
-def _modelget_result(stdout: str) -> dict[str, Any]:
+def modelget_result(stdout: str) -> dict[str, Any]:
     """The ``result`` object of ``modelget pull --json`` (empty when there is none)."""
     for line in reversed(stdout.splitlines()):
         line = line.strip()
@@ -406,7 +406,7 @@ class Bench:
         if inv.tool.startswith("modelget.pull"):
             detail["stdout_tail"] = m.stdout[-2000:]
         elif inv.tool.startswith("modelget"):
-            res = _modelget_result(m.stdout)
+            res = modelget_result(m.stdout)
             for key in ("plan_s", "transfer_s", "elapsed_s", "bytes_fetched", "engine", "status"):
                 if key in res:
                     detail[key] = res[key]

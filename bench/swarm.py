@@ -46,12 +46,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench import netns, swarmnet
-from bench.harness import Bench, Run, write_shards
+from bench.harness import Bench, Run, modelget_result, write_shards
 from bench.results import Headline, SceneResult
 from bench.sites import BenchRepo
 from bench.stats import Target, fmt_bytes, fmt_ratio, fmt_s, markdown_table, ratio
 from modelget.swarm.policy import TRACKER_INTERVAL_S
 from modelget.testing.tracker import Tracker, opentracker_path
+from modelget.verify import hash_file
 
 SCENE = "S12"
 REPO_ID = "bench/swarm"
@@ -143,21 +144,7 @@ def _status_ok(n: NodeRun) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(4 * MiB):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _result(stdout: str) -> dict[str, Any]:
-    for line in reversed(stdout.splitlines()):
-        line = line.strip()
-        if line.startswith("{") and '"event": "result"' in line:
-            with contextlib.suppress(ValueError):
-                obj: dict[str, Any] = json.loads(line)
-                return obj
-    return {}
+    return hash_file(path).sha256 or ""
 
 
 class _Origin:
@@ -444,7 +431,7 @@ class SwarmScene:
             sent = self.origin.ask("sent")
             for r in runs:
                 r.rc = procs[r.node].poll()
-                r.result = _result((root / f"n{r.node}.out").read_text(errors="replace"))
+                r.result = modelget_result((root / f"n{r.node}.out").read_text(errors="replace"))
                 r.stderr_tail = (root / f"n{r.node}.err").read_text(errors="replace")[-1500:]
                 r.bad_files = self._check(root / f"n{r.node}" / "model")
             res = CaseRun(case, runs, int(sent["file"]), int(sent["requests"]), wall, load1)
