@@ -40,13 +40,7 @@ DEFAULT_LFS_PATTERNS: tuple[str, ...] = (
 )
 """LFS patterns used when a repository has no ``.gitattributes``."""
 
-_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _EXCLUDED_DIRS = frozenset({".git"})
-
-
-def is_commit_id(value: str) -> bool:
-    """Whether ``value`` is a full 40-hex lowercase commit id."""
-    return _COMMIT_RE.fullmatch(value) is not None
 
 
 def git_blob_sha1(data: bytes) -> str:

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from modelget.datatypes import REPO_TYPES, REPO_URL_PREFIXES, RepoType
+from modelget.datatypes import REPO_TYPES, REPO_URL_PREFIXES, RepoType, is_commit
 from modelget.testing.faults import Fault, FaultRegistry
 from modelget.testing.hubsim.records import RequestLog, RequestRecord, select
 from modelget.testing.hubsim.server import Listener, start_listeners, stop_listeners
@@ -23,7 +23,6 @@ from modelget.testing.repos import (
     RepoFile,
     Snapshot,
     derive_commit,
-    is_commit_id,
     scan_directory,
 )
 
@@ -188,7 +187,7 @@ class HubSimulator:
             raise ValueError(f"invalid repo id {repo_id!r}")
         if gated and token is None:
             raise ValueError("a gated repo needs the token that unlocks it")
-        if commit is not None and not is_commit_id(commit):
+        if commit is not None and not is_commit(commit):
             raise ValueError(f"commit must be 40 lowercase hex digits, not {commit!r}")
         files = scan_directory(Path(directory))
         commit = commit or derive_commit(files)
