@@ -141,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ).strip(),
         "load": load_text,
         "load_note": (
-            "the machine has 2 cores and other processes (test suites) ran at the same time: "
-            "a load above 2 means the tools shared the CPU"
+            f"the machine has {os.cpu_count()} cores: a load above that means the tools shared "
+            "the CPU with other processes (the bench's own servers count too)"
         ),
         "link": (
             f"veth {link.host_if} ↔ namespace {link.ns} (MTU 65535), htb on the host end"
