@@ -127,14 +127,15 @@ class RateLimiter:
         return 0.0
 
 
-READ_BYTES = 1024 * 1024
+READ_BYTES = 256 * 1024
 """The most one socket read may return. httpcore reads 64 KiB at a time, and every read is a
 turn of the whole Python path (the read, ``pwrite``, the scheduler's bookkeeping under the
 lock, the reporter): on a fast link that path, not the network, was the limit. Measured on
-loopback, 4 GB in 8 shards, 2 cores: 10.2–10.4 s with 64 KiB reads, 7.1–7.7 s with 256 KiB,
-and with 2 connections 8.5–8.8 s against 5.7–5.8 s with 1 MiB. A read still returns whatever
-the socket holds (a trickling mirror's few bytes come at once), so the stall watchdog sees
-the same bytes as before."""
+loopback, 4 GB in 8 shards, 2 cores, default connections: 10.2–10.4 s with 64 KiB reads,
+7.1–7.7 s with 256 KiB, 7.6–8.4 s with 1 MiB (and in the bench's S2 10.4–11.1 s with 1 MiB,
+8.8 s with 256 KiB); peak RSS at 64 connections (bench S8) 73 MB with 64 KiB, 101 MB with
+256 KiB, 165 MB with 1 MiB. A read still returns whatever the socket holds (a trickling
+mirror's few bytes come at once), so the stall watchdog sees the same bytes as before."""
 
 
 def _read_bigger() -> None:
