@@ -553,9 +553,15 @@ class _Pull:
             if dropped != exc.message:
                 self._note(f, src.name, dropped)
             self.reporter.on_mirror_failed(f.job.path, src.name, dropped)
-        elif src.name not in f.reported and src.name not in sched.files[f.key].dropped:
+        elif (
+            exc.message != TAKEN
+            and src.name not in f.reported
+            and src.name not in sched.files[f.key].dropped
+        ):
             # The first failure of a mirror for a file is worth telling: its range went back
             # to the pool (another mirror may take it now); later ones only when it is dropped.
+            # A range taken over was told (or, on its own mirror, deliberately not) when it
+            # was taken: the cut that frees its worker afterwards is not news.
             f.reported.add(src.name)
             self.reporter.on_mirror_failed(f.job.path, src.name, exc.message)
         self._maybe_end(f)
