@@ -308,6 +308,30 @@ def test_adaptive_stays_put_on_a_saturated_link() -> None:
     assert not a.growing
 
 
+def test_adaptive_undoes_a_doubling_only_when_a_second_window_agrees() -> None:
+    """The first window after a doubling can catch the new connections in TCP's slow start;
+    an undo lasts the whole pull, so it needs the mean of two windows to say no."""
+    p = Policy(initial=8, ceiling=64, settle_s=0.0, window_s=1.0)
+    a = Adaptive(64, p)
+    a.tick(0.0, 0, busy=True)
+    total = 8 * 40_000_000
+    assert a.tick(1.0, total, busy=True) and a.target == 16  # 40 MB/s a connection
+    total += 8 * 40_000_000  # the 8 new ones brought nothing yet: no gain in this window
+    assert not a.tick(2.0, total, busy=True) and a.target == 16  # in doubt, not undone
+    total += 16 * 25_000_000  # then the link's 400 MB/s: the mean gains 1.125x
+    a.tick(3.0, total, busy=True)
+    assert a.target == 16 and not a.growing  # kept (between keep_gain and grow_gain)
+
+    b = Adaptive(64, p)
+    b.tick(0.0, 0, busy=True)
+    total = 8 * 40_000_000
+    assert b.tick(1.0, total, busy=True) and b.target == 16
+    for t in (2.0, 3.0):  # a saturated link: the same rate in both windows
+        total += 8 * 40_000_000
+        changed = b.tick(t, total, busy=True)
+    assert changed and b.target == 8 and not b.growing
+
+
 def test_adaptive_backs_off_on_429_and_respects_the_ceiling() -> None:
     p = Policy(initial=16, ceiling=20, settle_s=0.0, window_s=1.0)
     a = Adaptive(20, p)

@@ -170,7 +170,8 @@ class Adaptive:
     Starts at ``policy.initial``. Every ``window_s`` (after ``settle_s`` following a change)
     the mirror's rate is measured; while the mirror uses its whole target, the target doubles
     as long as the last doubling raised the rate by ``grow_gain``. A doubling that gained less
-    than ``keep_gain`` is undone and growth stops; so does a gain between the two (kept). A
+    than ``keep_gain`` (over two windows) is undone and growth stops; so does a gain between
+    the two (kept). A
     429/503 halves the target and holds growth off for ``throttle_hold_s``.
     """
 
@@ -186,11 +187,15 @@ class Adaptive:
         self.window_start: float | None = None
         self.window_bytes0 = 0
         self.last_rate = 0.0
+        self.doubt: float | None = None
+        """The rate of a first window after a doubling that did not pay, until a second one
+        confirms it or not."""
 
     def throttle(self, now: float, active: int, retry_after: float | None = None) -> None:
         self.target = max(1, min(self.target, max(1, active)) // 2)
         self.growing = False
         self.level_rate, self.level_target = None, 0
+        self.doubt = None
         self.hold_until = now + max(self.policy.throttle_hold_s, retry_after or 0.0)
         self.window_start = None
 
@@ -212,7 +217,15 @@ class Adaptive:
             return False
         factor = 2
         if self.level_rate is not None and self.level_target < self.target:
-            # The first measurement since a doubling: did it pay?
+            # The first measurement since a doubling: did it pay? A window that says no is
+            # checked by one more (their mean decides): the new connections may still have been
+            # in TCP's slow start, and an undo is for the rest of the pull (a 4 GB pull stayed
+            # at 8 connections, 80 % of a link that 16 fill, after one such window).
+            if self.doubt is None and rate < self.level_rate * p.keep_gain:
+                self.doubt = rate
+                return False
+            if self.doubt is not None:
+                rate, self.doubt = (rate + self.doubt) / 2, None
             if rate < self.level_rate * p.keep_gain:
                 self.growing = False
                 self.target = self.level_target
