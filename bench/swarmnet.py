@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 
 from bench.netns import NetnsError, available
+from modelget.testing.nginx import pid_alive
 
 PREFIX = "mgsw-"
 BRIDGE_NS = "mgsw-br"
@@ -70,18 +71,8 @@ def _kill_inside(names: Sequence[str]) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
             time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SwarmNet:
