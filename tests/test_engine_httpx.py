@@ -469,6 +469,26 @@ def test_a_mirror_answering_429_gets_fewer_connections(
     assert min(seen) < 8, seen  # halved after the 429
 
 
+def test_requests_in_a_row_reuse_their_connection(tmp_path: Path, repo_dir: Path) -> None:
+    """A request whose range came whole hands its connection to the next one (keep-alive): a
+    response left before its end of message would close it, and each request would pay a
+    new handshake (a TLS one on a real mirror) and a new slow start."""
+    from modelget import settings
+    from modelget.testing.nginx import NginxServer, nginx_available
+
+    if not nginx_available():
+        if settings.require_fixtures() or os.environ.get("CI"):
+            pytest.fail("nginx is required here (scripts/bootstrap installs it)")
+        pytest.skip("nginx is not installed (scripts/bootstrap installs it)")
+    with NginxServer(repo_dir) as nginx:
+        job = job_for(tmp_path, repo_dir, SourceURL("cdn", f"{nginx.url}/weights.bin"))
+        result = run(job, initial_connections=1, max_connections=1)
+        assert result.ok and digest_ok(job)
+        ranges = [e for e in nginx.access_log(min_entries=2) if e["status"] == 206]
+    assert len(ranges) >= 2  # 1 connection, chunks of a quarter of what is left: several
+    assert len({e["connection"] for e in ranges}) == 1, ranges
+
+
 def test_socket_reads_are_bigger_than_httpcores_64_kib() -> None:
     # httpcore reads 64 KiB at a time and has no per-client setting; the engine raises its
     # class attribute (on a fast link each read is a turn of the Python path: 64 KiB reads made
