@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import pytest
 
 from modelget.scheduler import Adaptive, Assign, MiB, Policy, Range, Scheduler, Wait
@@ -42,7 +45,8 @@ def test_small_files_are_held_to_the_ceiling() -> None:
 
 
 def test_chunks_shrink_as_the_pool_empties() -> None:
-    p = Policy(initial=2, ceiling=2, min_chunk=1 * MiB, max_chunk=64 * MiB)
+    # The largest request starts at its most (no size ladder here: see the ladder's tests).
+    p = Policy(initial=2, ceiling=2, min_chunk=1 * MiB, max_chunk=64 * MiB, first_request=64 * MiB)
     s = Scheduler([("big", 100 * MiB, [(0, 100 * MiB)], ["a"])], [("a", None)], p)
     sizes = []
     while True:
@@ -355,7 +359,9 @@ def test_adaptive_does_not_grow_a_mirror_short_of_work() -> None:
 
 
 def test_scheduler_grows_the_target_of_a_busy_mirror() -> None:
-    p = Policy(initial=2, ceiling=8, min_chunk=1 * MiB, settle_s=0.0, window_s=0.5)
+    p = Policy(
+        initial=2, ceiling=8, min_chunk=1 * MiB, settle_s=0.0, window_s=0.5, first_request=64 * MiB
+    )
     s = Scheduler([("f", 1024 * MiB, [(0, 1024 * MiB)], ["a"])], [("a", None)], p)
     ranges = _drain(s)
     assert len(ranges) == 2
@@ -395,7 +401,14 @@ def test_adaptive_first_step_doubles_when_connections_are_fast() -> None:
 
 
 def test_a_slow_mirror_gets_smaller_chunks_than_a_fast_one() -> None:
-    p = Policy(initial=1, ceiling=1, min_chunk=1 * MiB, max_chunk=256 * MiB, small_file=0)
+    p = Policy(
+        initial=1,
+        ceiling=1,
+        min_chunk=1 * MiB,
+        max_chunk=256 * MiB,
+        first_request=256 * MiB,
+        small_file=0,
+    )
     s = Scheduler(
         [("f", 1024 * MiB, [(0, 1024 * MiB)], ["fast", "slow"])],
         [("fast", None), ("slow", None)],
@@ -407,3 +420,102 @@ def test_a_slow_mirror_gets_smaller_chunks_than_a_fast_one() -> None:
     s.wrote(rs, 10 * MiB, 1.0)  # 10 MiB/s
     base = s.chunk_size()
     assert s.chunk_size("slow", 1.0) < base < s.chunk_size("fast", 1.0)
+
+
+# --- the size ladder: how long a mirror's requests may be ------------------------------------
+
+
+def _simulate(
+    s: Scheduler,
+    rate_of: Callable[[Scheduler, Range], float],
+    until: float,
+    dt: float = 0.05,
+) -> tuple[list[Range], list[int]]:
+    """Run the scheduler against a pretend server: every ``dt`` each range in flight receives
+    ``rate_of(s, range) * dt`` bytes; a range that is complete (or cut) ends. Returns every
+    range opened and every range the scheduler cut."""
+    opened: list[Range] = []
+    cut: list[int] = []
+    now = 0.0
+    while now < until and not s.finished():
+        s.tick(now)
+        cut += s.cut
+        s.cut = []
+        opened += _drain(s, now)
+        now += dt
+        for r in list(s.active.values()):
+            n = min(r.left(), int(rate_of(s, r) * dt))
+            if n:
+                s.wrote(r, n, now)
+            if r.left() == 0:
+                s.release(r, now)
+    return opened, cut
+
+
+def _paced(s: Scheduler, r: Range) -> float:
+    """nginx's ``limit_rate`` of 4 MB/s with its head start, as seen by a client: a request
+    that fits the head start comes at 40 MB/s per connection, a longer one at the cap."""
+    return 40e6 if r.end - r.start <= 2 * MiB or r.cut else 4e6
+
+
+LADDER = Policy(initial=4, ceiling=4, settle_s=0.0, window_s=0.5, min_chunk=1 * MiB)
+
+
+def test_the_largest_request_grows_while_longer_ones_are_not_slower() -> None:
+    s = Scheduler([("f", 4096 * MiB, [(0, 4096 * MiB)], ["a"])], [("a", None)], LADDER)
+    ladder = s.mirrors["a"].ladder
+    assert ladder.size == 2 * MiB and not ladder.settled
+    opened, cut = _simulate(s, lambda s, r: 40e6, until=3.0)
+    assert (ladder.size, ladder.settled) == (64 * MiB, True)  # 2 → 8 → 32 → 64 MiB
+    assert not cut
+    assert max(r.end - r.start for r in opened) == 64 * MiB
+    # The connection count waited for the size (each measured at one setting of the other).
+    assert s.targets()["a"] == 4
+
+
+def test_a_size_the_mirror_paces_is_undone_and_its_requests_cut() -> None:
+    s = Scheduler([("f", 4096 * MiB, [(0, 4096 * MiB)], ["a"])], [("a", None)], LADDER)
+    ladder = s.mirrors["a"].ladder
+    opened, cut = _simulate(s, _paced, until=1.5)
+    assert (ladder.size, ladder.settled) == (2 * MiB, True)
+    trials = [r for r in opened if r.trial]
+    assert trials
+    # The trial's requests, all still in flight (8 MiB at 4 MB/s), were cut ...
+    assert all(r.cut and r.end == r.pos for r in trials)
+    assert sorted(cut) == sorted(r.id for r in trials)
+    # ... and their rest went back to the pool: every byte is fetched once, in short requests.
+    later, _ = _simulate(s, _paced, until=1.5)
+    assert later and all(r.end - r.start <= 2 * MiB + MiB // 2 for r in later)
+
+
+def test_a_trial_that_slows_the_other_half_fails() -> None:
+    """Longer bursts that disturb the shared link (queue overflows: every flow waits out a
+    retransmission timeout) slow both halves alike: that is no reason to grow."""
+
+    def disturbed(s: Scheduler, r: Range) -> float:
+        trial_running = any(x.trial for x in s.active.values())
+        return 10e6 if trial_running else 40e6
+
+    s = Scheduler([("f", 4096 * MiB, [(0, 4096 * MiB)], ["a"])], [("a", None)], LADDER)
+    _simulate(s, disturbed, until=1.5)
+    ladder = s.mirrors["a"].ladder
+    assert (ladder.size, ladder.settled) == (2 * MiB, True)
+
+
+def test_the_whole_pull_fetches_every_byte_once_under_the_ladder() -> None:
+    files = [(f"shard{i}", 64 * MiB, [(0, 64 * MiB)], ["a"]) for i in range(8)]
+    s = Scheduler(files, [("a", None)], LADDER)
+    opened, _ = _simulate(s, _paced, until=60.0)
+    assert s.finished()
+    got: dict[str, list[tuple[int, int]]] = {}
+    for r in opened:
+        got.setdefault(r.file, []).append((r.start, r.pos))
+    for key, spans in got.items():
+        covered = sorted(spans)
+        assert covered[0][0] == 0 and sum(b - a for a, b in covered) == 64 * MiB, key
+        assert all(a2 >= b1 for (_, b1), (a2, _) in itertools.pairwise(covered))
+
+
+def test_one_connection_has_no_halves_to_compare() -> None:
+    s = Scheduler([("f", 1024 * MiB, [(0, 1024 * MiB)], ["a"])], [("a", 1)], LADDER)
+    assert (s.mirrors["a"].ladder.size, s.mirrors["a"].ladder.settled) == (64 * MiB, True)

@@ -390,10 +390,14 @@ class _Pull:
             with self.lock:
                 if sched.tick(now):
                     self.lock.notify_all()
+                cut, sched.cut = [self.streams.get(i) for i in sched.cut], []
                 targets = sched.targets()
                 self._spawn(sched)
                 alive = any(t.is_alive() for t in self.workers)
                 unhashed = any(not f.finished for f in self.files.values())
+            for response in cut:
+                if response is not None:
+                    _cut(response)  # its rest went back to the pool (the mirror paces it)
             if targets != reported:
                 report_connections(self.reporter, targets)
                 reported = targets
@@ -518,9 +522,10 @@ class _Pull:
     def _failed(self, f: _File, src: _Src, r: Range, exc: AttemptError) -> None:
         sched = self.sched
         assert sched is not None
-        if self.cancel.is_set():
+        if self.cancel.is_set() or r.cut:
             # Our own stop (Ctrl-C, SIGTERM) closed the connection: not the mirror's failure,
-            # and nothing to tell (a "mirror failed" line after "interrupted" is false).
+            # and nothing to tell (a "mirror failed" line after "interrupted" is false). Nor
+            # is a request closed because its mirror paces requests that long.
             with self.lock:
                 sched.release(r, time.monotonic())
                 self.lock.notify_all()
