@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 
 from bench.netns import NetnsError, available
-from modelget.testing.nginx import pid_alive
+from modelget.engines.aria2.process import pid_alive
 
 PREFIX = "mgsw-"
 BRIDGE_NS = "mgsw-br"

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from modelget.engines import EngineOptions, FetchJob, FetchResult, SourceURL, aria2c_path
+from modelget.engines.aria2.process import pid_alive
 from modelget.events import NullReporter
 from modelget.testing.hubsim import Fault, HubSimulator, RequestRecord
 
@@ -131,14 +132,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 # --- process and RPC -------------------------------------------------------------------------
 
 
@@ -159,13 +152,13 @@ def test_engine_owns_aria2c_and_close_kills_it(tmp_path: Path) -> None:
     eng.prepare()
     eng.prepare()  # cheap when called twice
     pid: int | None = eng.pid  # waits for the start under way
-    assert pid is not None and alive(pid)
+    assert pid is not None and pid_alive(pid)
     assert os.getpgid(pid) == pid  # its own process group
     private = eng._tmpdir
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
     assert stat.S_IMODE((private / "aria2.conf").stat().st_mode) == 0o600
     eng.close()
-    assert not alive(pid)
+    assert not pid_alive(pid)
     assert not private.exists()
     eng.close()  # idempotent
 
@@ -185,7 +178,7 @@ def test_close_works_before_prepare_and_while_aria2c_starts() -> None:
     assert isinstance(starting, Aria2Engine)
     starting.prepare()
     starting.close()  # waits for the start under way, then stops it
-    assert starting.pid is None or not alive(starting.pid)
+    assert starting.pid is None or not pid_alive(starting.pid)
     assert not starting._tmpdir.exists()
 
 
@@ -332,7 +325,7 @@ def test_aria2c_that_keeps_dying_fails_the_jobs_without_raising(
     class KillOnBytes(NullReporter):
         def on_bytes(self, path: str, nbytes: int, mirror: str | None) -> None:
             pid = live.pid
-            if pid is not None and alive(pid):
+            if pid is not None and pid_alive(pid):
                 pids.add(pid)
                 os.kill(pid, signal.SIGKILL)
 

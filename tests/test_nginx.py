@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from modelget import settings
-from modelget.testing.nginx import NginxError, NginxServer, nginx_available, pid_alive
+from modelget.engines.aria2.process import pid_alive
+from modelget.testing.nginx import NginxError, NginxServer, nginx_available
 
 pytestmark = pytest.mark.nginx
 

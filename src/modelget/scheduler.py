@@ -50,11 +50,13 @@ class Policy:
     first_request: int = 2 * MiB
     """A mirror's largest request of a big file at first (see :class:`SizeLadder`)."""
     size_step: int = 4
-    """The largest request grows by this factor per step ..."""
+    """Each trial of the size ladder is this many times the current largest request ..."""
     size_keep: float = 0.67
-    """... and a step after which the mirror's rate fell below this share of the rate before
-    is undone for good (the server paces longer requests). Measured on nginx at 4 MB/s per
-    connection, 8 connections: 2 MiB requests 348 MB/s, 3 MiB 47 MB/s (a 400 MB/s link)."""
+    """... and fails when its half of the connections got less than this share of the other
+    half's bytes per connection-second, or the other half less than this share of what it
+    got before the trial (the server paces longer requests, or their bursts overflow the
+    link). Measured on nginx at 4 MB/s per connection behind a 400 MB/s link, 8 connections:
+    2 MiB requests 348 MB/s, 3 MiB requests 47 MB/s."""
     steal_min: int = 256 * 1024
     """Never leave either side of a split with less than this."""
     steal_after_s: float = 0.5
@@ -617,12 +619,12 @@ class Scheduler:
         p = self.policy
         size: int | None = None
         endgame: tuple[float, float, list[str]] | None = None
+        trial = False  # this request is one of the size ladder's trial
         for f in self.files.values():
             if not f.queue or not self._may_use(f, m.name, now):
                 continue
             if not self._may_start(f):
                 continue
-            trial = False
             if size is None:  # once per call: both look at every file and connection
                 if m.ladder.trial is not None:
                     current, on_trial = self._halves(m)

@@ -29,6 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from modelget.engines.aria2.process import pid_alive
+
 log = logging.getLogger(__name__)
 
 _NGINX_FALLBACK = "/usr/sbin/nginx"
@@ -120,23 +122,6 @@ def _children(pid: int) -> list[int]:
         if len(fields) >= 2 and int(fields[1]) == pid and fields[0] not in ("Z", "X"):
             out.append(int(entry))
     return out
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` is a running (not zombie) process."""
-    try:
-        stat = Path("/proc", str(pid), "stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def _terminate(proc: subprocess.Popen[bytes], workers: list[int], graceful_s: float) -> None:

@@ -75,20 +75,21 @@ def _write_pids(tmpdir: Path, aria2c: int | None) -> None:
     os.replace(tmp, tmpdir / PIDS_FILE)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a running process: not gone, and not a zombie (killed, not yet
+    reaped: in a container whose init reaps nothing it stays). The one check of its kind in
+    modelget (``modelget.testing.nginx`` and the bench use it too)."""
     if pid <= 0:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process: alive
-        return True
+    except PermissionError:  # someone else's process: alive, unless /proc says a zombie
+        pass
     with contextlib.suppress(OSError, IndexError):
-        # A zombie (killed, not yet reaped: in a container whose init reaps nothing it stays)
-        # is gone for our purpose.
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-        return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
     return True
 
 
@@ -121,7 +122,7 @@ def remove_stale_dirs(root: Path) -> list[Path]:
             owner, aria2c = int(fields["owner"]), int(fields.get("aria2c", "0") or 0)
         except (OSError, ValueError, KeyError):
             continue
-        if fields.get("pidns", "") != ns or _alive(owner) or _alive(aria2c):
+        if fields.get("pidns", "") != ns or pid_alive(owner) or pid_alive(aria2c):
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(Path(entry.path))
