@@ -172,6 +172,28 @@ def test_a_silent_owner_is_hedged_after_a_while() -> None:
     assert s.mirrors["b"].latency() == pytest.approx(0.1)
 
 
+def test_a_silent_flow_on_a_mirror_that_delivers_is_a_hiccup() -> None:
+    """One connection silent while another to its mirror delivers: its range is hedged, but
+    the mirror is not suspect (no work kept from it) and the takeover is marked a hiccup (no
+    warning): a retransmission timeout of one flow on a full link, not the mirror's fault."""
+    p = Policy(
+        initial=2, ceiling=2, min_chunk=8 * MiB, max_chunk=8 * MiB, first_request=8 * MiB,
+        hedge_after_s=2.0,
+    )  # fmt: skip
+    s = Scheduler([("f", 24 * MiB, [(0, 24 * MiB)], ["a", "b"])], [("a", None), ("b", None)], p)
+    quiet, theirs, busy = _take(s), _take(s), _take(s)
+    assert (quiet.mirror, theirs.mirror, busy.mirror) == ("a", "b", "a")
+    s.wrote(theirs, 8 * MiB, 1.0)
+    s.release(theirs, 1.0)  # b is idle now
+    s.wrote(busy, 1 * MiB, 2.4)  # a's other connection delivers
+    stolen = _take(s, 2.5)  # quiet: no sign of life for 2.5 s
+    assert (stolen.mirror, stolen.start, stolen.end) == ("b", 0, 8 * MiB)
+    (t,) = s.taken_over
+    assert t.silent and t.hiccup
+    assert s.mirrors["a"].suspect_until == 0.0
+    # A mirror silent as a whole is suspect, as before (test_a_silent_owner_is_hedged...).
+
+
 def test_a_silent_range_is_taken_over_before_new_chunks_go_out() -> None:
     """A flow that went silent mid-pull (a TCP retransmission timeout on a full link) holds
     its file's prefix: the next idle connection takes it over rather than a fresh chunk."""

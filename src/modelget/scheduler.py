@@ -145,7 +145,9 @@ class Takeover:
     ``silent`` beyond the budget, or too slow (``rate`` bytes/s since it took the range,
     against ``thief_rate`` for the connection that took it); ``quiet_s``: since its last
     byte; ``by``: the mirror of the connection that took it (the same one: a hiccup of one
-    connection, not the mirror's)."""
+    connection, not the mirror's); ``hiccup``: the owner was silent while other connections
+    to its mirror delivered (one flow's trouble, such as a TCP retransmission timeout on a
+    full link, not the mirror's)."""
 
     file: str
     mirror: str
@@ -154,6 +156,7 @@ class Takeover:
     rate: float
     thief_rate: float
     by: str = ""
+    hiccup: bool = False
 
 
 @dataclass(frozen=True)
@@ -393,6 +396,8 @@ class _MirrorState:
     """Bytes/s of one connection, from its finished requests (a moving average)."""
     received: list[int] = field(default_factory=lambda: [0, 0])
     """Bytes received by its big-file requests at the ladder's current size and on trial."""
+    last_byte: float | None = None
+    """When any of its connections last received a byte (None: never)."""
     suspect_until: float = 0.0
     suspect_for: float = 0.0
     """The last suspicion's length (doubles with each silence, cleared by a byte)."""
@@ -711,13 +716,22 @@ class Scheduler:
         if best_whole:
             cut = best.pos
             silent = best_eta == float("inf")
+            owner = self.mirrors[best.mirror]
+            hiccup = silent and not self._silent(owner, now)
             self.taken_over.append(
                 Takeover(
-                    best.file, best.mirror, silent, now - best.last, best.rate(now), mine, m.name
+                    best.file,
+                    best.mirror,
+                    silent,
+                    now - best.last,
+                    best.rate(now),
+                    mine,
+                    m.name,
+                    hiccup,
                 )
             )
-            if silent and best.mirror != m.name:
-                self._suspect(self.mirrors[best.mirror], now)
+            if silent and best.mirror != m.name and not hiccup:
+                self._suspect(owner, now)
         else:
             owner_rate = best.rate(now)
             thief = mine or owner_rate
@@ -745,6 +759,13 @@ class Scheduler:
                 return p.hedge_after_s
             own = min(known)
         return max(p.hedge_min_s, min(p.hedge_max_s, p.hedge_factor * own))
+
+    def _silent(self, m: _MirrorState, now: float) -> bool:
+        """``m`` as a whole gave no byte for its silence budget: one of its connections going
+        silent while the others deliver is that flow's hiccup (a TCP retransmission timeout on
+        a full link), no reason to keep work from the mirror (two 150 MB/s mirrors: a mirror
+        kept idle that way for 1-1.5 s made a 7.1 s pull take 8-8.6 s)."""
+        return m.last_byte is None or now - m.last_byte >= self.silence_budget(m.name)
 
     def _suspect(self, m: _MirrorState, now: float) -> None:
         p = self.policy
@@ -789,6 +810,7 @@ class Scheduler:
         r.last = now
         m = self.mirrors[r.mirror]
         m.total_bytes += n
+        m.last_byte = now
         if not r.small:
             m.received[1 if r.trial else 0] += n
         m.suspect_until, m.suspect_for = 0.0, 0.0

@@ -522,10 +522,13 @@ class _Pull:
     def _failed(self, f: _File, src: _Src, r: Range, exc: AttemptError) -> None:
         sched = self.sched
         assert sched is not None
-        if self.cancel.is_set() or r.cut:
+        if self.cancel.is_set() or r.cut or exc.message == TAKEN:
             # Our own stop (Ctrl-C, SIGTERM) closed the connection: not the mirror's failure,
             # and nothing to tell (a "mirror failed" line after "interrupted" is false). Nor
-            # is a request closed because its mirror paces requests that long.
+            # is a request closed because its mirror paces requests that long, or because its
+            # range was taken over (told then; a mirror that went silent as a whole is kept
+            # from new work by the scheduler's suspicion, not by a retry wait per file: one
+            # flow's hiccup kept two healthy 150 MB/s mirrors idle for 1-1.5 s that way).
             with self.lock:
                 sched.release(r, time.monotonic())
                 self.lock.notify_all()
@@ -583,10 +586,11 @@ class _Pull:
             )
         with self.lock:
             self._note(f, t.mirror, message)
-            if t.by == t.mirror:
-                # Another connection to the same mirror took it: one connection's hiccup (a
-                # TCP loss on a full link stalls a flow for its retransmission timeout), not
-                # the mirror's failure: told at debug level only, never as a warning.
+            if t.by == t.mirror or t.hiccup:
+                # Another connection to the same mirror took it, or the mirror's other
+                # connections delivered meanwhile: one connection's hiccup (a TCP loss on a
+                # full link stalls a flow for its retransmission timeout), not the mirror's
+                # failure: told at debug level only, never as a warning.
                 _log.debug("%s: %s (%s)", f.job.path, message, t.mirror)
                 return
             first = t.mirror not in f.reported
