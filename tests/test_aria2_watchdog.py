@@ -157,6 +157,25 @@ def test_a_merely_slower_holder_goes_silently() -> None:
     assert second.take_out[0].reason.startswith("too slow or stalled: 2048 KiB/s per connection")
 
 
+def test_a_holder_silent_since_its_last_bytes_is_stalled_and_told() -> None:
+    """Bytes early in the measure, then none for 0.6 s: over the whole measure it looks merely
+    slower (not told), but it has stalled, and the user is told so."""
+    holder = MirrorLook("holder", Clock(), 4, 4 * FAST, 20 * MB, None)
+    idle = mirror("idle", conns=0, speed=0.0, nbytes=40 * MB)
+    got = int(4 * FAST / 2 * 0.2)  # 2 MiB/s per connection over 0.2 s, then nothing
+    first = watchdog.decide(
+        look([holder, idle], size=64 * MB, completed=40 * MB, progress_at=10.0), 10.0
+    )
+    assert first == Verdict()
+    late = watchdog.decide(
+        look([holder, idle], size=64 * MB, completed=40 * MB + got, progress_at=10.2), 10.8
+    )
+    assert taken(late) == ["holder"]
+    out = late.take_out[0]
+    assert out.report
+    assert out.reason.startswith("stalled: no bytes for 0.6 s at the end of the download")
+
+
 def test_a_holder_whose_connections_burst_then_stall_is_told_not_silently_slower() -> None:
     """A new connection now and then brings 64 KiB and stalls: aria2's average says 1 MiB/s
     per connection (and the estimated split of bytes may credit it with the others'), while

@@ -358,16 +358,20 @@ def _endgame(look: Look, now: float) -> Verdict | None:
     if keep <= left / others + 2 * ENDGAME_RESTART_S:
         return None
     per_conn = rate / conns
-    if rate <= 0:
+    # Silent since its last bytes: a stall, whatever its average over the measure says (a
+    # burst early in it made a stalled mirror look merely slower, and it went untold: the
+    # flake of test_a_silent_first_mirror_is_hedged_onto_the_good_one[aria2-stalled]).
+    quiet = span if rate <= 0 else now - look.progress_at
+    if quiet >= STALLED_HOLDER_S:
         why = (
-            f"stalled: no bytes for {span:.1f} s at the end of the download, while "
+            f"stalled: no bytes for {quiet:.1f} s at the end of the download, while "
             f"another mirror sends {best / 1024:.0f} KiB/s per connection"
         )
-    else:
-        why = (
-            f"too slow or stalled: {per_conn / 1024:.0f} KiB/s per connection at the end of "
-            f"the download, while another mirror sends {best / 1024:.0f} KiB/s per connection"
-        )
+        return Verdict((TakeOut(alone, holder.mirror, why, report=True),))
+    why = (
+        f"too slow or stalled: {per_conn / 1024:.0f} KiB/s per connection at the end of "
+        f"the download, while another mirror sends {best / 1024:.0f} KiB/s per connection"
+    )
     far = per_conn < best / BEHIND_RATIO
     return Verdict((TakeOut(alone, holder.mirror, why, report=far),))
 
