@@ -663,6 +663,11 @@ class _Run:
             # range (a small file would be sent about twice on loopback). Off behind a proxy,
             # the classic place where pipelining breaks.
             opts["enable-http-pipelining"] = "true"
+            # Every connection takes the first free segment, so the file fills from its start
+            # and the hashing of its finished prefix keeps up (by default each connection
+            # works through a region of its own, and 15/16 of a file was hashed after its last
+            # byte: 0.8 s for two 1 GB files in bench S3).
+            opts["stream-piece-selector"] = "inorder"
         # A big download goes before the small ones still waiting in aria2's queue.
         params: list[Any] = [uris, opts] + ([0] if job.size > SMALL_FILE else [])
         return ("aria2.addUri", params)
