@@ -43,3 +43,17 @@ def test_read_token_ignores_blank_values(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.read_token("MY_MIRROR_TOKEN") is None
     monkeypatch.setenv("MY_MIRROR_TOKEN", " abc \n")
     assert settings.read_token("MY_MIRROR_TOKEN") == "abc"
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [(None, True), ("", True), ("1", True), ("yes", True), ("0", False), (" Off ", False)],
+)
+def test_aria2_pipelining_is_on_unless_turned_off(
+    value: str | None, on: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if value is None:
+        monkeypatch.delenv("MODELGET_ARIA2_PIPELINING", raising=False)
+    else:
+        monkeypatch.setenv("MODELGET_ARIA2_PIPELINING", value)
+    assert settings.aria2_pipelining() is on

@@ -258,16 +258,15 @@ def progress_bars_disabled() -> bool:
 def aria2_pipelining() -> bool:
     """``MODELGET_ARIA2_PIPELINING`` not set to 0/false/no/off: the aria2 engine pipelines the
     range requests of a big file."""
-    return (env("MODELGET_ARIA2_PIPELINING") or "").strip().upper() not in (
-        "0",
-        "OFF",
-        "NO",
-        "FALSE",
-    )
+    return not _false("MODELGET_ARIA2_PIPELINING")
 
 
 def _true(name: str) -> bool:
     return (env(name) or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _false(name: str) -> bool:
+    return (env(name) or "").strip().upper() in ("0", "OFF", "NO", "FALSE")
 
 
 SWARM_RANK_VARS = ("RANK", "SLURM_PROCID", "JOB_COMPLETION_INDEX")
