@@ -262,6 +262,21 @@ def _build(verify_tls: bool, env: tuple[str | None, str | None] | None) -> ssl.S
     return httpx.create_ssl_context(verify=verify_tls)
 
 
+_HTTPCORE_IMPORT = threading.Lock()
+
+
+def import_httpcore() -> None:
+    """Import httpcore, one thread at a time. httpx imports it lazily, when its first client is
+    made; a probe worker making a client while the engine's start thread imported
+    ``httpcore._sync.http11`` ended in ``_DeadlockError`` (Python's import locks, taken in
+    another order by each thread, inside httpcore's own circular imports), and the probe
+    reported a healthy mirror as silent. Everything here that first touches httpcore goes
+    through this lock; once imported it costs a lock and a dict lookup."""
+    with _HTTPCORE_IMPORT:
+        import httpcore
+        import httpcore._sync.http11  # noqa: F401
+
+
 def client(
     *,
     timeout: float | httpx.Timeout,
@@ -275,6 +290,7 @@ def client(
     (``limits``, ``transport``)."""
     import httpx
 
+    import_httpcore()
     return httpx.Client(
         timeout=timeout,
         verify=ssl_context(verify_tls),

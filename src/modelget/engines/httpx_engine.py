@@ -142,6 +142,7 @@ def _read_bigger() -> None:
     """httpcore has no per-client read size, only a class attribute: raise it for the process
     (every httpx client here gains; nothing relies on 64 KiB reads). Left alone if httpcore
     moves it."""
+    http.import_httpcore()
     from httpcore._sync import http11
 
     conn = getattr(http11, "HTTP11Connection", None)
