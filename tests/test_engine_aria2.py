@@ -595,10 +595,14 @@ def test_digests_are_computed_while_the_file_downloads(
     sim.add_fault(Fault(route="cdn", rate_bps=2e6))  # several looks while it downloads
     j = job(tmp_path / "d", src(sim, "hub"))
     j = FetchJob(j.key, j.path, j.size, j.dest, j.sources, sha256=sha(data))
+    before = time.perf_counter()
     [result] = run(engine, [j])
     assert result.ok, result
     assert result.digests is not None
     assert result.digests.size == SIZE and result.digests.sha256 == sha(data)
+    # The instant aria2 had the last byte is handed over with it (the pull's ``verify_tail``
+    # counts from there, the engine's own hashing of the rest included).
+    assert result.last_byte_at is not None and before < result.last_byte_at < time.perf_counter()
     # A file with only a git blob sha1 known gets that digest instead.
     small = (repo_dir / "config.json").read_bytes()
     blob = hashlib.sha1(f"blob {len(small)}\0".encode() + small).hexdigest()

@@ -450,7 +450,9 @@ class Executor:
 
     def _on_complete(self, job: FetchJob, result: FetchResult) -> None:
         with self._lock:
-            self._last_complete = time.perf_counter()
+            now = time.perf_counter()
+            last = min(now, result.last_byte_at) if result.last_byte_at is not None else now
+            self._last_complete = max(last, self._last_complete or last)
             self._pending.append(self._pool.submit(self._verify_and_place, job, result))
 
     def _drain(self) -> None:

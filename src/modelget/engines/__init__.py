@@ -91,6 +91,10 @@ class FetchResult:
     """Not fetched: only sources that need their headers (a token) on their own origin are
     left, and this engine cannot send headers safely (aria2c sends them on across redirects).
     The caller fetches the job with an engine that can (``execute.fetch``)."""
+    last_byte_at: float | None = None
+    """The ``time.perf_counter()`` instant the engine had the file's last byte, where it hands
+    the file over later (the aria2 engine hashes the rest of it first); None: at handover.
+    ``--json``'s ``verify_tail`` counts from the last of these."""
     bytes_from_peers: int = 0
     """Bytes that came from other nodes of a swarm (``pull --swarm``), not from a mirror:
     counted here, not in ``bytes_by_mirror``."""

@@ -295,6 +295,9 @@ class _Pull:
                             raise
                         # EOPNOTSUPP / EINVAL on filesystems without fallocate: sparse is fine.
                 if not f.complete():
+                    # Even with nothing done yet: it marks the preallocated file as partial
+                    # (a full-size ``.incomplete`` without one passes for a download aria2c
+                    # finished, and an aria2 run would check its digest and blame the mirror).
                     _write_sidecar(f, fd)
             except OSError:
                 os.close(fd)
@@ -917,7 +920,8 @@ def _write_sidecar(f: _File, fd: int, lock: threading.Condition | None = None) -
             snapshot = Sidecar(f.job.key, f.job.size, RangeSet(f.done), dict(f.validators))
     else:
         snapshot = Sidecar(f.job.key, f.job.size, RangeSet(f.done), dict(f.validators))
-    os.fsync(fd)
+    if snapshot.done.total():
+        os.fsync(fd)  # an empty sidecar claims no byte: nothing to make durable first
     save_sidecar(f.job.dest, snapshot)
 
 

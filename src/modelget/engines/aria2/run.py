@@ -78,7 +78,12 @@ HEDGE_LATENCIES = 4
 seen in the run). A mirror whose connections to a download fall behind for that long is
 taken out of it (see :meth:`_Run._watch`)."""
 HASH_WORKERS = 2
-MIN_POLL_INTERVAL_S = 0.2
+HASH_POLL_INTERVAL_S = 0.05
+"""The look interval while a download is hashed as it arrives: each look hands its newly
+finished pieces to the hashing thread, so what is left to hash after aria2's last byte is
+about one interval's worth. At 0.2 s a 91 MB file on loopback (aria2c: 0.19 s) was hashed
+entirely after its last byte (78 ms of tail); a look costs one RPC round trip for every
+download together (~1 ms)."""
 _KEYS = [
     "gid",
     "status",
@@ -236,31 +241,8 @@ class _Run:
             if not active:
                 return
             # Woken early when a job's sources are resolved (so it is added at once).
-            if self.wake.wait(self._interval(active.values(), statuses)):
+            if self.wake.wait(look_interval(active.values(), statuses, time.monotonic())):
                 self.wake.clear()
-
-    def _interval(
-        self, states: Iterable[_Active], statuses: Mapping[str, Mapping[str, Any]]
-    ) -> float:
-        """How long until the next look. aria2c's notifications wake the loop at once when a
-        download stops (so a small file's end costs no poll interval); short looks only near
-        a download's end, to hash its last finished pieces before aria2 says it is complete."""
-        wait = POLL_INTERVAL_S
-        now = time.monotonic()
-        for state in states:
-            r = state.resolving
-            if r is not None and r.retry_at is not None:
-                wait = min(wait, max(0.0, r.retry_at - now))
-            elif r is not None and not r.started and r.first_ok_at is not None:
-                wait = min(wait, max(0.0, r.first_ok_at + r.grace_s - now))
-            st = statuses.get(state.gid or "")
-            if st is None:
-                continue
-            speed = int(st.get("downloadSpeed", 0) or 0)
-            left = state.job.size - int(st.get("completedLength", 0) or 0)
-            if speed > 0 and left < speed * 2 * POLL_INTERVAL_S:
-                wait = min(wait, max(MIN_POLL_INTERVAL_S, 0.5 * left / speed))
-        return wait
 
     # --- starting a job ---
 
@@ -755,6 +737,7 @@ class _Run:
         state.speed = float(status.get("downloadSpeed", 0) or 0)
         self._account(state, completed, servers)
         if st == "complete":
+            state.result.last_byte_at = time.perf_counter()
             self._account(state, state.job.size)
             self._forget(state)
             self._finish(state)
@@ -1201,6 +1184,29 @@ class _Run:
             result.ok = False
             result.error = error
             result.failure = "engine-died"
+
+
+def look_interval(
+    states: Iterable[_Active], statuses: Mapping[str, Mapping[str, Any]], now: float
+) -> float:
+    """How long until the run's next look at aria2c (pure). aria2c's notifications wake the
+    loop at once when a download stops (so a small file's end costs no poll interval); short
+    looks while a download is hashed as it arrives, so that hashing keeps pace with its bytes;
+    none later than a source's retry or its grace period ends."""
+    wait = POLL_INTERVAL_S
+    for state in states:
+        r = state.resolving
+        if r is not None and r.retry_at is not None:
+            wait = min(wait, max(0.0, r.retry_at - now))
+        elif r is not None and not r.started and r.first_ok_at is not None:
+            wait = min(wait, max(0.0, r.first_ok_at + r.grace_s - now))
+        st = statuses.get(state.gid or "")
+        if st is None or st.get("status") != "active":
+            continue
+        h = state.hashing
+        if h is not None and h.valid and int(st.get("downloadSpeed", 0) or 0) > 0:
+            wait = min(wait, HASH_POLL_INTERVAL_S)
+    return wait
 
 
 def _local_failure(code: str, message: str) -> FailureCode:
