@@ -178,12 +178,17 @@ def test_a_stalled_connection_taken_over_on_its_own_mirror_is_no_mirror_failure(
         SourceURL("hub", sim.resolve_url(REPO, "weights.bin"), max_connections=4),
     )
     reporter = Recorder()
+    before = set(threading.enumerate())
     result = run(job, reporter, stall_timeout_s=30.0)
     assert result.ok, result
     assert digest_ok(job)
     assert sim.fault_hits(handle) == 1
     assert any(a.startswith("hub: stalled") for a in result.attempts), result.attempts
     assert reporter.failed == []
+    # The run ended with the stalled request still on the books: its connection was cut and
+    # every worker, idle ones included, left with the run (none waited on it, none lingers).
+    left = [t.name for t in set(threading.enumerate()) - before if t.name.startswith("modelget-")]
+    assert left == [], left
 
 
 def test_retry_after_on_429_is_honoured_and_the_only_mirror_recovers(

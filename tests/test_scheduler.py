@@ -247,6 +247,81 @@ def test_a_slow_mirror_gets_no_new_chunk_in_the_endgame() -> None:
     assert got and all(r.mirror == "fast" for r in got)
 
 
+def _endgame_scene(owner_mirror: str) -> tuple[Scheduler, Range]:
+    """Nothing queued; one range in flight on ``owner_mirror`` with 300 KiB left at 1 MiB/s
+    (0.29 s to go, under ``steal_after_s``); the fast mirror's connections did 8 MiB/s."""
+    p = Policy(initial=2, ceiling=2, min_chunk=1 * MiB, max_chunk=1 * MiB, small_file=0)
+    s = Scheduler(
+        [("f", 2 * MiB, [(0, 2 * MiB)], ["fast", "slow"])], [("fast", None), ("slow", None)], p
+    )
+    taken = _drain(s)
+    owner = next(r for r in taken if r.mirror == owner_mirror)
+    for r in taken:
+        if r is not owner:
+            s.wrote(r, r.left(), 0.125)  # 1 MiB in 0.125 s: 8 MiB/s
+            s.release(r, 0.125)
+    s.mirrors["fast"].conn_rate = 8 * MiB
+    s.wrote(owner, owner.left() - 300 * 1024, 0.707)  # 724 KiB in 0.707 s: 1 MiB/s
+    return s, owner
+
+
+def test_the_endgame_takes_a_slow_mirrors_last_range_whole_even_when_it_ends_soon() -> None:
+    """A paced server sends in bursts (nginx: one a second): a slow mirror's last 300 KiB may
+    come a second late. A connection to a mirror 8 times faster per connection would fetch
+    them in 0.04 s, under half of the owner's 0.29 s: it takes them all."""
+    s, owner = _endgame_scene("slow")
+    pos, end = owner.pos, owner.end
+    stolen = _take(s, 0.707)
+    assert (stolen.mirror, stolen.start, stolen.end) == ("fast", pos, end)
+    assert owner.left() == 0
+    assert [t.mirror for t in s.taken_over] == ["slow"]
+
+
+def test_no_endgame_takeover_within_one_mirror() -> None:
+    """The same 300 KiB at 1 MiB/s with one mirror only: its other connection did 8 MiB/s,
+    yet it takes nothing over before ``steal_after_s`` (a connection to the same server is
+    no faster source; the split rule applies as before)."""
+    p = Policy(initial=2, ceiling=2, min_chunk=1 * MiB, max_chunk=1 * MiB, small_file=0)
+    s = Scheduler([("f", 2 * MiB, [(0, 2 * MiB)], ["a"])], [("a", None)], p)
+    first, owner = _drain(s)
+    s.wrote(first, first.left(), 0.125)
+    s.release(first, 0.125)
+    s.mirrors["a"].conn_rate = 8 * MiB
+    s.wrote(owner, owner.left() - 300 * 1024, 0.707)
+    assert not isinstance(s.next(0.707), Assign)
+    assert owner.left() == 300 * 1024
+
+
+def test_the_first_count_step_does_not_wait_for_the_size_ladder() -> None:
+    """At 1 MB/s a connection (a slow mirror), the first window quadruples the connections at
+    once, although the size ladder then starts its first trial (the count waited for the
+    ladder to settle: 2 s at 8 connections on bench S10's slow mirror)."""
+    p = Policy(initial=8, ceiling=64, settle_s=0.0, window_s=0.5, min_chunk=1 * MiB)
+    s = Scheduler([("f", 1024 * MiB, [(0, 1024 * MiB)], ["a"])], [("a", None)], p)
+    ranges = _drain(s)
+    assert len(ranges) == 8
+    assert not s.tick(0.0)
+    for r in ranges:
+        s.wrote(r, 500_000, 0.5)  # 1 MB/s a connection
+    assert s.tick(0.5)
+    assert s.mirrors["a"].ladder.trial is not None  # the ladder's first trial is under way
+    assert s.targets()["a"] == 32
+
+
+def test_fast_connections_wait_for_the_size_ladder_before_the_count_grows() -> None:
+    """At 40 MB/s a connection the count waits until the ladder has settled: doubling the
+    connections of two 150 MB/s mirrors while their request size was on trial cost 3 %."""
+    p = Policy(initial=8, ceiling=64, settle_s=0.0, window_s=0.5, min_chunk=1 * MiB)
+    s = Scheduler([("f", 1024 * MiB, [(0, 1024 * MiB)], ["a"])], [("a", None)], p)
+    ranges = _drain(s)
+    assert not s.tick(0.0)
+    for r in ranges:
+        s.wrote(r, 20_000_000, 0.5)  # 40 MB/s a connection
+    assert not s.tick(0.5)
+    assert s.mirrors["a"].ladder.trial is not None
+    assert s.targets()["a"] == 8
+
+
 def test_a_failure_hands_the_range_to_another_mirror_at_once() -> None:
     p = Policy(initial=1, ceiling=1, min_chunk=64 * MiB)
     s = Scheduler([("f", 64 * MiB, [(0, 64 * MiB)], ["a", "b"])], [("a", None), ("b", None)], p)

@@ -15,7 +15,8 @@ saturated one few) and cut back when the mirror answers 429/503, never above its
   link's speed and long ones at its cap.
 * An idle connection with nothing queued takes over the tail of the range that would finish
   last (work stealing), split in proportion to the two connections' speeds, so all files
-  finish at nearly the same moment. A range whose owner has sent nothing for a while is
+  finish at nearly the same moment; a connection to a much faster mirror takes a slow
+  mirror's last ranges whole as soon as it would finish them in half the time. A range whose owner has sent nothing for a while is
   split too (its first half stays with the owner until the engine's stall watchdog drops it).
 * A failed request gives its range back at once, so another mirror can take it; the failing
   mirror waits out its backoff for that file (or, after 429/503, for every file) and is
@@ -92,6 +93,12 @@ class Policy:
     """A doubling that gained less than this is undone (more connections only cost CPU)."""
     throttle_hold_s: float = 5.0
     """After a 429/503, no growth for this long (or the Retry-After, if longer)."""
+    endgame_speedup: float = 2.0
+    endgame_min_s: float = 0.05
+    """The endgame across mirrors: an idle connection to a mirror at least ``endgame_speedup``
+    times faster per connection takes over the whole rest of a range on another mirror,
+    whenever the owner would need more than twice as long as the thief (its latency
+    included) and more than ``endgame_min_s``, not only after ``steal_after_s``."""
     max_tries: int = 5
     """Failures in a row before a mirror is dropped for a file."""
     max_files: int = 64
@@ -321,11 +328,13 @@ class Adaptive:
         busy: bool,
         more_work: bool = True,
         draining: bool = False,
+        slow_only: bool = False,
     ) -> bool:
         """``total_bytes``: everything received from the mirror so far; ``busy``: it has
         ``target`` connections at work; ``draining``: more than that (requests begun before
-        the target was cut): nothing is measured until they are down to it. True when
-        ``target`` changed."""
+        the target was cut): nothing is measured until they are down to it; ``slow_only``:
+        a look that counts only if it finds slow connections (the first step then
+        quadruples), else it is as if ``draining``. True when ``target`` changed."""
         p = self.policy
         if draining:
             self.window_start = None
@@ -338,6 +347,11 @@ class Adaptive:
         if now - self.window_start < p.window_s:
             return False
         rate = (total_bytes - self.window_bytes0) / (now - self.window_start)
+        if slow_only and not (
+            self.level_rate is None and busy and rate / self.target < p.slow_connection_bps
+        ):
+            self.window_start = None
+            return False
         self.window_start, self.window_bytes0 = now, total_bytes
         self.last_rate = rate
         if not self.growing or now < self.hold_until or not busy:
@@ -676,10 +690,12 @@ class Scheduler:
         """For a connection to ``m``: the tail of the range that would finish last, split in
         proportion to the two connections' speeds; or the whole rest of a range whose owner
         went silent (a hedge) or is so slow that ``m`` would finish it all sooner than the
-        owner its smallest share. ``silent_only``: only such a hedge."""
+        owner its smallest share (across mirrors, ``endgame_speedup`` times slower: as soon
+        as ``m`` would take less than half the owner's time). ``silent_only``: only such a
+        hedge."""
         p = self.policy
         best: Range | None = None
-        best_eta = p.steal_after_s
+        best_eta = 0.0
         best_whole = False
         mine = self._conn_rate(m, now)
         for r in self.active.values():
@@ -690,6 +706,7 @@ class Scheduler:
             if not self._may_use(f, m.name, now):
                 continue
             whole = False
+            bar = p.steal_after_s
             if now - r.last >= self.silence_budget(r.mirror):
                 if r.mirror == m.name and any(
                     o != m.name and self._may_use(f, o, now) for o in f.mirrors
@@ -708,7 +725,13 @@ class Scheduler:
                     whole = True  # the owner's smallest share would end after all of it here
                 elif left < 2 * p.steal_min:
                     continue
-            if eta > best_eta:
+                if whole and r.mirror != m.name and mine >= p.endgame_speedup * rate:
+                    # The endgame across mirrors: a connection to a mirror that much faster
+                    # takes the rest whole even when it ends soon, since it ends sooner there.
+                    # A paced server sends in bursts (nginx: one a second), so a slow
+                    # mirror's last few hundred KB came up to a second late (bench S10).
+                    bar = max(p.endgame_min_s, 2 * (left / mine + (m.latency() or 0.0)))
+            if eta > bar and eta > best_eta:
                 best, best_eta, best_whole = r, eta, whole
         if best is None:
             return None
@@ -903,6 +926,7 @@ class Scheduler:
         for m in self.mirrors.values():
             big = m.active - m.active_small
             size = m.ladder.size
+            first = m.adapt.level_rate is None and m.ladder.trial is None
             failed = m.ladder.tick(now, (m.received[0], m.received[1]), self._halves(m))
             if failed is not None:
                 self._cut_paced(m)
@@ -911,11 +935,21 @@ class Scheduler:
                     if r.mirror == m.name:
                         r.trial = False
             # The count is measured once the size has settled (each at one setting of the
-            # other), from a fresh window.
-            settling = big > m.target or not m.ladder.settled
+            # other), from a fresh window. One exception: a first window (requests of the
+            # first size, before any trial) that finds slow connections quadruples them at
+            # once, so a mirror that needs many (1 MB/s each) has them in 0.4 s, not after its
+            # size trials (2 s: bench S10's slow mirror sat at 8 connections meanwhile). Fast
+            # connections wait (doubling them early cost two 150 MB/s mirrors 3 %, bench S3).
+            early = first and not m.ladder.settled
+            settling = big > m.target or (not m.ladder.settled and not first)
             more = self._work_for_more(m)
             if m.adapt.tick(
-                now, m.total_bytes, busy=big >= m.target, more_work=more, draining=settling
+                now,
+                m.total_bytes,
+                busy=big >= m.target,
+                more_work=more,
+                draining=settling,
+                slow_only=early,
             ):
                 changed = True
         return changed

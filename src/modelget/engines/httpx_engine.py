@@ -461,13 +461,19 @@ class _Pull:
 
     # --- workers ----------------------------------------------------------------------------
 
+    def _over(self) -> bool:
+        """Every file ended (set by the run's end, from another thread)."""
+        return self.over
+
     def _worker(self) -> None:
         sched = self.sched
         assert sched is not None
         while True:
             with self.lock:
                 while True:
-                    if self.cancel.is_set():
+                    if self.cancel.is_set() or self._over():
+                        # Over: every file ended; ranges still on the books belong to requests
+                        # cut at the end (waiting on for them held the pull 0.5 s, bench S10).
                         return
                     action = sched.next(time.monotonic())
                     if action is None:
