@@ -310,3 +310,20 @@ def test_yardstick_rests_on_enough_recent_bytes() -> None:
     assert rate is not None and rate > 2 * MB
     assert watchdog.yardstick(d, 2.0 + 2 * HEDGE + 0.1, HEDGE) is None  # none came lately
     assert watchdog.yardstick(None, 2.0, HEDGE) is None
+
+
+# --- which mirrors a big file starts on ------------------------------------------------------
+
+
+def test_a_big_file_waits_for_a_much_faster_busy_mirror() -> None:
+    """10 MB/s per connection against 1 MB/s: the file waits for the fast mirror's room
+    rather than start on the slow one alone (bench S10: those files ended the pull)."""
+    assert watchdog.wait_for_faster([1e6], [10e6])
+
+
+def test_a_big_file_starts_where_there_is_room_unless_much_faster_elsewhere() -> None:
+    assert not watchdog.wait_for_faster([4e6], [10e6])  # 2.5x: not enough to wait
+    assert not watchdog.wait_for_faster([1e6], [None])  # the busy one is not measured
+    assert not watchdog.wait_for_faster([None], [10e6])  # a roomy one may be as fast
+    assert not watchdog.wait_for_faster([1e6, 5e6], [10e6])  # one roomy mirror is close
+    assert not watchdog.wait_for_faster([1e6], [])  # nothing busy to wait for

@@ -821,6 +821,8 @@ def _scheduler(
 
     run: Any = object.__new__(a._Run)
     run.results = []
+    run.delivered = {}
+    run.best_latency = None
     run.budget = a._Budget(EngineOptions(), NullReporter(), {})
     adds: list[tuple[Any, int]] = []
     joins: list[tuple[Any, list[str]]] = []
@@ -848,6 +850,34 @@ def test_big_files_resolved_together_never_start_on_one_connection(tmp_path: Pat
     run._schedule(states)
     assert [(s.job.path, per) for s, per in adds] == [("f0", 16)]
     assert states[1].pending is not None and states[2].pending is not None
+
+
+def test_a_big_file_waits_for_a_much_faster_mirror_rather_than_start_on_a_slow_one(
+    tmp_path: Path,
+) -> None:
+    """The slow mirror has room, the fast one (10 times faster per connection) has none: the
+    file waits for the fast one instead of starting on the slow one alone, where it would end
+    the pull (bench S10); it starts on both once the fast mirror has room."""
+    from modelget.engines.aria2.watchdog import Delivered
+
+    run, states, adds, _ = _scheduler(tmp_path, [64_000_000] * 2)
+    first, second = states
+    run._schedule(states)
+    first.gid, first.sources, first.pending = "g0", first.pending, None
+    first.per_server = 16
+    run.budget.adapt["slow"].target = 32  # the slow mirror grew, the fast one did not
+    now = time.monotonic()
+    run.delivered = {
+        "fast": Delivered(bytes=20e6, conn_s=2.0, at=now, flowing_at=now),  # 10 MB/s each
+        "slow": Delivered(bytes=2e6, conn_s=2.0, at=now, flowing_at=now),  # 1 MB/s each
+    }
+    adds.clear()
+    run._schedule(states)
+    assert adds == [] and second.pending is not None  # waits
+    first.done = True  # the fast mirror's connections are free again
+    run._schedule([second])
+    assert [(s.job.path, per) for s, per in adds] == [("f1", 16)]
+    assert sorted(x.src.mirror for x in second.pending or []) == ["fast", "slow"]
 
 
 def test_a_big_file_starts_on_the_mirror_with_room_and_the_other_joins_later(

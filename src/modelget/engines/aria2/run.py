@@ -534,6 +534,12 @@ class _Run:
             ]
             if not roomy:
                 continue
+            busy = [x for x in pending if x not in roomy]
+            if busy and watchdog.wait_for_faster(
+                [self._rate(x.src.mirror, now) for x in roomy],
+                [self._rate(x.src.mirror, now) for x in busy],
+            ):
+                continue  # the much faster mirror starts it when it has room
             mirrors = {x.src.mirror for x in roomy}
             avail = min(free[m] for m in mirrors)
             per = max(1, min(PER_HOST_MAX, avail))
@@ -545,6 +551,10 @@ class _Run:
         if adds:
             self._add_many(adds)
         self.budget.report(states)
+
+    def _rate(self, mirror: str, now: float) -> float | None:
+        """``mirror``'s rate per connection over its recent downloads (None: unmeasured)."""
+        return watchdog.yardstick(self.delivered.get(mirror), now, self._hedge_s())
 
     def _room(self, x: _Source, state: _Active) -> int:
         """Spare connections a busy mirror needs to start a big file (or join one)."""

@@ -99,6 +99,27 @@ def yardstick(
     return d.bytes / max(d.conn_s, YARDSTICK_CONN_S)
 
 
+FASTER_ELSEWHERE = 4.0
+"""A big file waits for a mirror this many times faster per connection than the mirrors
+with room to start it (see :func:`wait_for_faster`)."""
+
+
+def wait_for_faster(roomy: Sequence[float | None], busy: Sequence[float | None]) -> bool:
+    """Whether a big file should wait for a busy mirror rather than start on the ones with
+    connections to spare (rates per connection, B/s; None: not measured). A file started on
+    a much slower mirror alone is the one that ends last: the fast mirror joins it only when
+    it has room, restarting the download each time (bench S10: files 4-8 of 8 started on a
+    mirror at 1 MB/s per connection while the one at 10 MB/s finished two others, and the
+    pull took 1.3-1.5x the fast mirror alone). The busy mirror frees connections as its
+    downloads end, and the slow one still serves its share of the files they share."""
+    fast = max((r for r in busy if r is not None), default=None)
+    if fast is None:
+        return False
+    if any(r is None for r in roomy):
+        return False  # a roomy mirror not measured yet may be as fast
+    return all(r is not None and fast >= FASTER_ELSEWHERE * r for r in roomy)
+
+
 @dataclass
 class Clock:
     """What the watchdog keeps of one source on one download between looks."""
