@@ -842,6 +842,22 @@ def _scheduler(
     return run, states, adds, joins
 
 
+def _first_running(
+    tmp_path: Path, *, grown: str
+) -> tuple[Any, list[Any], list[tuple[Any, int]], list[tuple[Any, list[str]]]]:
+    """Two 64 MB files on ``slow`` and ``fast``: the first one running on both with 16
+    connections each, ``grown``'s target grown to 32 (the other's still 16); nothing added
+    yet since."""
+    run, states, adds, joins = _scheduler(tmp_path, [64_000_000] * 2)
+    first = states[0]
+    run._schedule(states)
+    first.gid, first.sources, first.pending = "g0", first.pending, None
+    first.per_server = 16
+    run.budget.adapt[grown].target = 32
+    adds.clear()
+    return run, states, adds, joins
+
+
 def test_big_files_resolved_together_never_start_on_one_connection(tmp_path: Path) -> None:
     """The first look adds every file that resolved: a second big file on mirrors the first
     one just took waits (it used to get one connection, which aria2 gave to the first URI,
@@ -860,18 +876,13 @@ def test_a_big_file_waits_for_a_much_faster_mirror_rather_than_start_on_a_slow_o
     the pull (bench S10); it starts on both once the fast mirror has room."""
     from modelget.engines.aria2.watchdog import Delivered
 
-    run, states, adds, _ = _scheduler(tmp_path, [64_000_000] * 2)
+    run, states, adds, _ = _first_running(tmp_path, grown="slow")
     first, second = states
-    run._schedule(states)
-    first.gid, first.sources, first.pending = "g0", first.pending, None
-    first.per_server = 16
-    run.budget.adapt["slow"].target = 32  # the slow mirror grew, the fast one did not
     now = time.monotonic()
     run.delivered = {
         "fast": Delivered(bytes=20e6, conn_s=2.0, at=now, flowing_at=now),  # 10 MB/s each
         "slow": Delivered(bytes=2e6, conn_s=2.0, at=now, flowing_at=now),  # 1 MB/s each
     }
-    adds.clear()
     run._schedule(states)
     assert adds == [] and second.pending is not None  # waits
     first.done = True  # the fast mirror's connections are free again
@@ -885,13 +896,8 @@ def test_a_big_file_starts_on_the_mirror_with_room_and_the_other_joins_later(
 ) -> None:
     """aria2's per-host limit is the same for every host of a download: a file is started on
     the mirrors that have connections to spare, not on what is left of a saturated one."""
-    run, states, adds, joins = _scheduler(tmp_path, [64_000_000] * 2)
+    run, states, adds, joins = _first_running(tmp_path, grown="fast")
     first, second = states
-    run._schedule(states)
-    first.gid, first.sources, first.pending = "g0", first.pending, None
-    first.per_server = 16
-    run.budget.adapt["fast"].target = 32  # the fast mirror grew, the slow one did not
-    adds.clear()
     run._schedule(states)
     assert [(s.job.path, per) for s, per in adds] == [("f1", 16)]
     assert [x.src.mirror for x in second.pending or []] == ["fast"]
