@@ -86,7 +86,11 @@ def bad_first(
     body = "version: 1\nmirrors:\n"
     for sim in (bad, good):
         sim.add_repo(REPO, repo_dir)
-        body += textwrap.indent(f"- name: {sim.name}\n  kind: hf\n  endpoint: {sim.url}\n", "  ")
+        # The bad one's weight keeps it first however a loaded machine delays the probes.
+        weight = "  weight: 20\n" if sim is bad else ""
+        body += textwrap.indent(
+            f"- name: {sim.name}\n  kind: hf\n  endpoint: {sim.url}\n{weight}", "  "
+        )
     cat.write_text(body)
     late = good.add_fault(Fault(route="hf-api", latency_s=0.1))
     api.probe(REPO, mirrors=cat)

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +82,17 @@ def start(sims: list[HubSimulator], repo_dir: Path, **kw: object) -> HubSimulato
     return sim
 
 
-def catalogue(path: Path, *mirrors: HubSimulator | tuple[str, str]) -> Path:
+def catalogue(
+    path: Path, *mirrors: HubSimulator | tuple[str, str], prefer: Sequence[str] = ()
+) -> Path:
+    """A catalogue of ``mirrors``; those named in ``prefer`` get ``weight: 20``, so that they
+    rank first however a loaded machine delays the others' probes (the latency faults the
+    tests add, 0.1 s, were once not enough under CI's load)."""
     body = "version: 1\nmirrors:\n"
     for m in mirrors:
         name, url = (m.name, m.url) if isinstance(m, HubSimulator) else m
-        body += textwrap.indent(f"- name: {name}\n  kind: hf\n  endpoint: {url}\n", "  ")
+        weight = "  weight: 20\n" if name in prefer else ""
+        body += textwrap.indent(f"- name: {name}\n  kind: hf\n  endpoint: {url}\n{weight}", "  ")
     path.write_text(body)
     return path
 
@@ -440,7 +446,8 @@ def test_a_mirror_whose_manifest_disagrees_is_not_used_for_that_file_and_is_name
     slow = (good, also) if odd_ranks == "first" else (odd,)
     for sim in slow:
         sim.add_fault(Fault(route="hf-api", latency_s=0.1))
-    cat = catalogue(tmp_path / "m.yaml", odd, good, also)
+    fast = ("odd",) if odd_ranks == "first" else ("good", "also")
+    cat = catalogue(tmp_path / "m.yaml", odd, good, also, prefer=fast)
     reporter = Recorder()
 
     result = pull(engine, cat, tmp_path / "cache", reporter)
@@ -499,7 +506,7 @@ def test_a_best_ranked_mirror_that_lists_a_wrong_size_does_not_block_the_pull(
     honest = [start(sims, repo_dir, name="good", host_name="localhost")]
     if mirrors == 3:
         honest.append(start(sims, repo_dir, name="also"))
-    cat = catalogue(tmp_path / "m.yaml", liar, *honest)
+    cat = catalogue(tmp_path / "m.yaml", liar, *honest, prefer=("liar",))
     for sim in honest:
         sim.add_fault(Fault(route="hf-api", latency_s=0.1))
     ranked = api.probe(REPO, mirrors=cat).ranked  # healthy; this ranking is cached
@@ -550,7 +557,7 @@ def test_a_tie_on_the_digest_fetches_the_other_copy_and_names_the_mirror_the_byt
     mirror's copy (another blob name, another lock) is fetched, verified and placed."""
     liar = start(sims, repo_dir, name="liar")
     good = start(sims, repo_dir, name="good", host_name="localhost")
-    cat = catalogue(tmp_path / "m.yaml", liar, good)
+    cat = catalogue(tmp_path / "m.yaml", liar, good, prefer=("liar",))
     good.add_fault(Fault(route="hf-api", latency_s=0.1))
     assert api.probe(REPO, mirrors=cat).ranked[0].mirror.name == "liar"
     fake = "f" * 64
