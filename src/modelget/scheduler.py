@@ -16,8 +16,9 @@ saturated one few) and cut back when the mirror answers 429/503, never above its
 * An idle connection with nothing queued takes over the tail of the range that would finish
   last (work stealing), split in proportion to the two connections' speeds, so all files
   finish at nearly the same moment; a connection to a much faster mirror takes a slow
-  mirror's last ranges whole as soon as it would finish them in half the time. A range whose owner has sent nothing for a while is
-  split too (its first half stays with the owner until the engine's stall watchdog drops it).
+  mirror's last ranges whole as soon as it would finish them in half the time. A range
+  whose owner has sent nothing for a while is split too (its first half stays with the
+  owner until the engine's stall watchdog drops it).
 * A failed request gives its range back at once, so another mirror can take it; the failing
   mirror waits out its backoff for that file (or, after 429/503, for every file) and is
   dropped for a file after ``max_tries`` failures in a row or one permanent error.
