@@ -1,3 +1,3 @@
-from modelget.cli import main
+from modelget.cli import run
 
-raise SystemExit(main())
+run()

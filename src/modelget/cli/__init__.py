@@ -14,8 +14,12 @@ stderr. Exit codes are those of ``modelget.errors`` (0 ok, 1 error, 2 usage/conf
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import os
 import signal
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -33,7 +37,7 @@ from modelget.errors import (
     UsageError,
 )
 
-__all__ = ["JSON_SCHEMA_VERSION", "_rate", "failure_summary", "main"]
+__all__ = ["JSON_SCHEMA_VERSION", "_rate", "failure_summary", "main", "run"]
 
 
 class _UsageExit(SystemExit):
@@ -626,3 +630,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         render.emit_error(args.command, bug, as_json)
         return bug.exit_code
+
+
+def run() -> None:
+    """The ``modelget`` command (console script and ``python -m modelget``): :func:`main`, then
+    leave without the interpreter's teardown.
+
+    Python's own exit frees every module and object one by one: 40-65 ms after the last line
+    of a pull (measured on the bench machine, with aria2p, httpx and yaml loaded), which is a
+    tenth of a small model's whole pull. Everything an orderly exit does for the program is
+    still done, in its order: non-daemon threads are waited for, ``atexit`` callbacks run
+    (logging's flush, the aria2 engine's private directory, coverage's data), stdout and
+    stderr are flushed; only the freeing is skipped, which the operating system does anyway.
+    :func:`main` itself leaves the caller's interpreter alone (tests, embedding)."""
+    try:
+        status = _exit_status(main())
+    except SystemExit as exc:  # argparse's --help and usage errors
+        status = _exit_status(exc.code)
+    _leave(status)
+
+
+def _exit_status(code: object) -> int:
+    """What ``SystemExit(code)`` would exit with (a message is printed, as Python does)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _leave(status: int) -> None:
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()  # what Python's exit does first: wait for the non-daemon threads
+    atexit._run_exitfuncs()
+    # A closed pipe (`modelget ... | head`): nothing more to say.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os._exit(status)
