@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from modelget import layout, settings
+from modelget import http, layout, settings
 from modelget.auth import check_token, with_token
 from modelget.datatypes import (
     MS_REPO_TYPES,
@@ -563,6 +563,7 @@ def pull(
         else None
     )
     # The engine (aria2c) starts while the mirrors are probed and the plan is made.
+    http.prepare(verify_tls)
     starter = EngineStarter(engine, options, events)
     try:
         try:

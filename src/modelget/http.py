@@ -262,6 +262,20 @@ def _build(verify_tls: bool, env: tuple[str | None, str | None] | None) -> ssl.S
     return httpx.create_ssl_context(verify=verify_tls)
 
 
+def prepare(verify_tls: bool = True) -> None:
+    """Build the TLS context (and import httpcore) in a background thread, now, so that the
+    first client finds them ready. Loading the CA bundle takes 20-30 ms, mostly outside the
+    GIL: at a pull's start it overlapped nothing and delayed the probe's first request (MiniLM
+    on loopback). A thread asking for the context meanwhile waits for this one build."""
+
+    def build() -> None:
+        with contextlib.suppress(Exception):  # the first client builds it again and reports
+            import_httpcore()
+            ssl_context(verify_tls)
+
+    threading.Thread(target=build, name="modelget-tls", daemon=True).start()
+
+
 _HTTPCORE_IMPORT = threading.Lock()
 
 
