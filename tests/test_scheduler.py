@@ -497,6 +497,130 @@ def test_adaptive_first_step_doubles_when_connections_are_fast() -> None:
     assert a.target == 16
 
 
+def _feed(a: Adaptive, rate_at: Callable[[int], float], windows: int, **kw: bool) -> list[int]:
+    """Tick ``a`` once a second for ``windows`` windows at ``rate_at(target)`` bytes/s; the
+    target after each."""
+    now, total, seen = 0.0, 0.0, []
+    a.tick(now, int(total), busy=True, **kw)
+    for _ in range(windows):
+        now += 1.0
+        total += rate_at(a.target)
+        a.tick(now, int(total), busy=True, **kw)
+        seen.append(a.target)
+    return seen
+
+
+def _cpu_bound(target: int) -> float:
+    """Loopback, the httpx engine (bench S2): every connection more costs CPU."""
+    return {1: 550e6, 2: 700e6, 4: 620e6, 8: 530e6, 16: 480e6}[target]
+
+
+def test_fast_connections_are_halved_while_the_rate_holds() -> None:
+    """66 MB/s a connection at 8: fewer do as well for less CPU; halved down to the floor
+    (2), never to one connection."""
+    p = Policy(initial=8, ceiling=64, settle_s=0.0, window_s=1.0)
+    seen = _feed(Adaptive(64, p), _cpu_bound, 6)
+    assert seen == [4, 2, 2, 2, 2, 2]
+
+
+def test_a_halving_that_loses_comes_back_and_growth_resumes() -> None:
+    """A link capped per connection (60 MB/s each) behind 1 GB/s: a first look's halving to
+    4 loses half the rate; two windows agree, 8 comes back and grows as before."""
+    p = Policy(initial=8, ceiling=64, settle_s=0.0, window_s=1.0)
+    a = Adaptive(64, p)
+    seen = _feed(a, lambda n: min(n * 60e6, 1e9), 10)
+    assert seen[:3] == [4, 4, 8]  # halved, in doubt one window, back
+    assert seen[3] > 8  # growing again
+    assert a.target == 16  # 64 (a leap) gained nothing over 16's 960 MB/s: undone
+
+
+def test_a_later_halving_that_loses_goes_back_one_step_and_stays() -> None:
+    p = Policy(initial=8, ceiling=64, settle_s=0.0, window_s=1.0)
+    a = Adaptive(64, p)
+    seen = _feed(a, lambda n: {8: 480e6, 4: 500e6, 2: 250e6}.get(n, 480e6), 8)
+    assert seen[:3] == [4, 2, 2]
+    assert seen[3:] == [4, 4, 4, 4, 4]
+    assert not a.growing and not a.shrinking
+
+
+def test_no_halving_where_the_mirror_may_cap_each_connection() -> None:
+    """``may_shrink=False`` (the size ladder found the mirror pacing longer requests, as
+    nginx's limit_rate does): fast first looks double, as before."""
+    p = Policy(initial=8, ceiling=64, settle_s=0.0, window_s=1.0)
+    seen = _feed(Adaptive(64, p), _cpu_bound, 4, may_shrink=False)
+    assert seen[0] == 16
+    assert min(seen) == 8
+
+
+def test_an_undone_doubling_of_fast_connections_goes_on_to_halve() -> None:
+    """Doubled while nothing yet said the mirror does not pace (``may_shrink=False``), the
+    doubling does not pay: it is undone and, the connections being fast, halved from there."""
+    p = Policy(initial=8, ceiling=64, settle_s=0.0, window_s=1.0)
+    a = Adaptive(64, p)
+    a.tick(0.0, 0, busy=True)
+    total = 8 * 60_000_000
+    assert a.tick(1.0, total, busy=True, may_shrink=False) and a.target == 16
+    total += 8 * 60_000_000  # no gain at 16 ...
+    assert not a.tick(2.0, total, busy=True)  # (in doubt)
+    total += 8 * 60_000_000  # ... confirmed: undone, and halved at once
+    assert a.tick(3.0, total, busy=True)
+    assert a.target == 4 and a.shrinking
+
+
+def test_the_scheduler_halves_fast_connections_once_a_bigger_size_held() -> None:
+    """Loopback-like: the mirror moves 560 MB/s in all, whatever the count (the client's CPU
+    is the limit), and does not pace longer requests. Once the ladder's first trial has held,
+    the connections (70 MB/s each) are halved, during the size trials, not after them."""
+    p = Policy(initial=8, ceiling=64, settle_s=0.0, window_s=0.5, min_chunk=1 * MiB)
+    s = Scheduler([("f", 8192 * MiB, [(0, 8192 * MiB)], ["a"])], [("a", None)], p)
+    ladder = s.mirrors["a"].ladder
+    now, dt, halved = 0.0, 0.01, None  # requests of 2 MiB take 0.03 s: a few steps each
+    while now < 3.0 and halved is None:
+        s.tick(now)
+        if s.targets()["a"] < 8:
+            halved = (now, ladder.size, ladder.settled)
+        _drain(s, now)
+        now += dt
+        for r in list(s.active.values()):
+            n = min(r.left(), int(560e6 / len(s.active) * dt))
+            s.wrote(r, n, now)
+            if r.left() == 0:
+                s.release(r, now)
+    assert halved is not None
+    _at, size, settled = halved
+    assert size > p.first_request and not settled
+    assert s.targets()["a"] == 4
+
+
+def test_the_scheduler_does_not_halve_a_mirror_that_paces_longer_requests() -> None:
+    """nginx's limit_rate (a head start, then the cap): fast 2 MiB requests, the ladder's
+    first trial fails, and the count is never halved, however fast the short requests are."""
+    p = Policy(initial=8, ceiling=64, settle_s=0.0, window_s=0.5, min_chunk=1 * MiB)
+    s = Scheduler([("f", 8192 * MiB, [(0, 8192 * MiB)], ["a"])], [("a", None)], p)
+
+    targets: list[int] = []
+
+    def paced(s: Scheduler, r: Range) -> float:
+        targets.append(s.targets()["a"])
+        return 70e6 if r.end - r.start <= 2 * MiB or r.cut else 4e6
+
+    _simulate(s, paced, until=3.0, dt=0.01)
+    assert s.mirrors["a"].ladder.settled
+    assert s.mirrors["a"].ladder.size == p.first_request
+    assert min(targets) == 8
+
+
+def test_the_aria2_budget_never_halves() -> None:
+    from modelget.engines import EngineOptions
+    from modelget.engines.aria2.budget import _Budget
+    from modelget.events import Reporter
+
+    budget = _Budget(EngineOptions(), Reporter(), {})
+    a = budget._adaptive("m", None)
+    seen = _feed(a, lambda n: n * 100e6, 4)
+    assert min(seen) >= 16
+
+
 def test_a_slow_mirror_gets_smaller_chunks_than_a_fast_one() -> None:
     p = Policy(
         initial=1,
