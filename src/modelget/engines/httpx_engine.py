@@ -38,6 +38,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
@@ -79,6 +80,9 @@ TICK_S = 0.05
 MAX_ATTEMPT_LINES = 20
 MAX_WORKERS = 256
 MAX_RENEWALS = 3
+FINISHERS = 4
+"""Complete files fsync'd at once (each in its own thread: one slow to reach the disk does
+not hold the others' hand-over)."""
 HASH_STEP = 64 * 1024 * 1024
 HASH_BUFFER = 4 * 1024 * 1024
 
@@ -219,6 +223,8 @@ class _File:
     reported: set[str] = field(default_factory=set)
     """Mirrors whose failure for this file was reported."""
     dirty: bool = False
+    finishing: bool = False
+    """Complete and hashed: handed to the finishing thread (its fsync and hand-over)."""
     finished: bool = False
     started: float = field(default_factory=time.perf_counter)
 
@@ -260,6 +266,8 @@ class _Pull:
         """The response each range is being read from (to cut a silent one's socket)."""
         self.over = False
         """The run has returned: a worker still stuck in a read reports nothing any more."""
+        self.finisher = ThreadPoolExecutor(FINISHERS, thread_name_prefix="modelget-finish")
+        """Complete files' fsync and hand-over, off the hashing thread."""
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -373,6 +381,7 @@ class _Pull:
             self._stop_hashing = True
             self.hash_wake.set()
             hasher.join()
+            self.finisher.shutdown(wait=True)  # before the files are closed below
             for f in self.files.values():
                 self._close_file(f)
         self.engine.connections = self.sched.peaks()
@@ -793,7 +802,7 @@ class _Pull:
             while worked:
                 worked = False
                 for f in list(self.files.values()):
-                    if f.finished or f.fd < 0:
+                    if f.finished or f.finishing or f.fd < 0:
                         continue
                     with self.lock:
                         prefix = f.done.prefix()
@@ -807,7 +816,7 @@ class _Pull:
                     if complete and (
                         f.hasher is None or f.hash_failed or f.hasher.pos >= f.job.size
                     ):
-                        self._finish_ok(f)
+                        self._finish_soon(f)
             if self._stop_hashing:
                 return
 
@@ -826,6 +835,23 @@ class _Pull:
             ended = ended or sched.stuck(f.key)
         if ended:
             self._end_file(f)
+
+    def _finish_soon(self, f: _File) -> None:
+        """Hand a complete, hashed file to the finishing thread: its fsync (tens of ms to
+        seconds, the disk's pace) no longer holds the hashing of the other files (bench S2,
+        7 files of 580 MB on loopback: 0.4 s of the pull)."""
+        with self.lock:
+            if f.finished or f.finishing:
+                return
+            f.finishing = True
+        self.finisher.submit(self._finish_logged, f)
+
+    def _finish_logged(self, f: _File) -> None:
+        try:
+            self._finish_ok(f)
+        except BaseException:  # a bug: the executor would keep it in a future nobody reads
+            _log.exception("finishing %s failed", f.job.path)
+            raise
 
     def _finish_ok(self, f: _File) -> None:
         with self.lock:
