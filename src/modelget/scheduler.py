@@ -92,10 +92,12 @@ class Policy:
     that caps each flow (or a long path) needs many connections, and the ramp is the cost."""
     keep_gain: float = 1.05
     """A doubling that gained less than this is undone (more connections only cost CPU)."""
-    fast_connection_bps: float = 48_000_000
+    fast_connection_bps: float = 64_000_000
     """At or above this per connection, a link is not capped per connection, and fewer
     connections may move as much for less CPU: a first look that finds them halves them
-    (before any doubling), and so does an undone doubling (see ``shrink_keep``)."""
+    (before any doubling), and so does an undone doubling (see ``shrink_keep``). Measured at
+    such looks: 72-90 MB/s on loopback (bench S2), 51-52 MB/s on nginx capped at 40 MB/s per
+    connection (bench S1: its first seconds come faster than the cap)."""
     shrink_keep: float = 0.85
     """A halving is kept while the rate stays at least this share of the rate before it
     (windows of a quarter second on loopback vary by ±20 %); below, the count before it comes
