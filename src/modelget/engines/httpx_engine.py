@@ -224,7 +224,7 @@ class _File:
     """Mirrors whose failure for this file was reported."""
     dirty: bool = False
     finishing: bool = False
-    """Complete and hashed: handed to the finishing thread (its fsync and hand-over)."""
+    """Complete and hashed: handed to a finishing thread (its fsync and hand-over)."""
     finished: bool = False
     started: float = field(default_factory=time.perf_counter)
 
@@ -237,7 +237,8 @@ class _File:
 
 
 class _Pull:
-    """One ``run``: the files, the scheduler, the workers, the hashing thread."""
+    """One ``run``: the files, the scheduler, the workers, the hashing thread, the finishing
+    threads."""
 
     def __init__(
         self,
@@ -837,7 +838,7 @@ class _Pull:
             self._end_file(f)
 
     def _finish_soon(self, f: _File) -> None:
-        """Hand a complete, hashed file to the finishing thread: its fsync (tens of ms to
+        """Hand a complete, hashed file to a finishing thread: its fsync (tens of ms to
         seconds, the disk's pace) no longer holds the hashing of the other files (bench S2,
         7 files of 580 MB on loopback: 0.4 s of the pull)."""
         with self.lock:
