@@ -909,3 +909,71 @@ def test_a_big_file_starts_on_the_mirror_with_room_and_the_other_joins_later(
     first.done = True
     run._schedule([second])
     assert joins == [(second, ["slow"])] and not second.parked
+
+
+# --- flushing what aria2c writes ------------------------------------------------------------
+
+
+def test_a_download_is_flushed_while_it_runs_and_synced_before_it_is_handed_over(
+    tmp_path: Path, sims: list[HubSimulator], data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aria2c fsyncs a data file before each control-file save, on its only thread; the
+    engine's writeback thread flushes the running downloads' files in between (so that fsync
+    is short), and a finishing thread makes each complete file durable before its hand-over
+    (aria2c never does at the end)."""
+    from modelget.engines.aria2 import run as run_mod
+    from modelget.engines.aria2 import writeback
+
+    calls: list[tuple[str, str, float]] = []
+    real = writeback.datasync
+
+    def spy(path: Path) -> None:
+        real(path)
+        calls.append((threading.current_thread().name, Path(path).name, time.monotonic()))
+
+    monkeypatch.setattr(writeback, "datasync", spy)
+    monkeypatch.setattr(run_mod, "datasync", spy)
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / NAME).write_bytes(data)
+    (root / "config.json").write_text('{"hidden_size": 8}\n')
+    sim = start(sims, root, name="hub")
+    sim.add_fault(Fault(route="hf-resolve", path_glob="*.safetensors", rate_bps=2e6))
+    options = EngineOptions(
+        stall_timeout_s=5.0, retry_wait_s=0.1, initial_connections=2, max_connections=2
+    )
+    eng = aria2(options)
+    handed: dict[str, float] = {}
+    try:
+        from modelget.engines.aria2 import Aria2Engine
+
+        assert isinstance(eng, Aria2Engine)
+        jobs = [
+            job(tmp_path / "d", src(sim, "hub")),
+            job(tmp_path / "d", src(sim, "hub", "config.json"), name="config.json", size=19),
+        ]
+        results = eng.run(
+            jobs,
+            reporter=NullReporter(),
+            cancel=threading.Event(),
+            on_complete=lambda j, _r: handed.__setitem__(j.path, time.monotonic()),
+        )
+    finally:
+        eng.close()  # type: ignore[attr-defined]
+    assert all(r.ok for r in results), results
+    assert sha(jobs[0].dest.read_bytes()) == sha(data)
+    big = f"{NAME}.incomplete"
+    flushed = [
+        t for name, f, t in calls if name.startswith("modelget-aria2-writeback") and f == big
+    ]
+    # ~2 s at 2 x 2 MB/s, a flush every 0.25 s: several while it ran, all before it was done.
+    assert len(flushed) >= 2, calls
+    assert max(flushed) < handed[NAME]
+    # Each file's last sync came from a finishing thread, before its hand-over; a small file
+    # (not followed by the writeback thread) too.
+    for path, dest in ((NAME, big), ("config.json", "config.json.incomplete")):
+        final = [
+            t for name, f, t in calls if name.startswith("modelget-aria2-finish") and f == dest
+        ]
+        assert final and max(final) <= handed[path], (path, calls)
+    assert not [c for c in calls if "writeback" in c[0] and c[1] == "config.json.incomplete"]

@@ -64,6 +64,7 @@ from modelget.engines.aria2.sources import (
 )
 from modelget.engines.aria2.state import _Active
 from modelget.engines.aria2.watchdog import Delivered
+from modelget.engines.aria2.writeback import Writeback, datasync
 from modelget.engines.redirects import ResolvedURL, ResolveURLError
 from modelget.events import Reporter
 from modelget.retry import MAX_RETRY_AFTER_S, status_is_retryable
@@ -78,6 +79,9 @@ HEDGE_LATENCIES = 4
 seen in the run). A mirror whose connections to a download fall behind for that long is
 taken out of it (see :meth:`_Run._watch`)."""
 HASH_WORKERS = 2
+FINISHERS = 4
+"""Threads that make a complete file durable (its last fdatasync) and hand it over: one file
+slow to reach the disk holds neither the hashing nor another file's hand-over."""
 HASH_POLL_INTERVAL_S = 0.05
 """The look interval while a download is hashed as it arrives: each look hands its newly
 finished pieces to the hashing thread, so what is left to hash after aria2's last byte is
@@ -147,7 +151,10 @@ class _Run:
         """Per mirror: the bytes it brought and its connection-seconds, over all its
         downloads (estimated; :meth:`_observe`)."""
         self.hash_pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="modelget-aria2-hash")
+        self.finish_pool = ThreadPoolExecutor(FINISHERS, thread_name_prefix="modelget-aria2-finish")
         self.finishing: list[Future[None]] = []
+        self.writeback = Writeback()
+        """Flushes the files of the running big downloads (see :mod:`.writeback`)."""
         self.wake = threading.Event()
         self.budget = _Budget(o, reporter, peaks)
         self.forget: list[str] = []
@@ -167,10 +174,13 @@ class _Run:
             # their own, in daemon threads: nothing waits for them.
             for pool in self.pools.values():
                 pool.shutdown()
+            self.writeback.stop()
+            # Every hash first: a hashed file then has its future in ``finishing``.
+            self.hash_pool.shutdown(wait=True)
             for fut in self.finishing:
                 with contextlib.suppress(Exception):
                     fut.result()
-            self.hash_pool.shutdown(wait=True)
+            self.finish_pool.shutdown(wait=True)
             self.http.close()
         return self.results
 
@@ -224,6 +234,9 @@ class _Run:
             for i, state in list(active.items()):
                 if state.done:
                     del active[i]
+            self.writeback.follow(
+                s.job.dest for s in active.values() if s.gid is not None and s.job.size > SMALL_FILE
+            )
             try:
                 self._schedule([s for s in active.values() if not s.done])
             except _RPC_ERRORS as exc:
@@ -779,19 +792,35 @@ class _Run:
             h.future = self.hash_pool.submit(h.advance, state.job.dest, upto)
 
     def _finish(self, state: _Active) -> None:
-        """aria2 has every byte: hash what is left (in the background) and hand it over."""
+        """aria2 has every byte: hash what is left (in the background), make the file durable
+        and hand it over."""
         state.result.ok = True
+        state.done = True  # the loop lets go of it; the pools finish it
         h = state.hashing
         if h is None or not h.valid:
-            self._completed(state)
+            self.finishing.append(self.finish_pool.submit(self._land_ready, state))
             return
-        state.done = True  # the loop lets go of it; the hash pool finishes it
-        self.finishing.append(self.hash_pool.submit(self._hash_rest, state, h))
+        self.hash_pool.submit(self._hash_rest, state, h)
 
     def _hash_rest(self, state: _Active, h: _Hashing) -> None:
         try:
             h.advance(state.job.dest, state.job.size)
             state.result.digests = h.digests()
+        finally:
+            self.finishing.append(self.finish_pool.submit(self._land_ready, state))
+
+    def _land_ready(self, state: _Active) -> None:
+        """The file's last fdatasync, then its hand-over. aria2c fsyncs a data file only
+        before it saves the control file, never at the end: without this, a power cut after
+        the file landed could leave a verified blob with zeros (mostly flushed already by the
+        writeback thread, so this is short). A file the disk refuses fails here."""
+        try:
+            datasync(state.job.dest)
+        except OSError as exc:
+            state.result.ok = False
+            state.result.digests = None
+            state.result.error = f"cannot write {state.job.dest}: {exc.strerror or exc}"
+            state.result.failure = failure_of_os_error(exc)
         finally:
             self._completed(state)
 
