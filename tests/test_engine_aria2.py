@@ -206,8 +206,9 @@ def _start_slow_download(eng: object, sim: HubSimulator, dest: Path, out: str) -
     assert isinstance(eng, Aria2Engine)
     eng._ready()
     assert eng._client is not None
-    gid = eng._client.add_uri(
-        [sim.resolve_url(REPO, NAME)], options={"dir": str(dest), "out": out, "split": "2"}
+    gid = eng._client.call(
+        "aria2.addUri",
+        [[sim.resolve_url(REPO, NAME)], {"dir": str(dest), "out": out, "split": "2"}],
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -977,3 +978,68 @@ def test_a_download_is_flushed_while_it_runs_and_synced_before_it_is_handed_over
         ]
         assert final and max(final) <= handed[path], (path, calls)
     assert not [c for c in calls if "writeback" in c[0] and c[1] == "config.json.incomplete"]
+
+
+# --- the RPC client -----------------------------------------------------------------------------
+
+
+def test_the_rpc_client_speaks_to_a_real_aria2c(engine: object) -> None:
+    """Results, refusals as RPCError with aria2's code, a multicall mixing both, a wrong
+    secret refused, and a kept-alive connection that aria2c closed is opened again."""
+    from modelget.engines.aria2 import Aria2Engine
+    from modelget.engines.aria2.rpc import Aria2RPC, RPCError
+
+    assert isinstance(engine, Aria2Engine)
+    engine._ready()
+    client = engine._client
+    assert client is not None
+    assert "version" in client.get_version()
+    with pytest.raises(RPCError) as refused:
+        client.tell_status("0123456789abcdef")
+    assert refused.value.code == 1 and "0123456789abcdef" in str(refused.value)
+    good, bad = client.multicall(
+        [("aria2.getGlobalStat", []), ("aria2.tellStatus", ["0123456789abcdef"])]
+    )
+    assert "numActive" in good
+    assert isinstance(bad, RPCError) and bad.code == 1
+    stranger = Aria2RPC(client.port, "not-the-secret")
+    with pytest.raises(RPCError, match="Unauthorized"):
+        stranger.get_global_stat()
+    stranger.close()
+    # aria2c drops an idle keep-alive connection; the next call opens another.
+    assert client._conn is not None and client._conn.sock is not None
+    client._conn.sock.shutdown(2)
+    assert "numActive" in client.get_global_stat()
+    # aria2p's API on the same aria2c, for inspection, still works
+    assert engine.api.get_downloads() == []
+
+
+def test_an_aria2_pull_loads_neither_aria2p_nor_requests(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], data: bytes
+) -> None:
+    """The engine speaks JSON-RPC itself: aria2p's import (its CLI, loguru, requests) cost
+    0.12 s of CPU on the critical path of every pull."""
+    sim = start(sims, repo_dir, name="hub")
+    code = (
+        "import sys, threading\n"
+        "from pathlib import Path\n"
+        "from modelget.engines import EngineOptions, FetchJob, SourceURL\n"
+        "from modelget.engines.aria2 import Aria2Engine\n"
+        "from modelget.events import NullReporter\n"
+        "d = Path(sys.argv[2]); d.mkdir()\n"
+        f"job = FetchJob(key='m', path='m', size={SIZE}, dest=d / 'm.incomplete',"
+        " sources=(SourceURL('hub', sys.argv[1], {}),))\n"
+        "eng = Aria2Engine(EngineOptions())\n"
+        "[r] = eng.run([job], reporter=NullReporter(), cancel=threading.Event())\n"
+        "eng.close()\n"
+        "print(r.ok, sorted(m for m in ('aria2p', 'requests', 'loguru') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, sim.resolve_url(REPO, NAME), str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "[]"]
+    assert (tmp_path / "d" / "m.incomplete").read_bytes() == data

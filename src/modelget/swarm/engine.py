@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Literal
 
 from modelget.engines import SWARM_PEERS, Engine, FetchJob, FetchResult, OnComplete
+from modelget.engines.aria2.rpc import RPCError
 from modelget.errors import TorrentError
 from modelget.events import Reporter
 from modelget.swarm import policy
-from modelget.swarm.node import RPCError, SwarmNode
+from modelget.swarm.node import SwarmNode
 from modelget.swarm.options import SwarmOptions
 from modelget.swarm.torrent import (
     BlobTorrent,

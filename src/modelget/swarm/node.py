@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -22,25 +21,16 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from modelget.engines.aria2.rpc import Aria2RPC, RPCError
 from modelget.errors import EngineUnavailableError
 from modelget.swarm.policy import TRACKER_INTERVAL_S
 
 READY_TIMEOUT_S = 10.0
 RPC_TIMEOUT_S = 10.0
-
-
-class RPCError(Exception):
-    """aria2c refused a call (``code``: aria2's error code) or could not be reached."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _free_port() -> int:
@@ -75,7 +65,7 @@ class SwarmNode:
         self.tmp: Path | None = None
         self.rpc_port = 0
         self._secret = ""
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._rpc: Aria2RPC | None = None
 
     def command_line(self, exe: str, conf: Path) -> list[str]:
         cmd = [
@@ -171,33 +161,11 @@ class SwarmNode:
     # --- RPC -----------------------------------------------------------------------------------
 
     def call(self, method: str, *params: Any) -> Any:
-        body = json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": "m",
-                "method": method,
-                "params": [f"token:{self._secret}", *params],
-            }
-        ).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.rpc_port}/jsonrpc",
-            body,
-            {"Content-Type": "application/json"},
-        )
-        try:
-            with self._opener.open(request, timeout=RPC_TIMEOUT_S) as response:
-                answer = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                answer = json.loads(exc.read())
-            except (OSError, ValueError):
-                raise RPCError(f"{method}: HTTP {exc.code}") from exc
-        except (OSError, ValueError) as exc:
-            raise RPCError(f"{method}: {exc}") from exc
-        if "error" in answer:
-            err = answer["error"]
-            raise RPCError(f"{method}: {err.get('message')}", err.get("code"))
-        return answer.get("result")
+        """One JSON-RPC call to this node's aria2c (:class:`~modelget.engines.aria2.rpc.RPCError`
+        when refused or unreachable)."""
+        if self._rpc is None or self._rpc.port != self.rpc_port:
+            self._rpc = Aria2RPC(self.rpc_port, self._secret, timeout=RPC_TIMEOUT_S)
+        return self._rpc.call(method, params)
 
     def add_torrent(
         self, torrent: bytes, web_seeds: Sequence[str] = (), *, seed_only: bool = False
@@ -291,6 +259,9 @@ class SwarmNode:
                     break
                 except subprocess.TimeoutExpired:
                     continue
+        if self._rpc is not None:
+            self._rpc.close()
+            self._rpc = None
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None

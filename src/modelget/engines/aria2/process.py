@@ -1,7 +1,7 @@
 """The aria2c process and its RPC: the command line, the private directory and its pids file,
 the stale directories killed pulls left (:func:`remove_stale_dirs`), the RPC client
-(:class:`_Client`, one round trip for many calls: :func:`_multicall`), the WebSocket
-notifications, and the shutdown. Knows nothing of downloads."""
+(:class:`_Client`, :mod:`.rpc`; one round trip for many calls: :func:`_multicall`), the
+WebSocket notifications, and the shutdown. Knows nothing of downloads."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-import aria2p
 import websocket
 
 from modelget.engines import EngineOptions, aria2c_path
+from modelget.engines.aria2.rpc import Aria2RPC, RPCError
 
 READY_TIMEOUT_S = 10.0
 SHUTDOWN_WAIT_S = 2.0
@@ -136,24 +136,11 @@ def _free_port() -> int:
         return port
 
 
-class _Client(aria2p.Client):
-    """aria2p's client, but never through a proxy from the environment (the RPC secret must
-    go to our loopback aria2c only, not to an ``HTTP_PROXY``)."""
+class _Client(Aria2RPC):
+    """The engine's RPC client of its aria2c (see :mod:`.rpc` for why not aria2p's)."""
 
     def __init__(self, port: int, secret: str) -> None:
-        super().__init__(host="http://127.0.0.1", port=port, secret=secret, timeout=RPC_TIMEOUT_S)
-        import requests  # aria2p's own HTTP library
-
-        self._session = requests.Session()
-        self._session.trust_env = False
-
-    def post(self, payload: str) -> dict[str, Any]:
-        response = self._session.post(self.server, data=payload, timeout=self.timeout)
-        data: dict[str, Any] = response.json()
-        return data
-
-    def close(self) -> None:
-        self._session.close()
+        super().__init__(port, secret, timeout=RPC_TIMEOUT_S)
 
 
 def _command_line(exe: str, conf: Path, port: int, o: EngineOptions) -> list[str]:
@@ -211,8 +198,8 @@ def _log_tail(log_path: Path) -> str:
 
 
 def _rpc_error_types() -> tuple[type[BaseException], ...]:
-    # requests' errors derive from OSError; JSON decoding errors from ValueError.
-    return (aria2p.ClientException, OSError, ValueError)
+    # RPCError for a refusal or an unreachable aria2c; OSError and ValueError as a guard.
+    return (RPCError, OSError, ValueError)
 
 
 _RPC_ERRORS = _rpc_error_types()
@@ -304,18 +291,5 @@ class _Notifications:
 
 def _multicall(client: _Client, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
     """``system.multicall``: one round trip for many calls. Each answer is the call's result,
-    or an ``aria2p.ClientException`` for a call aria2c refused."""
-    answers: Any = client.multicall2(list(calls))
-    out: list[Any] = []
-    for answer in answers:
-        if isinstance(answer, list) and answer:
-            out.append(answer[0])
-        elif isinstance(answer, dict):
-            out.append(
-                aria2p.ClientException(
-                    int(answer.get("code", 1) or 1), str(answer.get("message", ""))
-                )
-            )
-        else:
-            out.append(answer)
-    return out
+    or an :class:`~.rpc.RPCError` for a call aria2c refused."""
+    return client.multicall(calls)

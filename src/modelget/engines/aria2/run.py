@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aria2p
 import httpx
 
 from modelget import http, settings
@@ -51,6 +50,7 @@ from modelget.engines.aria2.process import (
     _Notifications,
 )
 from modelget.engines.aria2.proxy import proxy_conf
+from modelget.engines.aria2.rpc import RPCError
 from modelget.engines.aria2.sources import (
     RESOLVE_GRACE_MIN_S,
     RESOLVE_WORKERS,
@@ -694,7 +694,7 @@ class _Run:
         statuses: dict[str, dict[str, Any]] = {}
         for group in (active, stopped):
             if isinstance(group, Exception):
-                raise aria2p.ClientException(1, str(group))
+                raise RPCError(str(group), 1)
             for st in group:
                 statuses[str(st.get("gid"))] = st
         servers: dict[str, dict[str, tuple[int, float]]] = {}
