@@ -1043,3 +1043,27 @@ def test_an_aria2_pull_loads_neither_aria2p_nor_requests(
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "[]"]
     assert (tmp_path / "d" / "m.incomplete").read_bytes() == data
+
+
+def test_a_complete_file_the_disk_will_not_sync_fails_instead_of_landing(
+    tmp_path: Path, repo_dir: Path, sims: list[HubSimulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last fdatasync before the hand-over failing (a full or failing disk) fails the
+    file with the failure's code: it is never handed to verification as complete."""
+    import errno
+
+    from modelget.engines.aria2 import run as run_mod
+
+    def refuse(path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(run_mod, "datasync", refuse)
+    sim = start(sims, repo_dir, name="hub")
+    eng = aria2()
+    try:
+        [result] = run(eng, [job(tmp_path / "d", src(sim, "hub"))])
+    finally:
+        eng.close()  # type: ignore[attr-defined]
+    assert not result.ok
+    assert result.failure == "disk-full", result
+    assert result.digests is None

@@ -817,12 +817,16 @@ class _Run:
         try:
             datasync(state.job.dest)
         except OSError as exc:
-            state.result.ok = False
-            state.result.digests = None
-            state.result.error = f"cannot write {state.job.dest}: {exc.strerror or exc}"
-            state.result.failure = failure_of_os_error(exc)
-        finally:
-            self._completed(state)
+            result = state.result
+            result.ok = False
+            result.digests = None
+            result.error = f"cannot write {state.job.dest}: {exc.strerror or exc}"
+            result.failure = failure_of_os_error(exc)
+            result.seconds = time.perf_counter() - state.started
+            state.done = True
+            self.wake.set()
+            return
+        self._completed(state)
 
     def _account(
         self, state: _Active, completed: int, servers: Mapping[str, tuple[int, float]] | None = None
