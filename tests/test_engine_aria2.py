@@ -1067,3 +1067,47 @@ def test_a_complete_file_the_disk_will_not_sync_fails_instead_of_landing(
     assert not result.ok
     assert result.failure == "disk-full", result
     assert result.digests is None
+
+
+def test_a_file_aria2c_finished_in_an_earlier_run_is_synced_before_it_is_handed_over(
+    tmp_path: Path,
+    repo_dir: Path,
+    sims: list[HubSimulator],
+    data: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A whole ``.incomplete`` with no control file (aria2c completed it, then the pull was
+    killed) goes to verification without a byte fetched, and, like a file finished now,
+    after its fdatasync (its bytes may still be only in the page cache)."""
+    from modelget.engines.aria2 import run as run_mod
+    from modelget.engines.aria2 import writeback
+
+    synced: list[tuple[str, float]] = []
+    real = writeback.datasync
+
+    def spy(path: Path) -> None:
+        real(path)
+        synced.append((Path(path).name, time.monotonic()))
+
+    monkeypatch.setattr(run_mod, "datasync", spy)
+    sim = start(sims, repo_dir, name="hub")
+    j = job(tmp_path / "d", src(sim, "hub"))
+    j.dest.write_bytes(data)
+    handed: list[float] = []
+    eng = aria2()
+    try:
+        from modelget.engines.aria2 import Aria2Engine
+
+        assert isinstance(eng, Aria2Engine)
+        [result] = eng.run(
+            [j],
+            reporter=NullReporter(),
+            cancel=threading.Event(),
+            on_complete=lambda _j, _r: handed.append(time.monotonic()),
+        )
+    finally:
+        eng.close()  # type: ignore[attr-defined]
+    assert result.ok, result
+    assert transfers(sim) == []
+    assert [name for name, _ in synced] == [j.dest.name]
+    assert handed and synced[0][1] <= handed[0]

@@ -625,8 +625,11 @@ class _Run:
         # resumed from an earlier run are hashed from the finished file instead.
         state.hashing = _Hashing.for_job(job) if have == 0 else None
         if have == job.size and job.size > 0:
-            state.result.ok = True  # every byte is there already: on to verification
-            self._completed(state)
+            # Every byte is there already (aria2c finished it before a kill): on to
+            # verification, once it is on the disk (it may still be only in the page cache).
+            state.result.ok = True
+            state.done = True
+            self.finishing.append(self.finish_pool.submit(self._land_ready, state))
             return None
         state.baseline = state.last_completed = state.watched = have
         state.progress_at = time.monotonic()
