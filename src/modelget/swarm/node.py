@@ -163,9 +163,10 @@ class SwarmNode:
     def call(self, method: str, *params: Any) -> Any:
         """One JSON-RPC call to this node's aria2c (:class:`~modelget.engines.aria2.rpc.RPCError`
         when refused or unreachable)."""
-        if self._rpc is None or self._rpc.port != self.rpc_port:
-            self._rpc = Aria2RPC(self.rpc_port, self._secret, timeout=RPC_TIMEOUT_S)
-        return self._rpc.call(method, params)
+        rpc = self._rpc
+        if rpc is None or (rpc.port, rpc.secret) != (self.rpc_port, self._secret):
+            rpc = self._rpc = Aria2RPC(self.rpc_port, self._secret, timeout=RPC_TIMEOUT_S)
+        return rpc.call(method, params)
 
     def add_torrent(
         self, torrent: bytes, web_seeds: Sequence[str] = (), *, seed_only: bool = False

@@ -37,6 +37,7 @@ class Aria2RPC:
 
     def __init__(self, port: int, secret: str, timeout: float = RPC_TIMEOUT_S) -> None:
         self.port = port
+        self.secret = secret
         self.timeout = timeout
         self._token = f"token:{secret}"
         self._lock = threading.Lock()
