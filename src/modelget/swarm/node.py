@@ -30,7 +30,6 @@ from modelget.errors import EngineUnavailableError
 from modelget.swarm.policy import TRACKER_INTERVAL_S
 
 READY_TIMEOUT_S = 10.0
-RPC_TIMEOUT_S = 10.0
 
 
 def _free_port() -> int:
@@ -165,7 +164,7 @@ class SwarmNode:
         when refused or unreachable)."""
         rpc = self._rpc
         if rpc is None or (rpc.port, rpc.secret) != (self.rpc_port, self._secret):
-            rpc = self._rpc = Aria2RPC(self.rpc_port, self._secret, timeout=RPC_TIMEOUT_S)
+            rpc = self._rpc = Aria2RPC(self.rpc_port, self._secret)
         return rpc.call(method, params)
 
     def add_torrent(

@@ -32,7 +32,6 @@ from modelget.engines.aria2.process import (
     _RPC_ERRORS,
     READY_TIMEOUT_S,
     TMP_PREFIX,
-    _Client,
     _command_line,
     _free_port,
     _log_tail,
@@ -41,6 +40,7 @@ from modelget.engines.aria2.process import (
     remove_stale_dirs,
 )
 from modelget.engines.aria2.proxy import proxy_conf, proxy_problem
+from modelget.engines.aria2.rpc import Aria2RPC
 from modelget.engines.aria2.run import _Run
 from modelget.errors import EngineUnavailableError
 from modelget.events import Reporter
@@ -83,7 +83,7 @@ class Aria2Engine:
         self._conf = conf
         self._proc: subprocess.Popen[bytes] | None = None
         self._restarts = 0
-        self._client: _Client | None = None
+        self._client: Aria2RPC | None = None
         self._log: IO[bytes] | None = None
         # Until aria2c runs, only the private directory is there to clean up.
         self._finalizer: weakref.finalize[Any, Any] | None = weakref.finalize(
@@ -167,7 +167,7 @@ class Aria2Engine:
                 cwd=self._tmpdir,
                 env=child_env(),  # no token variable reaches aria2c, not even its environment
             )
-            client = _Client(port, self._secret)
+            client = Aria2RPC(port, self._secret)
             self._proc, self._client = proc, client
             with contextlib.suppress(OSError):
                 _write_pids(self._tmpdir, proc.pid)

@@ -1,7 +1,6 @@
 """The aria2c process and its RPC: the command line, the private directory and its pids file,
-the stale directories killed pulls left (:func:`remove_stale_dirs`), the RPC client
-(:class:`_Client`, :mod:`.rpc`; one round trip for many calls: :func:`_multicall`), the
-WebSocket notifications, and the shutdown. Knows nothing of downloads."""
+the stale directories killed pulls left (:func:`remove_stale_dirs`), the WebSocket
+notifications, and the shutdown (the RPC client is :mod:`.rpc`). Knows nothing of downloads."""
 
 from __future__ import annotations
 
@@ -14,19 +13,17 @@ import socket
 import stat
 import subprocess
 import threading
-from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import websocket
 
 from modelget.engines import EngineOptions, aria2c_path
-from modelget.engines.aria2.rpc import Aria2RPC, RPCError
+from modelget.engines.aria2.rpc import RPC_TIMEOUT_S, Aria2RPC, RPCError
 
 READY_TIMEOUT_S = 10.0
 SHUTDOWN_WAIT_S = 2.0
 IDLE_CHECK_TIMEOUT_S = 1.0
-RPC_TIMEOUT_S = 10.0
 TMP_PREFIX = "modelget-aria2-"
 """The private directory's name prefix (in the temporary directory: ``$TMPDIR``)."""
 PIDS_FILE = "pids"
@@ -136,13 +133,6 @@ def _free_port() -> int:
         return port
 
 
-class _Client(Aria2RPC):
-    """The engine's RPC client of its aria2c (see :mod:`.rpc` for why not aria2p's)."""
-
-    def __init__(self, port: int, secret: str) -> None:
-        super().__init__(port, secret, timeout=RPC_TIMEOUT_S)
-
-
 def _command_line(exe: str, conf: Path, port: int, o: EngineOptions) -> list[str]:
     """aria2c's command line: RPC on loopback only (its secret is in ``conf``, never here), dying
     with this process, and nothing that would fetch what it was not asked for."""
@@ -205,7 +195,7 @@ def _rpc_error_types() -> tuple[type[BaseException], ...]:
 _RPC_ERRORS = _rpc_error_types()
 
 
-def _idle(client: _Client | None) -> bool:
+def _idle(client: Aria2RPC | None) -> bool:
     """True when aria2c answers that no download is active or waiting."""
     if client is None:
         return False
@@ -219,7 +209,7 @@ def _idle(client: _Client | None) -> bool:
 
 def _shutdown(
     proc: subprocess.Popen[bytes],
-    client: _Client | None,
+    client: Aria2RPC | None,
     tmpdir: Path,
     log: IO[bytes] | None,
 ) -> None:
@@ -287,9 +277,3 @@ class _Notifications:
         if ws is not None:
             with contextlib.suppress(OSError, websocket.WebSocketException):
                 ws.shutdown()  # type: ignore[no-untyped-call]
-
-
-def _multicall(client: _Client, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
-    """``system.multicall``: one round trip for many calls. Each answer is the call's result,
-    or an :class:`~.rpc.RPCError` for a call aria2c refused."""
-    return client.multicall(calls)

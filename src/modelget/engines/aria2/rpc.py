@@ -42,7 +42,6 @@ class Aria2RPC:
         self._token = f"token:{secret}"
         self._lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
-        self._ids = 0
 
     # --- transport ---
 
@@ -84,18 +83,14 @@ class Aria2RPC:
             raise RPCError("malformed answer")
         return answer
 
-    def _next_id(self) -> str:
-        with self._lock:
-            self._ids += 1
-            return str(self._ids)
-
     def call(self, method: str, params: Sequence[Any] = ()) -> Any:
         """One method's result; raises :class:`RPCError` for a refusal."""
         return self._invoke(method, [self._token, *params])
 
     def _invoke(self, method: str, params: list[Any]) -> Any:
         answer = self._post(
-            {"jsonrpc": "2.0", "id": self._next_id(), "method": method, "params": params}
+            # One answer per HTTP request: the id needs no counter.
+            {"jsonrpc": "2.0", "id": "modelget", "method": method, "params": params}
         )
         if not isinstance(answer, dict):
             raise RPCError(f"{method}: malformed answer")

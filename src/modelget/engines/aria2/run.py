@@ -45,12 +45,10 @@ from modelget.engines.aria2.limits import (
 from modelget.engines.aria2.process import (
     _QUERY,
     _RPC_ERRORS,
-    _Client,
-    _multicall,
     _Notifications,
 )
 from modelget.engines.aria2.proxy import proxy_conf
-from modelget.engines.aria2.rpc import RPCError
+from modelget.engines.aria2.rpc import Aria2RPC, RPCError
 from modelget.engines.aria2.sources import (
     RESOLVE_GRACE_MIN_S,
     RESOLVE_WORKERS,
@@ -120,7 +118,7 @@ class _Run:
 
     def __init__(
         self,
-        client: _Client,
+        client: Aria2RPC,
         proc: subprocess.Popen[bytes],
         options: EngineOptions,
         peaks: dict[str, int],
@@ -467,7 +465,7 @@ class _Run:
                 ("aria2.changeOption", [gid, self._split_options(state, state.per_server)])
             )
         with contextlib.suppress(*_RPC_ERRORS):
-            _multicall(self.client, calls)
+            self.client.multicall(calls)
 
     def _mirror_failed(self, state: _Active, mirror: str, reason: str) -> None:
         state.result.attempts.append(f"{mirror}: {reason}")
@@ -579,7 +577,7 @@ class _Run:
         calls = []
         for s, per in grow:
             calls.append(("aria2.changeOption", [s.gid, self._split_options(s, per)]))
-        answers = _multicall(self.client, calls)
+        answers = self.client.multicall(calls)
         for (s, per), answer in zip(grow, answers, strict=True):
             if not isinstance(answer, Exception):
                 s.per_server = per
@@ -603,7 +601,7 @@ class _Run:
                 added.append(state)
         if not calls:
             return
-        answers = _multicall(self.client, calls)
+        answers = self.client.multicall(calls)
         for state, answer in zip(added, answers, strict=True):
             if isinstance(answer, Exception):
                 self._fail(state, f"aria2c refused the download: {answer}")
@@ -690,8 +688,7 @@ class _Run:
         downloads that have more than one mirror (a second round trip, only then)."""
         if not added:
             return {}, {}
-        active, stopped = _multicall(
-            self.client,
+        active, stopped = self.client.multicall(
             [("aria2.tellActive", [_KEYS]), ("aria2.tellStopped", [0, 1 << 20, _KEYS])],
         )
         statuses: dict[str, dict[str, Any]] = {}
@@ -709,7 +706,7 @@ class _Run:
             and len(s.sources) > 1
         ]
         if multi:
-            answers = _multicall(self.client, [("aria2.getServers", [s.gid]) for s in multi])
+            answers = self.client.multicall([("aria2.getServers", [s.gid]) for s in multi])
             for s, answer in zip(multi, answers, strict=True):
                 assert s.gid is not None
                 servers[s.gid] = {} if isinstance(answer, Exception) else self._by_mirror(s, answer)
@@ -740,7 +737,7 @@ class _Run:
         if self.forget:
             gids, self.forget = self.forget, []
             with contextlib.suppress(*_RPC_ERRORS):
-                _multicall(self.client, [("aria2.removeDownloadResult", [g]) for g in gids])
+                self.client.multicall([("aria2.removeDownloadResult", [g]) for g in gids])
 
     def _step(
         self,
@@ -1208,7 +1205,7 @@ class _Run:
         gids = [s.gid for s in active.values() if s.gid is not None]
         if gids:
             with contextlib.suppress(*_RPC_ERRORS):
-                _multicall(self.client, [("aria2.forceRemove", [g]) for g in gids])
+                self.client.multicall([("aria2.forceRemove", [g]) for g in gids])
         for state in active.values():
             self._wait_stopped(state)
             self._forget(state)
